@@ -1,0 +1,83 @@
+//! The state one running node shares between its routes and background
+//! tasks. The live config and authenticator are swapped whole on reload.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::registry::Registry;
+use crate::router::Router;
+
+pub struct App {
+    config: RwLock<Arc<Config>>,
+    auth: RwLock<Arc<Authenticator>>,
+    pub config_path: Option<PathBuf>,
+    pub node_id: String,
+    pub hub: Arc<Hub>,
+    pub registry: Registry,
+    pub presence: Presence,
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+pub struct AppParts {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub auth: Authenticator,
+    pub hub: Arc<Hub>,
+    pub registry: Registry,
+    pub presence: Presence,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+impl App {
+    pub fn new(p: AppParts) -> Self {
+        let router = Router::new(
+            p.registry.clone(),
+            p.hub.clone(),
+            p.presence.clone(),
+            p.metrics.clone(),
+            p.config.node_id(),
+        );
+        Self {
+            node_id: p.config.node_id(),
+            config: RwLock::new(Arc::new(p.config)),
+            auth: RwLock::new(Arc::new(p.auth)),
+            config_path: p.config_path,
+            hub: p.hub,
+            registry: p.registry,
+            presence: p.presence,
+            router,
+            metrics: p.metrics,
+            shutdown: p.shutdown,
+        }
+    }
+
+    /// The config in force now (reloads swap it).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn auth(&self) -> Arc<Authenticator> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    pub fn set_auth(&self, auth: Authenticator) {
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+    }
+}

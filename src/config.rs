@@ -1,0 +1,628 @@
+//! The configuration file of SPEC section 9: schema, defaults, validation,
+//! and which changes a reload (SIGHUP) can apply live.
+//!
+//! Every key is optional; unknown keys are rejected by serde
+//! (`deny_unknown_fields`) and bad values by [`Config::validate`], both with a
+//! message naming the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Where the config file is looked for when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sse-notify/sse-notify.toml";
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "SSE_NOTIFY_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"********\"")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub redis: RedisConfig,
+    pub stream: StreamConfig,
+    pub sweep: SweepConfig,
+    pub startup: StartupConfig,
+    pub history: HistoryConfig,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_listen: String,
+    pub base_path: String,
+    pub node_id: String,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8090".into(),
+            admin_listen: "127.0.0.1:8091".into(),
+            base_path: "/notifications".into(),
+            node_id: String::new(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret("redis://127.0.0.1:6379/0".into()),
+            key_prefix: "sse".into(),
+            connect_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    pub heartbeat_secs: u64,
+    pub retry_ms: u64,
+    pub queue_size: usize,
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: 15,
+            retry_ms: 3000,
+            queue_size: 256,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweepConfig {
+    pub interval_secs: u64,
+    pub stale_timeout_secs: u64,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 60,
+            stale_timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StartupConfig {
+    pub clear: bool,
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self { clear: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub enabled: bool,
+    pub size: u64,
+    pub ttl_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            size: 100,
+            ttl_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Header,
+    Token,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub header: String,
+    pub trusted_proxies: Vec<String>,
+    pub cookie: String,
+    pub token_secret_file: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Header,
+            header: "X-Remote-User".into(),
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            cookie: "sse_token".into(),
+            token_secret_file: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub token: Secret,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            token: Secret::default(),
+            max_body_bytes: 65536,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections_per_user: usize,
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_user: 32,
+            max_connections: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Which file to read: `-c`, else `$SSE_NOTIFY_CONFIG`, else the default path
+/// if it exists, else none (built-in defaults).
+pub fn resolve_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
+
+impl Config {
+    /// Reads, parses and validates; `None` gives the built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without validating; the error names the key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("server.listen", &self.server.listen)?;
+        parse_addr("server.admin_listen", &self.server.admin_listen)?;
+        let base = &self.server.base_path;
+        if !base.is_empty()
+            && (!base.starts_with('/') || base.ends_with('/') || base.contains(['?', '#', ' ']))
+        {
+            return Err(invalid(
+                "server.base_path",
+                format!("{base:?} must start with '/' and not end with '/' (e.g. \"/notifications\", or \"\" for the root)"),
+            ));
+        }
+        if self.server.shutdown_grace_secs == 0 {
+            return Err(invalid("server.shutdown_grace_secs", "must be at least 1"));
+        }
+        if self.server.node_id.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "server.node_id",
+                "must not contain control characters",
+            ));
+        }
+        redis::Client::open(self.redis.url.expose())
+            .map_err(|e| invalid("redis.url", format!("not a valid Redis URL: {e}")))?;
+        if self.redis.key_prefix.is_empty()
+            || self
+                .redis
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be non-empty, without whitespace",
+            ));
+        }
+        if self.redis.connect_timeout_secs == 0 {
+            return Err(invalid("redis.connect_timeout_secs", "must be at least 1"));
+        }
+        if self.stream.heartbeat_secs == 0 {
+            return Err(invalid("stream.heartbeat_secs", "must be at least 1"));
+        }
+        if self.stream.retry_ms == 0 {
+            return Err(invalid("stream.retry_ms", "must be at least 1"));
+        }
+        if self.stream.queue_size == 0 {
+            return Err(invalid("stream.queue_size", "must be at least 1"));
+        }
+        for origin in &self.stream.cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(invalid(
+                    "stream.cors_origins",
+                    format!("{origin:?} is not an origin like \"https://example.com\""),
+                ));
+            }
+        }
+        if self.sweep.interval_secs == 0 {
+            return Err(invalid("sweep.interval_secs", "must be at least 1"));
+        }
+        if self.sweep.stale_timeout_secs <= 2 * self.stream.heartbeat_secs {
+            return Err(invalid(
+                "sweep.stale_timeout_secs",
+                format!(
+                    "{} must be above twice stream.heartbeat_secs ({}), or live connections would be swept",
+                    self.sweep.stale_timeout_secs,
+                    2 * self.stream.heartbeat_secs
+                ),
+            ));
+        }
+        if self.history.size == 0 {
+            return Err(invalid("history.size", "must be at least 1"));
+        }
+        if self.history.ttl_secs == 0 {
+            return Err(invalid("history.ttl_secs", "must be at least 1"));
+        }
+        if self.auth.header.is_empty()
+            || warp::http::HeaderName::from_bytes(self.auth.header.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "auth.header",
+                format!("{:?} is not a valid HTTP header name", self.auth.header),
+            ));
+        }
+        self.trusted_proxies()?;
+        if self.auth.cookie.is_empty()
+            || !self
+                .auth
+                .cookie
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(invalid(
+                "auth.cookie",
+                "must be a cookie name of A-Za-z0-9_-.",
+            ));
+        }
+        if self.auth.mode == AuthMode::Token && self.auth.token_secret_file.is_empty() {
+            return Err(invalid(
+                "auth.token_secret_file",
+                "is required when auth.mode = \"token\"",
+            ));
+        }
+        if self.api.max_body_bytes == 0 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1"));
+        }
+        if self.limits.max_connections_per_user == 0 {
+            return Err(invalid(
+                "limits.max_connections_per_user",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        parse_addr("server.listen", &self.server.listen).expect("validated")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        parse_addr("server.admin_listen", &self.server.admin_listen).expect("validated")
+    }
+
+    pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.auth
+            .trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "auth.trusted_proxies",
+                            format!("{s:?} is not a CIDR like \"127.0.0.1/32\" or \"::1/128\""),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// `server.node_id`, or the hostname when empty.
+    pub fn node_id(&self) -> String {
+        if !self.server.node_id.is_empty() {
+            return self.server.node_id.clone();
+        }
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "sse-notify".into())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.stream.heartbeat_secs)
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs(self.sweep.interval_secs)
+    }
+
+    /// Renders the effective config as TOML with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.api.token.is_empty() {
+            shown.api.token = Secret("********".into());
+        }
+        shown.redis.url = Secret(mask_url_password(self.redis.url.expose()));
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+
+    /// Keys whose change a reload cannot apply, named for the log.
+    pub fn restart_required_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let s = (&self.server, &new.server);
+        if s.0.listen != s.1.listen {
+            keys.push("server.listen");
+        }
+        if s.0.admin_listen != s.1.admin_listen {
+            keys.push("server.admin_listen");
+        }
+        if s.0.base_path != s.1.base_path {
+            keys.push("server.base_path");
+        }
+        if s.0.node_id != s.1.node_id {
+            keys.push("server.node_id");
+        }
+        if self.redis.url != new.redis.url {
+            keys.push("redis.url");
+        }
+        if self.redis.key_prefix != new.redis.key_prefix {
+            keys.push("redis.key_prefix");
+        }
+        if self.log.format != new.log.format {
+            keys.push("log.format");
+        }
+        if self.history.enabled != new.history.enabled {
+            keys.push("history.enabled");
+        }
+        keys
+    }
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address like \"127.0.0.1:8090\""),
+        )
+    })
+}
+
+/// `redis://user:pass@host` -> `redis://user:****@host`, for display.
+pub fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let masked = match userinfo.find(':') {
+                Some(colon) => format!("{}:****", &userinfo[..colon]),
+                None => "****".to_string(),
+            };
+            format!(
+                "{}{}{}",
+                &url[..scheme_end + 3],
+                masked,
+                &rest[at..]
+            )
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses_and_equals_defaults() {
+        let text = include_str!("../etc/sse-notify.toml");
+        let parsed = Config::parse(text).expect("etc/sse-notify.toml parses");
+        parsed.validate().expect("etc/sse-notify.toml is valid");
+        assert_eq!(parsed, Config::default(), "the sample documents the defaults");
+    }
+
+    #[test]
+    fn sample_config_documents_every_key() {
+        let text = include_str!("../etc/sse-notify.toml");
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        let table: toml::Table = toml::from_str(&defaults).unwrap();
+        let sample: toml::Table = toml::from_str(text).unwrap();
+        let mut checked = 0;
+        for (section, keys) in &table {
+            let keys = keys.as_table().unwrap();
+            for key in keys.keys() {
+                checked += 1;
+                assert!(
+                    sample
+                        .get(section)
+                        .and_then(|s| s.as_table())
+                        .is_some_and(|s| s.contains_key(key)),
+                    "etc/sse-notify.toml lacks {section}.{key}"
+                );
+            }
+        }
+        assert!(checked >= 29, "only {checked} keys checked");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[stream]\nheartbeat_sec = 3\n").unwrap_err();
+        assert!(err.contains("heartbeat_sec"), "{err}");
+        let err = Config::parse("[strem]\n").unwrap_err();
+        assert!(err.contains("strem"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::parse("[stream]\nheartbeat_secs = \"x\"\n").unwrap_err();
+        assert!(err.contains("heartbeat_secs"), "{err}");
+
+        let mut c = Config::default();
+        c.sweep.stale_timeout_secs = 30;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("sweep.stale_timeout_secs"), "{err}");
+
+        let mut c = Config::default();
+        c.auth.trusted_proxies = vec!["10.0.0.0/33".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.trusted_proxies"), "{err}");
+
+        let mut c = Config::default();
+        c.server.listen = "nope".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+
+        let err = Config::parse("[auth]\nmode = \"magic\"\n").unwrap_err();
+        assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut c = Config::default();
+        c.api.token = Secret("hunter2".into());
+        c.redis.url = Secret("redis://app:s3cret@db:6379/0".into());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://app:****@db:6379/0"), "{shown}");
+    }
+}

@@ -1,0 +1,128 @@
+//! The JSON envelope of SPEC 3, and the one place where every HTTP error of
+//! either listener (ours and warp's rejections) becomes that envelope.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use serde::Serialize;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+/// An HTTP error answered as `{"code": status, "message": ...}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Seconds for `Retry-After` on 503s that a client should retry.
+    pub retry_after: Option<Duration>,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn method_not_allowed(allowed: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed here; use {allowed}"),
+        )
+    }
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body: larger than api.max_body_bytes ({limit} bytes)"),
+        )
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
+        let mut resp = json_response(self.status, &body);
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        ApiError::unavailable(format!("registry unavailable: {e}"))
+            .with_retry_after(Duration::from_secs(1))
+    }
+}
+
+/// Success: `{"code": 200, "data": ...}`.
+pub fn ok<T: Serialize>(data: &T) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"code": 200, "data": data}),
+    )
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut resp = Response::new(body.to_string().into());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `.recover()` handler of both listeners.
+pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
+    let e = if let Some(e) = err.find::<ApiError>() {
+        e.clone()
+    } else if err.is_not_found() {
+        ApiError::not_found("no such route")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body too large")
+    } else {
+        tracing::warn!(rejection = ?err, "unhandled rejection");
+        ApiError::bad_request(format!("bad request: {err:?}"))
+    };
+    Ok(e.into_response())
+}
+
+/// Lets handlers return `Result<Response, ApiError>` and still produce the
+/// envelope without a rejection round trip.
+pub fn respond(r: Result<Response, ApiError>) -> Response {
+    r.unwrap_or_else(ApiError::into_response)
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        ApiError::into_response(self)
+    }
+}

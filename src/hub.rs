@@ -1,0 +1,346 @@
+//! This node's live connections: connection id -> bounded queue of encoded
+//! frames, and user -> connection ids. Delivery pushes the same shared
+//! [`Bytes`] into each target queue without waiting: a full queue means the
+//! client stopped reading, and it is disconnected rather than buffered.
+//!
+//! The hub knows nothing of Redis; [`crate::presence`] mirrors it there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// A live connection as the rest of the node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalConn {
+    pub connection_id: String,
+    pub username: String,
+    pub connection_time: f64,
+}
+
+struct Entry {
+    username: String,
+    connection_time: f64,
+    tx: mpsc::Sender<Bytes>,
+    /// Cancelled to drop the client's TCP connection at once: a client that
+    /// does not read leaves the body unpolled, so the stream itself cannot
+    /// notice anything.
+    kill: CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<String, Entry>,
+    users: HashMap<String, Vec<String>>,
+    /// Set at shutdown: no new connection is taken after the close.
+    closed: bool,
+}
+
+impl Inner {
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.conns.remove(id)?;
+        if let Some(ids) = self.users.get_mut(&entry.username) {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                self.users.remove(&entry.username);
+            }
+        }
+        Some(entry)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("this node holds its maximum of {0} connections")]
+    Full(usize),
+    #[error("this node is shutting down")]
+    Closed,
+}
+
+pub struct Hub {
+    inner: RwLock<Inner>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: RwLock::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection unless the node already holds `max` of them, and
+    /// returns the receiving end of its queue. The stream ends when the
+    /// queue's sender is dropped (close) after writing what it holds.
+    pub fn register(
+        &self,
+        conn: &LocalConn,
+        queue_size: usize,
+        max: usize,
+        kill: CancellationToken,
+    ) -> Result<mpsc::Receiver<Bytes>, HubError> {
+        let (tx, rx) = mpsc::channel(queue_size.max(1));
+        let mut inner = self.write();
+        if inner.closed {
+            return Err(HubError::Closed);
+        }
+        if inner.conns.len() >= max {
+            return Err(HubError::Full(max));
+        }
+        inner.conns.insert(
+            conn.connection_id.clone(),
+            Entry {
+                username: conn.username.clone(),
+                connection_time: conn.connection_time,
+                tx,
+                kill,
+            },
+        );
+        inner
+            .users
+            .entry(conn.username.clone())
+            .or_default()
+            .push(conn.connection_id.clone());
+        drop(inner);
+        self.metrics.live_connections.set(self.len() as i64);
+        Ok(rx)
+    }
+
+    /// Forgets a connection; true if it was still here.
+    pub fn unregister(&self, id: &str) -> bool {
+        let removed = self.write().remove(id).is_some();
+        if removed {
+            self.metrics.live_connections.set(self.len() as i64);
+        }
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.read().conns.contains_key(id)
+    }
+
+    /// Every live connection, for re-registration after a clear or outage.
+    pub fn snapshot(&self) -> Vec<LocalConn> {
+        self.read()
+            .conns
+            .iter()
+            .map(|(id, e)| LocalConn {
+                connection_id: id.clone(),
+                username: e.username.clone(),
+                connection_time: e.connection_time,
+            })
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.read().conns.keys().cloned().collect()
+    }
+
+    /// Queues `frame` to each of `ids` held here; returns how many took it.
+    /// Ids of other nodes are skipped.
+    pub fn deliver(&self, ids: &[String], frame: &Bytes) -> usize {
+        let mut failed = Vec::new();
+        let mut delivered = 0;
+        {
+            let inner = self.read();
+            for id in ids {
+                if let Some(entry) = inner.conns.get(id) {
+                    if entry.tx.try_send(frame.clone()).is_ok() {
+                        delivered += 1;
+                    } else {
+                        failed.push(id.clone());
+                    }
+                }
+            }
+        }
+        self.drop_slow(failed);
+        self.metrics.messages_delivered.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// Queues `frame` to every local connection; returns how many took it.
+    pub fn broadcast(&self, frame: &Bytes) -> usize {
+        let delivered = self.push_all(frame);
+        self.metrics.messages_delivered.inc_by(delivered as u64);
+        delivered
+    }
+
+    fn push_all(&self, frame: &Bytes) -> usize {
+        let mut failed = Vec::new();
+        let mut delivered = 0;
+        {
+            let inner = self.read();
+            for (id, entry) in &inner.conns {
+                if entry.tx.try_send(frame.clone()).is_ok() {
+                    delivered += 1;
+                } else {
+                    failed.push(id.clone());
+                }
+            }
+        }
+        self.drop_slow(failed);
+        delivered
+    }
+
+    /// Heartbeats go through the same queues as messages, so a client that
+    /// reads nothing at all is found even when no message is sent.
+    pub fn heartbeat(&self, frame: &Bytes) {
+        self.push_all(frame);
+    }
+
+    /// A full queue is a client that stopped reading: end its stream now.
+    /// Its stream's exit removes it from the registry.
+    fn drop_slow(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut inner = self.write();
+        for id in ids {
+            if let Some(entry) = inner.remove(&id) {
+                let closed = entry.tx.is_closed();
+                entry.kill.cancel();
+                if !closed {
+                    self.metrics.slow_consumer_drops.inc();
+                    tracing::warn!(connection_id = %id, username = %entry.username, "slow consumer disconnected: queue full");
+                }
+            }
+        }
+        let n = inner.conns.len();
+        drop(inner);
+        self.metrics.live_connections.set(n as i64);
+    }
+
+    /// Closes the given connections after `last` (if any) is queued; the
+    /// stream ends once it has written what its queue holds.
+    pub fn close(&self, ids: &[String], last: Option<&Bytes>) -> Vec<LocalConn> {
+        let mut closed = Vec::new();
+        let mut inner = self.write();
+        for id in ids {
+            if let Some(entry) = inner.remove(id) {
+                if let Some(frame) = last {
+                    // A full queue cannot take the notice: end it at once.
+                    if entry.tx.try_send(frame.clone()).is_err() {
+                        entry.kill.cancel();
+                    }
+                }
+                closed.push(LocalConn {
+                    connection_id: id.clone(),
+                    username: entry.username,
+                    connection_time: entry.connection_time,
+                });
+            }
+        }
+        let n = inner.conns.len();
+        drop(inner);
+        self.metrics.live_connections.set(n as i64);
+        closed
+    }
+
+    /// Closes every stream (shutdown) after `last`, and takes no new one.
+    pub fn close_all(&self, last: Option<&Bytes>) -> usize {
+        let ids = {
+            let mut inner = self.write();
+            inner.closed = true;
+            inner.conns.keys().cloned().collect::<Vec<_>>()
+        };
+        self.close(&ids, last).len()
+    }
+
+    /// Closes every local connection of `username`.
+    pub fn close_user(&self, username: &str, last: Option<&Bytes>) -> Vec<LocalConn> {
+        let ids = self.user_ids(username);
+        self.close(&ids, last)
+    }
+
+    /// Local connection ids of one user, in arrival order.
+    pub fn user_ids(&self, username: &str) -> Vec<String> {
+        self.read().users.get(username).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: &str, user: &str) -> LocalConn {
+        LocalConn {
+            connection_id: id.into(),
+            username: user.into(),
+            connection_time: 1.0,
+        }
+    }
+
+    #[test]
+    fn deliver_reaches_only_targets_and_drops_full_queues() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (ka, kb) = (CancellationToken::new(), CancellationToken::new());
+        let mut a = hub.register(&conn("a", "u"), 2, 10, ka.clone()).unwrap();
+        let _b = hub.register(&conn("b", "u"), 1, 10, kb.clone()).unwrap();
+        let f = Bytes::from_static(b"x");
+        assert_eq!(hub.deliver(&["a".into(), "zz".into()], &f), 1);
+        assert_eq!(a.try_recv().unwrap(), f);
+        // b's queue holds one frame; the second send finds it full.
+        assert_eq!(hub.deliver(&["b".into()], &f), 1);
+        assert_eq!(hub.deliver(&["b".into()], &f), 0);
+        assert!(kb.is_cancelled());
+        assert!(!ka.is_cancelled());
+        assert!(!hub.contains("b"));
+        assert!(hub.contains("a"));
+        assert_eq!(hub.user_ids("u"), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn node_cap_refuses() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let token = CancellationToken::new();
+        let _a = hub.register(&conn("a", "u"), 2, 1, token.clone()).unwrap();
+        assert!(matches!(
+            hub.register(&conn("b", "u"), 2, 1, token.clone()),
+            Err(HubError::Full(1))
+        ));
+        hub.close_all(None);
+        assert!(hub.is_empty());
+        assert!(matches!(
+            hub.register(&conn("c", "u"), 2, 10, token),
+            Err(HubError::Closed)
+        ));
+    }
+
+    #[test]
+    fn close_user_sends_last_frame_then_ends() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let token = CancellationToken::new();
+        let mut a = hub.register(&conn("a", "u"), 2, 10, token.clone()).unwrap();
+        let _b = hub.register(&conn("b", "v"), 2, 10, token).unwrap();
+        let last = Bytes::from_static(b"bye");
+        let closed = hub.close_user("u", Some(&last));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(a.try_recv().unwrap(), last);
+        assert!(matches!(
+            a.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        assert_eq!(hub.len(), 1);
+    }
+}

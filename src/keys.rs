@@ -1,0 +1,78 @@
+//! Every Redis key and channel name of SPEC section 4, spelled in one place.
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Hash of one connection: `{prefix}:conn:{id}`.
+    pub fn conn(&self, connection_id: &str) -> String {
+        format!("{}:conn:{}", self.prefix, connection_id)
+    }
+
+    /// Prefix of every connection hash, for scripts that build the key
+    /// themselves from an id.
+    pub fn conn_prefix(&self) -> String {
+        format!("{}:conn:", self.prefix)
+    }
+
+    /// Sorted set of one user's connection ids by connection time.
+    pub fn user(&self, username: &str) -> String {
+        format!("{}:user:{}", self.prefix, username)
+    }
+
+    pub fn user_prefix(&self) -> String {
+        format!("{}:user:", self.prefix)
+    }
+
+    /// Set of usernames with at least one connection.
+    pub fn users(&self) -> String {
+        format!("{}:users", self.prefix)
+    }
+
+    /// Sorted set of every connection id by last heartbeat.
+    pub fn heartbeats(&self) -> String {
+        format!("{}:heartbeats", self.prefix)
+    }
+
+    /// Stream of one user's kept messages.
+    pub fn history_user(&self, username: &str) -> String {
+        format!("{}:history:user:{}", self.prefix, username)
+    }
+
+    /// Stream of kept broadcasts.
+    pub fn history_broadcast(&self) -> String {
+        format!("{}:history:broadcast", self.prefix)
+    }
+
+    /// Pub/sub channel between nodes.
+    pub fn bus(&self) -> String {
+        format!("{}:bus", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_spec() {
+        let k = Keys::new("sse");
+        assert_eq!(k.conn("abc"), "sse:conn:abc");
+        assert_eq!(k.user("bob"), "sse:user:bob");
+        assert_eq!(k.users(), "sse:users");
+        assert_eq!(k.heartbeats(), "sse:heartbeats");
+        assert_eq!(k.history_user("bob"), "sse:history:user:bob");
+        assert_eq!(k.history_broadcast(), "sse:history:broadcast");
+        assert_eq!(k.bus(), "sse:bus");
+        assert_eq!(k.conn_prefix() + "abc", k.conn("abc"));
+        assert_eq!(k.user_prefix() + "bob", k.user("bob"));
+    }
+}

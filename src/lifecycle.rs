@@ -1,0 +1,347 @@
+//! Start order, background tasks (heartbeat ticker, stale sweeper),
+//! signals (SIGHUP reload + clear, SIGTERM/SIGINT graceful stop) and the
+//! shutdown sequence (SPEC 5). One [`CancellationToken`] is passed down to
+//! everything; every task is owned by a [`TaskTracker`] and joined.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, AppParts};
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::registry::{self, Registry, RegistryError};
+use crate::throttle::LogThrottle;
+use crate::{api, frame, presence, server, stream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("cannot listen on {addr} (config key `{key}`): {source}")]
+    Bind {
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("redis at {url} unreachable for {secs}s (redis.connect_timeout_secs): {source}")]
+    RedisConnect {
+        url: String,
+        secs: u64,
+        source: redis::RedisError,
+    },
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error("startup clear failed: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// Applies a new log filter (`log.level`) to the running subscriber.
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Both listeners, bound before the daemon starts so that tests can bind
+/// port 0 and read the addresses.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, LifecycleError> {
+        let bind = |key: &'static str, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| LifecycleError::Bind { key, addr, source })
+        };
+        Ok(Self {
+            public: bind("server.listen", config.listen_addr()).await?,
+            admin: bind("server.admin_listen", config.admin_addr()).await?,
+        })
+    }
+}
+
+/// Connects to Redis, retrying with backoff for `redis.connect_timeout_secs`.
+pub async fn connect_redis(config: &Config) -> Result<ConnectionManager, LifecycleError> {
+    let url = config.redis.url.expose();
+    let deadline = Instant::now() + Duration::from_secs(config.redis.connect_timeout_secs);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let conn = registry::connect(url).await?;
+            let mut c = conn.clone();
+            redis::cmd("PING").query_async::<String>(&mut c).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match attempt.await {
+            Ok(conn) => return Ok(conn),
+            Err(source) if Instant::now() + delay >= deadline => {
+                return Err(LifecycleError::RedisConnect {
+                    url: crate::config::mask_url_password(url),
+                    secs: config.redis.connect_timeout_secs,
+                    source,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A running node.
+pub struct Daemon {
+    pub app: Arc<App>,
+    pub public_addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    tasks: TaskTracker,
+    servers: TaskTracker,
+    log_reload: Option<LogReload>,
+}
+
+impl Daemon {
+    /// Clears the registry (if `startup.clear`) and starts serving.
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        redis: ConnectionManager,
+        listeners: Listeners,
+        log_reload: Option<LogReload>,
+    ) -> Result<Daemon, LifecycleError> {
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let registry = Registry::new(redis, Keys::new(&config.redis.key_prefix));
+        let auth = Authenticator::from_config(&config)?;
+        if auth.is_insecure() {
+            tracing::warn!("auth.mode = \"none\": anyone can open a stream as any user with ?user=NAME; for development only");
+        }
+        let (presence, presence_task) =
+            presence::spawn_parts(registry.clone(), hub.clone(), metrics.clone(), config.node_id());
+        let startup_clear = config.startup.clear;
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let app = Arc::new(App::new(AppParts {
+            config,
+            config_path,
+            auth,
+            hub,
+            registry,
+            presence,
+            metrics,
+            shutdown: shutdown.clone(),
+        }));
+        let tasks = TaskTracker::new();
+        tasks.spawn(presence_task.run());
+        if startup_clear {
+            let removed = app.router.clear().await?;
+            tracing::info!(
+                connections = removed.connection_count(),
+                users = removed.user_count(),
+                "startup clear"
+            );
+        }
+
+        let public_addr = listeners.public.local_addr().map_err(|source| LifecycleError::Bind {
+            key: "server.listen",
+            addr: app.config().listen_addr(),
+            source,
+        })?;
+        let admin_addr = listeners.admin.local_addr().map_err(|source| LifecycleError::Bind {
+            key: "server.admin_listen",
+            addr: app.config().admin_addr(),
+            source,
+        })?;
+        let servers = TaskTracker::new();
+        servers.spawn(server::serve(
+            "public",
+            listeners.public,
+            stream::routes(app.clone()),
+            shutdown.clone(),
+            grace,
+        ));
+        servers.spawn(server::serve(
+            "admin",
+            listeners.admin,
+            api::routes(app.clone()),
+            shutdown.clone(),
+            grace,
+        ));
+        servers.close();
+        tasks.spawn(crate::bus::run_subscriber(
+            app.config().redis.url.expose().to_string(),
+            app.registry.keys().clone(),
+            app.node_id.clone(),
+            app.presence.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(heartbeat_loop(app.clone()));
+        tasks.spawn(sweep_loop(app.clone()));
+        tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, "sse-notify serving");
+        Ok(Daemon {
+            app,
+            public_addr,
+            admin_addr,
+            tasks,
+            servers,
+            log_reload,
+        })
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.app.shutdown.clone()
+    }
+
+    /// SIGHUP: re-read the config file (an invalid one is logged and the
+    /// old kept), apply what can change live, then clear the registry.
+    pub async fn reload(&self) {
+        let app = &self.app;
+        match &app.config_path {
+            None => tracing::info!("reload: no config file in use; defaults stay"),
+            Some(path) => match Config::load(Some(path)) {
+                Err(e) => tracing::error!(error = %e, "reload: invalid config; keeping the old one"),
+                Ok(new) => self.apply(new),
+            },
+        }
+        if let Err(e) = app.router.clear().await {
+            app.metrics.redis_errors.inc();
+            tracing::error!(error = %e, "reload: clear failed");
+        }
+    }
+
+    fn apply(&self, new: Config) {
+        let app = &self.app;
+        let old = app.config();
+        let restart = old.restart_required_changes(&new);
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "reload: these changes need a restart; their old values stay in force");
+        }
+        let mut effective = new;
+        effective.server = old.server.clone();
+        effective.redis = old.redis.clone();
+        effective.log.format = old.log.format;
+        effective.history.enabled = old.history.enabled;
+        match Authenticator::from_config(&effective) {
+            Ok(auth) => app.set_auth(auth),
+            Err(e) => {
+                tracing::error!(error = %e, "reload: auth settings not applied; keeping the old ones");
+                effective.auth = old.auth.clone();
+            }
+        }
+        if effective.log.level != old.log.level {
+            if let Some(reload) = &self.log_reload {
+                if let Err(e) = reload(&effective.log.level) {
+                    tracing::error!(error = %e, "reload: log.level not applied");
+                    effective.log.level = old.log.level.clone();
+                }
+            }
+        }
+        app.set_config(effective);
+        tracing::info!("reload: config applied");
+    }
+
+    /// Handles SIGHUP, SIGTERM and SIGINT until shutdown.
+    pub fn handle_signals(&self, daemon: Arc<Daemon>) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+        let handle = signals.handle();
+        let shutdown = self.app.shutdown.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let signal = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    s = signals.next() => s,
+                };
+                match signal {
+                    Some(SIGHUP) => {
+                        tracing::info!("SIGHUP: reloading config and clearing the registry");
+                        daemon.reload().await;
+                    }
+                    Some(s) => {
+                        tracing::info!(signal = s, "shutting down");
+                        shutdown.cancel();
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            handle.close();
+        });
+        Ok(())
+    }
+
+    /// Waits for shutdown, then: no new streams, every stream told when to
+    /// come back and closed, requests finished within the grace period,
+    /// this node's records removed, every task joined.
+    pub async fn wait(&self) {
+        let app = &self.app;
+        app.shutdown.cancelled().await;
+        let retry = frame::retry(app.config().stream.retry_ms);
+        let closed = app.hub.close_all(Some(&retry));
+        tracing::info!(streams = closed, "closing streams");
+        self.servers.wait().await;
+        app.presence.shutdown().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Every `stream.heartbeat_secs`: one shared comment frame into every
+/// queue, one batched registry write.
+async fn heartbeat_loop(app: Arc<App>) {
+    loop {
+        let every = app.config().heartbeat_interval();
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = registry::unix_now();
+        app.hub.heartbeat(&frame::heartbeat(now as u64));
+        app.presence.heartbeat();
+    }
+}
+
+/// Every `sweep.interval_secs`: remove records not heartbeated for
+/// `sweep.stale_timeout_secs` (left by a node that died).
+async fn sweep_loop(app: Arc<App>) {
+    let mut log = LogThrottle::new(Duration::from_secs(60));
+    loop {
+        let every = app.config().sweep_interval();
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let timeout = app.config().sweep.stale_timeout_secs as f64;
+        if let Err(e) = app.router.cleanup(timeout).await {
+            app.metrics.redis_errors.inc();
+            if let Some(suppressed) = log.allow() {
+                tracing::error!(error = %e, suppressed, "sweep failed; will retry next interval");
+            }
+        }
+    }
+}
+
+/// `sse-notify serve`: connect, bind, start, handle signals, stop.
+pub async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    log_reload: Option<LogReload>,
+) -> Result<(), LifecycleError> {
+    let redis = connect_redis(&config).await?;
+    let listeners = Listeners::bind(&config).await?;
+    let daemon = Arc::new(Daemon::start(config, config_path, redis, listeners, log_reload).await?);
+    if let Err(e) = daemon.handle_signals(daemon.clone()) {
+        tracing::error!(error = %e, "cannot install signal handlers");
+        daemon.shutdown_token().cancel();
+    }
+    daemon.wait().await;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! This node's presence in the registry: one task that mirrors the hub into
+//! Redis. Registrations, removals, heartbeats and re-registrations (after a
+//! clear or a Redis outage) all go through it, in order, so a connection
+//! that left can never be written back as a zombie by a concurrent resync.
+//! Commands that queue up while a round trip is in flight are coalesced
+//! into the next one (many connects become one MULTI).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{Hub, LocalConn};
+use crate::metrics::Metrics;
+use crate::registry::{unix_now, ConnectionRecord, Registry, RegistryError};
+use crate::throttle::LogThrottle;
+
+enum Cmd {
+    Register(ConnectionRecord, oneshot::Sender<Result<(), String>>),
+    Remove(String),
+    Resync,
+    Heartbeat,
+    /// Remove what this node still holds, answer, and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the presence task.
+#[derive(Clone)]
+pub struct Presence {
+    tx: mpsc::UnboundedSender<Cmd>,
+    register_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    #[error("registration timed out")]
+    Timeout,
+    #[error("node is shutting down")]
+    Stopped,
+}
+
+impl Presence {
+    /// Records a new connection; returns once it is in Redis.
+    pub async fn register(&self, record: ConnectionRecord) -> Result<(), PresenceError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Cmd::Register(record, ack))
+            .map_err(|_| PresenceError::Stopped)?;
+        match tokio::time::timeout(self.register_timeout, done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(PresenceError::Unavailable(e)),
+            Ok(Err(_)) => Err(PresenceError::Stopped),
+            Err(_) => Err(PresenceError::Timeout),
+        }
+    }
+
+    /// Removes a connection's records (retried until Redis takes it).
+    pub fn remove(&self, connection_id: String) {
+        let _ = self.tx.send(Cmd::Remove(connection_id));
+    }
+
+    /// Re-registers every live local connection (after a full clear).
+    pub fn resync(&self) {
+        let _ = self.tx.send(Cmd::Resync);
+    }
+
+    /// Writes `last_heartbeat` of every live local connection.
+    pub fn heartbeat(&self) {
+        let _ = self.tx.send(Cmd::Heartbeat);
+    }
+
+    /// Removes this node's remaining records and stops the task.
+    pub async fn shutdown(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Cmd::Shutdown(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+pub struct PresenceTask {
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    registry: Registry,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    node_id: String,
+    /// Removals Redis has not taken yet (outage); retried.
+    pending_removals: HashSet<String>,
+    /// Set after a failed write: Redis may have lost our records (restart
+    /// without persistence), so the next success re-registers everything.
+    dirty: bool,
+    log: LogThrottle,
+}
+
+pub fn spawn_parts(
+    registry: Registry,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    node_id: String,
+) -> (Presence, PresenceTask) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Presence {
+            tx,
+            register_timeout: Duration::from_secs(8),
+        },
+        PresenceTask {
+            rx,
+            registry,
+            hub,
+            metrics,
+            node_id,
+            pending_removals: HashSet::new(),
+            dirty: false,
+            log: LogThrottle::new(Duration::from_secs(10)),
+        },
+    )
+}
+
+const BATCH: usize = 4096;
+
+impl PresenceTask {
+    pub async fn run(mut self) {
+        let mut cmds = Vec::with_capacity(BATCH);
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                n = self.rx.recv_many(&mut cmds, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    if let Some(ack) = self.process(std::mem::take(&mut cmds)).await {
+                        let _ = ack.send(());
+                        return;
+                    }
+                }
+                _ = retry.tick(), if self.dirty || !self.pending_removals.is_empty() => {
+                    self.recover().await;
+                }
+            }
+        }
+    }
+
+    fn record(&self, c: &LocalConn, now: f64) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: c.connection_id.clone(),
+            username: c.username.clone(),
+            connection_time: c.connection_time,
+            last_heartbeat: now,
+            node_id: self.node_id.clone(),
+        }
+    }
+
+    fn failed(&mut self, what: &str, e: &RegistryError) {
+        self.dirty = true;
+        self.metrics.redis_errors.inc();
+        if let Some(suppressed) = self.log.allow() {
+            tracing::error!(op = what, error = %e, suppressed, "registry write failed; will retry and re-register");
+        }
+    }
+
+    /// Handles one batch; returns the shutdown ack if the batch held one.
+    async fn process(&mut self, cmds: Vec<Cmd>) -> Option<oneshot::Sender<()>> {
+        let now = unix_now();
+        let mut records = Vec::new();
+        let mut acks = Vec::new();
+        let mut resync = false;
+        let mut heartbeat = false;
+        let mut shutdown = None;
+        for cmd in cmds {
+            match cmd {
+                Cmd::Register(r, ack) => {
+                    records.push(r);
+                    acks.push(ack);
+                }
+                Cmd::Remove(id) => {
+                    self.pending_removals.insert(id);
+                }
+                Cmd::Resync => resync = true,
+                Cmd::Heartbeat => heartbeat = true,
+                Cmd::Shutdown(ack) => shutdown = Some(ack),
+            }
+        }
+        if shutdown.is_some() {
+            // Whatever is still in the hub goes too: the node is leaving.
+            for acked in acks {
+                let _ = acked.send(Err("node is shutting down".into()));
+            }
+            self.pending_removals.extend(self.hub.ids());
+            let ids: Vec<String> = self.pending_removals.drain().collect();
+            if let Err(e) = self.registry.remove(&ids).await {
+                self.failed("shutdown_remove", &e);
+            }
+            return shutdown;
+        }
+        if resync || self.dirty {
+            // The snapshot is taken now, after every earlier removal was
+            // queued, so it holds only connections that are still live.
+            let live: HashSet<String> = records.iter().map(|r| r.connection_id.clone()).collect();
+            for c in self.hub.snapshot() {
+                if !live.contains(&c.connection_id) {
+                    records.push(self.record(&c, now));
+                }
+            }
+        }
+        match self.registry.register(&records).await {
+            Ok(()) => {
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+                if resync || self.dirty {
+                    tracing::info!(connections = records.len(), "re-registered live connections");
+                }
+                self.dirty = false;
+            }
+            Err(e) => {
+                for ack in acks {
+                    let _ = ack.send(Err(e.to_string()));
+                }
+                self.failed("register", &e);
+            }
+        }
+        self.flush_removals().await;
+        if heartbeat {
+            let ids = self.hub.ids();
+            if let Err(e) = self.registry.heartbeat(&ids, now).await {
+                self.failed("heartbeat", &e);
+            }
+        }
+        None
+    }
+
+    async fn flush_removals(&mut self) {
+        if self.pending_removals.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = self.pending_removals.iter().cloned().collect();
+        match self.registry.remove(&ids).await {
+            Ok(_) => self.pending_removals.clear(),
+            Err(e) => self.failed("remove", &e),
+        }
+    }
+
+    /// After an outage: re-register every live connection, then retry the
+    /// removals that failed.
+    async fn recover(&mut self) {
+        if self.dirty {
+            let now = unix_now();
+            let records: Vec<ConnectionRecord> = self
+                .hub
+                .snapshot()
+                .iter()
+                .map(|c| self.record(c, now))
+                .collect();
+            match self.registry.register(&records).await {
+                Ok(()) => {
+                    self.dirty = false;
+                    tracing::info!(connections = records.len(), "registry reachable again; re-registered live connections");
+                }
+                Err(e) => {
+                    self.failed("reregister", &e);
+                    return;
+                }
+            }
+        }
+        self.flush_removals().await;
+    }
+}

@@ -1,0 +1,124 @@
+//! HTTP/1.1 serving of a warp filter on an already-bound listener.
+//!
+//! Our own accept loop instead of `warp::serve` because the daemon needs
+//! what warp's does not give: TCP_NODELAY for small SSE frames, a handle per
+//! TCP connection to drop a client that stopped reading (its body is never
+//! polled again, so only closing the socket frees it), no busy loop when
+//! the process runs out of file descriptors, and a shutdown that waits for
+//! open requests only up to the grace period.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::Filter;
+
+use crate::throttle::LogThrottle;
+
+/// What the accept loop knows of a request's TCP connection, handed to
+/// handlers as a request extension.
+#[derive(Clone, Debug)]
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    /// Cancelling it closes the TCP connection at once.
+    pub kill: CancellationToken,
+}
+
+/// Serves `filter` on `listener` until `shutdown`; then stops accepting,
+/// lets open requests finish for at most `grace`, and closes the rest.
+pub async fn serve<F>(
+    name: &'static str,
+    listener: TcpListener,
+    filter: F,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    F::Future: Send,
+{
+    let graceful = GracefulShutdown::new();
+    let force_close = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut accept_errors = LogThrottle::new(Duration::from_secs(10));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE/ENFILE: the pending connection stays in the
+                // backlog and accept would fail again at once; pause
+                // instead of spinning.
+                if let Some(suppressed) = accept_errors.allow() {
+                    tracing::error!(listener = name, error = %e, suppressed, "accept failed");
+                }
+                if !is_connection_error(&e) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let kill = force_close.child_token();
+        let ctx = ConnCtx {
+            peer,
+            kill: kill.clone(),
+        };
+        let warp_svc = warp::service(filter.clone());
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ctx.clone());
+            let mut svc = warp_svc.clone();
+            tower_service::Service::call(&mut svc, req)
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tasks.spawn(async move {
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = kill.cancelled() => {
+                    tracing::debug!(%peer, "connection closed by the server");
+                }
+            }
+        });
+    }
+    drop(listener);
+    tasks.close();
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(listener = name, open = tasks.len(), "grace period over; closing remaining connections");
+            force_close.cancel();
+        }
+    }
+    force_close.cancel();
+    tasks.wait().await;
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}

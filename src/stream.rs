@@ -1,0 +1,251 @@
+//! The public listener: `GET {base}/stream/` (SPEC 2) and its CORS
+//! preflight. A stream is authenticated, put in the hub and the registry
+//! (before its first frame, so a send right after reaches it), then its
+//! queue of encoded frames becomes the response body. Whatever ends the
+//! body (client gone, close, shutdown) drops its guard, which removes the
+//! connection from the hub and the registry.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use serde_json::json;
+use tokio::sync::mpsc;
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::app::App;
+use crate::auth::AuthError;
+use crate::config::Config;
+use crate::envelope::{self, ApiError};
+use crate::frame;
+use crate::hub::{HubError, LocalConn};
+use crate::registry::{unix_now, ConnectionRecord};
+use crate::server::ConnCtx;
+
+/// The whole public listener as one filter.
+pub fn routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let query = warp::query::<HashMap<String, String>>()
+        .or(warp::any().map(HashMap::new))
+        .unify();
+    warp::any()
+        .map(move || app.clone())
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .and(warp::ext::optional::<ConnCtx>())
+        .then(
+            |app: Arc<App>,
+             method: Method,
+             path: warp::path::FullPath,
+             headers: HeaderMap,
+             query: HashMap<String, String>,
+             ctx: Option<ConnCtx>| async move {
+                let config = app.config();
+                let is_stream = crate::api::relative(&config.server.base_path, path.as_str())
+                    == Some("/stream");
+                let result = if !is_stream {
+                    Err(ApiError::not_found("no such route"))
+                } else if method == Method::GET {
+                    open(&app, &config, &headers, &query, ctx).await
+                } else if method == Method::OPTIONS {
+                    Ok(preflight())
+                } else {
+                    Err(ApiError::method_not_allowed("GET"))
+                };
+                let mut resp = envelope::respond(result);
+                cors(&config, &headers, &mut resp);
+                app.metrics
+                    .http(if is_stream { "stream" } else { "unknown" }, resp.status().as_u16());
+                resp
+            },
+        )
+}
+
+fn preflight() -> Response {
+    let mut resp = Response::new(Default::default());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Last-Event-ID, Authorization, Cache-Control"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    resp
+}
+
+/// Listed origins get their own origin back with credentials; others get
+/// no CORS header at all.
+fn cors(config: &Config, headers: &HeaderMap, resp: &mut Response) {
+    if config.stream.cors_origins.is_empty() {
+        return;
+    }
+    let h = resp.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return;
+    };
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| config.stream.cors_origins.iter().any(|a| a == o));
+    if allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Unauthorized(m) => ApiError::unauthorized(m),
+        AuthError::Forbidden(m) => ApiError::forbidden(m),
+        AuthError::BadUsername(m) => ApiError::bad_request(m),
+    }
+}
+
+async fn open(
+    app: &Arc<App>,
+    config: &Config,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    ctx: Option<ConnCtx>,
+) -> Result<Response, ApiError> {
+    let peer = ctx.as_ref().map(|c| c.peer);
+    let username = app
+        .auth()
+        .identify(peer, headers, query)
+        .map_err(auth_error)?;
+    let conn = LocalConn {
+        connection_id: uuid::Uuid::new_v4().to_string(),
+        username,
+        connection_time: unix_now(),
+    };
+    let kill = ctx.map(|c| c.kill).unwrap_or_default();
+    let retry_later = Duration::from_millis(config.stream.retry_ms.max(1000));
+    let rx = app
+        .hub
+        .register(
+            &conn,
+            config.stream.queue_size,
+            config.limits.max_connections,
+            kill,
+        )
+        .map_err(|e| {
+            app.metrics.rejected_connections.inc();
+            if let HubError::Full(_) = e {
+                tracing::warn!(limit = config.limits.max_connections, "stream refused: limits.max_connections reached");
+            }
+            ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
+        })?;
+    // From here on, any exit (error, client gone mid-registration) cleans up.
+    let mut guard = ConnGuard {
+        app: app.clone(),
+        conn: conn.clone(),
+        opened: Instant::now(),
+        established: false,
+    };
+    app.presence
+        .register(ConnectionRecord {
+            connection_id: conn.connection_id.clone(),
+            username: conn.username.clone(),
+            connection_time: conn.connection_time,
+            last_heartbeat: conn.connection_time,
+            node_id: app.node_id.clone(),
+        })
+        .await
+        .map_err(|e| {
+            app.metrics.rejected_connections.inc();
+            ApiError::unavailable(format!("cannot register the connection: {e}"))
+                .with_retry_after(retry_later)
+        })?;
+    guard.established = true;
+    app.metrics.connects.inc();
+    tracing::info!(connection_id = %conn.connection_id, username = %conn.username, peer = ?peer, "stream opened");
+
+    let established = json!({
+        "connection_id": conn.connection_id,
+        "username": conn.username,
+        "connection_time": conn.connection_time,
+    });
+    let mut prefix = BytesMut::new();
+    prefix.extend_from_slice(&frame::retry(config.stream.retry_ms));
+    prefix.extend_from_slice(&frame::event(
+        "connection_established",
+        &established.to_string(),
+    ));
+    let body = SseBody {
+        prefix: Some(prefix.freeze()),
+        rx,
+        _guard: guard,
+    };
+    let mut resp = warp::reply::Reply::into_response(warp::reply::stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// Removes the connection from the hub and the registry when dropped.
+struct ConnGuard {
+    app: Arc<App>,
+    conn: LocalConn,
+    opened: Instant,
+    established: bool,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.app.hub.unregister(&self.conn.connection_id);
+        self.app.presence.remove(self.conn.connection_id.clone());
+        if self.established {
+            self.app.metrics.disconnects.inc();
+            tracing::info!(
+                connection_id = %self.conn.connection_id,
+                username = %self.conn.username,
+                secs = self.opened.elapsed().as_secs(),
+                "stream closed"
+            );
+        }
+    }
+}
+
+/// The response body: the opening frames, then the connection's queue
+/// until its sender is dropped.
+struct SseBody {
+    prefix: Option<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    _guard: ConnGuard,
+}
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(p)));
+        }
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
