@@ -103,7 +103,11 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |app: Arc<App>, method: Method, path: warp::path::FullPath, headers: HeaderMap, body| async move {
+            |app: Arc<App>,
+             method: Method,
+             path: warp::path::FullPath,
+             headers: HeaderMap,
+             body| async move {
                 let config = app.config();
                 let route = parse_route(&config.server.base_path, path.as_str());
                 let label = route.as_ref().map_or("unknown", AdminRoute::label);
@@ -138,9 +142,12 @@ where
     }
     let config = app.config();
     if route != AdminRoute::Healthz && !admin_allowed(config.api.token.expose(), headers) {
-        let mut resp = ApiError::unauthorized("missing or wrong bearer token (api.token)").into_response();
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, warp::http::HeaderValue::from_static("Bearer"));
+        let mut resp =
+            ApiError::unauthorized("missing or wrong bearer token (api.token)").into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            warp::http::HeaderValue::from_static("Bearer"),
+        );
         return Ok(resp);
     }
     match (route, method) {
@@ -368,8 +375,14 @@ mod tests {
     #[test]
     fn routes_with_and_without_slash() {
         let b = "/notifications";
-        assert_eq!(parse_route(b, "/notifications/send/"), Some(AdminRoute::Send));
-        assert_eq!(parse_route(b, "/notifications/send"), Some(AdminRoute::Send));
+        assert_eq!(
+            parse_route(b, "/notifications/send/"),
+            Some(AdminRoute::Send)
+        );
+        assert_eq!(
+            parse_route(b, "/notifications/send"),
+            Some(AdminRoute::Send)
+        );
         assert_eq!(
             parse_route(b, "/notifications/connections/al%C3%A9/"),
             Some(AdminRoute::UserConnections("alé".into()))
@@ -393,6 +406,9 @@ mod tests {
         assert!(err(r#"{"data":1,"to":5}"#).starts_with("to"));
         assert!(err(r#"{"data":1,"to":""}"#).starts_with("to"));
         let ok = parse_send(br#"{"data":null}"#).unwrap();
-        assert_eq!((ok.to, ok.event.as_str(), ok.all_connections), (None, "message", true));
+        assert_eq!(
+            (ok.to, ok.event.as_str(), ok.all_connections),
+            (None, "message", true)
+        );
     }
 }

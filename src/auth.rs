@@ -173,7 +173,10 @@ fn trim_end_ascii_whitespace(b: &[u8]) -> &[u8] {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(warp::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = headers
+        .get(warp::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -25,9 +25,12 @@ pub enum BusEvent {
 
 /// Tells every running node to re-register its live connections.
 pub async fn publish_resync(registry: &Registry) -> Result<(), RegistryError> {
-    publish(registry, &BusEvent::Resync {
-        origin: String::new(),
-    })
+    publish(
+        registry,
+        &BusEvent::Resync {
+            origin: String::new(),
+        },
+    )
     .await
 }
 

@@ -57,7 +57,9 @@ pub enum Command {
         json: bool,
     },
     /// List the registry (all users, or one), read directly from Redis.
-    #[command(after_help = "Examples:\n  sse-notify connections\n  sse-notify connections alice --json")]
+    #[command(
+        after_help = "Examples:\n  sse-notify connections\n  sse-notify connections alice --json"
+    )]
     Connections {
         /// Only this user's connections.
         user: Option<String>,
@@ -147,14 +149,15 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
         Command::Clear { force, json } => {
             if !force {
                 return Err(CliError::Usage(
-                    "clear removes every connection record of every node; run it with --force".into(),
+                    "clear removes every connection record of every node; run it with --force"
+                        .into(),
                 ));
             }
             let registry = connect(&config).await?;
             let removed = registry.clear().await?;
-            crate::bus::publish_resync(&registry)
-                .await
-                .map_err(|e| CliError::Runtime(format!("cleared, but could not tell running nodes: {e}")))?;
+            crate::bus::publish_resync(&registry).await.map_err(|e| {
+                CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))
+            })?;
             print_removed(&removed, json, false);
             Ok(())
         }
@@ -204,8 +207,15 @@ async fn connect(config: &Config) -> Result<Registry, CliError> {
     let url = config.redis.url.expose();
     let conn = tokio::time::timeout(Duration::from_secs(5), registry::connect(url))
         .await
-        .map_err(|_| CliError::Runtime(format!("redis at {} did not answer", config::mask_url_password(url))))?
-        .map_err(|e| CliError::Runtime(format!("redis at {}: {e}", config::mask_url_password(url))))?;
+        .map_err(|_| {
+            CliError::Runtime(format!(
+                "redis at {} did not answer",
+                config::mask_url_password(url)
+            ))
+        })?
+        .map_err(|e| {
+            CliError::Runtime(format!("redis at {}: {e}", config::mask_url_password(url)))
+        })?;
     let registry = Registry::new(conn, Keys::new(&config.redis.key_prefix));
     registry.ping().await?;
     Ok(registry)
@@ -256,7 +266,13 @@ fn print_table<'a>(records: impl Iterator<Item = &'a registry::ConnectionRecord>
     if rows.is_empty() {
         return;
     }
-    let header = ["USER", "CONNECTION_ID", "CONNECTED", "LAST_HEARTBEAT", "NODE"];
+    let header = [
+        "USER",
+        "CONNECTION_ID",
+        "CONNECTED",
+        "LAST_HEARTBEAT",
+        "NODE",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -318,7 +334,10 @@ async fn send(
         .await
         .map_err(|e| CliError::Runtime(format!("bad answer from {url}: {e}")))?;
     if !status.is_success() {
-        let message = answer["message"].as_str().unwrap_or("no message").to_string();
+        let message = answer["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
         let message = format!("send failed ({}): {message}", status.as_u16());
         return Err(if status.is_client_error() && status.as_u16() != 401 {
             CliError::Usage(message)

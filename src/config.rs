@@ -537,12 +537,7 @@ pub fn mask_url_password(url: &str) -> String {
                 Some(colon) => format!("{}:****", &userinfo[..colon]),
                 None => "****".to_string(),
             };
-            format!(
-                "{}{}{}",
-                &url[..scheme_end + 3],
-                masked,
-                &rest[at..]
-            )
+            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
         }
         None => url.to_string(),
     }
@@ -557,7 +552,11 @@ mod tests {
         let text = include_str!("../etc/sse-notify.toml");
         let parsed = Config::parse(text).expect("etc/sse-notify.toml parses");
         parsed.validate().expect("etc/sse-notify.toml is valid");
-        assert_eq!(parsed, Config::default(), "the sample documents the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "the sample documents the defaults"
+        );
     }
 
     #[test]
@@ -622,7 +621,10 @@ mod tests {
         c.redis.url = Secret("redis://app:s3cret@db:6379/0".into());
         assert!(!format!("{c:?}").contains("hunter2"));
         let shown = c.to_masked_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
         assert!(shown.contains("redis://app:****@db:6379/0"), "{shown}");
     }
 }

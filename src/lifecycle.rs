@@ -124,8 +124,12 @@ impl Daemon {
         if auth.is_insecure() {
             tracing::warn!("auth.mode = \"none\": anyone can open a stream as any user with ?user=NAME; for development only");
         }
-        let (presence, presence_task) =
-            presence::spawn_parts(registry.clone(), hub.clone(), metrics.clone(), config.node_id());
+        let (presence, presence_task) = presence::spawn_parts(
+            registry.clone(),
+            hub.clone(),
+            metrics.clone(),
+            config.node_id(),
+        );
         let startup_clear = config.startup.clear;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let app = Arc::new(App::new(AppParts {
@@ -149,16 +153,22 @@ impl Daemon {
             );
         }
 
-        let public_addr = listeners.public.local_addr().map_err(|source| LifecycleError::Bind {
-            key: "server.listen",
-            addr: app.config().listen_addr(),
-            source,
-        })?;
-        let admin_addr = listeners.admin.local_addr().map_err(|source| LifecycleError::Bind {
-            key: "server.admin_listen",
-            addr: app.config().admin_addr(),
-            source,
-        })?;
+        let public_addr = listeners
+            .public
+            .local_addr()
+            .map_err(|source| LifecycleError::Bind {
+                key: "server.listen",
+                addr: app.config().listen_addr(),
+                source,
+            })?;
+        let admin_addr = listeners
+            .admin
+            .local_addr()
+            .map_err(|source| LifecycleError::Bind {
+                key: "server.admin_listen",
+                addr: app.config().admin_addr(),
+                source,
+            })?;
         let servers = TaskTracker::new();
         servers.spawn(server::serve(
             "public",
@@ -206,7 +216,9 @@ impl Daemon {
         match &app.config_path {
             None => tracing::info!("reload: no config file in use; defaults stay"),
             Some(path) => match Config::load(Some(path)) {
-                Err(e) => tracing::error!(error = %e, "reload: invalid config; keeping the old one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload: invalid config; keeping the old one")
+                }
                 Ok(new) => self.apply(new),
             },
         }

@@ -23,7 +23,8 @@ fn main() -> ExitCode {
     };
     if let Command::Serve = cli.command {
         let log_reload = sse_notify::logging::init(&config.log);
-        return match runtime.block_on(sse_notify::lifecycle::serve(config, path, Some(log_reload))) {
+        return match runtime.block_on(sse_notify::lifecycle::serve(config, path, Some(log_reload)))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "sse-notify cannot run");

@@ -213,7 +213,10 @@ impl PresenceTask {
                     let _ = ack.send(Ok(()));
                 }
                 if resync || self.dirty {
-                    tracing::info!(connections = records.len(), "re-registered live connections");
+                    tracing::info!(
+                        connections = records.len(),
+                        "re-registered live connections"
+                    );
                 }
                 self.dirty = false;
             }
@@ -259,7 +262,10 @@ impl PresenceTask {
             match self.registry.register(&records).await {
                 Ok(()) => {
                     self.dirty = false;
-                    tracing::info!(connections = records.len(), "registry reachable again; re-registered live connections");
+                    tracing::info!(
+                        connections = records.len(),
+                        "registry reachable again; re-registered live connections"
+                    );
                 }
                 Err(e) => {
                     self.failed("reregister", &e);

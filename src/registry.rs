@@ -58,12 +58,14 @@ impl Removed {
     }
 }
 
-/// Unix time in seconds, as the registry stores it.
+/// Unix time in seconds to the microsecond, as the registry stores it (so
+/// a value shown on the stream equals the one read back from Redis).
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
+    let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    micros as f64 / 1e6
 }
 
 fn fmt_time(t: f64) -> String {
@@ -350,7 +352,11 @@ impl Registry {
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1
     /// gives the first connection only.
-    pub async fn user_connection_ids(&self, username: &str, limit: Option<usize>) -> Result<Vec<String>> {
+    pub async fn user_connection_ids(
+        &self,
+        username: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<String>> {
         let stop = limit.map(|n| n as isize - 1).unwrap_or(-1);
         let key = self.keys.user(username);
         let mut c = self.conn.clone();

@@ -94,7 +94,12 @@ impl Router {
     pub async fn disconnect_user(&self, username: &str) -> Result<Removed, RegistryError> {
         let removed = self.registry.delete_user(username).await?;
         let closed = self.hub.close_user(username, None);
-        tracing::info!(username, records = removed.connection_count(), local_streams = closed.len(), "user disconnected");
+        tracing::info!(
+            username,
+            records = removed.connection_count(),
+            local_streams = closed.len(),
+            "user disconnected"
+        );
         Ok(removed)
     }
 

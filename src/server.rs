@@ -79,11 +79,12 @@ pub async fn serve<F>(
             kill: kill.clone(),
         };
         let warp_svc = warp::service(filter.clone());
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ctx.clone());
-            let mut svc = warp_svc.clone();
-            tower_service::Service::call(&mut svc, req)
-        });
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ctx.clone());
+                let mut svc = warp_svc.clone();
+                tower_service::Service::call(&mut svc, req)
+            });
         let conn = http1::Builder::new()
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), svc);

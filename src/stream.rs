@@ -64,8 +64,10 @@ pub fn routes(
                 };
                 let mut resp = envelope::respond(result);
                 cors(&config, &headers, &mut resp);
-                app.metrics
-                    .http(if is_stream { "stream" } else { "unknown" }, resp.status().as_u16());
+                app.metrics.http(
+                    if is_stream { "stream" } else { "unknown" },
+                    resp.status().as_u16(),
+                );
                 resp
             },
         )
@@ -151,7 +153,10 @@ async fn open(
         .map_err(|e| {
             app.metrics.rejected_connections.inc();
             if let HubError::Full(_) = e {
-                tracing::warn!(limit = config.limits.max_connections, "stream refused: limits.max_connections reached");
+                tracing::warn!(
+                    limit = config.limits.max_connections,
+                    "stream refused: limits.max_connections reached"
+                );
             }
             ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
         })?;
