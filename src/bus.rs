@@ -1,10 +1,9 @@
-//! Control events between nodes over the `{prefix}:bus` pub/sub channel:
-//! one subscription per node, rebuilt with backoff when it breaks.
-//!
-//! Today the bus carries `resync` (after a full clear every node
-//! re-registers its live connections); cross-node delivery travels the
-//! same channel.
+//! Messages and control events between nodes over the `{prefix}:bus`
+//! pub/sub channel: one subscription per node, rebuilt with backoff when it
+//! breaks. What a node receives it applies to the connections it holds;
+//! events it published itself were already applied locally and are skipped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -12,6 +11,8 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::frame;
+use crate::hub::Hub;
 use crate::keys::Keys;
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
@@ -21,6 +22,66 @@ use crate::registry::{Registry, RegistryError};
 pub enum BusEvent {
     /// The registry was cleared: re-register your live connections.
     Resync { origin: String },
+    /// A message for connections held by other nodes: `ids`, or every
+    /// connection when `broadcast`. `data` is the compact JSON text.
+    Deliver {
+        origin: String,
+        ids: Vec<String>,
+        broadcast: bool,
+        id: String,
+        event: String,
+        data: String,
+    },
+    /// Close these connections; with a reason, an `evicted` notice first.
+    Close {
+        origin: String,
+        ids: Vec<String>,
+        reason: Option<String>,
+    },
+    /// Close every stream of a user (logout).
+    CloseUser { origin: String, username: String },
+}
+
+impl BusEvent {
+    fn origin(&self) -> &str {
+        match self {
+            BusEvent::Resync { origin }
+            | BusEvent::Deliver { origin, .. }
+            | BusEvent::Close { origin, .. }
+            | BusEvent::CloseUser { origin, .. } => origin,
+        }
+    }
+}
+
+/// Applies an event from another node to this one.
+fn apply(event: BusEvent, hub: &Hub, presence: &Presence) {
+    match event {
+        BusEvent::Resync { .. } => presence.resync(),
+        BusEvent::Deliver {
+            ids,
+            broadcast,
+            id,
+            event,
+            data,
+            ..
+        } => {
+            let frame = frame::message(&id, &event, &data);
+            if broadcast {
+                hub.broadcast(&frame);
+            } else {
+                hub.deliver(&ids, &frame);
+            }
+        }
+        BusEvent::Close { ids, reason, .. } => {
+            for id in ids {
+                let notice = reason.as_deref().map(|r| frame::evicted(&id, r));
+                hub.close(std::slice::from_ref(&id), notice.as_ref());
+            }
+        }
+        BusEvent::CloseUser { username, .. } => {
+            hub.close_user(&username, None);
+        }
+    }
 }
 
 /// Tells every running node to re-register its live connections.
@@ -53,6 +114,7 @@ pub async fn run_subscriber(
     url: String,
     keys: Keys,
     node_id: String,
+    hub: Arc<Hub>,
     presence: Presence,
     shutdown: CancellationToken,
 ) {
@@ -90,11 +152,8 @@ pub async fn run_subscriber(
                     };
                     let payload: String = msg.get_payload().unwrap_or_default();
                     match serde_json::from_str::<BusEvent>(&payload) {
-                        Ok(BusEvent::Resync { origin }) => {
-                            if origin != node_id {
-                                presence.resync();
-                            }
-                        }
+                        Ok(event) if event.origin() == node_id => {}
+                        Ok(event) => apply(event, &hub, &presence),
                         Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
                     }
                 }

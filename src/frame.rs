@@ -32,6 +32,12 @@ pub fn event(event: &str, data_json: &str) -> Bytes {
     b.freeze()
 }
 
+/// `event: evicted`: the connection is closed to make room (SPEC 7).
+pub fn evicted(connection_id: &str, reason: &str) -> Bytes {
+    let data = serde_json::json!({"connection_id": connection_id, "reason": reason});
+    event("evicted", &data.to_string())
+}
+
 /// `retry:` frame telling the client how long to wait before reconnecting.
 pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))

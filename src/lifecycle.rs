@@ -189,6 +189,7 @@ impl Daemon {
             app.config().redis.url.expose().to_string(),
             app.registry.keys().clone(),
             app.node_id.clone(),
+            app.hub.clone(),
             app.presence.clone(),
             shutdown.clone(),
         ));

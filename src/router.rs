@@ -15,6 +15,8 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError, Removed};
 
+const EVICTED_REASON: &str = "max_connections_per_user";
+
 /// A validated message to send.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -60,21 +62,41 @@ impl Router {
         }
     }
 
-    /// Routes a message. Targets are read from the registry first: if Redis
-    /// is unreachable nothing is delivered, so a retry cannot duplicate.
+    /// Routes a message. Targets are read from the registry and, when some
+    /// are held by other nodes, the message is published on the bus before
+    /// anything is delivered here: if Redis fails, nothing is delivered at
+    /// all and a retry cannot duplicate.
     pub async fn send(&self, msg: Outgoing) -> Result<Sent, RegistryError> {
         let message_id = uuid::Uuid::new_v4().to_string();
         let data_json = msg.data.to_string();
         let frame = frame::message(&message_id, &msg.event, &data_json);
+        let remote_event = |ids: Vec<String>, broadcast: bool| BusEvent::Deliver {
+            origin: self.node_id.clone(),
+            ids,
+            broadcast,
+            id: message_id.clone(),
+            event: msg.event.clone(),
+            data: data_json.clone(),
+        };
         let connections = match &msg.to {
             Some(user) => {
                 let limit = (!msg.all_connections).then_some(1);
                 let targets = self.registry.user_connection_ids(user, limit).await?;
-                self.hub.deliver(&targets, &frame);
+                let (local, remote): (Vec<String>, Vec<String>) = targets
+                    .iter()
+                    .cloned()
+                    .partition(|id| self.hub.contains(id));
+                if !remote.is_empty() {
+                    bus::publish(&self.registry, &remote_event(remote, false)).await?;
+                }
+                self.hub.deliver(&local, &frame);
                 targets.len()
             }
             None => {
                 let count = self.registry.connection_count().await?;
+                if count > 0 {
+                    bus::publish(&self.registry, &remote_event(Vec::new(), true)).await?;
+                }
                 self.hub.broadcast(&frame);
                 count
             }
@@ -83,16 +105,22 @@ impl Router {
         tracing::debug!(%message_id, to = msg.to.as_deref(), event = %msg.event, connections, "message routed");
         Ok(Sent {
             message_id,
-            all_connections: msg.to.is_some() && msg.all_connections || msg.to.is_none(),
+            all_connections: msg.to.is_none() || msg.all_connections,
             to: msg.to,
             event: msg.event,
             connections,
         })
     }
 
-    /// Closes every stream of `username` and removes their records.
+    /// Closes every stream of `username` on every node and removes their
+    /// records.
     pub async fn disconnect_user(&self, username: &str) -> Result<Removed, RegistryError> {
         let removed = self.registry.delete_user(username).await?;
+        let close = BusEvent::CloseUser {
+            origin: self.node_id.clone(),
+            username: username.to_string(),
+        };
+        bus::publish(&self.registry, &close).await?;
         let closed = self.hub.close_user(username, None);
         tracing::info!(
             username,
@@ -101,6 +129,53 @@ impl Router {
             "user disconnected"
         );
         Ok(removed)
+    }
+
+    /// SPEC 7: when `username` holds more than `max` connections (all
+    /// nodes), the oldest ones but `keep` are closed with an `evicted`
+    /// notice until `max` remain.
+    pub async fn enforce_user_limit(
+        &self,
+        username: &str,
+        max: usize,
+        keep: &str,
+    ) -> Result<usize, RegistryError> {
+        let ids = self.registry.user_connection_ids(username, None).await?;
+        if ids.len() <= max {
+            return Ok(0);
+        }
+        let excess = ids.len() - max;
+        let victims: Vec<String> = ids
+            .into_iter()
+            .filter(|id| id != keep)
+            .take(excess)
+            .collect();
+        self.registry.remove(&victims).await?;
+        let (local, remote): (Vec<String>, Vec<String>) = victims
+            .iter()
+            .cloned()
+            .partition(|id| self.hub.contains(id));
+        if !remote.is_empty() {
+            let close = BusEvent::Close {
+                origin: self.node_id.clone(),
+                ids: remote,
+                reason: Some(EVICTED_REASON.into()),
+            };
+            bus::publish(&self.registry, &close).await?;
+        }
+        for id in &local {
+            self.hub.close(
+                std::slice::from_ref(id),
+                Some(&frame::evicted(id, EVICTED_REASON)),
+            );
+        }
+        tracing::info!(
+            username,
+            evicted = victims.len(),
+            max,
+            "connections over the per-user limit evicted"
+        );
+        Ok(victims.len())
     }
 
     /// Full clear: every record goes, then every node re-registers the

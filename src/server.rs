@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -85,7 +85,10 @@ pub async fn serve<F>(
                 let mut svc = warp_svc.clone();
                 tower_service::Service::call(&mut svc, req)
             });
+        // The timer makes hyper's header read timeout (30 s) effective: a
+        // client that opens a socket and sends nothing is not kept forever.
         let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);

@@ -183,6 +183,18 @@ async fn open(
         })?;
     guard.established = true;
     app.metrics.connects.inc();
+    if let Err(e) = app
+        .router
+        .enforce_user_limit(
+            &conn.username,
+            config.limits.max_connections_per_user,
+            &conn.connection_id,
+        )
+        .await
+    {
+        app.metrics.redis_errors.inc();
+        tracing::warn!(error = %e, username = %conn.username, "per-user limit not enforced");
+    }
     tracing::info!(connection_id = %conn.connection_id, username = %conn.username, peer = ?peer, "stream opened");
 
     let established = json!({

@@ -1,0 +1,120 @@
+//! Several nodes on one Redis: delivery, closes and clears reach every node.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn messages_reach_tabs_on_every_node_exactly_once() {
+    let redis = RedisServer::start();
+    let a = TestNode::start(test_config(&redis.url())).await;
+    let (mut a1, a1_id) = SseClient::connect(&a, "alice").await;
+    // b's startup clear wipes a's records; a re-registers over the bus.
+    let b = TestNode::start(test_config(&redis.url())).await;
+    let (mut b1, b1_id) = SseClient::connect(&b, "alice").await;
+    let (mut bob, _) = SseClient::connect(&b, "bob").await;
+    let mut conn = redis.conn();
+    let mut expected = vec![a1_id.clone(), b1_id.clone()];
+    assert!(
+        eventually(WAIT, || {
+            let ids = registry_ids(&mut conn, "sse");
+            async move { ids.len() == 3 }
+        })
+        .await,
+        "registry holds the 3 live connections after b's startup clear"
+    );
+    expected.sort();
+
+    // Posted to a: alice's tab on a and on b, once each.
+    let (status, body) = send(&a.admin_url(""), json!({"to": "alice", "data": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 2);
+    for tab in [&mut a1, &mut b1] {
+        let ev = tab.next_named("message", WAIT).await.expect("message");
+        assert_eq!(ev.data, "\"hi\"");
+    }
+
+    // Broadcast posted to b: every tab of every node, once.
+    let (status, body) = send(&b.admin_url(""), json!({"data": 7, "event": "news"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 3);
+    for tab in [&mut a1, &mut b1, &mut bob] {
+        let ev = tab.next_event(WAIT).await.expect("broadcast");
+        assert_eq!((ev.event.as_str(), ev.data.as_str()), ("news", "7"));
+    }
+    // No duplicate follows on any tab.
+    for tab in [&mut a1, &mut b1, &mut bob] {
+        let ev = tab.next_event(Duration::from_millis(300)).await;
+        assert!(ev.is_none(), "unexpected second event {ev:?}");
+    }
+
+    // first connection only: the oldest is a1, held by a; posted to b.
+    let (status, body) = send(
+        &b.admin_url(""),
+        json!({"to": "alice", "data": 1, "all_connections": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 1);
+    assert!(a1.next_named("message", WAIT).await.is_some());
+    assert!(b1.next_event(Duration::from_millis(300)).await.is_none());
+
+    // Logout posted to b closes alice's streams on a and b; bob stays.
+    let (status, body) = admin(
+        reqwest::Method::DELETE,
+        &b.admin_url("/notifications/connections/alice/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connection_count"], 2);
+    assert!(a1.ends_within(WAIT).await, "a's alice stream closed");
+    assert!(b1.ends_within(WAIT).await, "b's alice stream closed");
+    let (status, _) = send(&a.admin_url(""), json!({"to": "bob", "data": 2})).await;
+    assert_eq!(status, 200);
+    assert!(bob.next_named("message", WAIT).await.is_some());
+}
+
+#[tokio::test]
+async fn per_user_limit_evicts_the_oldest_wherever_it_is() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.limits.max_connections_per_user = 2;
+    let a = TestNode::start(config.clone()).await;
+    let (mut oldest, oldest_id) = SseClient::connect(&a, "carol").await;
+    let mut config_b = test_config(&redis.url());
+    config_b.limits.max_connections_per_user = 2;
+    config_b.startup.clear = false;
+    let b = TestNode::start(config_b).await;
+    let (mut second, _) = SseClient::connect(&b, "carol").await;
+    let (_third, third_id) = SseClient::connect(&b, "carol").await;
+
+    let ev = oldest
+        .next_named("evicted", WAIT)
+        .await
+        .expect("evicted notice");
+    let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(data["connection_id"], oldest_id.as_str());
+    assert_eq!(data["reason"], "max_connections_per_user");
+    assert!(oldest.ends_within(WAIT).await);
+    assert!(second
+        .next_event(Duration::from_millis(300))
+        .await
+        .is_none());
+
+    let (status, body) = admin(
+        reqwest::Method::GET,
+        &a.admin_url("/notifications/connections/carol/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["connection_count"], 2, "{body}");
+    let ids = body["data"]["connection_ids"].as_array().unwrap();
+    assert!(!ids.iter().any(|i| i == oldest_id.as_str()));
+    assert!(ids.iter().any(|i| i == third_id.as_str()));
+}
