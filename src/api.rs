@@ -197,18 +197,31 @@ where
     }
 }
 
+/// 200 only when Redis answers and the bus subscription is up: a node
+/// that cannot hear the bus silently misses other nodes' messages.
 async fn healthz(app: &App) -> Response {
     let connections = app.hub.len();
-    match app.registry.ping().await {
-        Ok(()) => envelope::json_response(
+    let bus = if *app.bus_up.borrow() { "ok" } else { "down" };
+    let problem = match app.registry.ping().await {
+        Err(e) => Some(format!("redis unreachable: {e}")),
+        Ok(()) if bus != "ok" => Some("bus subscription down".to_string()),
+        Ok(()) => None,
+    };
+    let redis = if problem.as_deref().is_some_and(|p| p.starts_with("redis")) {
+        "unreachable"
+    } else {
+        "ok"
+    };
+    match problem {
+        None => envelope::json_response(
             StatusCode::OK,
-            &json!({"status": "ok", "redis": "ok", "node_id": app.node_id, "connections": connections}),
-        ),
-        Err(e) => envelope::json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"code": 503, "message": format!("redis unreachable: {e}"),
-                    "status": "error", "redis": "unreachable", "node_id": app.node_id,
+            &json!({"status": "ok", "redis": redis, "bus": bus, "node_id": app.node_id,
                     "connections": connections}),
+        ),
+        Some(message) => envelope::json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"code": 503, "message": message, "status": "error", "redis": redis,
+                    "bus": bus, "node_id": app.node_id, "connections": connections}),
         ),
     }
 }

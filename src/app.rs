@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
@@ -25,6 +26,8 @@ pub struct App {
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// True while this node is subscribed to the bus.
+    pub bus_up: watch::Receiver<bool>,
 }
 
 pub struct AppParts {
@@ -36,6 +39,7 @@ pub struct AppParts {
     pub presence: Presence,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    pub bus_up: watch::Receiver<bool>,
 }
 
 impl App {
@@ -58,6 +62,7 @@ impl App {
             router,
             metrics: p.metrics,
             shutdown: p.shutdown,
+            bus_up: p.bus_up,
         }
     }
 

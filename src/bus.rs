@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame;
@@ -116,6 +117,7 @@ pub async fn run_subscriber(
     node_id: String,
     hub: Arc<Hub>,
     presence: Presence,
+    up: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(200);
@@ -135,6 +137,7 @@ pub async fn run_subscriber(
         match pubsub {
             Ok(Ok(pubsub)) => {
                 delay = Duration::from_millis(200);
+                up.send_replace(true);
                 if !first {
                     tracing::info!("bus resubscribed");
                     presence.resync();
@@ -147,6 +150,7 @@ pub async fn run_subscriber(
                         m = messages.next() => m,
                     };
                     let Some(msg) = msg else {
+                        up.send_replace(false);
                         tracing::warn!("bus subscription lost; resubscribing");
                         break;
                     };

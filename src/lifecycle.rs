@@ -37,6 +37,8 @@ pub enum LifecycleError {
         secs: u64,
         source: redis::RedisError,
     },
+    #[error("could not subscribe to the bus within redis.connect_timeout_secs")]
+    BusSubscribe,
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
     #[error("startup clear failed: {0}")]
@@ -132,6 +134,8 @@ impl Daemon {
         );
         let startup_clear = config.startup.clear;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let connect_timeout = Duration::from_secs(config.redis.connect_timeout_secs);
+        let (bus_up_tx, bus_up) = tokio::sync::watch::channel(false);
         let app = Arc::new(App::new(AppParts {
             config,
             config_path,
@@ -141,9 +145,31 @@ impl Daemon {
             presence,
             metrics,
             shutdown: shutdown.clone(),
+            bus_up,
         }));
         let tasks = TaskTracker::new();
         tasks.spawn(presence_task.run());
+        tasks.spawn(crate::bus::run_subscriber(
+            app.config().redis.url.expose().to_string(),
+            app.registry.keys().clone(),
+            app.node_id.clone(),
+            app.hub.clone(),
+            app.presence.clone(),
+            bus_up_tx,
+            shutdown.clone(),
+        ));
+        // Subscribed before serving: a message published for one of our
+        // streams must find us listening.
+        let mut bus_up = app.bus_up.clone();
+        if tokio::time::timeout(connect_timeout, bus_up.wait_for(|up| *up))
+            .await
+            .is_err()
+        {
+            shutdown.cancel();
+            tasks.close();
+            tasks.wait().await;
+            return Err(LifecycleError::BusSubscribe);
+        }
         if startup_clear {
             let removed = app.router.clear().await?;
             tracing::info!(
@@ -185,14 +211,6 @@ impl Daemon {
             grace,
         ));
         servers.close();
-        tasks.spawn(crate::bus::run_subscriber(
-            app.config().redis.url.expose().to_string(),
-            app.registry.keys().clone(),
-            app.node_id.clone(),
-            app.hub.clone(),
-            app.presence.clone(),
-            shutdown.clone(),
-        ));
         tasks.spawn(heartbeat_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
         tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, "sse-notify serving");
