@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::frame;
 use crate::hub::Hub;
-use crate::keys::Keys;
+use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::registry::{Registry, RegistryError};
 
@@ -41,6 +41,8 @@ pub enum BusEvent {
     },
     /// Close every stream of a user (logout).
     CloseUser { origin: String, username: String },
+    /// A node's probe of its own subscription; others ignore it.
+    Probe { origin: String },
 }
 
 impl BusEvent {
@@ -49,7 +51,8 @@ impl BusEvent {
             BusEvent::Resync { origin }
             | BusEvent::Deliver { origin, .. }
             | BusEvent::Close { origin, .. }
-            | BusEvent::CloseUser { origin, .. } => origin,
+            | BusEvent::CloseUser { origin, .. }
+            | BusEvent::Probe { origin } => origin,
         }
     }
 }
@@ -82,6 +85,7 @@ fn apply(event: BusEvent, hub: &Hub, presence: &Presence) {
         BusEvent::CloseUser { username, .. } => {
             hub.close_user(&username, None);
         }
+        BusEvent::Probe { .. } => {}
     }
 }
 
@@ -108,75 +112,132 @@ pub async fn publish(registry: &Registry, event: &BusEvent) -> Result<(), Regist
     .map_err(RegistryError::from)
 }
 
-/// Keeps this node subscribed to the bus until shutdown and acts on what
-/// arrives. After every (re)subscription it re-registers its connections:
-/// a clear may have been announced while it was not listening.
-pub async fn run_subscriber(
-    url: String,
-    keys: Keys,
-    node_id: String,
-    hub: Arc<Hub>,
-    presence: Presence,
-    up: watch::Sender<bool>,
-    shutdown: CancellationToken,
-) {
-    let mut delay = Duration::from_millis(200);
-    let mut failures = crate::throttle::LogThrottle::new(Duration::from_secs(10));
-    let mut first = true;
-    loop {
-        let attempt = async {
-            let client = redis::Client::open(url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(keys.bus()).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(5), attempt) => r,
-        };
-        match pubsub {
-            Ok(Ok(pubsub)) => {
-                delay = Duration::from_millis(200);
-                up.send_replace(true);
-                if !first {
-                    tracing::info!("bus resubscribed");
-                    presence.resync();
+/// How often a node sends itself a probe through the bus, and how many
+/// probes may go missing before the subscription is declared dead.
+fn probe_interval(heartbeat: Duration) -> Duration {
+    heartbeat.clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+const PROBES_MISSED: u32 = 3;
+
+/// What the bus subscriber needs from the node.
+pub struct Subscriber {
+    pub url: String,
+    pub registry: Registry,
+    pub node_id: String,
+    pub hub: Arc<Hub>,
+    pub presence: Presence,
+    pub metrics: Arc<Metrics>,
+    pub heartbeat: Duration,
+    pub up: watch::Sender<bool>,
+    pub shutdown: CancellationToken,
+}
+
+impl Subscriber {
+    /// Keeps this node subscribed until shutdown and applies what arrives.
+    ///
+    /// A subscription can die without its socket noticing (a failover, a
+    /// proxy, `CLIENT KILL TYPE pubsub`), so the node sends itself a probe
+    /// through the bus every interval; when its probes stop coming back the
+    /// subscription is rebuilt. After every resubscription the node
+    /// re-registers its connections: a clear may have been announced while
+    /// it was not listening.
+    pub async fn run(self) {
+        let mut delay = Duration::from_millis(200);
+        let mut failures = crate::throttle::LogThrottle::new(Duration::from_secs(10));
+        let mut first = true;
+        loop {
+            let attempt = async {
+                let client = redis::Client::open(self.url.as_str())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(self.registry.keys().bus()).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = tokio::time::timeout(Duration::from_secs(5), attempt) => r,
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    delay = Duration::from_millis(200);
+                    self.set_up(true);
+                    if !first {
+                        tracing::info!("bus resubscribed; re-registering live connections");
+                        self.metrics.bus_resubscribes.inc();
+                        self.presence.resync();
+                    }
+                    first = false;
+                    if self.listen(pubsub).await.is_break() {
+                        return;
+                    }
+                    self.set_up(false);
                 }
-                first = false;
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    let msg = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        m = messages.next() => m,
-                    };
-                    let Some(msg) = msg else {
-                        up.send_replace(false);
-                        tracing::warn!("bus subscription lost; resubscribing");
-                        break;
-                    };
-                    let payload: String = msg.get_payload().unwrap_or_default();
-                    match serde_json::from_str::<BusEvent>(&payload) {
-                        Ok(event) if event.origin() == node_id => {}
-                        Ok(event) => apply(event, &hub, &presence),
-                        Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
+                Ok(Err(e)) => {
+                    self.metrics.redis_errors.inc();
+                    if let Some(suppressed) = failures.allow() {
+                        tracing::error!(error = %e, suppressed, "bus subscribe failed; retrying");
+                    }
+                }
+                Err(_) => {
+                    self.metrics.redis_errors.inc();
+                    if let Some(suppressed) = failures.allow() {
+                        tracing::error!(suppressed, "bus subscribe timed out; retrying");
                     }
                 }
             }
-            Ok(Err(e)) => {
-                if let Some(suppressed) = failures.allow() {
-                    tracing::error!(error = %e, suppressed, "bus subscribe failed; retrying");
-                }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
-            Err(_) => {
-                if let Some(suppressed) = failures.allow() {
-                    tracing::error!(suppressed, "bus subscribe timed out; retrying");
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+        self.metrics.bus_up.set(i64::from(up));
+    }
+
+    /// Applies messages until the subscription ends or stops carrying our
+    /// probes (`Continue`: resubscribe) or shutdown (`Break`).
+    async fn listen(&self, pubsub: redis::aio::PubSub) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow;
+        let every = probe_interval(self.heartbeat);
+        let mut probe = tokio::time::interval(every);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = tokio::time::Instant::now();
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let msg = tokio::select! {
+                _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+                _ = probe.tick() => {
+                    if last_seen.elapsed() > every * PROBES_MISSED {
+                        tracing::warn!(silent_ms = last_seen.elapsed().as_millis() as u64, "bus probes stopped coming back; rebuilding the subscription");
+                        return ControlFlow::Continue(());
+                    }
+                    let probe = BusEvent::Probe { origin: self.node_id.clone() };
+                    if let Err(e) = publish(&self.registry, &probe).await {
+                        self.metrics.redis_errors.inc();
+                        tracing::debug!(error = %e, "bus probe not published");
+                    }
+                    continue;
                 }
+                m = messages.next() => m,
+            };
+            let Some(msg) = msg else {
+                tracing::warn!("bus subscription lost; resubscribing");
+                return ControlFlow::Continue(());
+            };
+            let payload: String = msg.get_payload().unwrap_or_default();
+            match serde_json::from_str::<BusEvent>(&payload) {
+                Ok(BusEvent::Probe { origin }) => {
+                    if origin == self.node_id {
+                        last_seen = tokio::time::Instant::now();
+                    }
+                }
+                Ok(event) if event.origin() == self.node_id => {}
+                Ok(event) => apply(event, &self.hub, &self.presence),
+                Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

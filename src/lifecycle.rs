@@ -149,15 +149,18 @@ impl Daemon {
         }));
         let tasks = TaskTracker::new();
         tasks.spawn(presence_task.run());
-        tasks.spawn(crate::bus::run_subscriber(
-            app.config().redis.url.expose().to_string(),
-            app.registry.keys().clone(),
-            app.node_id.clone(),
-            app.hub.clone(),
-            app.presence.clone(),
-            bus_up_tx,
-            shutdown.clone(),
-        ));
+        let subscriber = crate::bus::Subscriber {
+            url: app.config().redis.url.expose().to_string(),
+            registry: app.registry.clone(),
+            node_id: app.node_id.clone(),
+            hub: app.hub.clone(),
+            presence: app.presence.clone(),
+            metrics: app.metrics.clone(),
+            heartbeat: app.config().heartbeat_interval(),
+            up: bus_up_tx,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(subscriber.run());
         // Subscribed before serving: a message published for one of our
         // streams must find us listening.
         let mut bus_up = app.bus_up.clone();

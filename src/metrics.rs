@@ -26,6 +26,8 @@ pub struct Metrics {
     pub swept_records: Counter,
     pub redis_errors: Counter,
     pub rejected_connections: Counter,
+    pub bus_up: Gauge,
+    pub bus_resubscribes: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
 }
 
@@ -49,6 +51,8 @@ impl Metrics {
             swept_records: Counter::default(),
             redis_errors: Counter::default(),
             rejected_connections: Counter::default(),
+            bus_up: Gauge::default(),
+            bus_resubscribes: Counter::default(),
             http_requests: Family::default(),
             registry: Registry::default(),
         };
@@ -89,6 +93,16 @@ impl Metrics {
             "rejected_connections",
             "Streams refused (node limit, Redis down)",
             m.rejected_connections.clone(),
+        );
+        registry.register(
+            "bus_up",
+            "1 while this node's bus subscription carries its own probes",
+            m.bus_up.clone(),
+        );
+        registry.register(
+            "bus_resubscribes",
+            "Times the bus subscription was rebuilt",
+            m.bus_resubscribes.clone(),
         );
         registry.register(
             "http_requests",

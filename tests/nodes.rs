@@ -118,3 +118,53 @@ async fn per_user_limit_evicts_the_oldest_wherever_it_is() {
     assert!(!ids.iter().any(|i| i == oldest_id.as_str()));
     assert!(ids.iter().any(|i| i == third_id.as_str()));
 }
+
+#[tokio::test]
+async fn killed_bus_subscription_is_rebuilt_and_delivery_resumes() {
+    let redis = RedisServer::start();
+    let a = TestNode::start(test_config(&redis.url())).await;
+    let mut config_b = test_config(&redis.url());
+    config_b.startup.clear = false;
+    let b = TestNode::start(config_b).await;
+    let (mut tab, _) = SseClient::connect(&b, "dora").await;
+
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(killed, 2, "one bus subscription per node");
+
+    // Posted to a, the tab lives on b: it needs b's bus to be back.
+    let mut delivered = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && !delivered {
+        let (status, _) = send(&a.admin_url(""), json!({"to": "dora", "data": "ping"})).await;
+        assert_eq!(status, 200);
+        delivered = tab
+            .next_named("message", Duration::from_millis(500))
+            .await
+            .is_some();
+    }
+    assert!(
+        delivered,
+        "delivery across nodes resumed after CLIENT KILL TYPE pubsub"
+    );
+    let (status, health) = admin(reqwest::Method::GET, &b.admin_url("/healthz"), None).await;
+    assert_eq!(
+        (status, health["bus"].as_str()),
+        (200, Some("ok")),
+        "{health}"
+    );
+    let metrics = reqwest::get(b.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sse_notify_bus_resubscribes_total 1"),
+        "{metrics}"
+    );
+}
