@@ -16,18 +16,19 @@ async fn messages_reach_tabs_on_every_node_exactly_once() {
     // b's startup clear wipes a's records; a re-registers over the bus.
     let b = TestNode::start(test_config(&redis.url())).await;
     let (mut b1, b1_id) = SseClient::connect(&b, "alice").await;
-    let (mut bob, _) = SseClient::connect(&b, "bob").await;
+    let (mut bob, bob_id) = SseClient::connect(&b, "bob").await;
     let mut conn = redis.conn();
-    let mut expected = vec![a1_id.clone(), b1_id.clone()];
+    let mut expected = [a1_id, b1_id, bob_id];
+    expected.sort();
     assert!(
         eventually(WAIT, || {
             let ids = registry_ids(&mut conn, "sse");
-            async move { ids.len() == 3 }
+            let same = ids == expected;
+            async move { same }
         })
         .await,
-        "registry holds the 3 live connections after b's startup clear"
+        "registry holds exactly the 3 live connections after b's startup clear"
     );
-    expected.sort();
 
     // Posted to a: alice's tab on a and on b, once each.
     let (status, body) = send(&a.admin_url(""), json!({"to": "alice", "data": "hi"})).await;
