@@ -134,11 +134,7 @@ where
     let route = route.ok_or_else(|| ApiError::not_found("no such route"))?;
     if !route.allowed().contains(&method) {
         let allowed: Vec<&str> = route.allowed().iter().map(Method::as_str).collect();
-        let mut resp = ApiError::method_not_allowed(&allowed.join(", ")).into_response();
-        if let Ok(v) = allowed.join(", ").parse() {
-            resp.headers_mut().insert(header::ALLOW, v);
-        }
-        return Ok(resp);
+        return Err(ApiError::method_not_allowed(&allowed.join(", ")));
     }
     let config = app.config();
     if route != AdminRoute::Healthz && !admin_allowed(config.api.token.expose(), headers) {

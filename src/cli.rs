@@ -127,6 +127,8 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
     match cli.command {
         Command::Serve => unreachable!("serve is run by main"),
         Command::CheckConfig => {
+            crate::auth::Authenticator::from_config(&config)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             match &path {
                 Some(p) => println!("# {}: valid", p.display()),
                 None => println!("# no config file: built-in defaults"),

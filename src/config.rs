@@ -497,6 +497,12 @@ impl Config {
         if s.0.node_id != s.1.node_id {
             keys.push("server.node_id");
         }
+        if s.0.shutdown_grace_secs != s.1.shutdown_grace_secs {
+            keys.push("server.shutdown_grace_secs");
+        }
+        if self.redis.connect_timeout_secs != new.redis.connect_timeout_secs {
+            keys.push("redis.connect_timeout_secs");
+        }
         if self.redis.url != new.redis.url {
             keys.push("redis.url");
         }

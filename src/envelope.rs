@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` on 503s that a client should retry.
     pub retry_after: Option<Duration>,
+    /// Methods for `Allow` on a 405.
+    pub allow: Option<String>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -26,6 +28,7 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -41,10 +44,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
     pub fn method_not_allowed(allowed: &str) -> Self {
-        Self::new(
+        let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method not allowed here; use {allowed}"),
-        )
+        );
+        e.allow = Some(allowed.to_string());
+        e
     }
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -63,6 +68,13 @@ impl ApiError {
     pub fn into_response(self) -> Response {
         let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
         let mut resp = json_response(self.status, &body);
+        if let Some(allow) = self
+            .allow
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            resp.headers_mut().insert(header::ALLOW, allow);
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

@@ -45,6 +45,16 @@ pub enum LifecycleError {
     Registry(#[from] RegistryError),
 }
 
+impl LifecycleError {
+    /// 2 for what the config file got wrong, 1 for runtime failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LifecycleError::Auth(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// Applies a new log filter (`log.level`) to the running subscriber.
 pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 

@@ -1,6 +1,8 @@
 //! Log setup: text or JSON lines (`log.format`), a filter from `log.level`
 //! that SIGHUP can change live.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
@@ -25,7 +27,11 @@ pub fn init(config: &LogConfig) -> LogReload {
             )
             .init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
     Box::new(move |level: &str| {

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "sse-notify cannot run");
-                ExitCode::from(1)
+                ExitCode::from(e.exit_code())
             }
         };
     }

@@ -229,12 +229,42 @@ impl PresenceTask {
         }
         self.flush_removals().await;
         if heartbeat {
-            let ids = self.hub.ids();
-            if let Err(e) = self.registry.heartbeat(&ids, now).await {
-                self.failed("heartbeat", &e);
-            }
+            self.heartbeat(now).await;
         }
         None
+    }
+
+    /// Writes every live connection's heartbeat, and writes back the
+    /// records of live connections that someone removed (a cleanup with a
+    /// short timeout, another node's sweep during an outage): the registry
+    /// must hold every live connection.
+    async fn heartbeat(&mut self, now: f64) {
+        let ids = self.hub.ids();
+        let missing = match self.registry.heartbeat(&ids, now).await {
+            Ok(missing) => missing,
+            Err(e) => return self.failed("heartbeat", &e),
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let missing: HashSet<String> = missing.into_iter().collect();
+        let records: Vec<ConnectionRecord> = self
+            .hub
+            .snapshot()
+            .iter()
+            .filter(|c| missing.contains(&c.connection_id))
+            .map(|c| self.record(c, now))
+            .collect();
+        match self.registry.register(&records).await {
+            Ok(()) if !records.is_empty() => {
+                tracing::warn!(
+                    connections = records.len(),
+                    "records of live connections were missing; written back"
+                );
+            }
+            Ok(()) => {}
+            Err(e) => self.failed("register_missing", &e),
+        }
     }
 
     async fn flush_removals(&mut self) {

@@ -151,18 +151,20 @@ return out
 "#;
 
 /// Sets last_heartbeat ARGV[5] on the ids ARGV[6..] that still have a
-/// record; a cleared record is not resurrected as half a hash.
+/// record (a removed record is not resurrected as half a hash); returns the
+/// ids that had none.
 const LUA_HEARTBEAT: &str = r#"
-local n = 0
+local missing = {}
 for i = 6, #ARGV do
   local ckey = ARGV[1] .. ARGV[i]
   if redis.call('EXISTS', ckey) == 1 then
     redis.call('HSET', ckey, 'last_heartbeat', ARGV[5])
     redis.call('ZADD', ARGV[4], ARGV[5], ARGV[i])
-    n = n + 1
+  else
+    table.insert(missing, ARGV[i])
   end
 end
-return n
+return missing
 "#;
 
 /// How many records one sweep script removes before yielding Redis to
@@ -285,9 +287,9 @@ impl Registry {
     }
 
     /// Updates `last_heartbeat` of the ids that still have a record, in one
-    /// round trip per [`IDS_PER_CALL`] ids; returns how many were updated.
-    pub async fn heartbeat(&self, ids: &[String], now: f64) -> Result<usize> {
-        let mut updated = 0;
+    /// round trip per [`IDS_PER_CALL`] ids; returns the ids without one.
+    pub async fn heartbeat(&self, ids: &[String], now: f64) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
         let now = fmt_time(now);
         for chunk in ids.chunks(IDS_PER_CALL) {
             let mut inv = self.heartbeat.prepare_invoke();
@@ -297,12 +299,12 @@ impl Registry {
                 inv.arg(id);
             }
             let mut c = self.conn.clone();
-            let n: usize = self
+            let absent: Vec<String> = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
                 .await?;
-            updated += n;
+            missing.extend(absent);
         }
-        Ok(updated)
+        Ok(missing)
     }
 
     /// Removes records whose heartbeat is at or before `stale_before`.

@@ -115,12 +115,13 @@ impl Router {
     /// Closes every stream of `username` on every node and removes their
     /// records.
     pub async fn disconnect_user(&self, username: &str) -> Result<Removed, RegistryError> {
-        let removed = self.registry.delete_user(username).await?;
+        // Other nodes are told first: if Redis fails here, nothing changed.
         let close = BusEvent::CloseUser {
             origin: self.node_id.clone(),
             username: username.to_string(),
         };
         bus::publish(&self.registry, &close).await?;
+        let removed = self.registry.delete_user(username).await?;
         let closed = self.hub.close_user(username, None);
         tracing::info!(
             username,

@@ -60,7 +60,7 @@ pub fn routes(
                 } else if method == Method::OPTIONS {
                     Ok(preflight())
                 } else {
-                    Err(ApiError::method_not_allowed("GET"))
+                    Err(ApiError::method_not_allowed("GET, OPTIONS"))
                 };
                 let mut resp = envelope::respond(result);
                 cors(&config, &headers, &mut resp);
