@@ -131,13 +131,10 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
 {
-    let route = route.ok_or_else(|| ApiError::not_found("no such route"))?;
-    if !route.allowed().contains(&method) {
-        let allowed: Vec<&str> = route.allowed().iter().map(Method::as_str).collect();
-        return Err(ApiError::method_not_allowed(&allowed.join(", ")));
-    }
+    // The token guards every request but /healthz, unknown routes too, so
+    // an anonymous caller learns nothing about what exists.
     let config = app.config();
-    if route != AdminRoute::Healthz && !admin_allowed(config.api.token.expose(), headers) {
+    if route != Some(AdminRoute::Healthz) && !admin_allowed(config.api.token.expose(), headers) {
         let mut resp =
             ApiError::unauthorized("missing or wrong bearer token (api.token)").into_response();
         resp.headers_mut().insert(
@@ -145,6 +142,11 @@ where
             warp::http::HeaderValue::from_static("Bearer"),
         );
         return Ok(resp);
+    }
+    let route = route.ok_or_else(|| ApiError::not_found("no such route"))?;
+    if !route.allowed().contains(&method) {
+        let allowed: Vec<&str> = route.allowed().iter().map(Method::as_str).collect();
+        return Err(ApiError::method_not_allowed(&allowed.join(", ")));
     }
     match (route, method) {
         (AdminRoute::Healthz, _) => Ok(healthz(app).await),

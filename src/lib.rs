@@ -23,4 +23,5 @@ pub mod registry;
 pub mod router;
 pub mod server;
 pub mod stream;
+pub mod systemd;
 pub mod throttle;

@@ -224,6 +224,7 @@ impl Daemon {
             grace,
         ));
         servers.close();
+        tasks.spawn(crate::systemd::watchdog(shutdown.clone()));
         tasks.spawn(heartbeat_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
         tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, "sse-notify serving");
@@ -306,7 +307,9 @@ impl Daemon {
                 match signal {
                     Some(SIGHUP) => {
                         tracing::info!("SIGHUP: reloading config and clearing the registry");
+                        crate::systemd::reloading();
                         daemon.reload().await;
+                        crate::systemd::ready("serving");
                     }
                     Some(s) => {
                         tracing::info!(signal = s, "shutting down");
@@ -327,6 +330,7 @@ impl Daemon {
     pub async fn wait(&self) {
         let app = &self.app;
         app.shutdown.cancelled().await;
+        crate::systemd::stopping();
         let retry = frame::retry(app.config().stream.retry_ms);
         let closed = app.hub.close_all(Some(&retry));
         tracing::info!(streams = closed, "closing streams");
@@ -386,6 +390,7 @@ pub async fn serve(
         tracing::error!(error = %e, "cannot install signal handlers");
         daemon.shutdown_token().cancel();
     }
+    crate::systemd::ready("serving");
     daemon.wait().await;
     Ok(())
 }
