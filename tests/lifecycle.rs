@@ -1,0 +1,943 @@
+//! Lifecycle of the real binary as systemd and a sysadmin drive it
+//! (SPEC 5): start-up clear, signals, reload, sweeps, Redis failures.
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------- helpers
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Writes one connection record the way SPEC 4 lays it out (all its keys).
+fn inject(
+    conn: &mut redis::Connection,
+    id: &str,
+    user: &str,
+    connection_time: f64,
+    last_heartbeat: f64,
+    node_id: &str,
+) {
+    let ct = format!("{connection_time:.6}");
+    let hb = format!("{last_heartbeat:.6}");
+    redis::pipe()
+        .atomic()
+        .hset_multiple(
+            format!("sse:conn:{id}"),
+            &[
+                ("connection_id", id),
+                ("username", user),
+                ("connection_time", ct.as_str()),
+                ("last_heartbeat", hb.as_str()),
+                ("node_id", node_id),
+            ],
+        )
+        .ignore()
+        .zadd(format!("sse:user:{user}"), id, ct.as_str())
+        .ignore()
+        .sadd("sse:users", user)
+        .ignore()
+        .zadd("sse:heartbeats", id, hb.as_str())
+        .ignore()
+        .query::<()>(conn)
+        .unwrap();
+}
+
+/// Every connection-registry key (`sse:conn:*`, `sse:user:*`, `sse:users`,
+/// `sse:heartbeats`), sorted.
+fn registry_keys(conn: &mut redis::Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    for pattern in ["sse:conn:*", "sse:user:*", "sse:users", "sse:heartbeats"] {
+        let k: Vec<String> = redis::cmd("KEYS").arg(pattern).query(conn).unwrap();
+        out.extend(k);
+    }
+    out.sort();
+    out
+}
+
+fn users_set(conn: &mut redis::Connection) -> Vec<String> {
+    let mut u: Vec<String> = redis::cmd("SMEMBERS").arg("sse:users").query(conn).unwrap();
+    u.sort();
+    u
+}
+
+fn sorted<S: AsRef<str>>(v: &[S]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.as_ref().to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Polls the registry until it equals `want` (sorted ids) within `within`.
+async fn registry_becomes(redis: &RedisServer, want: &[String], within: Duration) -> bool {
+    let want = sorted(want);
+    eventually(within, || {
+        let ok = redis.ping() && registry_ids(&mut redis.conn(), "sse") == want;
+        async move { ok }
+    })
+    .await
+}
+
+fn ids_now(redis: &RedisServer) -> Vec<String> {
+    registry_ids(&mut redis.conn(), "sse")
+}
+
+async fn healthz(node: &BinaryNode) -> Option<u16> {
+    http()
+        .get(node.admin_url("/healthz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+fn still_running(node: &mut BinaryNode) -> bool {
+    matches!(node.child.try_wait(), Ok(None))
+}
+
+/// A raw SSE stream: every byte the server sends, comments included.
+struct RawStream {
+    text: String,
+    seen: usize,
+    ended: bool,
+    body: Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>> + Send>>,
+}
+
+impl RawStream {
+    async fn open(url: &str, user: &str) -> RawStream {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let resp = client
+            .get(url)
+            .header("X-Remote-User", user)
+            .send()
+            .await
+            .expect("stream request");
+        assert_eq!(resp.status().as_u16(), 200, "stream for {user}");
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map(|b| b.to_vec()).map_err(|e| e.to_string()));
+        RawStream {
+            text: String::new(),
+            seen: 0,
+            ended: false,
+            body: Box::pin(body),
+        }
+    }
+
+    /// Reads until the unread text contains `needle` (then marks everything
+    /// up to and including it as read), or `within` passes.
+    async fn wait_for(&mut self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pos) = self.text[self.seen..].find(needle) {
+                self.seen += pos + needle.len();
+                return true;
+            }
+            if self.ended {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match tokio::time::timeout(left, self.body.next()).await {
+                Ok(Some(Ok(bytes))) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Everything that arrives during `d` (unread text included).
+    async fn read_for(&mut self, d: Duration) -> String {
+        let deadline = Instant::now() + d;
+        while !self.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, self.body.next()).await {
+                Ok(Some(Ok(bytes))) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+                Err(_) => break,
+            }
+        }
+        let out = self.text[self.seen..].to_string();
+        self.seen = self.text.len();
+        out
+    }
+
+    /// The connection id of `connection_established`.
+    async fn established(&mut self) -> String {
+        assert!(
+            self.wait_for(
+                "event: connection_established\ndata: ",
+                Duration::from_secs(5)
+            )
+            .await,
+            "no connection_established in {:?}",
+            self.text
+        );
+        assert!(self.wait_for("\n", Duration::from_secs(5)).await);
+        let start = self.text[..self.seen - 1]
+            .rfind("data: ")
+            .expect("data line")
+            + 6;
+        let data: Value = serde_json::from_str(&self.text[start..self.seen - 1]).unwrap();
+        data["connection_id"].as_str().unwrap().to_string()
+    }
+
+    /// The value of the first `retry:` field.
+    fn retry_ms(&self) -> Option<u64> {
+        let line = self.text.lines().find(|l| l.starts_with("retry:"))?;
+        line["retry:".len()..].trim().parse().ok()
+    }
+}
+
+/// A config file whose listeners are on the given addresses.
+fn config_at(
+    dir: &Path,
+    public: SocketAddr,
+    admin: SocketAddr,
+    redis_url: &str,
+    connect_timeout_secs: u64,
+    extra: &str,
+) -> PathBuf {
+    let path = dir.join("sse-notify.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\nnode_id = \"lc-{}\"\nshutdown_grace_secs = 3\n\n[redis]\nurl = \"{redis_url}\"\nconnect_timeout_secs = {connect_timeout_secs}\n\n{extra}\n",
+            uuid::Uuid::new_v4().simple()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// `sse-notify serve -c FILE` without waiting for it to come up; stdout and
+/// stderr go to `log`.
+fn spawn_serve(config: &Path, log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(config)
+        .env_remove("SSE_NOTIFY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .expect("spawn sse-notify")
+}
+
+fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Rewrites one line of the node's config file.
+fn edit_config(node: &BinaryNode, from: &str, to: &str) {
+    let text = std::fs::read_to_string(&node.config_path).unwrap();
+    assert!(text.contains(from), "{from:?} not in config:\n{text}");
+    std::fs::write(&node.config_path, text.replace(from, to)).unwrap();
+}
+
+// ---------------------------------------------------------------- startup
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_clears_zombie_records() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let t = now();
+    inject(
+        &mut conn,
+        "zombie-1",
+        "alice",
+        t - 100.0,
+        t - 2.0,
+        "dead-node",
+    );
+    inject(
+        &mut conn,
+        "zombie-2",
+        "alice",
+        t - 90.0,
+        t - 2.0,
+        "dead-node",
+    );
+    inject(&mut conn, "zombie-3", "bob", t - 80.0, t - 2.0, "dead-node");
+    redis::cmd("SET")
+        .arg("not-a-registry-key")
+        .arg("x")
+        .query::<()>(&mut conn)
+        .unwrap();
+
+    let node = BinaryNode::spawn(&redis.url(), "").await;
+    // /healthz answers only after the start-up clear.
+    assert!(
+        ids_now(&redis).is_empty(),
+        "zombies survive the start: {:?}",
+        ids_now(&redis)
+    );
+    assert!(
+        registry_keys(&mut conn).is_empty(),
+        "leftover registry keys: {:?}",
+        registry_keys(&mut conn)
+    );
+    let other: Option<String> = redis::cmd("GET")
+        .arg("not-a-registry-key")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        other.as_deref(),
+        Some("x"),
+        "only registry keys are cleared"
+    );
+
+    // The node works normally afterwards.
+    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    assert_eq!(ids_now(&redis), vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_with_startup_clear_false_keeps_records() {
+    let redis = RedisServer::start();
+    let mut conn = redis.conn();
+    let t = now();
+    inject(
+        &mut conn,
+        "other-1",
+        "alice",
+        t - 100.0,
+        t - 1.0,
+        "other-node",
+    );
+    inject(
+        &mut conn,
+        "other-2",
+        "bob",
+        t - 100.0,
+        t - 1.0,
+        "other-node",
+    );
+
+    let node = BinaryNode::spawn(&redis.url(), "[startup]\nclear = false\n").await;
+    assert_eq!(ids_now(&redis), sorted(&["other-1", "other-2"]));
+    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "carol").await;
+    assert_eq!(
+        ids_now(&redis),
+        sorted(&["other-1", "other-2", id.as_str()])
+    );
+    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob", "carol"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_an_invalid_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[stream]\nheartbeat_sec = 3\n").unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = spawn_serve(&path, &log);
+    let code = wait_child(&mut child, Duration::from_secs(5));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, Some(2), "log:\n{text}");
+    assert!(text.contains("heartbeat_sec"), "names the key:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_at_start_exits_1_after_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_url = format!("redis://127.0.0.1:{}/0", free_port());
+    let (public, admin) = (free_addr(), free_addr());
+    let cfg = config_at(dir.path(), public, admin, &redis_url, 2, "");
+    let log = dir.path().join("log.txt");
+    let started = Instant::now();
+    let mut child = spawn_serve(&cfg, &log);
+    let code = wait_child(&mut child, Duration::from_secs(10));
+    let elapsed = started.elapsed();
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, Some(1), "exit 1 (after {elapsed:?}); log:\n{text}");
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "retried for redis.connect_timeout_secs = 2, gave up after {elapsed:?}; log:\n{text}"
+    );
+    assert!(
+        elapsed <= Duration::from_secs(6),
+        "gave up only after {elapsed:?} with connect_timeout_secs = 2"
+    );
+    assert!(
+        text.to_lowercase().contains("redis"),
+        "the log says why:\n{text}"
+    );
+}
+
+/// systemd starts the daemon while Redis is still starting: within
+/// `redis.connect_timeout_secs` (3 here) the node must wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_coming_up_within_connect_timeout_lets_serve_start() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let (public, admin) = (free_addr(), free_addr());
+    let cfg = config_at(dir.path(), public, admin, &redis.url(), 3, "");
+    let log = dir.path().join("log.txt");
+    let mut child = spawn_serve(&cfg, &log);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.restart(); // 2.5s after start, inside the 3s window
+    let health = format!("http://{admin}/healthz");
+    let mut exited = None;
+    let up = eventually(Duration::from_secs(6), || {
+        if exited.is_none() {
+            exited = child.try_wait().ok().flatten().map(|s| s.code());
+        }
+        let health = health.clone();
+        let gone = exited.is_some();
+        async move {
+            gone || matches!(http().get(&health).send().await, Ok(r) if r.status().is_success())
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        up && exited.is_none(),
+        "Redis came up 2.5s after start, inside connect_timeout_secs = 3, but serve exited with {exited:?}; log:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_address_in_use_exits_1_with_a_message() {
+    let redis = RedisServer::start();
+    for which in ["public", "admin"] {
+        let dir = tempfile::tempdir().unwrap();
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_addr = taken.local_addr().unwrap();
+        let (public, admin) = if which == "public" {
+            (taken_addr, free_addr())
+        } else {
+            (free_addr(), taken_addr)
+        };
+        let cfg = config_at(dir.path(), public, admin, &redis.url(), 3, "");
+        let log = dir.path().join("log.txt");
+        let mut child = spawn_serve(&cfg, &log);
+        let code = wait_child(&mut child, Duration::from_secs(8));
+        if code.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(code, Some(1), "{which} address in use; log:\n{text}");
+        assert!(
+            text.contains(&taken_addr.port().to_string()),
+            "the message names the address {taken_addr}:\n{text}"
+        );
+        drop(taken);
+    }
+}
+
+// --------------------------------------------------------- SIGTERM/SIGINT
+
+async fn graceful_stop(sig: i32) {
+    let redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(&redis.url(), "").await;
+    let (mut a1, a1_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    let (mut a2, a2_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    let (mut b1, b1_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
+    assert_eq!(ids_now(&redis), sorted(&[&a1_id, &a2_id, &b1_id]));
+    // A record of another (live) node: not this node's to remove.
+    let mut conn = redis.conn();
+    let t = now();
+    inject(
+        &mut conn,
+        "other-node-conn",
+        "carol",
+        t - 5.0,
+        t,
+        "other-node",
+    );
+
+    let started = Instant::now();
+    node.signal(sig);
+    // shutdown_grace_secs = 3 (write_config) + a margin.
+    let budget = Duration::from_secs(3 + 2);
+    for (name, tab) in [("a1", &mut a1), ("a2", &mut a2), ("b1", &mut b1)] {
+        let left = budget.saturating_sub(started.elapsed());
+        assert!(
+            tab.ends_within(left).await,
+            "stream {name} still open after signal {sig}; log:\n{}",
+            node.log()
+        );
+    }
+    let left = budget.saturating_sub(started.elapsed());
+    let code = node.wait_exit(left.max(Duration::from_millis(100)));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit 0 within the grace period after signal {sig} (waited {:?}); log:\n{}",
+        started.elapsed(),
+        node.log()
+    );
+    assert_eq!(
+        ids_now(&redis),
+        vec!["other-node-conn".to_string()],
+        "this node's records are removed, the other node's stay; log:\n{}",
+        node.log()
+    );
+    assert_eq!(users_set(&mut conn), vec!["carol".to_string()]);
+    assert!(
+        !registry_keys(&mut conn)
+            .iter()
+            .any(|k| k == "sse:user:alice" || k == "sse:user:bob"),
+        "no orphans: {:?}",
+        registry_keys(&mut conn)
+    );
+    assert!(
+        std::net::TcpStream::connect(node.public).is_err(),
+        "public listener closed"
+    );
+    assert!(!node.log().contains("panicked"), "log:\n{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_streams_removes_records_and_exits_0() {
+    graceful_stop(15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_closes_streams_removes_records_and_exits_0() {
+    graceful_stop(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_redis_outage_still_exits_0_in_time() {
+    let mut redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(&redis.url(), "").await;
+    let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    node.signal(15);
+    assert!(
+        tab.ends_within(Duration::from_secs(5)).await,
+        "stream ends; log:\n{}",
+        node.log()
+    );
+    let left = Duration::from_secs(5).saturating_sub(started.elapsed());
+    let code = node.wait_exit(left.max(Duration::from_millis(100)));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit 0 within shutdown_grace_secs (3) + margin although Redis is down (waited {:?}); log:\n{}",
+        started.elapsed(),
+        node.log()
+    );
+}
+
+// ----------------------------------------------------------------- SIGHUP
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_clears_zombies_and_live_streams_are_re_registered() {
+    let redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(&redis.url(), "[stream]\nheartbeat_secs = 1\n").await;
+    let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
+    let mut conn = redis.conn();
+    let t = now();
+    // A zombie with a fresh heartbeat: only a clear removes it.
+    inject(&mut conn, "zombie-hup", "zed", t - 50.0, t, "dead-node");
+    assert_eq!(
+        ids_now(&redis),
+        sorted(&[&a_id, &b_id, &"zombie-hup".to_string()])
+    );
+
+    node.signal(1);
+    let live = vec![a_id.clone(), b_id.clone()];
+    assert!(
+        registry_becomes(&redis, &live, Duration::from_secs(5)).await,
+        "after SIGHUP the registry must be exactly the live streams, got {:?}; log:\n{}",
+        ids_now(&redis),
+        node.log()
+    );
+    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
+    assert!(!registry_keys(&mut conn).iter().any(|k| k.contains("zed")));
+
+    // Still the same registry a few heartbeats later (no late zombie).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ids_now(&redis), sorted(&live));
+
+    // The streams keep receiving, and the node keeps running.
+    assert!(still_running(&mut node), "SIGHUP must not stop the node");
+    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "hup-a"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 1);
+    let ev = a.next_named("message", Duration::from_secs(5)).await;
+    assert_eq!(ev.map(|e| e.data), Some("\"hup-a\"".to_string()));
+    let (status, _) = send(&node.admin_url(""), json!({"to": "bob", "data": "hup-b"})).await;
+    assert_eq!(status, 200);
+    let ev = b.next_named("message", Duration::from_secs(5)).await;
+    assert_eq!(ev.map(|e| e.data), Some("\"hup-b\"".to_string()));
+    assert_eq!(healthz(&node).await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_retry_ms_for_new_streams() {
+    let redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(&redis.url(), "[stream]\nretry_ms = 1500\n").await;
+    let mut before = RawStream::open(&node.stream_url(), "alice").await;
+    let before_id = before.established().await;
+    assert_eq!(before.retry_ms(), Some(1500));
+
+    edit_config(&node, "retry_ms = 1500", "retry_ms = 2500");
+    node.signal(1);
+    let url = node.stream_url();
+    let applied = eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        async move {
+            let mut s = RawStream::open(&url, "bob").await;
+            s.established().await;
+            s.retry_ms() == Some(2500)
+        }
+    })
+    .await;
+    assert!(
+        applied,
+        "new streams must get retry: 2500 after SIGHUP; log:\n{}",
+        node.log()
+    );
+    assert!(still_running(&mut node));
+    // The old stream survived the reload and is registered.
+    assert!(ids_now(&redis).contains(&before_id));
+    let (status, _) = send(
+        &node.admin_url(""),
+        json!({"to": "alice", "data": "still-here"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        before
+            .wait_for("data: \"still-here\"", Duration::from_secs(5))
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_heartbeat_interval() {
+    let redis = RedisServer::start();
+    let node = BinaryNode::spawn(
+        &redis.url(),
+        "[stream]\nheartbeat_secs = 3\n[sweep]\nstale_timeout_secs = 10\n",
+    )
+    .await;
+    let mut s = RawStream::open(&node.stream_url(), "alice").await;
+    s.established().await;
+
+    edit_config(&node, "heartbeat_secs = 3", "heartbeat_secs = 1");
+    node.signal(1);
+    // Old cadence 3s: at most one old-interval wait, then one every second.
+    let seen = s.read_for(Duration::from_millis(6500)).await;
+    let beats = seen.matches(": heartbeat").count();
+    assert!(
+        beats >= 4,
+        "with heartbeat_secs = 1 after SIGHUP, >= 4 heartbeat comments expected in 6.5s, got {beats}:\n{seen}\nlog:\n{}",
+        node.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_an_invalid_file_keeps_the_old_config() {
+    let redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(&redis.url(), "[stream]\nretry_ms = 1500\n").await;
+    let (mut tab, tab_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+
+    // A typo, and a change that would otherwise apply.
+    edit_config(
+        &node,
+        "retry_ms = 1500",
+        "retry_ms = 2500\nheartbeat_sec = 3",
+    );
+    node.signal(1);
+    let logged = eventually(Duration::from_secs(5), || {
+        let found = node.log().contains("heartbeat_sec");
+        async move { found }
+    })
+    .await;
+    assert!(
+        logged,
+        "the invalid file is logged, naming the key; log:\n{}",
+        node.log()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        still_running(&mut node),
+        "an invalid file must not stop the node"
+    );
+    assert_eq!(healthz(&node).await, Some(200));
+
+    // The old config is in force.
+    let mut s = RawStream::open(&node.stream_url(), "bob").await;
+    let s_id = s.established().await;
+    assert_eq!(s.retry_ms(), Some(1500), "old retry_ms kept");
+
+    // Still serving: the live stream is registered and receives.
+    assert!(
+        registry_becomes(&redis, &[tab_id.clone(), s_id], Duration::from_secs(5)).await,
+        "{:?}",
+        ids_now(&redis)
+    );
+    let (status, _) = send(&node.admin_url(""), json!({"to": "alice", "data": 1})).await;
+    assert_eq!(status, 200);
+    assert!(tab
+        .next_named("message", Duration::from_secs(5))
+        .await
+        .is_some());
+
+    // A later SIGTERM still stops it cleanly.
+    node.signal(15);
+    assert_eq!(node.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_logs_keys_that_need_a_restart_and_keeps_serving() {
+    let redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(&redis.url(), "").await;
+    let old_public = node.public;
+    let new_public = free_addr();
+    edit_config(
+        &node,
+        &format!("listen = \"{old_public}\""),
+        &format!("listen = \"{new_public}\""),
+    );
+    node.signal(1);
+    let logged = eventually(Duration::from_secs(5), || {
+        let found = node.log().contains("server.listen");
+        async move { found }
+    })
+    .await;
+    assert!(
+        logged,
+        "names server.listen as needing a restart; log:\n{}",
+        node.log()
+    );
+    assert!(still_running(&mut node));
+    // Still on the old address.
+    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    assert!(ids_now(&redis).contains(&id));
+}
+
+// ------------------------------------------------------------------ sweep
+
+const SWEEPY: &str =
+    "[stream]\nheartbeat_secs = 1\n[sweep]\ninterval_secs = 1\nstale_timeout_secs = 3\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_removes_the_records_of_a_killed_node() {
+    let redis = RedisServer::start();
+    let survivor = BinaryNode::spawn(&redis.url(), SWEEPY).await;
+    let (mut s1, s1_id) = SseClient::connect_url(&survivor.stream_url(), "alice").await;
+    let (_s2, s2_id) = SseClient::connect_url(&survivor.stream_url(), "bob").await;
+
+    let victim =
+        BinaryNode::spawn(&redis.url(), &format!("{SWEEPY}[startup]\nclear = false\n")).await;
+    let (_v1, v1_id) = SseClient::connect_url(&victim.stream_url(), "alice").await;
+    let (_v2, v2_id) = SseClient::connect_url(&victim.stream_url(), "dora").await;
+    let all = vec![s1_id.clone(), s2_id.clone(), v1_id.clone(), v2_id.clone()];
+    assert!(
+        registry_becomes(&redis, &all, Duration::from_secs(3)).await,
+        "{:?}",
+        ids_now(&redis)
+    );
+
+    victim.signal(9);
+    let survivors = vec![s1_id.clone(), s2_id.clone()];
+    // stale 3s + sweep every 1s + margin.
+    assert!(
+        registry_becomes(&redis, &survivors, Duration::from_secs(8)).await,
+        "the dead node's records must be swept, the live ones kept; got {:?}; survivor log:\n{}",
+        ids_now(&redis),
+        survivor.log()
+    );
+    let mut conn = redis.conn();
+    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
+    assert!(
+        !registry_keys(&mut conn).iter().any(|k| k.contains("dora")),
+        "no orphans: {:?}",
+        registry_keys(&mut conn)
+    );
+    let alice: Vec<String> = redis::cmd("ZRANGE")
+        .arg("sse:user:alice")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(alice, vec![s1_id.clone()]);
+
+    // Live connections are not swept later either.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ids_now(&redis), sorted(&survivors));
+    let (status, body) = send(&survivor.admin_url(""), json!({"to": "alice", "data": "x"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["connections"], 1, "{body}");
+    assert!(s1
+        .next_named("message", Duration::from_secs(5))
+        .await
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_node_clears_and_the_running_node_re_registers() {
+    let redis = RedisServer::start();
+    let first = BinaryNode::spawn(&redis.url(), SWEEPY).await;
+    let (mut a, a_id) = SseClient::connect_url(&first.stream_url(), "alice").await;
+    let mut conn = redis.conn();
+    let t = now();
+    inject(&mut conn, "zombie-x", "zed", t - 50.0, t, "dead-node");
+
+    // Default startup.clear = true.
+    let second = BinaryNode::spawn(&redis.url(), SWEEPY).await;
+    let (_b, b_id) = SseClient::connect_url(&second.stream_url(), "bob").await;
+    let live = vec![a_id.clone(), b_id.clone()];
+    assert!(
+        registry_becomes(&redis, &live, Duration::from_secs(5)).await,
+        "only live connections of both nodes; got {:?}; first log:\n{}",
+        ids_now(&redis),
+        first.log()
+    );
+    let (status, body) = send(&first.admin_url(""), json!({"to": "alice", "data": "y"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["connections"], 1, "{body}");
+    assert!(a
+        .next_named("message", Duration::from_secs(5))
+        .await
+        .is_some());
+}
+
+// ---------------------------------------------------------- Redis outage
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_streams_and_recovers_registrations() {
+    let mut redis = RedisServer::start();
+    let mut node = BinaryNode::spawn(
+        &redis.url(),
+        "[stream]\nheartbeat_secs = 1\n[sweep]\ninterval_secs = 1\nstale_timeout_secs = 5\n",
+    )
+    .await;
+    let mut tab = RawStream::open(&node.stream_url(), "alice").await;
+    let id = tab.established().await;
+    let mut leaving = RawStream::open(&node.stream_url(), "bob").await;
+    let leaving_id = leaving.established().await;
+    assert_eq!(ids_now(&redis), sorted(&[&id, &leaving_id]));
+
+    redis.kill();
+
+    // /healthz reports it.
+    let url = node.admin_url("/healthz");
+    let unhealthy = eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        async move {
+            matches!(http().get(&url).timeout(Duration::from_secs(2)).send().await,
+                     Ok(r) if r.status().as_u16() == 503)
+        }
+    })
+    .await;
+    assert!(
+        unhealthy,
+        "/healthz must answer 503 while Redis is down; log:\n{}",
+        node.log()
+    );
+
+    // The stream stays open and heartbeat comments go on.
+    tab.read_for(Duration::from_millis(10)).await; // mark what came before as read
+    let during = tab.read_for(Duration::from_millis(2600)).await;
+    assert!(
+        during.matches(": heartbeat").count() >= 2,
+        "heartbeats during the outage: {during:?}; log:\n{}",
+        node.log()
+    );
+    assert!(!tab.ended, "stream closed during the outage");
+
+    // send answers 503 and delivers nothing.
+    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "lost"})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 503, "{body}");
+    // The CLI reports it as a runtime failure.
+    let cfg = node.config_path.to_str().unwrap().to_string();
+    let (rc, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        cli(&["send", "--to", "alice", "\"lost-too\"", "-c", &cfg])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rc, 1,
+        "send while Redis is down; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // A client leaves during the outage: it must not come back as a zombie.
+    drop(leaving);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    redis.restart();
+    assert!(
+        registry_becomes(&redis, std::slice::from_ref(&id), Duration::from_secs(6)).await,
+        "after Redis is back the live connection (only) is re-registered; got {:?}; log:\n{}",
+        ids_now(&redis),
+        node.log()
+    );
+    let mut conn = redis.conn();
+    assert_eq!(users_set(&mut conn), vec!["alice".to_string()]);
+    let healthy = eventually(Duration::from_secs(5), || {
+        let url = url.clone();
+        async move { matches!(http().get(&url).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+    assert!(healthy, "/healthz back to 200");
+
+    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "back"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 1, "{body}");
+    assert!(
+        tab.wait_for("data: \"back\"", Duration::from_secs(5)).await,
+        "the tab receives again: {:?}",
+        tab.text
+    );
+    assert!(
+        !tab.text.contains("\"lost\""),
+        "the 503 send delivered nothing"
+    );
+
+    // Still registered a few sweeps later (heartbeats are written again).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(ids_now(&redis), vec![id.clone()], "log:\n{}", node.log());
+    assert!(still_running(&mut node));
+    assert!(!node.log().contains("panicked"), "log:\n{}", node.log());
+}
