@@ -93,7 +93,7 @@ pub async fn connect_redis(config: &Config) -> Result<ConnectionManager, Lifecyc
         };
         match attempt.await {
             Ok(conn) => return Ok(conn),
-            Err(source) if Instant::now() + delay >= deadline => {
+            Err(source) if Instant::now() >= deadline => {
                 return Err(LifecycleError::RedisConnect {
                     url: crate::config::mask_url_password(url),
                     secs: config.redis.connect_timeout_secs,
@@ -101,8 +101,10 @@ pub async fn connect_redis(config: &Config) -> Result<ConnectionManager, Lifecyc
                 })
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis not reachable yet");
-                tokio::time::sleep(delay).await;
+                // The last wait ends at the deadline, for one final try.
+                let wait = delay.min(deadline.saturating_duration_since(Instant::now()));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "redis not reachable yet");
+                tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
