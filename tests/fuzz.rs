@@ -72,7 +72,7 @@ fn send_body() -> impl Strategy<Value = Vec<u8>> {
         any::<f64>()
             .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,200}".prop_map(Value::String),
-        prop::collection::vec(".{0,10}", 0..4).prop_map(|v| Value::from(v)),
+        prop::collection::vec(".{0,10}", 0..4).prop_map(Value::from),
     ];
     let key = prop_oneof![
         Just("to".to_string()),
@@ -131,7 +131,7 @@ proptest! {
         });
         check(status, &text)?;
         let chars = name.chars().count();
-        if chars >= 1 && chars <= 150 && !name.chars().any(char::is_control) {
+        if (1..=150).contains(&chars) && !name.chars().any(char::is_control) {
             prop_assert_eq!(status, 200, "{}", text);
         }
     }

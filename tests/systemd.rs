@@ -13,7 +13,8 @@ fn wait_for(sock: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<St
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             let hit = msg.lines().any(|l| l == want);
@@ -61,7 +62,11 @@ async fn notify_socket_sees_ready_reloading_watchdog_and_stopping() {
     );
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     assert!(
         wait_for(&sock, "RELOADING=1", Duration::from_secs(5), &mut seen),
         "RELOADING=1 on SIGHUP: {seen:?}"
@@ -71,7 +76,11 @@ async fn notify_socket_sees_ready_reloading_watchdog_and_stopping() {
         "READY=1 after the reload: {seen:?}"
     );
 
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     assert!(
         wait_for(&sock, "STOPPING=1", Duration::from_secs(5), &mut seen),
         "STOPPING=1 on SIGTERM: {seen:?}"
@@ -103,7 +112,11 @@ fn unit_file_passes_systemd_analyze_verify() {
     ] {
         assert!(text.contains(needed), "unit lacks {needed}");
     }
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("systemd-analyze not installed: unit checked by content only");
         return;
     }
