@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::ratelimit::ConnectLimiter;
 use crate::registry::Registry;
 use crate::router::Router;
 
@@ -28,6 +29,7 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// True while this node is subscribed to the bus.
     pub bus_up: watch::Receiver<bool>,
+    pub connect_limiter: ConnectLimiter,
 }
 
 pub struct AppParts {
@@ -63,6 +65,7 @@ impl App {
             metrics: p.metrics,
             shutdown: p.shutdown,
             bus_up: p.bus_up,
+            connect_limiter: ConnectLimiter::new(),
         }
     }
 

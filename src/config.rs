@@ -234,6 +234,8 @@ impl Default for ApiConfig {
 pub struct LimitsConfig {
     pub max_connections_per_user: usize,
     pub max_connections: usize,
+    /// New streams per second on this node; 0 for no cap.
+    pub max_connect_rate: u64,
 }
 
 impl Default for LimitsConfig {
@@ -241,6 +243,7 @@ impl Default for LimitsConfig {
         Self {
             max_connections_per_user: 32,
             max_connections: 100_000,
+            max_connect_rate: 5000,
         }
     }
 }
@@ -585,7 +588,7 @@ mod tests {
                 );
             }
         }
-        assert!(checked >= 29, "only {checked} keys checked");
+        assert!(checked >= 30, "only {checked} keys checked");
     }
 
     #[test]

@@ -258,13 +258,17 @@ impl Hub {
     }
 
     /// Closes every stream (shutdown) after `last`, and takes no new one.
-    pub fn close_all(&self, last: Option<&Bytes>) -> usize {
+    /// `last` makes each stream's final frame (e.g. its own jittered
+    /// `retry:`, so that the clients do not all come back at once).
+    pub fn close_all(&self, last: impl Fn() -> Bytes) -> usize {
         let ids = {
             let mut inner = self.write();
             inner.closed = true;
             inner.conns.keys().cloned().collect::<Vec<_>>()
         };
-        self.close(&ids, last).len()
+        ids.iter()
+            .map(|id| self.close(std::slice::from_ref(id), Some(&last())).len())
+            .sum()
     }
 
     /// Closes every local connection of `username`.
@@ -319,7 +323,7 @@ mod tests {
             hub.register(&conn("b", "u"), 2, 1, token.clone()),
             Err(HubError::Full(1))
         ));
-        hub.close_all(None);
+        hub.close_all(|| Bytes::from_static(b"retry: 1\n\n"));
         assert!(hub.is_empty());
         assert!(matches!(
             hub.register(&conn("c", "u"), 2, 10, token),

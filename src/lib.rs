@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod presence;
+pub mod ratelimit;
 pub mod registry;
 pub mod router;
 pub mod server;

@@ -333,9 +333,21 @@ impl Daemon {
         let app = &self.app;
         app.shutdown.cancelled().await;
         crate::systemd::stopping();
-        let retry = frame::retry(app.config().stream.retry_ms);
-        let closed = app.hub.close_all(Some(&retry));
-        tracing::info!(streams = closed, "closing streams");
+        let config = app.config();
+        let spread = crate::ratelimit::reconnect_spread_ms(
+            app.hub.len(),
+            config.stream.retry_ms,
+            config.limits.max_connect_rate,
+        );
+        let base = config.stream.retry_ms;
+        let closed = app
+            .hub
+            .close_all(|| frame::retry(base + fastrand::u64(0..=spread)));
+        tracing::info!(
+            streams = closed,
+            reconnect_spread_ms = spread,
+            "closing streams"
+        );
         self.servers.wait().await;
         app.presence.shutdown().await;
         self.tasks.close();

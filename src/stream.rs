@@ -142,6 +142,17 @@ async fn open(
     };
     let kill = ctx.map(|c| c.kill).unwrap_or_default();
     let retry_later = Duration::from_millis(config.stream.retry_ms.max(1000));
+    if let Err(wait) = app
+        .connect_limiter
+        .try_acquire(config.limits.max_connect_rate)
+    {
+        app.metrics.rejected_connections.inc();
+        return Err(ApiError::unavailable(format!(
+            "too many new streams on this node (limits.max_connect_rate = {}/s); retry later",
+            config.limits.max_connect_rate
+        ))
+        .with_retry_after(wait + Duration::from_millis(fastrand::u64(0..1000))));
+    }
     let rx = app
         .hub
         .register(
