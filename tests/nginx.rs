@@ -1,0 +1,508 @@
+//! sse-notify behind a real nginx configured from `etc/nginx/sse-notify.conf`:
+//! identity from `auth_request`, a client-supplied `X-Remote-User` replaced,
+//! frames passed on at once, records gone when the browser goes.
+//!
+//! The nginx config is not written by hand here: the stream location, the
+//! auth location and the two upstreams are cut out of the shipped example and
+//! only the upstream addresses are rewritten (to the daemon's public port and
+//! to a stand-in for the Django auth view), so the test checks the example a
+//! sysadmin copies. nginx is required: without it the test fails (CI installs
+//! it in `.ci/run`).
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const EXAMPLE: &str = "etc/nginx/sse-notify.conf";
+const STREAM_LOCATION: &str = "location /notifications/stream/";
+
+/// The nginx binary: on PATH (or in the sbin directories a non-root PATH
+/// may lack). Panics when there is none: this test must not pass silently.
+fn nginx_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "nginx is not installed (not on PATH, nor in /usr/sbin): this test needs a real \
+                 nginx; install it with `apt-get install nginx` (.ci/run does)"
+            )
+        })
+}
+
+// ---------------------------------------------------------------------------
+// Cutting the example apart.
+
+/// The text without `#` comments (the example has no `#` inside strings).
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The block `header { ... }` (braces balanced), header included.
+fn block(conf: &str, header: &str) -> String {
+    let mut from = 0;
+    while let Some(i) = conf[from..].find(header).map(|i| i + from) {
+        let after = &conf[i + header.len()..];
+        let gap = after.len() - after.trim_start().len();
+        if after.trim_start().starts_with('{') {
+            let open = i + header.len() + gap;
+            let mut depth = 0;
+            for (j, c) in conf[open..].char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return conf[i..=open + j].to_string();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            panic!("{EXAMPLE}: unbalanced braces after `{header}`");
+        }
+        from = i + header.len();
+    }
+    panic!("{EXAMPLE}: no `{header} {{ ... }}` block");
+}
+
+/// The argument of the one `directive` in `block` (up to the `;`).
+fn directive<'a>(block: &'a str, directive: &str) -> &'a str {
+    let found: Vec<&str> = block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(directive))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .map(|rest| rest.trim().trim_end_matches(';').trim())
+        .collect();
+    assert_eq!(found.len(), 1, "one `{directive}` expected in:\n{block}");
+    found[0]
+}
+
+/// The upstream name in `proxy_pass http://NAME[/uri]`.
+fn upstream_name(proxy_pass: &str) -> &str {
+    let rest = proxy_pass
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("proxy_pass {proxy_pass}: expected http://UPSTREAM"));
+    rest.split('/').next().unwrap()
+}
+
+/// `upstream NAME { server ...; ... }` with its one server replaced by `addr`.
+fn rewritten_upstream(conf: &str, name: &str, addr: SocketAddr) -> String {
+    let original = block(conf, &format!("upstream {name}"));
+    let mut servers = 0;
+    let text = original
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("server ") {
+                servers += 1;
+                format!("    server {addr};")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(servers, 1, "one server expected in:\n{original}");
+    text
+}
+
+/// A complete nginx.conf: the example's stream and auth locations and its
+/// upstreams, in a plain-HTTP server on `listen`, everything else in `dir`.
+fn nginx_conf(dir: &Path, listen: SocketAddr, sse: SocketAddr, app: SocketAddr) -> String {
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE))
+        .unwrap_or_else(|e| panic!("read {EXAMPLE}: {e}"));
+    let conf = strip_comments(&example);
+
+    let stream = block(&conf, STREAM_LOCATION);
+    let sse_upstream = upstream_name(directive(&stream, "proxy_pass"));
+    let auth_uri = directive(&stream, "auth_request");
+    let auth = block(&conf, &format!("location = {auth_uri}"));
+    let app_upstream = upstream_name(directive(&auth, "proxy_pass"));
+    assert_ne!(sse_upstream, app_upstream);
+
+    let d = dir.display();
+    format!(
+        "# generated by tests/nginx.rs from {EXAMPLE}\n\
+         daemon off;\n\
+         master_process off;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+         access_log {d}/access.log;\n\
+         client_body_temp_path {d}/client_body;\n\
+         proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n\
+         uwsgi_temp_path {d}/uwsgi;\n\
+         scgi_temp_path {d}/scgi;\n\
+         {}\n{}\n\
+         server {{\n\
+         listen {listen};\n\
+         server_name localhost;\n\
+         {stream}\n{auth}\n\
+         }}\n\
+         }}\n",
+        rewritten_upstream(&conf, sse_upstream, sse),
+        rewritten_upstream(&conf, app_upstream, app),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// A real nginx.
+
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(sse: SocketAddr, app: SocketAddr) -> Nginx {
+        let bin = nginx_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, nginx_conf(dir.path(), listen, sse, app)).unwrap();
+        let out = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let mut nginx = Nginx { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(listen).is_ok() {
+                return nginx;
+            }
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited ({status}):\n{}", nginx.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not listen on {listen}:\n{}",
+                nginx.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn logs(&self) -> String {
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!(
+            "--- nginx.conf\n{}\n--- stderr\n{}\n--- error.log\n{}",
+            read("nginx.conf"),
+            read("stderr.log"),
+            read("error.log")
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // master_process off: one process, nothing left behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A stand-in for the Django auth view: 200 with X-Remote-User for a known
+// session cookie, 401 otherwise.
+
+const UNICODE_USER: &str = "zoë 日本";
+
+struct FakeAuth {
+    addr: SocketAddr,
+    /// The headers of every request it got (names lowercased).
+    seen: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeAuth {
+    fn start() -> FakeAuth {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(conn) = conn {
+                    let _ = Self::answer(conn, &s);
+                }
+            }
+        });
+        FakeAuth {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn answer(conn: TcpStream, seen: &Mutex<Vec<HashMap<String, String>>>) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut headers = HashMap::new();
+        let mut line = String::new();
+        reader.read_line(&mut line)?; // request line
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let session = headers
+            .get("cookie")
+            .into_iter()
+            .flat_map(|c| c.split(';'))
+            .filter_map(|kv| kv.trim().strip_prefix("sessionid="))
+            .next()
+            .map(str::to_string);
+        seen.lock().unwrap().push(headers);
+        let user = match session.as_deref() {
+            Some("good") => Some(Some("alice")),
+            Some("unicode") => Some(Some(UNICODE_USER)),
+            Some("anonymous") => Some(None), // 200 but no username
+            _ => None,
+        };
+        let mut conn = conn;
+        let response = match user {
+            Some(Some(name)) => format!(
+                "HTTP/1.1 200 OK\r\nX-Remote-User: {name}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+            Some(None) => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+            None => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .into(),
+        };
+        // Raw UTF-8 in the header value, as a WSGI server writes it.
+        conn.write_all(response.as_bytes())
+    }
+}
+
+impl Drop for FakeAuth {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// Opens the stream through nginx; returns it with the parsed
+/// `connection_established` data.
+async fn open_as(
+    url: &str,
+    headers: &[(&str, &str)],
+    logs: &dyn Fn() -> String,
+) -> (SseClient, Value) {
+    let mut tab = SseClient::open(url, headers).await;
+    assert_eq!(
+        tab.status,
+        200,
+        "stream through nginx with {headers:?}\n{}",
+        logs()
+    );
+    assert_eq!(tab.headers["content-type"], "text/event-stream");
+    let ev = tab
+        .next_event(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no first event through nginx\n{}", logs()));
+    assert_eq!(ev.event, "connection_established");
+    let data: Value = serde_json::from_str(&ev.data).unwrap();
+    (tab, data)
+}
+
+async fn status_of(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = http().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send()
+        .await
+        .expect("request through nginx")
+        .status()
+        .as_u16()
+}
+
+async fn user_connections(node: &BinaryNode, user: &str) -> Vec<String> {
+    let path = format!(
+        "/notifications/connections/{}/",
+        percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let (status, body) = admin(reqwest::Method::GET, &node.admin_url(&path), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["connection_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_behind_nginx_with_auth_request() {
+    let _ = nginx_binary(); // fail first and clearly when nginx is missing
+    let redis = RedisServer::start();
+    let node = BinaryNode::spawn(&redis.url(), "").await; // auth.mode = "header"
+    let auth = FakeAuth::start();
+    let nginx = Nginx::start(node.public, auth.addr);
+    let logs = || format!("{}\n--- sse-notify log\n{}", nginx.logs(), node.log());
+    let url = nginx.url("/notifications/stream/");
+
+    // Logged in: the stream opens as the user the auth view named.
+    let (mut tab, established) = open_as(&url, &[("Cookie", "sessionid=good")], &logs).await;
+    assert_eq!(established["username"], "alice", "{}", logs());
+    let alice_id = established["connection_id"].as_str().unwrap().to_string();
+    assert_eq!(user_connections(&node, "alice").await, vec![alice_id]);
+
+    // A message sent through the admin API comes through nginx at once
+    // (nothing buffers it): well under 100 ms from the send's answer.
+    for n in 0..5 {
+        let started = Instant::now();
+        let (status, body) = send(
+            &node.admin_url(""),
+            json!({"to": "alice", "data": {"n": n}}),
+        )
+        .await;
+        let answered = Instant::now();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["connections"], 1);
+        let ev = tab
+            .next_named("message", Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("message {n} did not come through nginx\n{}", logs()));
+        let after_answer = answered.elapsed();
+        assert_eq!(ev.data, format!(r#"{{"n":{n}}}"#));
+        assert_eq!(ev.id, body["data"]["message_id"].as_str().unwrap());
+        println!(
+            "message {n}: {:?} after the send's answer, {:?} after the send started",
+            after_answer,
+            started.elapsed()
+        );
+        assert!(
+            after_answer < Duration::from_millis(100),
+            "message {n} took {after_answer:?} through nginx after the send answered"
+        );
+        // Send and delivery together: far from any buffering delay.
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "message {n} took {:?} from the send through nginx",
+            started.elapsed()
+        );
+    }
+
+    // Not logged in (no cookie, or a session the app does not know): 401,
+    // and no stream is registered.
+    assert_eq!(status_of(&url, &[]).await, 401);
+    assert_eq!(status_of(&url, &[("Cookie", "sessionid=bad")]).await, 401);
+    // A client cannot name itself: without a session its header is not
+    // enough...
+    assert_eq!(status_of(&url, &[("X-Remote-User", "mallory")]).await, 401);
+    // ... and with one, nginx replaces its header with the app's answer.
+    let (mut spoofed, established) = open_as(
+        &url,
+        &[("Cookie", "sessionid=good"), ("X-Remote-User", "mallory")],
+        &logs,
+    )
+    .await;
+    assert_eq!(
+        established["username"], "alice",
+        "client X-Remote-User must be overwritten"
+    );
+    assert!(user_connections(&node, "mallory").await.is_empty());
+    // ... nor does the client's header reach the auth view.
+    {
+        let seen = auth.seen.lock().unwrap();
+        assert!(
+            seen.iter()
+                .any(|h| h.get("cookie").map(String::as_str) == Some("sessionid=good")),
+            "the session cookie reaches the auth view: {seen:?}"
+        );
+        for h in seen.iter() {
+            assert!(
+                h.get("x-remote-user").is_none_or(|v| v.is_empty()),
+                "a client X-Remote-User reached the auth view: {h:?}"
+            );
+        }
+    }
+    // The message to alice reaches both of her tabs, spoofed or not.
+    let (_, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "both"})).await;
+    assert_eq!(body["data"]["connections"], 2);
+    for t in [&mut tab, &mut spoofed] {
+        let ev = t
+            .next_named("message", Duration::from_secs(5))
+            .await
+            .expect("message");
+        assert_eq!(ev.data, r#""both""#);
+    }
+
+    // The app answers 200 without a username: nginx sends no header, the
+    // daemon refuses (as the example's comment says).
+    let status = status_of(&url, &[("Cookie", "sessionid=anonymous")]).await;
+    assert_eq!(status, 401, "{}", logs());
+
+    // A non-ASCII username from the app, as raw UTF-8, arrives intact.
+    let (mut zoe, established) = open_as(&url, &[("Cookie", "sessionid=unicode")], &logs).await;
+    assert_eq!(established["username"], UNICODE_USER);
+    let (_, body) = send(&node.admin_url(""), json!({"to": UNICODE_USER, "data": 1})).await;
+    assert_eq!(body["data"]["connections"], 1, "{body}");
+    assert_eq!(
+        zoe.next_named("message", Duration::from_secs(5))
+            .await
+            .expect("message")
+            .data,
+        "1"
+    );
+
+    // The browser goes away: nginx drops the upstream connection and the
+    // daemon removes the records at once (no zombies behind the proxy).
+    drop(tab);
+    drop(spoofed);
+    drop(zoe);
+    let gone = eventually(Duration::from_secs(5), || async {
+        user_connections(&node, "alice").await.is_empty()
+            && user_connections(&node, UNICODE_USER).await.is_empty()
+    })
+    .await;
+    assert!(gone, "records left after the clients went away\n{}", logs());
+}
