@@ -121,7 +121,7 @@ const PROBES_MISSED: u32 = 3;
 
 /// What the bus subscriber needs from the node.
 pub struct Subscriber {
-    pub url: String,
+    pub target: crate::target::RedisTarget,
     pub registry: Registry,
     pub node_id: String,
     pub hub: Arc<Hub>,
@@ -147,7 +147,7 @@ impl Subscriber {
         let mut first = true;
         loop {
             let attempt = async {
-                let client = redis::Client::open(self.url.as_str())?;
+                let client = self.target.client().await?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(self.registry.keys().bus()).await?;
                 Ok::<_, redis::RedisError>(pubsub)

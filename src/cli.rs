@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::config::{self, Config};
 use crate::keys::Keys;
 use crate::registry::{self, Registry, Removed};
+use crate::target::SharedConn;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -207,7 +208,8 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
 
 async fn connect(config: &Config) -> Result<Registry, CliError> {
     let url = config.redis.url.expose();
-    let conn = tokio::time::timeout(Duration::from_secs(5), registry::connect(url))
+    let target = config.redis_target();
+    let conn = tokio::time::timeout(Duration::from_secs(5), SharedConn::connect(&target))
         .await
         .map_err(|_| {
             CliError::Runtime(format!(

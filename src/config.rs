@@ -330,8 +330,8 @@ impl Config {
                 "must not contain control characters",
             ));
         }
-        redis::Client::open(self.redis.url.expose())
-            .map_err(|e| invalid("redis.url", format!("not a valid Redis URL: {e}")))?;
+        crate::target::RedisTarget::parse(self.redis.url.expose())
+            .map_err(|e| invalid("redis.url", e))?;
         if self.redis.key_prefix.is_empty()
             || self
                 .redis
@@ -464,6 +464,10 @@ impl Config {
             .and_then(|h| h.into_string().ok())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "sse-notify".into())
+    }
+
+    pub fn redis_target(&self) -> crate::target::RedisTarget {
+        crate::target::RedisTarget::parse(self.redis.url.expose()).expect("validated")
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

@@ -25,4 +25,5 @@ pub mod router;
 pub mod server;
 pub mod stream;
 pub mod systemd;
+pub mod target;
 pub mod throttle;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +19,7 @@ use crate::hub::Hub;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::registry::{self, Registry, RegistryError};
+use crate::target::SharedConn;
 use crate::throttle::LogThrottle;
 use crate::{api, frame, presence, server, stream};
 
@@ -79,16 +79,19 @@ impl Listeners {
     }
 }
 
-/// Connects to Redis, retrying with backoff for `redis.connect_timeout_secs`.
-pub async fn connect_redis(config: &Config) -> Result<ConnectionManager, LifecycleError> {
+/// Connects to Redis (its primary, with Sentinel), retrying with backoff
+/// for `redis.connect_timeout_secs`.
+pub async fn connect_redis(config: &Config) -> Result<SharedConn, LifecycleError> {
     let url = config.redis.url.expose();
+    let target = config.redis_target();
     let deadline = Instant::now() + Duration::from_secs(config.redis.connect_timeout_secs);
     let mut delay = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let conn = registry::connect(url).await?;
-            let mut c = conn.clone();
-            redis::cmd("PING").query_async::<String>(&mut c).await?;
+            let conn = SharedConn::connect(&target).await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn.get())
+                .await?;
             Ok::<_, redis::RedisError>(conn)
         };
         match attempt.await {
@@ -126,14 +129,15 @@ impl Daemon {
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
-        redis: ConnectionManager,
+        redis: SharedConn,
         listeners: Listeners,
         log_reload: Option<LogReload>,
     ) -> Result<Daemon, LifecycleError> {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let registry = Registry::new(redis, Keys::new(&config.redis.key_prefix));
+        let target = config.redis_target();
+        let registry = Registry::new(redis.clone(), Keys::new(&config.redis.key_prefix));
         let auth = Authenticator::from_config(&config)?;
         if auth.is_insecure() {
             tracing::warn!("auth.mode = \"none\": anyone can open a stream as any user with ?user=NAME; for development only");
@@ -160,9 +164,10 @@ impl Daemon {
             bus_up,
         }));
         let tasks = TaskTracker::new();
+        tasks.spawn(redis.follow(target.clone(), Duration::from_secs(1), shutdown.clone()));
         tasks.spawn(presence_task.run());
         let subscriber = crate::bus::Subscriber {
-            url: app.config().redis.url.expose().to_string(),
+            target,
             registry: app.registry.clone(),
             node_id: app.node_id.clone(),
             hub: app.hub.clone(),

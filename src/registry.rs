@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
+
+use crate::target::SharedConn;
 use serde::Serialize;
 
 use crate::keys::Keys;
@@ -176,7 +178,7 @@ const IDS_PER_CALL: usize = 2000;
 
 #[derive(Clone)]
 pub struct Registry {
-    conn: ConnectionManager,
+    conn: SharedConn,
     keys: Keys,
     remove_ids: Script,
     sweep: Script,
@@ -187,7 +189,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(conn: SharedConn, keys: Keys) -> Self {
         let with_remove = |body: &str| Script::new(&format!("{LUA_REMOVE_ONE}\n{body}"));
         Self {
             conn,
@@ -208,7 +210,7 @@ impl Registry {
     /// A clone of the multiplexed connection, for modules that own other
     /// keys of SPEC 4 (history, bus).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+        self.conn.get()
     }
 
     async fn bounded<T>(
@@ -229,7 +231,7 @@ impl Registry {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         self.bounded(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
             .map(|_| ())
@@ -263,7 +265,7 @@ impl Registry {
             .zadd(self.keys.heartbeats(), &r.connection_id, &hb)
             .ignore();
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         self.bounded(async move { pipe.query_async::<()>(&mut c).await })
             .await
     }
@@ -277,7 +279,7 @@ impl Registry {
             for id in chunk {
                 inv.arg(id);
             }
-            let mut c = self.conn.clone();
+            let mut c = self.conn.get();
             let flat: Vec<String> = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
                 .await?;
@@ -298,7 +300,7 @@ impl Registry {
             for id in chunk {
                 inv.arg(id);
             }
-            let mut c = self.conn.clone();
+            let mut c = self.conn.get();
             let absent: Vec<String> = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
                 .await?;
@@ -314,7 +316,7 @@ impl Registry {
             let mut inv = self.sweep.prepare_invoke();
             self.common_args(&mut inv);
             inv.arg(fmt_time(stale_before)).arg(SWEEP_BATCH);
-            let mut c = self.conn.clone();
+            let mut c = self.conn.get();
             let (seen, flat): (usize, Vec<String>) = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
                 .await?;
@@ -330,7 +332,7 @@ impl Registry {
         let mut inv = self.delete_user.prepare_invoke();
         self.common_args(&mut inv);
         inv.arg(username);
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let flat: Vec<String> = self
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
@@ -343,7 +345,7 @@ impl Registry {
     pub async fn clear(&self) -> Result<Removed> {
         let mut inv = self.clear.prepare_invoke();
         self.common_args(&mut inv);
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let flat: Vec<String> = self
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
@@ -361,7 +363,7 @@ impl Registry {
     ) -> Result<Vec<String>> {
         let stop = limit.map(|n| n as isize - 1).unwrap_or(-1);
         let key = self.keys.user(username);
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         self.bounded(async move { c.zrange(key, 0, stop).await })
             .await
     }
@@ -369,7 +371,7 @@ impl Registry {
     /// How many connections the registry holds, all nodes.
     pub async fn connection_count(&self) -> Result<usize> {
         let key = self.keys.heartbeats();
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         self.bounded(async move { c.zcard(key).await }).await
     }
 
@@ -377,7 +379,7 @@ impl Registry {
     /// connection time.
     pub async fn list_all(&self) -> Result<BTreeMap<String, Vec<ConnectionRecord>>> {
         let users_key = self.keys.users();
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let users: Vec<String> = self
             .bounded(async move { c.smembers(users_key).await })
             .await?;
@@ -385,7 +387,7 @@ impl Registry {
         for u in &users {
             pipe.zrange(self.keys.user(u), 0, -1);
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn.get();
         let ids_per_user: Vec<Vec<String>> = if users.is_empty() {
             Vec::new()
         } else {
@@ -421,7 +423,7 @@ impl Registry {
             for id in chunk {
                 pipe.hgetall(self.keys.conn(id));
             }
-            let mut c = self.conn.clone();
+            let mut c = self.conn.get();
             let hashes: Vec<HashMap<String, String>> = self
                 .bounded(async move { pipe.query_async(&mut c).await })
                 .await?;
