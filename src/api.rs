@@ -163,7 +163,7 @@ where
         (AdminRoute::Send, _) => {
             let body = read_body(headers, body, config.api.max_body_bytes).await?;
             let msg = parse_send(&body)?;
-            let sent = app.router.send(msg).await?;
+            let sent = app.router.send(msg, &config.history).await?;
             Ok(envelope::ok(&sent))
         }
         (AdminRoute::Connections, Method::GET) => {

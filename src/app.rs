@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::history::{History, Recent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -21,6 +22,9 @@ pub struct App {
     auth: RwLock<Arc<Authenticator>>,
     pub config_path: Option<PathBuf>,
     pub node_id: String,
+    /// This process on the bus: the node id plus a random part, so that
+    /// two nodes configured with the same node_id still hear each other.
+    pub bus_origin: String,
     pub hub: Arc<Hub>,
     pub registry: Registry,
     pub presence: Presence,
@@ -30,9 +34,12 @@ pub struct App {
     /// True while this node is subscribed to the bus.
     pub bus_up: watch::Receiver<bool>,
     pub connect_limiter: ConnectLimiter,
+    pub recent: Recent,
 }
 
 pub struct AppParts {
+    pub history: Option<History>,
+    pub recent: Recent,
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub auth: Authenticator,
@@ -46,15 +53,19 @@ pub struct AppParts {
 
 impl App {
     pub fn new(p: AppParts) -> Self {
+        let bus_origin = format!("{}/{}", p.config.node_id(), uuid::Uuid::new_v4().simple());
         let router = Router::new(
             p.registry.clone(),
             p.hub.clone(),
             p.presence.clone(),
             p.metrics.clone(),
-            p.config.node_id(),
+            bus_origin.clone(),
+            p.history,
+            p.recent.clone(),
         );
         Self {
             node_id: p.config.node_id(),
+            bus_origin,
             config: RwLock::new(Arc::new(p.config)),
             auth: RwLock::new(Arc::new(p.auth)),
             config_path: p.config_path,
@@ -66,6 +77,7 @@ impl App {
             shutdown: p.shutdown,
             bus_up: p.bus_up,
             connect_limiter: ConnectLimiter::new(),
+            recent: p.recent,
         }
     }
 

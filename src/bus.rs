@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::frame;
+use crate::history::{History, Recent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -23,10 +24,16 @@ use crate::registry::{Registry, RegistryError};
 pub enum BusEvent {
     /// The registry was cleared: re-register your live connections.
     Resync { origin: String },
-    /// A message for connections held by other nodes: `ids`, or every
-    /// connection when `broadcast`. `data` is the compact JSON text.
+    /// A message for connections held by other nodes: every connection
+    /// of `to` (each node delivers to those it holds), only `ids` when
+    /// `first_only`, or every connection when `broadcast`. `data` is the
+    /// compact JSON text.
     Deliver {
         origin: String,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        first_only: bool,
         ids: Vec<String>,
         broadcast: bool,
         id: String,
@@ -58,10 +65,12 @@ impl BusEvent {
 }
 
 /// Applies an event from another node to this one.
-fn apply(event: BusEvent, hub: &Hub, presence: &Presence) {
+fn apply(event: BusEvent, hub: &Hub, presence: &Presence, recent: &Recent) {
     match event {
         BusEvent::Resync { .. } => presence.resync(),
         BusEvent::Deliver {
+            to,
+            first_only,
             ids,
             broadcast,
             id,
@@ -70,10 +79,13 @@ fn apply(event: BusEvent, hub: &Hub, presence: &Presence) {
             ..
         } => {
             let frame = frame::message(&id, &event, &data);
-            if broadcast {
-                hub.broadcast(&frame);
-            } else {
-                hub.deliver(&ids, &frame);
+            match (broadcast, to, first_only) {
+                (true, _, _) => hub.broadcast(&frame),
+                (false, Some(user), false) => hub.deliver_user(&user, &frame),
+                _ => hub.deliver(&ids, &frame),
+            };
+            if let Ok(id) = id.parse() {
+                recent.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
             }
         }
         BusEvent::Close { ids, reason, .. } => {
@@ -112,6 +124,17 @@ pub async fn publish(registry: &Registry, event: &BusEvent) -> Result<(), Regist
     .map_err(RegistryError::from)
 }
 
+/// How far before the last sign of life of a lost subscription a catch-up
+/// starts reading the history (clock skew between nodes and Redis).
+const CATCH_UP_MARGIN_MS: u64 = 2000;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// How often a node sends itself a probe through the bus, and how many
 /// probes may go missing before the subscription is declared dead.
 fn probe_interval(heartbeat: Duration) -> Duration {
@@ -123,13 +146,18 @@ const PROBES_MISSED: u32 = 3;
 pub struct Subscriber {
     pub target: crate::target::RedisTarget,
     pub registry: Registry,
-    pub node_id: String,
+    /// [`crate::app::App::bus_origin`]: what marks our own events.
+    pub origin: String,
     pub hub: Arc<Hub>,
     pub presence: Presence,
     pub metrics: Arc<Metrics>,
     pub heartbeat: Duration,
     pub up: watch::Sender<bool>,
     pub shutdown: CancellationToken,
+    /// With history on: catch up on what was published while the
+    /// subscription was down.
+    pub history: Option<(History, u64)>,
+    pub recent: Recent,
 }
 
 impl Subscriber {
@@ -145,6 +173,7 @@ impl Subscriber {
         let mut delay = Duration::from_millis(200);
         let mut failures = crate::throttle::LogThrottle::new(Duration::from_secs(10));
         let mut first = true;
+        let mut last_heard_ms = unix_ms();
         loop {
             let attempt = async {
                 let client = self.target.client().await?;
@@ -164,9 +193,11 @@ impl Subscriber {
                         tracing::info!("bus resubscribed; re-registering live connections");
                         self.metrics.bus_resubscribes.inc();
                         self.presence.resync();
+                        self.catch_up(last_heard_ms.saturating_sub(CATCH_UP_MARGIN_MS))
+                            .await;
                     }
                     first = false;
-                    if self.listen(pubsub).await.is_break() {
+                    if self.listen(pubsub, &mut last_heard_ms).await.is_break() {
                         return;
                     }
                     self.set_up(false);
@@ -192,6 +223,61 @@ impl Subscriber {
         }
     }
 
+    /// Delivers what the history kept since `since_ms` and this node did not
+    /// deliver, to the local connections that were open when it was sent:
+    /// messages published while the subscription was down would otherwise
+    /// be lost for streams that never reconnect. Messages for one tab only
+    /// (`all_connections: false`) are not caught up.
+    async fn catch_up(&self, since_ms: u64) {
+        let Some((history, size)) = &self.history else {
+            return;
+        };
+        let conns = self.hub.snapshot();
+        let mut users: Vec<String> = conns.iter().map(|c| c.username.clone()).collect();
+        users.sort();
+        users.dedup();
+        let kept = match history.since(&users, since_ms, *size).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                self.metrics.redis_errors.inc();
+                tracing::error!(error = %e, "bus catch-up: history unreadable");
+                return;
+            }
+        };
+        let mut delivered = 0;
+        for (user, entries) in kept {
+            for k in entries {
+                if k.first_only
+                    || self
+                        .recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&k.id)
+                {
+                    continue;
+                }
+                let targets: Vec<String> = conns
+                    .iter()
+                    .filter(|c| user.as_ref().is_none_or(|u| &c.username == u))
+                    .filter(|c| (c.connection_time * 1000.0) as u64 <= k.id.ms)
+                    .map(|c| c.connection_id.clone())
+                    .collect();
+                let frame = frame::message(&k.id.to_string(), &k.event, &k.data);
+                delivered += self.hub.deliver(&targets, &frame);
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(k.id);
+            }
+        }
+        if delivered > 0 {
+            tracing::warn!(
+                delivered,
+                "bus catch-up: delivered messages published while the subscription was down"
+            );
+        }
+    }
+
     fn set_up(&self, up: bool) {
         self.up.send_replace(up);
         self.metrics.bus_up.set(i64::from(up));
@@ -199,7 +285,11 @@ impl Subscriber {
 
     /// Applies messages until the subscription ends or stops carrying our
     /// probes (`Continue`: resubscribe) or shutdown (`Break`).
-    async fn listen(&self, pubsub: redis::aio::PubSub) -> std::ops::ControlFlow<()> {
+    async fn listen(
+        &self,
+        pubsub: redis::aio::PubSub,
+        last_heard_ms: &mut u64,
+    ) -> std::ops::ControlFlow<()> {
         use std::ops::ControlFlow;
         let every = probe_interval(self.heartbeat);
         let mut probe = tokio::time::interval(every);
@@ -214,7 +304,7 @@ impl Subscriber {
                         tracing::warn!(silent_ms = last_seen.elapsed().as_millis() as u64, "bus probes stopped coming back; rebuilding the subscription");
                         return ControlFlow::Continue(());
                     }
-                    let probe = BusEvent::Probe { origin: self.node_id.clone() };
+                    let probe = BusEvent::Probe { origin: self.origin.clone() };
                     if let Err(e) = publish(&self.registry, &probe).await {
                         self.metrics.redis_errors.inc();
                         tracing::debug!(error = %e, "bus probe not published");
@@ -230,12 +320,13 @@ impl Subscriber {
             let payload: String = msg.get_payload().unwrap_or_default();
             match serde_json::from_str::<BusEvent>(&payload) {
                 Ok(BusEvent::Probe { origin }) => {
-                    if origin == self.node_id {
+                    if origin == self.origin {
                         last_seen = tokio::time::Instant::now();
+                        *last_heard_ms = unix_ms();
                     }
                 }
-                Ok(event) if event.origin() == self.node_id => {}
-                Ok(event) => apply(event, &self.hub, &self.presence),
+                Ok(event) if event.origin() == self.origin => {}
+                Ok(event) => apply(event, &self.hub, &self.presence, &self.recent),
                 Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
             }
         }

@@ -280,8 +280,13 @@ pub fn resolve_path(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(p));
     }
+    // Only a file that is certainly absent means "defaults": one we may not
+    // read is named, so that loading it reports the permission error.
     let default = Path::new(DEFAULT_CONFIG_PATH);
-    default.exists().then(|| default.to_path_buf())
+    match default.try_exists() {
+        Ok(false) => None,
+        Ok(true) | Err(_) => Some(default.to_path_buf()),
+    }
 }
 
 impl Config {

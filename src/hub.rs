@@ -179,6 +179,13 @@ impl Hub {
         delivered
     }
 
+    /// Queues `frame` to every local connection of `username`, registered
+    /// in Redis or not yet; returns how many took it.
+    pub fn deliver_user(&self, username: &str, frame: &Bytes) -> usize {
+        let ids = self.user_ids(username);
+        self.deliver(&ids, frame)
+    }
+
     /// Queues `frame` to every local connection; returns how many took it.
     pub fn broadcast(&self, frame: &Bytes) -> usize {
         let delivered = self.push_all(frame);

@@ -52,6 +52,13 @@ impl Keys {
         format!("{}:history:broadcast", self.prefix)
     }
 
+    /// The last message id issued (`{ms}-{seq}`): one sequence for every
+    /// history stream, so that a user's messages and the broadcasts are
+    /// ordered among themselves. Not in SPEC 4's table: an addition.
+    pub fn history_seq(&self) -> String {
+        format!("{}:history:seq", self.prefix)
+    }
+
     /// Pub/sub channel between nodes.
     pub fn bus(&self) -> String {
         format!("{}:bus", self.prefix)
@@ -72,6 +79,7 @@ mod tests {
         assert_eq!(k.history_user("bob"), "sse:history:user:bob");
         assert_eq!(k.history_broadcast(), "sse:history:broadcast");
         assert_eq!(k.bus(), "sse:bus");
+        assert_eq!(k.history_seq(), "sse:history:seq");
         assert_eq!(k.conn_prefix() + "abc", k.conn("abc"));
         assert_eq!(k.user_prefix() + "bob", k.user("bob"));
     }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod frame;
+pub mod history;
 pub mod hub;
 pub mod keys;
 pub mod lifecycle;

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, AppParts};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Config;
+use crate::history::{History, Recent, RecentIds};
 use crate::hub::Hub;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -152,7 +153,16 @@ impl Daemon {
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let connect_timeout = Duration::from_secs(config.redis.connect_timeout_secs);
         let (bus_up_tx, bus_up) = tokio::sync::watch::channel(false);
+        let history = config
+            .history
+            .enabled
+            .then(|| History::new(redis.clone(), Keys::new(&config.redis.key_prefix)));
+        let recent: Recent = Arc::new(std::sync::Mutex::new(RecentIds::new(Duration::from_secs(
+            120,
+        ))));
         let app = Arc::new(App::new(AppParts {
+            history,
+            recent: recent.clone(),
             config,
             config_path,
             auth,
@@ -169,13 +179,19 @@ impl Daemon {
         let subscriber = crate::bus::Subscriber {
             target,
             registry: app.registry.clone(),
-            node_id: app.node_id.clone(),
+            origin: app.bus_origin.clone(),
             hub: app.hub.clone(),
             presence: app.presence.clone(),
             metrics: app.metrics.clone(),
             heartbeat: app.config().heartbeat_interval(),
             up: bus_up_tx,
             shutdown: shutdown.clone(),
+            history: app
+                .router
+                .history()
+                .cloned()
+                .map(|h| (h, app.config().history.size)),
+            recent,
         };
         tasks.spawn(subscriber.run());
         // Subscribed before serving: a message published for one of our

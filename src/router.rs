@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::bus::{self, BusEvent};
+use crate::config::HistoryConfig;
 use crate::frame;
+use crate::history::{History, Recent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -42,7 +44,10 @@ pub struct Router {
     hub: Arc<Hub>,
     presence: Presence,
     metrics: Arc<Metrics>,
-    node_id: String,
+    /// Marks the bus events this node publishes.
+    origin: String,
+    history: Option<History>,
+    recent: Recent,
 }
 
 impl Router {
@@ -51,27 +56,54 @@ impl Router {
         hub: Arc<Hub>,
         presence: Presence,
         metrics: Arc<Metrics>,
-        node_id: String,
+        origin: String,
+        history: Option<History>,
+        recent: Recent,
     ) -> Self {
         Self {
             registry,
             hub,
             presence,
             metrics,
-            node_id,
+            origin,
+            history,
+            recent,
         }
     }
 
-    /// Routes a message. Targets are read from the registry and, when some
-    /// are held by other nodes, the message is published on the bus before
-    /// anything is delivered here: if Redis fails, nothing is delivered at
-    /// all and a retry cannot duplicate.
-    pub async fn send(&self, msg: Outgoing) -> Result<Sent, RegistryError> {
-        let message_id = uuid::Uuid::new_v4().to_string();
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// Routes a message. With history on, it is kept first (its id comes
+    /// from the history) and only then are the targets read from the
+    /// registry: a stream that registered before reading the history either
+    /// finds the message there or is among the targets. When some targets
+    /// are held by other nodes the message is published on the bus before
+    /// anything is delivered here: if Redis fails, nothing is delivered and
+    /// a retry cannot duplicate.
+    pub async fn send(&self, msg: Outgoing, kept: &HistoryConfig) -> Result<Sent, RegistryError> {
         let data_json = msg.data.to_string();
+        let first_only = msg.to.is_some() && !msg.all_connections;
+        let message_id = match &self.history {
+            Some(h) => {
+                h.append(
+                    msg.to.as_deref(),
+                    first_only,
+                    &msg.event,
+                    &data_json,
+                    kept.size,
+                    kept.ttl_secs,
+                )
+                .await?
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let frame = frame::message(&message_id, &msg.event, &data_json);
         let remote_event = |ids: Vec<String>, broadcast: bool| BusEvent::Deliver {
-            origin: self.node_id.clone(),
+            origin: self.origin.clone(),
+            to: msg.to.clone(),
+            first_only,
             ids,
             broadcast,
             id: message_id.clone(),
@@ -80,7 +112,7 @@ impl Router {
         };
         let connections = match &msg.to {
             Some(user) => {
-                let limit = (!msg.all_connections).then_some(1);
+                let limit = first_only.then_some(1);
                 let targets = self.registry.user_connection_ids(user, limit).await?;
                 let (local, remote): (Vec<String>, Vec<String>) = targets
                     .iter()
@@ -89,7 +121,13 @@ impl Router {
                 if !remote.is_empty() {
                     bus::publish(&self.registry, &remote_event(remote, false)).await?;
                 }
-                self.hub.deliver(&local, &frame);
+                if first_only {
+                    self.hub.deliver(&local, &frame);
+                } else {
+                    // Every local tab of the user, also one whose record is
+                    // still being written or was lost with a Redis restart.
+                    self.hub.deliver_user(user, &frame);
+                }
                 targets.len()
             }
             None => {
@@ -101,6 +139,12 @@ impl Router {
                 count
             }
         };
+        if let Ok(id) = message_id.parse() {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+        }
         self.metrics.messages_sent.inc();
         tracing::debug!(%message_id, to = msg.to.as_deref(), event = %msg.event, connections, "message routed");
         Ok(Sent {
@@ -115,13 +159,24 @@ impl Router {
     /// Closes every stream of `username` on every node and removes their
     /// records.
     pub async fn disconnect_user(&self, username: &str) -> Result<Removed, RegistryError> {
+        // What exists now is what this request removes, even the records
+        // that the other nodes' closing streams remove before our delete.
+        let before = self.registry.user_connection_ids(username, None).await?;
         // Other nodes are told first: if Redis fails here, nothing changed.
         let close = BusEvent::CloseUser {
-            origin: self.node_id.clone(),
+            origin: self.origin.clone(),
             username: username.to_string(),
         };
         bus::publish(&self.registry, &close).await?;
-        let removed = self.registry.delete_user(username).await?;
+        let mut removed = self.registry.delete_user(username).await?;
+        for id in before {
+            if !removed.connection_ids.contains(&id) {
+                removed.connection_ids.push(id);
+            }
+        }
+        if !removed.connection_ids.is_empty() {
+            removed.usernames.insert(username.to_string());
+        }
         let closed = self.hub.close_user(username, None);
         tracing::info!(
             username,
@@ -158,7 +213,7 @@ impl Router {
             .partition(|id| self.hub.contains(id));
         if !remote.is_empty() {
             let close = BusEvent::Close {
-                origin: self.node_id.clone(),
+                origin: self.origin.clone(),
                 ids: remote,
                 reason: Some(EVICTED_REASON.into()),
             };
@@ -185,7 +240,7 @@ impl Router {
         let removed = self.registry.clear().await?;
         self.presence.resync();
         let resync = BusEvent::Resync {
-            origin: self.node_id.clone(),
+            origin: self.origin.clone(),
         };
         if let Err(e) = bus::publish(&self.registry, &resync).await {
             self.metrics.redis_errors.inc();

@@ -5,7 +5,7 @@
 //! body (client gone, close, shutdown) drops its guard, which removes the
 //! connection from the hub and the registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::auth::AuthError;
 use crate::config::Config;
 use crate::envelope::{self, ApiError};
 use crate::frame;
+use crate::history::{self, MsgId};
 use crate::hub::{HubError, LocalConn};
 use crate::registry::{unix_now, ConnectionRecord};
 use crate::server::ConnCtx;
@@ -206,21 +207,25 @@ async fn open(
         app.metrics.redis_errors.inc();
         tracing::warn!(error = %e, username = %conn.username, "per-user limit not enforced");
     }
-    tracing::info!(connection_id = %conn.connection_id, username = %conn.username, peer = ?peer, "stream opened");
+    let peer_addr = peer.map(|p| p.to_string()).unwrap_or_default();
+    tracing::info!(connection_id = %conn.connection_id, username = %conn.username, peer = %peer_addr, "stream opened");
 
     let established = json!({
         "connection_id": conn.connection_id,
         "username": conn.username,
         "connection_time": conn.connection_time,
     });
-    let mut prefix = BytesMut::new();
-    prefix.extend_from_slice(&frame::retry(config.stream.retry_ms));
-    prefix.extend_from_slice(&frame::event(
+    let mut opening = BytesMut::new();
+    opening.extend_from_slice(&frame::retry(config.stream.retry_ms));
+    opening.extend_from_slice(&frame::event(
         "connection_established",
         &established.to_string(),
     ));
+    let mut prefix = VecDeque::from([opening.freeze()]);
+    let skip_until = replay(app, config, headers, query, &conn, &mut prefix).await;
     let body = SseBody {
-        prefix: Some(prefix.freeze()),
+        prefix,
+        skip_until,
         rx,
         _guard: guard,
     };
@@ -233,6 +238,67 @@ async fn open(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// With history on and a `Last-Event-ID` (header, or `last_event_id` query
+/// parameter), appends what the user missed to `prefix`; returns the id up
+/// to which the client now has everything, so that the same messages are
+/// not written again when they also reach the queue (the replay/live seam).
+async fn replay(
+    app: &App,
+    config: &Config,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+    conn: &LocalConn,
+    prefix: &mut VecDeque<Bytes>,
+) -> Option<MsgId> {
+    let history = app.router.history()?;
+    let raw = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| query.get("last_event_id").cloned())
+        .filter(|s| !s.is_empty())?;
+    let last: Option<MsgId> = raw.trim().parse().ok();
+    let gap = |prefix: &mut VecDeque<Bytes>| {
+        let data = json!({ "last_event_id": raw });
+        prefix.push_back(frame::event("history_gap", &data.to_string()));
+    };
+    let replay = match history
+        .replay(&conn.username, last, config.history.size)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, connection_id = %conn.connection_id, "history unreadable; replay skipped");
+            gap(prefix);
+            return None;
+        }
+    };
+    if replay.gap {
+        gap(prefix);
+    }
+    // A message for one tab only is replayed only to a tab that is now the
+    // user's first connection, as it would have been delivered live.
+    let first = if replay.entries.iter().any(|k| k.first_only) {
+        app.registry
+            .user_connection_ids(&conn.username, Some(1))
+            .await
+            .is_ok_and(|ids| ids.first() == Some(&conn.connection_id))
+    } else {
+        false
+    };
+    for k in &replay.entries {
+        if !k.first_only || first {
+            prefix.push_back(frame::message(&k.id.to_string(), &k.event, &k.data));
+        }
+    }
+    let upto = replay.entries.last().map(|k| k.id);
+    if replay.gap {
+        upto
+    } else {
+        upto.max(last)
+    }
 }
 
 /// Removes the connection from the hub and the registry when dropped.
@@ -259,10 +325,12 @@ impl Drop for ConnGuard {
     }
 }
 
-/// The response body: the opening frames, then the connection's queue
-/// until its sender is dropped.
+/// The response body: the opening frames and the replay, then the
+/// connection's queue until its sender is dropped.
 struct SseBody {
-    prefix: Option<Bytes>,
+    prefix: VecDeque<Bytes>,
+    /// Messages up to this id were replayed: skip them in the queue.
+    skip_until: Option<MsgId>,
     rx: mpsc::Receiver<Bytes>,
     _guard: ConnGuard,
 }
@@ -271,9 +339,21 @@ impl Stream for SseBody {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(p) = self.prefix.take() {
+        if let Some(p) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(p)));
         }
-        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(f)) => {
+                    if let Some(upto) = self.skip_until {
+                        if history::frame_id(&f).is_some_and(|id| id <= upto) {
+                            continue;
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                other => return other.map(|f| f.map(Ok)),
+            }
+        }
     }
 }

@@ -169,3 +169,18 @@ async fn killed_bus_subscription_is_rebuilt_and_delivery_resumes() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn two_nodes_with_the_same_node_id_still_hear_each_other() {
+    // Containers cloned from one image often share a hostname.
+    let redis = RedisServer::start();
+    let config = test_config(&redis.url());
+    let a = TestNode::start(config.clone()).await;
+    let mut config_b = config;
+    config_b.startup.clear = false;
+    let b = TestNode::start(config_b).await;
+    let (mut tab, _) = SseClient::connect(&b, "gina").await;
+    let (status, _) = send(&a.admin_url(""), json!({"to": "gina", "data": 1})).await;
+    assert_eq!(status, 200);
+    assert!(tab.next_named("message", WAIT).await.is_some());
+}

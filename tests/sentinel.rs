@@ -51,7 +51,18 @@ async fn node_follows_a_sentinel_failover() {
     let dir = tempfile::tempdir().unwrap();
     let (p1, p2, ps) = (free_port(), free_port(), free_port());
     let (s1, s2) = (p1.to_string(), p2.to_string());
-    let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    // Replicas write the RDB of a full sync into --dir: keep it in the tempdir.
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let common = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir_arg,
+    ];
     let mut primary = Some(redis_proc(&[&["--port", &s1][..], &common].concat()));
     let _replica = redis_proc(
         &[
@@ -80,7 +91,7 @@ async fn node_follows_a_sentinel_failover() {
             .unwrap(),
     );
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(20), || {
             query::<String>(p2, redis::cmd("INFO").arg("replication"))
                 .is_ok_and(|i| i.contains("master_link_status:up"))
                 && query::<Option<(String, u16)>>(
@@ -90,6 +101,10 @@ async fn node_follows_a_sentinel_failover() {
                         .arg("svc"),
                 )
                 .is_ok_and(|m| m.is_some())
+                // The sentinel learns of replicas from the primary's INFO,
+                // every 10 s: no failover before it knows one.
+                && query::<Vec<redis::Value>>(ps, redis::cmd("SENTINEL").arg("replicas").arg("svc"))
+                    .is_ok_and(|r| !r.is_empty())
         }),
         "replica and sentinel up"
     );

@@ -1,0 +1,296 @@
+//! History and Last-Event-ID replay (SPEC 2, [history]): what a tab missed
+//! comes back in order, exactly once, with no gap or duplicate at the seam
+//! between replay and live messages.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn send_ok(node: &TestNode, body: Value) -> String {
+    let (status, resp) = send(&node.admin_url(""), body).await;
+    assert_eq!(status, 200, "{resp}");
+    resp["data"]["message_id"].as_str().unwrap().to_string()
+}
+
+/// Opens a stream as `user` with extra headers; returns it after
+/// `connection_established`.
+async fn reconnect(
+    node: &TestNode,
+    user: &str,
+    headers: &[(&str, &str)],
+    query: &str,
+) -> SseClient {
+    let mut all = vec![("X-Remote-User", user)];
+    all.extend_from_slice(headers);
+    let mut c = SseClient::open(&format!("{}{query}", node.stream_url()), &all).await;
+    assert_eq!(c.status, 200);
+    let ev = c.next_event(WAIT).await.expect("first event");
+    assert_eq!(ev.event, "connection_established");
+    c
+}
+
+/// Every event until `quiet` passes without one.
+async fn drain(c: &mut SseClient, quiet: Duration) -> Vec<eventsource_stream::Event> {
+    let mut out = Vec::new();
+    while let Some(ev) = c.next_event(quiet).await {
+        out.push(ev);
+    }
+    out
+}
+
+#[tokio::test]
+async fn missed_messages_and_broadcasts_come_back_in_order_exactly_once() {
+    let redis = RedisServer::start();
+    let node = TestNode::start(test_config(&redis.url())).await;
+    let (mut tab, _) = SseClient::connect(&node, "alice").await;
+    let first = send_ok(&node, json!({"to": "alice", "data": 1})).await;
+    assert_eq!(tab.next_named("message", WAIT).await.unwrap().id, first);
+    drop(tab);
+    assert!(
+        eventually(WAIT, || {
+            let n = node.daemon.app.hub.len();
+            async move { n == 0 }
+        })
+        .await
+    );
+
+    // Sent while alice has no connection at all: kept for her.
+    let m2 = send_ok(&node, json!({"to": "alice", "data": 2})).await;
+    let b1 = send_ok(&node, json!({"data": "b", "event": "news"})).await;
+    let m3 = send_ok(&node, json!({"to": "alice", "data": 3, "event": "ping"})).await;
+    let _other = send_ok(&node, json!({"to": "bob", "data": "not for alice"})).await;
+
+    let mut tab = reconnect(&node, "alice", &[("Last-Event-ID", &first)], "").await;
+    let got = drain(&mut tab, Duration::from_millis(500)).await;
+    let seen: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (m2.as_str(), "message", "2"),
+            (b1.as_str(), "news", "\"b\""),
+            (m3.as_str(), "ping", "3"),
+        ]
+    );
+    // Then live ones, once.
+    let m4 = send_ok(&node, json!({"to": "alice", "data": 4})).await;
+    let got = drain(&mut tab, Duration::from_millis(500)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].id, m4);
+
+    // The query parameter works like the header.
+    let mut tab2 = reconnect(&node, "alice", &[], &format!("?last_event_id={m3}")).await;
+    let got = drain(&mut tab2, Duration::from_millis(500)).await;
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![m4]
+    );
+}
+
+#[tokio::test]
+async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.history.size = 3;
+    let node = TestNode::start(config).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(send_ok(&node, json!({"to": "carol", "data": i})).await);
+    }
+    let kept: Vec<String> = ids[3..].to_vec();
+    let len: usize = redis::cmd("XLEN")
+        .arg("sse:history:user:carol")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(len, 3, "capped at history.size");
+
+    for last in [
+        ids[0].as_str(),
+        "1-0",
+        "not-an-id",
+        "99999999999999-0",
+        "x\u{1}y",
+    ] {
+        let mut tab = reconnect(
+            &node,
+            "carol",
+            &[],
+            &format!("?last_event_id={}", urlencode(last)),
+        )
+        .await;
+        let got = drain(&mut tab, Duration::from_millis(400)).await;
+        assert_eq!(got[0].event, "history_gap", "{last}: {got:?}");
+        let data: Value = serde_json::from_str(&got[0].data).unwrap();
+        assert_eq!(data["last_event_id"], last);
+        let rest: Vec<String> = got[1..].iter().map(|e| e.id.clone()).collect();
+        assert_eq!(rest, kept, "{last}");
+    }
+    // A kept id: no gap, only what follows.
+    let mut tab = reconnect(&node, "carol", &[("Last-Event-ID", &kept[0])], "").await;
+    let got = drain(&mut tab, Duration::from_millis(400)).await;
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        kept[1..].to_vec()
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn disabled_history_writes_nothing_and_ignores_last_event_id() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.history.enabled = false;
+    let node = TestNode::start(config).await;
+    let (mut tab, _) = SseClient::connect(&node, "dan").await;
+    let id = send_ok(&node, json!({"to": "dan", "data": 1})).await;
+    let _ = send_ok(&node, json!({"data": 2})).await;
+    assert!(tab.next_named("message", WAIT).await.is_some());
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("sse:history*")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(keys.is_empty(), "history keys written: {keys:?}");
+    let mut again = reconnect(&node, "dan", &[("Last-Event-ID", &id)], "").await;
+    assert!(drain(&mut again, Duration::from_millis(400))
+        .await
+        .is_empty());
+    let mut again = reconnect(&node, "dan", &[("Last-Event-ID", "garbage")], "").await;
+    assert!(
+        drain(&mut again, Duration::from_millis(400))
+            .await
+            .is_empty(),
+        "no history_gap when disabled"
+    );
+}
+
+#[tokio::test]
+async fn one_tab_messages_are_replayed_only_to_the_first_connection() {
+    let redis = RedisServer::start();
+    let node = TestNode::start(test_config(&redis.url())).await;
+    let (mut keeper, _) = SseClient::connect(&node, "eve").await;
+    let (mut other, _) = SseClient::connect(&node, "eve").await;
+    let base = send_ok(&node, json!({"to": "eve", "data": 0})).await;
+    assert!(keeper.next_named("message", WAIT).await.is_some());
+    assert!(other.next_named("message", WAIT).await.is_some());
+    drop(other);
+    let first_only = send_ok(
+        &node,
+        json!({"to": "eve", "data": "one tab", "all_connections": false}),
+    )
+    .await;
+    let ev = keeper.next_named("message", WAIT).await.unwrap();
+    assert_eq!(ev.id, first_only);
+    // The returning tab is not the first: the one-tab message is not
+    // replayed to it (the first tab got it).
+    let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
+    assert!(drain(&mut back, Duration::from_millis(400))
+        .await
+        .is_empty());
+    drop(back);
+    drop(keeper);
+    assert!(
+        eventually(WAIT, || {
+            let n = node.daemon.app.hub.len();
+            async move { n == 0 }
+        })
+        .await
+    );
+    // Alone, it is the first: the one-tab message is replayed.
+    let mut alone = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
+    let got = drain(&mut alone, Duration::from_millis(400)).await;
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![first_only]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.history.size = 1000;
+    let a = TestNode::start(config.clone()).await;
+    let mut config_b = config;
+    config_b.server.node_id = "history-b".into();
+    config_b.startup.clear = false;
+    let b = TestNode::start(config_b).await;
+    let (mut tab, _) = SseClient::connect(&a, "frank").await;
+
+    const N: usize = 400;
+    let admins = [a.admin_url(""), b.admin_url("")];
+    let sender = tokio::spawn(async move {
+        let mut sent = Vec::new();
+        for i in 0..N {
+            // Alternate the posting node and mix in broadcasts.
+            let body = if i % 5 == 0 {
+                json!({"data": i})
+            } else {
+                json!({"to": "frank", "data": i})
+            };
+            let (status, resp) = send(&admins[i % 2], body).await;
+            assert_eq!(status, 200, "{resp}");
+            sent.push(resp["data"]["message_id"].as_str().unwrap().to_string());
+        }
+        sent
+    });
+
+    let mut received: Vec<String> = Vec::new();
+    let mut reconnects = 0;
+    let nodes = [&a, &b];
+    while !sender.is_finished() || reconnects < 3 {
+        // Read a little, then drop the stream mid-flow and come back with
+        // the last id seen, alternating nodes.
+        for _ in 0..(15 + reconnects * 7) {
+            match tab.next_event(Duration::from_millis(300)).await {
+                Some(ev) if ev.event == "message" => received.push(ev.id),
+                Some(ev) => panic!("unexpected {ev:?}"),
+                None => break,
+            }
+        }
+        let last = received.last().cloned().unwrap_or_default();
+        drop(tab);
+        reconnects += 1;
+        let node = nodes[reconnects % 2];
+        tab = reconnect(node, "frank", &[("Last-Event-ID", &last)], "").await;
+        if reconnects > 40 {
+            break;
+        }
+    }
+    let sent = sender.await.unwrap();
+    for ev in drain(&mut tab, Duration::from_millis(800)).await {
+        assert_eq!(ev.event, "message", "{ev:?}");
+        received.push(ev.id);
+    }
+    let dups = received.len()
+        - received
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+    let missing: Vec<&String> = sent.iter().filter(|id| !received.contains(id)).collect();
+    println!(
+        "seam: sent {} received {} duplicated {dups} missing {} over {reconnects} reconnects",
+        sent.len(),
+        received.len(),
+        missing.len()
+    );
+    assert_eq!(dups, 0, "duplicates");
+    assert!(missing.is_empty(), "missing {missing:?}");
+    assert_eq!(received.len(), N);
+}
