@@ -4,8 +4,9 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
@@ -65,22 +66,35 @@ impl ApiError {
         self
     }
 
-    pub fn into_response(self) -> Response {
+    /// Status, headers and JSON body, for any HTTP layer.
+    pub fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
         let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
-        let mut resp = json_response(self.status, &body);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(allow) = self
             .allow
             .as_deref()
             .and_then(|a| HeaderValue::from_str(a).ok())
         {
-            resp.headers_mut().insert(header::ALLOW, allow);
+            headers.insert(header::ALLOW, allow);
         }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
+                headers.insert(header::RETRY_AFTER, v);
             }
         }
+        (self.status, headers, Bytes::from(body.to_string()))
+    }
+
+    pub fn into_response(self) -> Response {
+        let (status, headers, body) = self.into_parts();
+        let mut resp = Response::new(body.into());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
         resp
     }
 }

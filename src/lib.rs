@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod presence;
+pub mod public;
 pub mod ratelimit;
 pub mod registry;
 pub mod router;

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::registry::{self, Registry, RegistryError};
 use crate::target::SharedConn;
 use crate::throttle::LogThrottle;
-use crate::{api, frame, presence, server, stream};
+use crate::{api, frame, presence, server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -232,10 +232,9 @@ impl Daemon {
                 source,
             })?;
         let servers = TaskTracker::new();
-        servers.spawn(server::serve(
-            "public",
+        servers.spawn(crate::public::serve(
             listeners.public,
-            stream::routes(app.clone()),
+            app.clone(),
             shutdown.clone(),
             grace,
         ));

@@ -1,4 +1,5 @@
-//! HTTP/1.1 serving of a warp filter on an already-bound listener.
+//! HTTP/1.1 serving of a warp filter (the admin listener) on an
+//! already-bound listener, and the accept loop both listeners share.
 //!
 //! Our own accept loop instead of `warp::serve` because the daemon needs
 //! what warp's does not give: TCP_NODELAY for small SSE frames, a handle per
@@ -50,29 +51,10 @@ pub async fn serve<F>(
     let tasks = TaskTracker::new();
     let mut accept_errors = LogThrottle::new(Duration::from_secs(10));
     loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
+        let Some((stream, peer)) = accept(name, &listener, &shutdown, &mut accept_errors).await
+        else {
+            break;
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // EMFILE/ENFILE: the pending connection stays in the
-                // backlog and accept would fail again at once; pause
-                // instead of spinning.
-                if let Some(suppressed) = accept_errors.allow() {
-                    tracing::error!(listener = name, error = %e, suppressed, "accept failed");
-                }
-                if !is_connection_error(&e) {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
         let kill = force_close.child_token();
         let ctx = ConnCtx {
             peer,
@@ -116,6 +98,40 @@ pub async fn serve<F>(
     }
     force_close.cancel();
     tasks.wait().await;
+}
+
+/// The next connection, or `None` at shutdown. EMFILE/ENFILE leave the
+/// pending connection in the backlog and accept would fail again at once:
+/// pause instead of spinning.
+pub(crate) async fn accept(
+    name: &'static str,
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    errors: &mut LogThrottle,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(e) => {
+                if let Some(suppressed) = errors.allow() {
+                    tracing::error!(listener = name, error = %e, suppressed, "accept failed");
+                }
+                if !is_connection_error(&e) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -1,83 +1,86 @@
-//! The public listener: `GET {base}/stream/` (SPEC 2) and its CORS
-//! preflight. A stream is authenticated, put in the hub and the registry
-//! (before its first frame, so a send right after reaches it), then its
-//! queue of encoded frames becomes the response body. Whatever ends the
-//! body (client gone, close, shutdown) drops its guard, which removes the
-//! connection from the hub and the registry.
+//! What the public listener answers: `GET {base}/stream/` (SPEC 2) and
+//! its CORS preflight, independent of the HTTP layer ([`crate::public`]).
+//! A stream is authenticated, put in the hub and the registry (before its
+//! first frame, so a send right after reaches it), given what it missed
+//! (history), then its queue of encoded frames becomes the response body.
+//! Whatever ends the body (client gone, close, shutdown) drops its guard,
+//! which removes the connection from the hub and the registry.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use warp::reply::Response;
-use warp::Filter;
 
 use crate::app::App;
 use crate::auth::AuthError;
 use crate::config::Config;
-use crate::envelope::{self, ApiError};
+use crate::envelope::ApiError;
 use crate::frame;
 use crate::history::{self, MsgId};
 use crate::hub::{HubError, LocalConn};
 use crate::registry::{unix_now, ConnectionRecord};
-use crate::server::ConnCtx;
 
-/// The whole public listener as one filter.
-pub fn routes(
-    app: Arc<App>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let query = warp::query::<HashMap<String, String>>()
-        .or(warp::any().map(HashMap::new))
-        .unify();
-    warp::any()
-        .map(move || app.clone())
-        .and(warp::method())
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and(query)
-        .and(warp::ext::optional::<ConnCtx>())
-        .then(
-            |app: Arc<App>,
-             method: Method,
-             path: warp::path::FullPath,
-             headers: HeaderMap,
-             query: HashMap<String, String>,
-             ctx: Option<ConnCtx>| async move {
-                let config = app.config();
-                let is_stream = crate::api::relative(&config.server.base_path, path.as_str())
-                    == Some("/stream");
-                let result = if !is_stream {
-                    Err(ApiError::not_found("no such route"))
-                } else if method == Method::GET {
-                    open(&app, &config, &headers, &query, ctx).await
-                } else if method == Method::OPTIONS {
-                    Ok(preflight())
-                } else {
-                    Err(ApiError::method_not_allowed("GET, OPTIONS"))
-                };
-                let mut resp = envelope::respond(result);
-                cors(&config, &headers, &mut resp);
-                app.metrics.http(
-                    if is_stream { "stream" } else { "unknown" },
-                    resp.status().as_u16(),
-                );
-                resp
-            },
-        )
+/// A request to the public listener, as the HTTP layer parsed it.
+pub struct Request {
+    pub method: Method,
+    /// The path, without the query string.
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub peer: Option<SocketAddr>,
+    /// Cancelling it closes the client's TCP connection at once.
+    pub kill: CancellationToken,
 }
 
-fn preflight() -> Response {
-    let mut resp = Response::new(Default::default());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    let h = resp.headers_mut();
+/// What to answer: a complete response, or a stream of frames.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    Full(Bytes),
+    Events(SseBody),
+}
+
+/// Answers one request of the public listener.
+pub async fn handle(app: &Arc<App>, req: Request) -> Reply {
+    let config = app.config();
+    let is_stream = crate::api::relative(&config.server.base_path, &req.path) == Some("/stream");
+    let result = if !is_stream {
+        Err(ApiError::not_found("no such route"))
+    } else if req.method == Method::GET {
+        open(app, &config, &req).await
+    } else if req.method == Method::OPTIONS {
+        Ok(preflight())
+    } else {
+        Err(ApiError::method_not_allowed("GET, OPTIONS"))
+    };
+    let mut reply = result.unwrap_or_else(|e| {
+        let (status, headers, body) = e.into_parts();
+        Reply {
+            status,
+            headers,
+            body: ReplyBody::Full(body),
+        }
+    });
+    cors(&config, &req.headers, &mut reply.headers);
+    app.metrics.http(
+        if is_stream { "stream" } else { "unknown" },
+        reply.status.as_u16(),
+    );
+    reply
+}
+
+fn preflight() -> Reply {
+    let mut h = HeaderMap::new();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, OPTIONS"),
@@ -90,16 +93,19 @@ fn preflight() -> Response {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    resp
+    Reply {
+        status: StatusCode::NO_CONTENT,
+        headers: h,
+        body: ReplyBody::Full(Bytes::new()),
+    }
 }
 
 /// Listed origins get their own origin back with credentials; others get
 /// no CORS header at all.
-fn cors(config: &Config, headers: &HeaderMap, resp: &mut Response) {
+fn cors(config: &Config, headers: &HeaderMap, h: &mut HeaderMap) {
     if config.stream.cors_origins.is_empty() {
         return;
     }
-    let h = resp.headers_mut();
     h.append(header::VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = headers.get(header::ORIGIN) else {
         return;
@@ -124,14 +130,8 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
-async fn open(
-    app: &Arc<App>,
-    config: &Config,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-    ctx: Option<ConnCtx>,
-) -> Result<Response, ApiError> {
-    let peer = ctx.as_ref().map(|c| c.peer);
+async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, ApiError> {
+    let (headers, query, peer) = (&req.headers, &req.query, req.peer);
     let username = app
         .auth()
         .identify(peer, headers, query)
@@ -141,7 +141,7 @@ async fn open(
         username,
         connection_time: unix_now(),
     };
-    let kill = ctx.map(|c| c.kill).unwrap_or_default();
+    let kill = req.kill.clone();
     let retry_later = Duration::from_millis(config.stream.retry_ms.max(1000));
     if let Err(wait) = app
         .connect_limiter
@@ -229,15 +229,18 @@ async fn open(
         rx,
         _guard: guard,
     };
-    let mut resp = warp::reply::Reply::into_response(warp::reply::stream(body));
-    let h = resp.headers_mut();
+    let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    Ok(Reply {
+        status: StatusCode::OK,
+        headers: h,
+        body: ReplyBody::Events(body),
+    })
 }
 
 /// With history on and a `Last-Event-ID` (header, or `last_event_id` query
@@ -326,8 +329,9 @@ impl Drop for ConnGuard {
 }
 
 /// The response body: the opening frames and the replay, then the
-/// connection's queue until its sender is dropped.
-struct SseBody {
+/// connection's queue until its sender is dropped. Dropping it removes the
+/// connection (its guard).
+pub struct SseBody {
     prefix: VecDeque<Bytes>,
     /// Messages up to this id were replayed: skip them in the queue.
     skip_until: Option<MsgId>,
@@ -335,24 +339,36 @@ struct SseBody {
     _guard: ConnGuard,
 }
 
-impl Stream for SseBody {
-    type Item = Result<Bytes, Infallible>;
+impl SseBody {
+    fn keep(&self, frame: &[u8]) -> bool {
+        match self.skip_until {
+            Some(upto) => !history::frame_id(frame).is_some_and(|id| id <= upto),
+            None => true,
+        }
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    /// The next frame; `None` once the stream is closed.
+    pub async fn next(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(p)));
+            return Some(p);
         }
         loop {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(f)) => {
-                    if let Some(upto) = self.skip_until {
-                        if history::frame_id(&f).is_some_and(|id| id <= upto) {
-                            continue;
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(f)));
-                }
-                other => return other.map(|f| f.map(Ok)),
+            let frame = self.rx.recv().await?;
+            if self.keep(&frame) {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// A frame that is ready now, without waiting.
+    pub fn next_ready(&mut self) -> Option<Bytes> {
+        if let Some(p) = self.prefix.pop_front() {
+            return Some(p);
+        }
+        loop {
+            let frame = self.rx.try_recv().ok()?;
+            if self.keep(&frame) {
+                return Some(frame);
             }
         }
     }

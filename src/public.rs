@@ -1,0 +1,258 @@
+//! The public listener's HTTP/1.1 server: one request per connection, for
+//! the stream route and its errors.
+//!
+//! Not hyper, on purpose: an idle stream is the daemon's unit of cost, and
+//! hyper keeps two 8 KiB buffers (read and write) and the boxed service
+//! future alive for every open response, about 18 KiB a stream. Here a
+//! stream holds only its socket, its queue and a small task: the request
+//! head is read into a buffer dropped once parsed, frames are written
+//! straight from the shared [`Bytes`] (vectored), and the response is
+//! delimited by closing the connection (`Connection: close`), which every
+//! SSE client and nginx handle. The admin listener stays on warp/hyper.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use crate::app::App;
+use crate::envelope::ApiError;
+use crate::stream::{self, Reply, ReplyBody, Request};
+use crate::throttle::LogThrottle;
+
+/// Largest request head accepted; browsers send well under 2 KiB, cookies
+/// included.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// A client must send its request head within this (slowloris).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames written in one vectored write when several are queued.
+const BATCH: usize = 32;
+
+/// Serves the stream route on `listener` until `shutdown`; then stops
+/// accepting and waits for open streams (closed by the node's shutdown)
+/// at most `grace`, closing what is left.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let force_close = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut errors = LogThrottle::new(Duration::from_secs(10));
+    while let Some((socket, peer)) =
+        crate::server::accept("public", &listener, &shutdown, &mut errors).await
+    {
+        let kill = force_close.child_token();
+        let app = app.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = connection(&app, socket, peer, kill.clone()) => {}
+                _ = kill.cancelled() => {}
+            }
+        });
+    }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            open = tasks.len(),
+            "grace period over; closing remaining streams"
+        );
+        force_close.cancel();
+        tasks.wait().await;
+    }
+}
+
+enum HeadError {
+    /// The client left or sent nothing in time: nothing to answer.
+    Gone,
+    TooLarge,
+    Malformed(String),
+}
+
+async fn connection(
+    app: &Arc<App>,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    kill: CancellationToken,
+) {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
+        Ok(r) => r,
+        Err(_) => Err(HeadError::Gone),
+    };
+    let reply = match head {
+        Ok((method, target, headers)) => {
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p.to_string(), parse_query(q)),
+                None => (target, HashMap::new()),
+            };
+            let req = Request {
+                method,
+                path,
+                query,
+                headers,
+                peer: Some(peer),
+                kill,
+            };
+            stream::handle(app, req).await
+        }
+        Err(HeadError::Gone) => return,
+        Err(HeadError::TooLarge) => error_reply(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head larger than {MAX_HEAD} bytes"),
+        )),
+        Err(HeadError::Malformed(m)) => error_reply(ApiError::bad_request(m)),
+    };
+    let _ = respond(socket, reply).await;
+}
+
+fn error_reply(e: ApiError) -> Reply {
+    let (status, headers, body) = e.into_parts();
+    Reply {
+        status,
+        headers,
+        body: ReplyBody::Full(body),
+    }
+}
+
+/// Reads and parses the request line and headers.
+async fn read_head(socket: &mut TcpStream) -> Result<(Method, String, HeaderMap), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let mut chunk = [0u8; 2048];
+        let n = socket.read(&mut chunk).await.map_err(|_| HeadError::Gone)?;
+        if n == 0 {
+            return Err(HeadError::Gone);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut slots);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(_)) => {
+                let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+                    .map_err(|_| HeadError::Malformed("bad method".into()))?;
+                let target = req.path.unwrap_or("/").to_string();
+                let mut headers = HeaderMap::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                        HeadError::Malformed(format!("bad header name {:?}", h.name))
+                    })?;
+                    let value = HeaderValue::from_bytes(h.value)
+                        .map_err(|_| HeadError::Malformed(format!("bad value of header {name}")))?;
+                    headers.append(name, value);
+                }
+                return Ok((method, target, headers));
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(format!("bad request: {e}"))),
+        }
+    }
+}
+
+fn parse_query(q: &str) -> HashMap<String, String> {
+    serde_urlencoded::from_str(q).unwrap_or_default()
+}
+
+fn head_bytes(status: StatusCode, headers: &HeaderMap, content_length: Option<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = content_length {
+        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out
+}
+
+async fn respond(mut socket: TcpStream, reply: Reply) -> std::io::Result<()> {
+    match reply.body {
+        ReplyBody::Full(body) => {
+            let head = head_bytes(reply.status, &reply.headers, Some(body.len()));
+            write_all(&mut socket, &[Bytes::from(head), body]).await?;
+            socket.shutdown().await
+        }
+        ReplyBody::Events(mut events) => {
+            let head = Bytes::from(head_bytes(reply.status, &reply.headers, None));
+            drop(reply.headers);
+            let (mut rd, mut wr) = socket.split();
+            let mut batch: Vec<Bytes> = vec![head];
+            let mut sink = [0u8; 64];
+            loop {
+                while batch.len() < BATCH {
+                    match events.next_ready() {
+                        Some(f) => batch.push(f),
+                        None => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    write_all(&mut wr, &batch).await?;
+                    batch.clear();
+                }
+                tokio::select! {
+                    f = events.next() => match f {
+                        Some(f) => batch.push(f),
+                        None => break,
+                    },
+                    // The client is not expected to send anything more: a
+                    // read returns only when it leaves (EOF) or errs.
+                    r = rd.read(&mut sink) => match r {
+                        Ok(0) | Err(_) => return Ok(()),
+                        Ok(_) => {}
+                    },
+                }
+            }
+            wr.shutdown().await
+        }
+    }
+}
+
+/// Writes every buffer, vectored.
+async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[Bytes]) -> std::io::Result<()> {
+    let mut idx = 0;
+    let mut offset = 0;
+    loop {
+        while idx < bufs.len() && bufs[idx].len() == offset {
+            idx += 1;
+            offset = 0;
+        }
+        if idx == bufs.len() {
+            return Ok(());
+        }
+        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&bufs[idx][offset..]))
+            .chain(bufs[idx + 1..].iter().map(|b| IoSlice::new(b)))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while idx < bufs.len() && n >= bufs[idx].len() - offset {
+            n -= bufs[idx].len() - offset;
+            idx += 1;
+            offset = 0;
+        }
+        offset += n;
+    }
+}
