@@ -342,7 +342,7 @@ pub struct SseBody {
 impl SseBody {
     fn keep(&self, frame: &[u8]) -> bool {
         match self.skip_until {
-            Some(upto) => !history::frame_id(frame).is_some_and(|id| id <= upto),
+            Some(upto) => history::frame_id(frame).is_none_or(|id| id > upto),
             None => true,
         }
     }
