@@ -128,6 +128,13 @@ impl Hub {
         removed
     }
 
+    /// Gives back the maps' spare capacity after many streams left.
+    pub fn shrink(&self) {
+        let mut inner = self.write();
+        inner.conns.shrink_to_fit();
+        inner.users.shrink_to_fit();
+    }
+
     pub fn len(&self) -> usize {
         self.read().conns.len()
     }

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod keys;
 pub mod lifecycle;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod presence;
 pub mod public;

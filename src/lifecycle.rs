@@ -379,6 +379,7 @@ impl Daemon {
 /// Every `stream.heartbeat_secs`: one shared comment frame into every
 /// queue, one batched registry write.
 async fn heartbeat_loop(app: Arc<App>) {
+    let mut trimmer = crate::memory::Trimmer::default();
     loop {
         let every = app.config().heartbeat_interval();
         tokio::select! {
@@ -388,6 +389,12 @@ async fn heartbeat_loop(app: Arc<App>) {
         let now = registry::unix_now();
         app.hub.heartbeat(&frame::heartbeat(now as u64));
         app.presence.heartbeat();
+        if trimmer.tick(app.hub.len(), || app.hub.shrink()) {
+            tracing::debug!(
+                streams = app.hub.len(),
+                "many streams closed; free memory returned"
+            );
+        }
     }
 }
 

@@ -1,0 +1,60 @@
+//! Giving memory back to the system after many streams closed.
+//!
+//! glibc's allocator keeps freed memory for reuse, so after a crowd of
+//! streams leaves (a reconnect storm, a logout wave) the RSS stays at its
+//! peak. When the number of streams has dropped a lot since the last check,
+//! `malloc_trim` returns the free pages of every arena to the kernel.
+
+/// Tracks the stream count between heartbeats and trims when it fell.
+#[derive(Default)]
+pub struct Trimmer {
+    peak: usize,
+}
+
+impl Trimmer {
+    /// `live` is the current number of streams; `shrink` gives back the
+    /// spare capacity of the owner's maps first. True if it trimmed.
+    pub fn tick(&mut self, live: usize, shrink: impl FnOnce()) -> bool {
+        self.peak = self.peak.max(live);
+        let dropped = self.peak - live;
+        if dropped >= 1000 || (dropped >= 100 && dropped * 5 >= self.peak) {
+            self.peak = live;
+            shrink();
+            release_free_memory();
+            return true;
+        }
+        false
+    }
+}
+
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Trimmer {
+        fn tick_n(&mut self, live: usize) -> bool {
+            self.tick(live, || {})
+        }
+    }
+
+    #[test]
+    fn trims_after_a_large_drop_only() {
+        let mut t = Trimmer::default();
+        assert!(!t.tick_n(5000));
+        assert!(!t.tick_n(4950));
+        assert!(t.tick_n(3900));
+        assert!(!t.tick_n(3800));
+        assert!(t.tick_n(50));
+        let mut small = Trimmer::default();
+        assert!(!small.tick_n(300));
+        assert!(small.tick_n(200));
+    }
+}
