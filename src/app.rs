@@ -35,6 +35,10 @@ pub struct App {
     pub bus_up: watch::Receiver<bool>,
     pub connect_limiter: ConnectLimiter,
     pub recent: Recent,
+    /// Streams the open-file limit allows ([`crate::server::stream_fd_cap`]).
+    pub fd_cap: usize,
+    /// One log line per interval for refused streams, however many.
+    pub refusals: std::sync::Mutex<crate::throttle::LogThrottle>,
 }
 
 pub struct AppParts {
@@ -78,6 +82,10 @@ impl App {
             bus_up: p.bus_up,
             connect_limiter: ConnectLimiter::new(),
             recent: p.recent,
+            fd_cap: crate::server::stream_fd_cap(),
+            refusals: std::sync::Mutex::new(crate::throttle::LogThrottle::new(
+                std::time::Duration::from_secs(10),
+            )),
         }
     }
 
@@ -87,6 +95,12 @@ impl App {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The node's stream cap now: `limits.max_connections`, or less if the
+    /// open-file limit is lower.
+    pub fn max_streams(&self) -> usize {
+        self.config().limits.max_connections.min(self.fd_cap)
     }
 
     pub fn auth(&self) -> Arc<Authenticator> {

@@ -173,6 +173,13 @@ impl Daemon {
             shutdown: shutdown.clone(),
             bus_up,
         }));
+        if app.fd_cap < app.config().limits.max_connections {
+            tracing::warn!(
+                max_connections = app.config().limits.max_connections,
+                open_file_limit_allows = app.fd_cap,
+                "the open-file limit caps this node below limits.max_connections; streams beyond it get 503 (raise LimitNOFILE)"
+            );
+        }
         let tasks = TaskTracker::new();
         tasks.spawn(redis.follow(target.clone(), Duration::from_secs(1), shutdown.clone()));
         tasks.spawn(presence_task.run());

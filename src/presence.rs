@@ -122,6 +122,9 @@ pub fn spawn_parts(
 
 const BATCH: usize = 4096;
 
+/// Age after which a connection's registration has surely been written.
+const REGISTRATION_SETTLE_SECS: f64 = 10.0;
+
 impl PresenceTask {
     pub async fn run(mut self) {
         let mut cmds = Vec::with_capacity(BATCH);
@@ -248,11 +251,14 @@ impl PresenceTask {
             return;
         }
         let missing: HashSet<String> = missing.into_iter().collect();
+        // A connection opened in the last moments may have its own
+        // registration still queued behind this heartbeat: not missing.
+        let settled = now - REGISTRATION_SETTLE_SECS;
         let records: Vec<ConnectionRecord> = self
             .hub
             .snapshot()
             .iter()
-            .filter(|c| missing.contains(&c.connection_id))
+            .filter(|c| missing.contains(&c.connection_id) && c.connection_time < settled)
             .map(|c| self.record(c, now))
             .collect();
         match self.registry.register(&records).await {

@@ -134,6 +134,46 @@ pub(crate) async fn accept(
     }
 }
 
+/// File descriptors kept for everything but streams (Redis, admin
+/// requests, the config and secret files, logs).
+const FD_RESERVE: u64 = 256;
+
+/// How many streams the open-file limit allows, after raising the soft
+/// limit to the hard one. Beyond it, accept would fail with EMFILE and
+/// clients would wait in the backlog; with the cap they get a 503 instead.
+pub fn stream_fd_cap() -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write `lim`.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return usize::MAX;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim = raised;
+                }
+            }
+        }
+        if lim.rlim_cur == libc::RLIM_INFINITY {
+            return usize::MAX;
+        }
+        usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX)
+    }
+    #[cfg(not(unix))]
+    {
+        usize::MAX
+    }
+}
+
 fn is_connection_error(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),

@@ -156,19 +156,22 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
     }
     let rx = app
         .hub
-        .register(
-            &conn,
-            config.stream.queue_size,
-            config.limits.max_connections,
-            kill,
-        )
+        .register(&conn, config.stream.queue_size, app.max_streams(), kill)
         .map_err(|e| {
             app.metrics.rejected_connections.inc();
-            if let HubError::Full(_) = e {
-                tracing::warn!(
-                    limit = config.limits.max_connections,
-                    "stream refused: limits.max_connections reached"
-                );
+            if let HubError::Full(limit) = e {
+                let allowed = app
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .allow();
+                if let Some(suppressed) = allowed {
+                    tracing::warn!(
+                        limit,
+                        suppressed,
+                        "stream refused: limits.max_connections (or the open-file limit) reached"
+                    );
+                }
             }
             ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
         })?;
