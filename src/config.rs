@@ -243,7 +243,7 @@ impl Default for LimitsConfig {
         Self {
             max_connections_per_user: 32,
             max_connections: 100_000,
-            max_connect_rate: 5000,
+            max_connect_rate: 20000,
         }
     }
 }
