@@ -173,9 +173,10 @@ async fn open(
 }
 
 /// A browser tab: connects to a random node that is up, reads, drops the
-/// stream now and then and comes back with the last id it received; when
-/// its node ends the stream it comes back after a short delay; failed
-/// opens are retried with backoff. Ends (with its stream open) at FINISH.
+/// stream now and then and comes back with the last id it received, at
+/// once or after being away up to 1.5 s; when its node ends the stream it
+/// comes back after a short delay; failed opens are retried with backoff.
+/// Ends (with its stream open) at FINISH.
 async fn run_tab(
     index: usize,
     user: &'static str,
@@ -263,6 +264,11 @@ async fn run_tab(
         });
         if closed_by_server {
             tokio::time::sleep(Duration::from_millis(rng.u64(100..400))).await;
+        } else if rng.bool() {
+            // Away for a while (a reload, a laptop lid, EventSource's own
+            // retry delay): what is sent meanwhile must come from history,
+            // also when none of the user's tabs is connected.
+            tokio::time::sleep(Duration::from_millis(rng.u64(50..1500))).await;
         }
     }
     tab
