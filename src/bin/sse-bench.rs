@@ -248,7 +248,7 @@ fn raise_nofile() -> u64 {
                 rl.rlim_cur = rl.rlim_max;
             }
         }
-        rl.rlim_cur as u64
+        rl.rlim_cur
     }
 }
 
@@ -384,6 +384,9 @@ struct Stats {
     send_ok: AtomicU64,
     send_err: AtomicU64,
     expected_est: AtomicU64,
+    /// Attempt to connection_established, µs: first streams, reopened ones.
+    connect_us: Mutex<Vec<u64>>,
+    reconnect_us: Mutex<Vec<u64>>,
     errors: Mutex<Vec<String>>,
 }
 
@@ -629,6 +632,7 @@ async fn instance(ctx: &Ctx, idx: usize, first: bool, reconnect: bool) -> Outcom
     };
     let s = &ctx.stats;
     s.attempts.fetch_add(1, Relaxed);
+    let attempt_ns = now_ns();
     s.connecting.fetch_add(1, Relaxed);
     let connecting = scopeguard(&s.connecting);
     let deadline = tokio::time::Instant::now() + ctx.connect_timeout;
@@ -736,8 +740,12 @@ async fn instance(ctx: &Ctx, idx: usize, first: bool, reconnect: bool) -> Outcom
                                 s.last_est_ns.fetch_max(now, Relaxed);
                                 ctx.user_live[user as usize].fetch_add(1, Relaxed);
                                 slot.live.store(true, Relaxed);
+                                let took_us = (now - attempt_ns) / 1000;
                                 if first {
                                     s.initial_settled.fetch_add(1, Relaxed);
+                                    s.connect_us.lock().unwrap().push(took_us);
+                                } else {
+                                    s.reconnect_us.lock().unwrap().push(took_us);
                                 }
                                 if reconnect {
                                     s.reconnects_done.fetch_add(1, Relaxed);
@@ -1059,8 +1067,21 @@ fn account(ctx: &Ctx, grace_ns: u64) -> Value {
 struct Samples {
     /// (seconds since start, VmRSS kB)
     rss: Vec<(f64, u64)>,
-    /// (seconds, client live, client connecting, registry total, server live gauge)
-    registry: Vec<(f64, u64, u64, Option<u64>, Option<u64>)>,
+    registry: Vec<RegSample>,
+}
+
+/// Registry vs. the client's streams at one moment.
+struct RegSample {
+    t: f64,
+    /// Streams live at this client before and after the request.
+    live_before: u64,
+    live_after: u64,
+    /// Streams being opened at this client.
+    connecting: u64,
+    /// `total_connections` of the registry.
+    registry: Option<u64>,
+    /// The node's live-connections gauge.
+    server_live: Option<u64>,
 }
 
 fn rss_json(s: &[(f64, u64)], from_s: f64) -> Value {
@@ -1076,12 +1097,13 @@ fn rss_json(s: &[(f64, u64)], from_s: f64) -> Value {
 fn spawn_sampler(
     ctx: Arc<Ctx>,
     every: Duration,
+    first_after: Duration,
     registry: bool,
     out: Arc<Mutex<Samples>>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first_after, every);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1104,10 +1126,14 @@ fn spawn_sampler(
                     ctx.stats.send_ok.load(Relaxed),
                     ctx.stats.received.load(Relaxed),
                 );
-                out.lock()
-                    .unwrap()
-                    .registry
-                    .push((t, (live0 + live1) / 2, conn0, reg, srv));
+                out.lock().unwrap().registry.push(RegSample {
+                    t,
+                    live_before: live0,
+                    live_after: live1,
+                    connecting: conn0,
+                    registry: reg,
+                    server_live: srv,
+                });
             }
         }
     })
@@ -1266,6 +1292,7 @@ async fn start(c: &Common, reopen: bool, publishers: usize) -> Result<Run, Strin
         "secs": r3(span),
         "rate_per_sec": r3(rate),
         "retried_503": ctx.stats.retried_503.load(Relaxed),
+        "latency": lat_json(&mut ctx.stats.connect_us.lock().unwrap()),
         "server_cpu_s": match (cpu_before, c.server_pid.and_then(cpu_s)) {
             (Some(a), Some(b)) => Some(r3(b - a)),
             _ => None,
@@ -1379,6 +1406,11 @@ fn human(v: &Value) {
         v["connect_rate"].as_f64().unwrap_or(0.0),
         v["ended_by_server"]
     );
+    let cl = &v["connect"]["latency"];
+    eprintln!(
+        "connect (to connection_established): p50 {} ms, p99 {} ms, max {} ms; {} retried after a 503",
+        cl["p50_ms"], cl["p99_ms"], cl["max_ms"], v["connect"]["retried_503"]
+    );
     if let Some(b) = v["server"]["rss_bytes_per_stream"].as_f64() {
         eprintln!(
             "server RSS: {} kB before, {} kB connected ({b:.0} bytes/stream), {} kB at the end",
@@ -1423,6 +1455,16 @@ fn human(v: &Value) {
             ch["errors"]
         );
         eprintln!(
+            "reconnect (to connection_established): p50 {} ms, p99 {} ms, max {} ms",
+            ch["reconnect_latency"]["p50_ms"],
+            ch["reconnect_latency"]["p99_ms"],
+            ch["reconnect_latency"]["max_ms"]
+        );
+        eprintln!(
+            "registry during the churn: off by at most {} from the live streams",
+            ch["registry_max_gap_during"]
+        );
+        eprintln!(
             "registry at the end: {} (baseline {}) for {} live streams: {}",
             ch["registry_end"],
             v["registry_baseline"],
@@ -1461,6 +1503,7 @@ async fn hold(c: Common) -> Result<Value, String> {
     let sampler = spawn_sampler(
         run.ctx.clone(),
         Duration::from_secs_f64(c.sample_secs.max(0.1)),
+        Duration::ZERO,
         false,
         samples.clone(),
         stop.clone(),
@@ -1540,6 +1583,9 @@ async fn broadcast(c: Common, broadcasts: u64, interval_ms: u64) -> Result<Value
     Ok(v)
 }
 
+/// The part of each second over which the churn closes its streams.
+const CHURN_SPREAD: Duration = Duration::from_millis(500);
+
 async fn churn(
     c: Common,
     reconnect_pct: f64,
@@ -1561,6 +1607,8 @@ async fn churn(
     let sampler = spawn_sampler(
         ctx.clone(),
         Duration::from_secs_f64(c.sample_secs.max(0.5)),
+        // in the quiet part of each second: no stream is closing then
+        CHURN_SPREAD + Duration::from_millis(250),
         true,
         samples.clone(),
         sampler_stop.clone(),
@@ -1578,23 +1626,26 @@ async fn churn(
     ));
     let mut requested = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
     let mut live_idx: Vec<usize> = Vec::with_capacity(c.conns);
-    while tokio::time::Instant::now() < until {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = tokio::time::sleep_until(until) => break,
-        }
+    // one round a second, the first at once: `dur` rounds in `dur` seconds
+    for _round in 0..(dur.floor() as u64) {
+        tick.tick().await;
         live_idx.clear();
         live_idx.extend((0..c.conns).filter(|&i| ctx.slots[i].live.load(Relaxed)));
         let k = ((live_idx.len() as f64) * reconnect_pct / 100.0).round() as usize;
-        for j in 0..k.min(live_idx.len()) {
+        let k = k.min(live_idx.len());
+        // spread over the first half of the second (like browsers, not one
+        // burst); the samples are taken in the quiet second half
+        let t0 = tokio::time::Instant::now();
+        for j in 0..k {
+            tokio::time::sleep_until(t0 + CHURN_SPREAD * j as u32 / k as u32).await;
             let r = run.rng.usize(j..live_idx.len());
             live_idx.swap(j, r);
             ctx.slots[live_idx[j]].reconnect.notify_one();
         }
         requested += k as u64;
     }
+    tokio::time::sleep_until(until).await;
     send_stop.cancel();
     let _ = sender.await;
     let churn_secs = secs(now_ns()) - churn_start;
@@ -1642,8 +1693,13 @@ async fn churn(
     let max_gap = samples
         .registry
         .iter()
-        .filter_map(|(_, live, _, reg, _)| {
-            reg.map(|r| (r as i64 - baseline as i64 - *live as i64).abs())
+        .filter_map(|x| {
+            let r = x.registry? as i64 - baseline as i64;
+            let (lo, hi) = (
+                x.live_before.min(x.live_after),
+                x.live_before.max(x.live_after),
+            );
+            Some((lo as i64 - r).max(r - hi as i64).max(0))
         })
         .max();
     let errors =
@@ -1660,6 +1716,7 @@ async fn churn(
                 "reconnects_done": s.reconnects_done.load(Relaxed),
                 "reconnect_attempts": s.attempts.load(Relaxed) - attempts0,
                 "reconnect_failures": reconnect_failures,
+                "reconnect_latency": lat_json(&mut s.reconnect_us.lock().unwrap()),
                 "errors": errors,
                 "live_end": live_end,
                 "registry_end": registry_end,
@@ -1668,8 +1725,10 @@ async fn churn(
                 "registry_after_close": registry_after_close,
                 "registry_back_to_baseline": registry_after_close == Some(baseline),
                 "registry_max_gap_during": max_gap,
-                "registry_samples": samples.registry.iter().map(|(t, live, conn, reg, srv)| json!({
-                    "t": r3(*t - churn_start), "live": live, "connecting": conn, "registry": reg, "server_live": srv,
+                "registry_samples": samples.registry.iter().map(|x| json!({
+                    "t": r3(x.t - churn_start), "live_before": x.live_before, "live": x.live_after,
+                    "connecting": x.connecting,
+                    "registry": x.registry, "server_live": x.server_live,
                 })).collect::<Vec<_>>(),
                 "rss_end_kb": rss_end,
             },
