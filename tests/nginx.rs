@@ -506,3 +506,152 @@ async fn stream_behind_nginx_with_auth_request() {
     .await;
     assert!(gone, "records left after the clients went away\n{}", logs());
 }
+
+// ---------------------------------------------------------------------------
+// `curl -N` through the same nginx: what a sysadmin types to watch a stream.
+
+/// `curl -N ...` with its stdout read line by line, each line timestamped.
+struct Curl {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Curl {
+    fn start(args: &[&str]) -> Curl {
+        let mut child = Command::new("curl")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("curl is not installed ({e}): `apt-get install curl` (.ci/run does)")
+            });
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock()
+                    .unwrap()
+                    .push((Instant::now(), line.trim_end_matches('\n').to_string()));
+                line.clear();
+            }
+        });
+        Curl { child, lines }
+    }
+
+    /// When `line` (exactly) first appeared on curl's stdout, waiting at
+    /// most `within`.
+    fn wait_line(&self, line: &str, within: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some((t, _)) = self.lines.lock().unwrap().iter().find(|(_, l)| l == line) {
+                return Some(*t);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn output(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| format!("{l}\n"))
+            .collect()
+    }
+}
+
+impl Drop for Curl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_n_through_nginx_shows_each_frame_as_it_is_sent() {
+    let _ = nginx_binary();
+    let redis = RedisServer::start();
+    let node = BinaryNode::spawn(&redis.url(), "").await; // auth.mode = "header"
+    let auth = FakeAuth::start();
+    let nginx = Nginx::start(node.public, auth.addr);
+    let logs = || format!("{}\n--- sse-notify log\n{}", nginx.logs(), node.log());
+    let url = nginx.url("/notifications/stream/");
+
+    // The README's kind of command line, bounded in time.
+    let curl = Curl::start(&[
+        "-N",
+        "-sS",
+        "--max-time",
+        "60",
+        "-H",
+        "Cookie: sessionid=good",
+        "-H",
+        "Accept: text/event-stream",
+        &url,
+    ]);
+    let wait = |line: &'static str| {
+        let curl = &curl;
+        move || curl.wait_line(line, Duration::from_secs(10))
+    };
+    let established = tokio::task::block_in_place(wait("event: connection_established"));
+    assert!(
+        established.is_some(),
+        "curl -N saw no connection_established through nginx:\n{}\n{}",
+        curl.output(),
+        logs()
+    );
+    assert!(
+        curl.output().starts_with("retry: "),
+        "first frame: {}",
+        curl.output()
+    );
+
+    for n in 0..5 {
+        let data = json!({"n": n, "text": "línea 1\nlínea 2 ✓"});
+        let line = format!("data: {data}");
+        let started = Instant::now();
+        let (status, body) = send(
+            &node.admin_url(""),
+            json!({"to": "alice", "event": "tick", "data": data}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["connections"], 1, "{body}");
+        let seen = tokio::task::block_in_place(|| curl.wait_line(&line, Duration::from_secs(5)));
+        let Some(seen) = seen else {
+            panic!(
+                "frame {n} not on curl's stdout within 5 s:\n{}\n{}",
+                curl.output(),
+                logs()
+            )
+        };
+        let took = seen.saturating_duration_since(started);
+        println!("curl -N through nginx: frame {n} on stdout {took:?} after the send started");
+        assert!(
+            took < Duration::from_millis(200),
+            "frame {n} took {took:?} to reach curl's stdout through nginx"
+        );
+        // The whole frame, in order: id, event, data.
+        let out = curl.output();
+        let id = body["data"]["message_id"].as_str().unwrap();
+        assert!(
+            out.contains(&format!("id: {id}\nevent: tick\n{line}\n")),
+            "frame {n}:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(curl);
+    let gone = eventually(Duration::from_secs(5), || async {
+        user_connections(&node, "alice").await.is_empty()
+    })
+    .await;
+    assert!(gone, "records left after curl went away\n{}", logs());
+}
