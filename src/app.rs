@@ -66,6 +66,7 @@ impl App {
             bus_origin.clone(),
             p.history,
             p.recent.clone(),
+            p.bus_up.clone(),
         );
         Self {
             node_id: p.config.node_id(),

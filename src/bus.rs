@@ -78,15 +78,20 @@ fn apply(event: BusEvent, hub: &Hub, presence: &Presence, recent: &Recent) {
             data,
             ..
         } => {
+            // A catch-up may have delivered it already.
+            if let Ok(parsed) = id.parse() {
+                let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+                if recent.contains(&parsed) {
+                    return;
+                }
+                recent.insert(parsed);
+            }
             let frame = frame::message(&id, &event, &data);
             match (broadcast, to, first_only) {
                 (true, _, _) => hub.broadcast(&frame),
                 (false, Some(user), false) => hub.deliver_user(&user, &frame),
                 _ => hub.deliver(&ids, &frame),
             };
-            if let Ok(id) = id.parse() {
-                recent.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
-            }
         }
         BusEvent::Close { ids, reason, .. } => {
             for id in ids {
@@ -170,7 +175,7 @@ impl Subscriber {
     /// re-registers its connections: a clear may have been announced while
     /// it was not listening.
     pub async fn run(self) {
-        let mut delay = Duration::from_millis(200);
+        let mut delay = Duration::from_millis(100);
         let mut failures = crate::throttle::LogThrottle::new(Duration::from_secs(10));
         let mut first = true;
         let mut last_heard_ms = unix_ms();
@@ -187,15 +192,21 @@ impl Subscriber {
             };
             match pubsub {
                 Ok(Ok(pubsub)) => {
-                    delay = Duration::from_millis(200);
-                    self.set_up(true);
+                    delay = Duration::from_millis(100);
                     if !first {
+                        // In this order: our records are back (so senders
+                        // target our streams again), then what was published
+                        // while we were deaf is delivered in id order, and
+                        // only then live messages (buffered meanwhile) and
+                        // our own sends, which wait for `up`. A stream
+                        // never gets an id older than one it already has.
                         tracing::info!("bus resubscribed; re-registering live connections");
                         self.metrics.bus_resubscribes.inc();
-                        self.presence.resync();
+                        self.presence.resync_and_wait().await;
                         self.catch_up(last_heard_ms.saturating_sub(CATCH_UP_MARGIN_MS))
                             .await;
                     }
+                    self.set_up(true);
                     first = false;
                     if self.listen(pubsub, &mut last_heard_ms).await.is_break() {
                         return;
@@ -219,7 +230,9 @@ impl Subscriber {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            // Short: until we are back, this node refuses sends and other
+            // nodes' messages for our streams wait in the history.
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -244,9 +257,16 @@ impl Subscriber {
                 return;
             }
         };
+        // One list in id order: a stream gets its missed messages and the
+        // broadcasts interleaved as they were sent.
+        let mut all: Vec<(Option<String>, crate::history::Kept)> = kept
+            .into_iter()
+            .flat_map(|(user, entries)| entries.into_iter().map(move |k| (user.clone(), k)))
+            .collect();
+        all.sort_by_key(|(_, k)| k.id);
         let mut delivered = 0;
-        for (user, entries) in kept {
-            for k in entries {
+        for (user, k) in all {
+            {
                 if k.first_only
                     || self
                         .recent

@@ -56,6 +56,15 @@ pub fn frame_id(frame: &[u8]) -> Option<MsgId> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// How a message sent with `all_connections: false` is kept. It was for
+/// one tab: if a tab got it live, no returning tab gets it again; if the
+/// user had no connection, the first tab to come back gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneTab {
+    Delivered,
+    Kept,
+}
+
 /// One kept message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kept {
@@ -64,6 +73,9 @@ pub struct Kept {
     pub data: String,
     /// Sent with `all_connections: false`.
     pub first_only: bool,
+    /// ... and the user had no connection then: replay it to the first
+    /// tab that comes back.
+    pub for_first_back: bool,
     /// From the user's stream (false: a broadcast).
     pub to_user: bool,
 }
@@ -169,7 +181,7 @@ impl History {
     pub async fn append(
         &self,
         to: Option<&str>,
-        first_only: bool,
+        one_tab: Option<OneTab>,
         event: &str,
         data: &str,
         size: u64,
@@ -186,7 +198,11 @@ impl History {
             .arg(ttl_secs.saturating_mul(1000))
             .arg(event)
             .arg(data)
-            .arg(if first_only { "1" } else { "0" });
+            .arg(match one_tab {
+                None => "0",
+                Some(OneTab::Delivered) => "1",
+                Some(OneTab::Kept) => "2",
+            });
         let mut c = self.conn.get();
         self.bounded(async move { inv.invoke_async(&mut c).await })
             .await
@@ -271,13 +287,17 @@ fn parse_entries(raw: Vec<RawEntry>, to_user: bool) -> Vec<Kept> {
                 event: String::new(),
                 data: String::new(),
                 first_only: false,
+                for_first_back: false,
                 to_user,
             };
             for (k, v) in fields {
                 match k.as_str() {
                     "e" => kept.event = v,
                     "d" => kept.data = v,
-                    "f" => kept.first_only = v == "1",
+                    "f" => {
+                        kept.first_only = v != "0";
+                        kept.for_first_back = v == "2";
+                    }
                     _ => {}
                 }
             }

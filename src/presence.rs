@@ -20,6 +20,8 @@ enum Cmd {
     Register(ConnectionRecord, oneshot::Sender<Result<(), String>>),
     Remove(String),
     Resync,
+    /// Resync, answering once the batch that carried it was written.
+    ResyncAck(oneshot::Sender<()>),
     Heartbeat,
     /// Remove what this node still holds, answer, and stop.
     Shutdown(oneshot::Sender<()>),
@@ -65,6 +67,15 @@ impl Presence {
     /// Re-registers every live local connection (after a full clear).
     pub fn resync(&self) {
         let _ = self.tx.send(Cmd::Resync);
+    }
+
+    /// Re-registers every live local connection and returns once written
+    /// (or once the attempt failed: the task keeps retrying by itself).
+    pub async fn resync_and_wait(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Cmd::ResyncAck(ack)).is_ok() {
+            let _ = tokio::time::timeout(self.register_timeout, done).await;
+        }
     }
 
     /// Writes `last_heartbeat` of every live local connection.
@@ -172,6 +183,7 @@ impl PresenceTask {
         let mut records = Vec::new();
         let mut acks = Vec::new();
         let mut resync = false;
+        let mut resync_acks = Vec::new();
         let mut heartbeat = false;
         let mut shutdown = None;
         for cmd in cmds {
@@ -184,6 +196,10 @@ impl PresenceTask {
                     self.pending_removals.insert(id);
                 }
                 Cmd::Resync => resync = true,
+                Cmd::ResyncAck(ack) => {
+                    resync = true;
+                    resync_acks.push(ack);
+                }
                 Cmd::Heartbeat => heartbeat = true,
                 Cmd::Shutdown(ack) => shutdown = Some(ack),
             }
@@ -229,6 +245,9 @@ impl PresenceTask {
                 }
                 self.failed("register", &e);
             }
+        }
+        for ack in resync_acks {
+            let _ = ack.send(());
         }
         self.flush_removals().await;
         if heartbeat {

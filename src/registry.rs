@@ -23,6 +23,8 @@ pub enum RegistryError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("this node's bus subscription is down")]
+    BusDown,
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;

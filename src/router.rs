@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::bus::{self, BusEvent};
 use crate::config::HistoryConfig;
 use crate::frame;
-use crate::history::{History, Recent};
+use crate::history::{History, OneTab, Recent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -48,6 +48,7 @@ pub struct Router {
     origin: String,
     history: Option<History>,
     recent: Recent,
+    bus_up: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Router {
@@ -59,6 +60,7 @@ impl Router {
         origin: String,
         history: Option<History>,
         recent: Recent,
+        bus_up: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             registry,
@@ -68,6 +70,7 @@ impl Router {
             origin,
             history,
             recent,
+            bus_up,
         }
     }
 
@@ -83,13 +86,31 @@ impl Router {
     /// anything is delivered here: if Redis fails, nothing is delivered and
     /// a retry cannot duplicate.
     pub async fn send(&self, msg: Outgoing, kept: &HistoryConfig) -> Result<Sent, RegistryError> {
+        // Deaf to the bus, this node could give its streams a message
+        // before older ones it has not heard yet: refuse until it caught up.
+        if !*self.bus_up.borrow() {
+            return Err(RegistryError::BusDown);
+        }
         let data_json = msg.data.to_string();
         let first_only = msg.to.is_some() && !msg.all_connections;
+        // A one-tab message goes to the user's first connection if there is
+        // one now; whether it did decides its replay (see history::OneTab).
+        let first_target = match (&msg.to, first_only) {
+            (Some(user), true) => Some(self.registry.user_connection_ids(user, Some(1)).await?),
+            _ => None,
+        };
+        let one_tab = first_target.as_ref().map(|t| {
+            if t.is_empty() {
+                OneTab::Kept
+            } else {
+                OneTab::Delivered
+            }
+        });
         let message_id = match &self.history {
             Some(h) => {
                 h.append(
                     msg.to.as_deref(),
-                    first_only,
+                    one_tab,
                     &msg.event,
                     &data_json,
                     kept.size,
@@ -112,8 +133,10 @@ impl Router {
         };
         let connections = match &msg.to {
             Some(user) => {
-                let limit = first_only.then_some(1);
-                let targets = self.registry.user_connection_ids(user, limit).await?;
+                let targets = match first_target {
+                    Some(t) => t,
+                    None => self.registry.user_connection_ids(user, None).await?,
+                };
                 let (local, remote): (Vec<String>, Vec<String>) = targets
                     .iter()
                     .cloned()

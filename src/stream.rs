@@ -284,9 +284,9 @@ async fn replay(
     if replay.gap {
         gap(prefix);
     }
-    // A message for one tab only is replayed only to a tab that is now the
-    // user's first connection, as it would have been delivered live.
-    let first = if replay.entries.iter().any(|k| k.first_only) {
+    // A message for one tab only: never again if a tab got it live; if the
+    // user had no connection then, to the first tab that comes back.
+    let first = if replay.entries.iter().any(|k| k.for_first_back) {
         app.registry
             .user_connection_ids(&conn.username, Some(1))
             .await
@@ -295,7 +295,7 @@ async fn replay(
         false
     };
     for k in &replay.entries {
-        if !k.first_only || first {
+        if !k.first_only || (k.for_first_back && first) {
             prefix.push_back(frame::message(&k.id.to_string(), &k.event, &k.data));
         }
     }

@@ -1590,6 +1590,14 @@ async fn redis_down_gives_503_and_streams_stay_open() {
     })
     .await;
     assert!(back, "connection not re-registered after redis came back");
+    // Sends are refused (503) until the node hears the bus again.
+    let health = node.admin_url("/healthz");
+    let healthy = eventually(Duration::from_secs(10), || {
+        let health = health.clone();
+        async move { get(&health).await.status == 200 }
+    })
+    .await;
+    assert!(healthy, "healthz 200 again after redis came back");
     let r = post_send(&node, r#"{"to":"alice","data":"after"}"#).await;
     let id = assert_sent(&r, Some("alice"), "message", Some(true), 1);
     let ev = expect_event(&mut tab, "message", &id, "after the outage").await;

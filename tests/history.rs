@@ -181,7 +181,7 @@ async fn disabled_history_writes_nothing_and_ignores_last_event_id() {
 }
 
 #[tokio::test]
-async fn one_tab_messages_are_replayed_only_to_the_first_connection() {
+async fn one_tab_messages_are_replayed_once_at_most() {
     let redis = RedisServer::start();
     let node = TestNode::start(test_config(&redis.url())).await;
     let (mut keeper, _) = SseClient::connect(&node, "eve").await;
@@ -190,15 +190,13 @@ async fn one_tab_messages_are_replayed_only_to_the_first_connection() {
     assert!(keeper.next_named("message", WAIT).await.is_some());
     assert!(other.next_named("message", WAIT).await.is_some());
     drop(other);
-    let first_only = send_ok(
+    // Delivered live to the first tab: no returning tab gets it again.
+    let live = send_ok(
         &node,
         json!({"to": "eve", "data": "one tab", "all_connections": false}),
     )
     .await;
-    let ev = keeper.next_named("message", WAIT).await.unwrap();
-    assert_eq!(ev.id, first_only);
-    // The returning tab is not the first: the one-tab message is not
-    // replayed to it (the first tab got it).
+    assert_eq!(keeper.next_named("message", WAIT).await.unwrap().id, live);
     let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
     assert!(drain(&mut back, Duration::from_millis(400))
         .await
@@ -212,12 +210,40 @@ async fn one_tab_messages_are_replayed_only_to_the_first_connection() {
         })
         .await
     );
-    // Alone, it is the first: the one-tab message is replayed.
     let mut alone = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
-    let got = drain(&mut alone, Duration::from_millis(400)).await;
+    assert!(
+        drain(&mut alone, Duration::from_millis(400))
+            .await
+            .is_empty(),
+        "a one-tab message that reached a tab is not replayed"
+    );
+    drop(alone);
+    assert!(
+        eventually(WAIT, || {
+            let n = node.daemon.app.hub.len();
+            async move { n == 0 }
+        })
+        .await
+    );
+
+    // Sent while eve has no connection: kept for the first tab back only.
+    let kept = send_ok(
+        &node,
+        json!({"to": "eve", "data": "kept", "all_connections": false}),
+    )
+    .await;
+    let mut first = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
+    let got = drain(&mut first, Duration::from_millis(400)).await;
     assert_eq!(
         got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-        vec![first_only]
+        vec![kept]
+    );
+    let mut second = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
+    assert!(
+        drain(&mut second, Duration::from_millis(400))
+            .await
+            .is_empty(),
+        "only the first tab back gets a kept one-tab message"
     );
 }
 

@@ -135,14 +135,20 @@ async fn killed_bus_subscription_is_rebuilt_and_delivery_resumes() {
         .arg("pubsub")
         .query(&mut redis.conn())
         .unwrap();
-    assert_eq!(killed, 2, "one bus subscription per node");
+    // One subscription per node; under heavy load a node may be between
+    // two subscriptions (missed probes) at this very moment.
+    assert!(
+        (1..=2).contains(&killed),
+        "one bus subscription per node: {killed}"
+    );
 
     // Posted to a, the tab lives on b: it needs b's bus to be back.
     let mut delivered = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline && !delivered {
         let (status, _) = send(&a.admin_url(""), json!({"to": "dora", "data": "ping"})).await;
-        assert_eq!(status, 200);
+        // 503 while a's own bus is being rebuilt: nothing was sent.
+        assert!(status == 200 || status == 503, "{status}");
         delivered = tab
             .next_named("message", Duration::from_millis(500))
             .await
@@ -164,10 +170,12 @@ async fn killed_bus_subscription_is_rebuilt_and_delivery_resumes() {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("sse_notify_bus_resubscribes_total 1"),
-        "{metrics}"
-    );
+    let resubscribes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sse_notify_bus_resubscribes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(resubscribes >= 1, "{metrics}");
 }
 
 #[tokio::test]
