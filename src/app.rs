@@ -58,16 +58,16 @@ pub struct AppParts {
 impl App {
     pub fn new(p: AppParts) -> Self {
         let bus_origin = format!("{}/{}", p.config.node_id(), uuid::Uuid::new_v4().simple());
-        let router = Router::new(
-            p.registry.clone(),
-            p.hub.clone(),
-            p.presence.clone(),
-            p.metrics.clone(),
-            bus_origin.clone(),
-            p.history,
-            p.recent.clone(),
-            p.bus_up.clone(),
-        );
+        let router = Router {
+            registry: p.registry.clone(),
+            hub: p.hub.clone(),
+            presence: p.presence.clone(),
+            metrics: p.metrics.clone(),
+            origin: bus_origin.clone(),
+            history: p.history,
+            recent: p.recent.clone(),
+            bus_up: p.bus_up.clone(),
+        };
         Self {
             node_id: p.config.node_id(),
             bus_origin,

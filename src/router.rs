@@ -40,40 +40,18 @@ pub struct Sent {
 }
 
 pub struct Router {
-    registry: Registry,
-    hub: Arc<Hub>,
-    presence: Presence,
-    metrics: Arc<Metrics>,
+    pub(crate) registry: Registry,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) presence: Presence,
+    pub(crate) metrics: Arc<Metrics>,
     /// Marks the bus events this node publishes.
-    origin: String,
-    history: Option<History>,
-    recent: Recent,
-    bus_up: tokio::sync::watch::Receiver<bool>,
+    pub(crate) origin: String,
+    pub(crate) history: Option<History>,
+    pub(crate) recent: Recent,
+    pub(crate) bus_up: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Router {
-    pub fn new(
-        registry: Registry,
-        hub: Arc<Hub>,
-        presence: Presence,
-        metrics: Arc<Metrics>,
-        origin: String,
-        history: Option<History>,
-        recent: Recent,
-        bus_up: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            registry,
-            hub,
-            presence,
-            metrics,
-            origin,
-            history,
-            recent,
-            bus_up,
-        }
-    }
-
     pub fn history(&self) -> Option<&History> {
         self.history.as_ref()
     }
