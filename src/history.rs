@@ -56,13 +56,13 @@ pub fn frame_id(frame: &[u8]) -> Option<MsgId> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
-/// How a message sent with `all_connections: false` is kept. It was for
-/// one tab: if a tab got it live, no returning tab gets it again; if the
-/// user had no connection, the first tab to come back gets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OneTab {
-    Delivered,
-    Kept,
+/// Who a message goes to, as the registry said when it was kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// The user's connection ids (all, or the first).
+    Ids(Vec<String>),
+    /// How many connections a broadcast reaches.
+    Count(usize),
 }
 
 /// One kept message.
@@ -90,9 +90,28 @@ pub struct Replay {
     pub entries: Vec<Kept>,
 }
 
-/// Appends ARGV[5..7] (event, data, first) to stream ARGV[2] under the next
-/// id of sequence ARGV[1], keeping ARGV[3] entries and ARGV[4] ms of age.
+/// Reads a message's targets and keeps the message, in one atomic step
+/// (so no stream can register between the two): targets from ARGV[8] by
+/// mode ARGV[7] (`all`: the user's ids, `first`: the oldest id,
+/// `broadcast`: the count of ARGV[8]); then event ARGV[5] and data ARGV[6]
+/// go to stream ARGV[2] under the next id of sequence ARGV[1], keeping
+/// ARGV[3] entries and ARGV[4] ms of age. Returns {id, count, ids...}.
 const LUA_APPEND: &str = r#"
+local out = {}
+local flag = '0'
+if ARGV[7] == 'broadcast' then
+  out = {'', tostring(redis.call('ZCARD', ARGV[8]))}
+else
+  local ids
+  if ARGV[7] == 'first' then
+    ids = redis.call('ZRANGE', ARGV[8], 0, 0)
+    if #ids > 0 then flag = '1' else flag = '2' end
+  else
+    ids = redis.call('ZRANGE', ARGV[8], 0, -1)
+  end
+  out = {'', tostring(#ids)}
+  for _, id in ipairs(ids) do table.insert(out, id) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms, seq = now, 0
@@ -107,10 +126,11 @@ if last then
 end
 local id = string.format('%d-%d', ms, seq)
 redis.call('SET', ARGV[1], id)
-redis.call('XADD', ARGV[2], 'MAXLEN', ARGV[3], id, 'e', ARGV[5], 'd', ARGV[6], 'f', ARGV[7])
+redis.call('XADD', ARGV[2], 'MAXLEN', ARGV[3], id, 'e', ARGV[5], 'd', ARGV[6], 'f', flag)
 redis.call('XTRIM', ARGV[2], 'MINID', string.format('%d-0', now - tonumber(ARGV[4])))
 redis.call('PEXPIRE', ARGV[2], ARGV[4])
-return id
+out[1] = id
+return out
 "#;
 
 /// Reads, in one atomic step, the user stream ARGV[1] and the broadcast
@@ -177,19 +197,26 @@ impl History {
         }
     }
 
-    /// Keeps a message and returns its id.
+    /// Reads the targets of a message (as [`Targets`]) and keeps it, in
+    /// one round trip; returns its id and the targets. A message for one
+    /// tab (`all_connections: false`) is kept as delivered when the user
+    /// had a connection (no returning tab gets it again), else kept for the
+    /// first tab to come back.
+    #[allow(clippy::too_many_arguments)]
     pub async fn append(
         &self,
         to: Option<&str>,
-        one_tab: Option<OneTab>,
+        first_only: bool,
         event: &str,
         data: &str,
         size: u64,
         ttl_secs: u64,
-    ) -> Result<String, RegistryError> {
-        let stream = match to {
-            Some(user) => self.keys.history_user(user),
-            None => self.keys.history_broadcast(),
+        targets_key: &str,
+    ) -> Result<(String, Targets), RegistryError> {
+        let (stream, mode) = match to {
+            Some(user) if first_only => (self.keys.history_user(user), "first"),
+            Some(user) => (self.keys.history_user(user), "all"),
+            None => (self.keys.history_broadcast(), "broadcast"),
         };
         let mut inv = self.append.prepare_invoke();
         inv.arg(self.keys.history_seq())
@@ -198,14 +225,21 @@ impl History {
             .arg(ttl_secs.saturating_mul(1000))
             .arg(event)
             .arg(data)
-            .arg(match one_tab {
-                None => "0",
-                Some(OneTab::Delivered) => "1",
-                Some(OneTab::Kept) => "2",
-            });
+            .arg(mode)
+            .arg(targets_key);
         let mut c = self.conn.get();
-        self.bounded(async move { inv.invoke_async(&mut c).await })
-            .await
+        let out: Vec<String> = self
+            .bounded(async move { inv.invoke_async(&mut c).await })
+            .await?;
+        let mut it = out.into_iter();
+        let id = it.next().unwrap_or_default();
+        let count: usize = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let targets = if to.is_some() {
+            Targets::Ids(it.collect())
+        } else {
+            Targets::Count(count)
+        };
+        Ok((id, targets))
     }
 
     /// What `user` missed after `last` (`None`: a malformed id, a gap).

@@ -17,7 +17,7 @@ use crate::registry::{unix_now, ConnectionRecord, Registry, RegistryError};
 use crate::throttle::LogThrottle;
 
 enum Cmd {
-    Register(ConnectionRecord, oneshot::Sender<Result<(), String>>),
+    Register(ConnectionRecord, oneshot::Sender<Result<usize, String>>),
     Remove(String),
     Resync,
     /// Resync, answering once the batch that carried it was written.
@@ -45,14 +45,15 @@ pub enum PresenceError {
 }
 
 impl Presence {
-    /// Records a new connection; returns once it is in Redis.
-    pub async fn register(&self, record: ConnectionRecord) -> Result<(), PresenceError> {
+    /// Records a new connection; returns once it is in Redis, with how many
+    /// connections its user then has on all nodes.
+    pub async fn register(&self, record: ConnectionRecord) -> Result<usize, PresenceError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Cmd::Register(record, ack))
             .map_err(|_| PresenceError::Stopped)?;
         match tokio::time::timeout(self.register_timeout, done).await {
-            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Ok(count))) => Ok(count),
             Ok(Ok(Err(e))) => Err(PresenceError::Unavailable(e)),
             Ok(Err(_)) => Err(PresenceError::Stopped),
             Err(_) => Err(PresenceError::Timeout),
@@ -227,9 +228,9 @@ impl PresenceTask {
             }
         }
         match self.registry.register(&records).await {
-            Ok(()) => {
-                for ack in acks {
-                    let _ = ack.send(Ok(()));
+            Ok(counts) => {
+                for (ack, count) in acks.into_iter().zip(counts) {
+                    let _ = ack.send(Ok(count));
                 }
                 if resync || self.dirty {
                     tracing::info!(
@@ -281,13 +282,13 @@ impl PresenceTask {
             .map(|c| self.record(c, now))
             .collect();
         match self.registry.register(&records).await {
-            Ok(()) if !records.is_empty() => {
+            Ok(_) if !records.is_empty() => {
                 tracing::warn!(
                     connections = records.len(),
                     "records of live connections were missing; written back"
                 );
             }
-            Ok(()) => {}
+            Ok(_) => {}
             Err(e) => self.failed("register_missing", &e),
         }
     }
@@ -315,7 +316,7 @@ impl PresenceTask {
                 .map(|c| self.record(c, now))
                 .collect();
             match self.registry.register(&records).await {
-                Ok(()) => {
+                Ok(_) => {
                     self.dirty = false;
                     tracing::info!(
                         connections = records.len(),

@@ -240,9 +240,11 @@ impl Registry {
     }
 
     /// Writes the records, each with all its keys, in one MULTI round trip.
-    pub async fn register(&self, records: &[ConnectionRecord]) -> Result<()> {
+    /// Returns, for each record, how many connections its user has once it
+    /// is added (all nodes), so the per-user limit costs no extra round trip.
+    pub async fn register(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -265,10 +267,11 @@ impl Registry {
             .sadd(self.keys.users(), &r.username)
             .ignore()
             .zadd(self.keys.heartbeats(), &r.connection_id, &hb)
-            .ignore();
+            .ignore()
+            .zcard(self.keys.user(&r.username));
         }
         let mut c = self.conn.get();
-        self.bounded(async move { pipe.query_async::<()>(&mut c).await })
+        self.bounded(async move { pipe.query_async::<Vec<usize>>(&mut c).await })
             .await
     }
 

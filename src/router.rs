@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::bus::{self, BusEvent};
 use crate::config::HistoryConfig;
 use crate::frame;
-use crate::history::{History, OneTab, Recent};
+use crate::history::{History, Recent, Targets};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -71,32 +71,34 @@ impl Router {
         }
         let data_json = msg.data.to_string();
         let first_only = msg.to.is_some() && !msg.all_connections;
-        // A one-tab message goes to the user's first connection if there is
-        // one now; whether it did decides its replay (see history::OneTab).
-        let first_target = match (&msg.to, first_only) {
-            (Some(user), true) => Some(self.registry.user_connection_ids(user, Some(1)).await?),
-            _ => None,
-        };
-        let one_tab = first_target.as_ref().map(|t| {
-            if t.is_empty() {
-                OneTab::Kept
-            } else {
-                OneTab::Delivered
-            }
-        });
-        let message_id = match &self.history {
+        let (message_id, targets) = match &self.history {
             Some(h) => {
+                let key = match &msg.to {
+                    Some(user) => self.registry.keys().user(user),
+                    None => self.registry.keys().heartbeats(),
+                };
                 h.append(
                     msg.to.as_deref(),
-                    one_tab,
+                    first_only,
                     &msg.event,
                     &data_json,
                     kept.size,
                     kept.ttl_secs,
+                    &key,
                 )
                 .await?
             }
-            None => uuid::Uuid::new_v4().to_string(),
+            None => {
+                let targets = match &msg.to {
+                    Some(user) => Targets::Ids(
+                        self.registry
+                            .user_connection_ids(user, first_only.then_some(1))
+                            .await?,
+                    ),
+                    None => Targets::Count(self.registry.connection_count().await?),
+                };
+                (uuid::Uuid::new_v4().to_string(), targets)
+            }
         };
         let frame = frame::message(&message_id, &msg.event, &data_json);
         let remote_event = |ids: Vec<String>, broadcast: bool| BusEvent::Deliver {
@@ -109,12 +111,8 @@ impl Router {
             event: msg.event.clone(),
             data: data_json.clone(),
         };
-        let connections = match &msg.to {
-            Some(user) => {
-                let targets = match first_target {
-                    Some(t) => t,
-                    None => self.registry.user_connection_ids(user, None).await?,
-                };
+        let connections = match (&msg.to, targets) {
+            (Some(user), Targets::Ids(targets)) => {
                 let (local, remote): (Vec<String>, Vec<String>) = targets
                     .iter()
                     .cloned()
@@ -131,8 +129,11 @@ impl Router {
                 }
                 targets.len()
             }
-            None => {
-                let count = self.registry.connection_count().await?;
+            (_, targets) => {
+                let count = match targets {
+                    Targets::Count(n) => n,
+                    Targets::Ids(ids) => ids.len(),
+                };
                 if count > 0 {
                     bus::publish(&self.registry, &remote_event(Vec::new(), true)).await?;
                 }

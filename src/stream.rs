@@ -182,7 +182,8 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         opened: Instant::now(),
         established: false,
     };
-    app.presence
+    let user_count = app
+        .presence
         .register(ConnectionRecord {
             connection_id: conn.connection_id.clone(),
             username: conn.username.clone(),
@@ -198,17 +199,21 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         })?;
     guard.established = true;
     app.metrics.connects.inc();
-    if let Err(e) = app
-        .router
-        .enforce_user_limit(
-            &conn.username,
-            config.limits.max_connections_per_user,
-            &conn.connection_id,
-        )
-        .await
-    {
-        app.metrics.redis_errors.inc();
-        tracing::warn!(error = %e, username = %conn.username, "per-user limit not enforced");
+    // The registration told how many connections the user has on all
+    // nodes: only a user over the limit costs another round trip.
+    if user_count > config.limits.max_connections_per_user {
+        if let Err(e) = app
+            .router
+            .enforce_user_limit(
+                &conn.username,
+                config.limits.max_connections_per_user,
+                &conn.connection_id,
+            )
+            .await
+        {
+            app.metrics.redis_errors.inc();
+            tracing::warn!(error = %e, username = %conn.username, "per-user limit not enforced");
+        }
     }
     let peer_addr = peer.map(|p| p.to_string()).unwrap_or_default();
     tracing::info!(connection_id = %conn.connection_id, username = %conn.username, peer = %peer_addr, "stream opened");
