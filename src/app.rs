@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::history::{History, Recent};
+use crate::history::{Appender, History, Recent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -43,6 +43,7 @@ pub struct App {
 
 pub struct AppParts {
     pub history: Option<History>,
+    pub appender: Option<Appender>,
     pub recent: Recent,
     pub config: Config,
     pub config_path: Option<PathBuf>,
@@ -65,6 +66,7 @@ impl App {
             metrics: p.metrics.clone(),
             origin: bus_origin.clone(),
             history: p.history,
+            appender: p.appender,
             recent: p.recent.clone(),
             bus_up: p.bus_up.clone(),
         };

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use redis::Script;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::keys::Keys;
 use crate::registry::RegistryError;
@@ -56,6 +57,88 @@ pub fn frame_id(frame: &[u8]) -> Option<MsgId> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// A message to keep, with where its targets are read.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub to: Option<String>,
+    pub first_only: bool,
+    pub event: String,
+    pub data: String,
+    /// The user's sorted set, or the heartbeats set for a broadcast.
+    pub targets_key: String,
+}
+
+type AppendReply = oneshot::Sender<Result<(String, Targets), String>>;
+
+/// Group commit of sends: concurrent sends wait for one script call that
+/// keeps them all (in arrival order) instead of one round trip each.
+#[derive(Clone)]
+pub struct Appender {
+    tx: mpsc::Sender<(Append, u64, u64, AppendReply)>,
+}
+
+/// Sends queued beyond this wait for room (back-pressure to the API).
+const APPEND_QUEUE: usize = 4096;
+/// Messages per script call.
+const APPEND_BATCH: usize = 128;
+
+impl Appender {
+    /// The handle and the task that must run for it (until shutdown).
+    pub fn new(
+        history: History,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
+        let (tx, mut rx) = mpsc::channel::<(Append, u64, u64, AppendReply)>(APPEND_QUEUE);
+        let task = async move {
+            let mut batch = Vec::with_capacity(APPEND_BATCH);
+            loop {
+                let n = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    n = rx.recv_many(&mut batch, APPEND_BATCH) => n,
+                };
+                if n == 0 {
+                    return;
+                }
+                let (size, ttl) = (batch[0].1, batch[0].2);
+                let (msgs, replies): (Vec<Append>, Vec<AppendReply>) =
+                    batch.drain(..).map(|(m, _, _, r)| (m, r)).unzip();
+                match history.append(&msgs, size, ttl).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        };
+        (Self { tx }, task)
+    }
+
+    /// Keeps one message; returns its id and targets.
+    pub async fn append(
+        &self,
+        msg: Append,
+        size: u64,
+        ttl_secs: u64,
+    ) -> Result<(String, Targets), RegistryError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || RegistryError::Unavailable("node is shutting down".into());
+        self.tx
+            .send((msg, size, ttl_secs, reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer
+            .await
+            .map_err(|_| stopped())?
+            .map_err(RegistryError::Unavailable)
+    }
+}
+
 /// Who a message goes to, as the registry said when it was kept.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Targets {
@@ -90,47 +173,56 @@ pub struct Replay {
     pub entries: Vec<Kept>,
 }
 
-/// Reads a message's targets and keeps the message, in one atomic step
-/// (so no stream can register between the two): targets from ARGV[8] by
-/// mode ARGV[7] (`all`: the user's ids, `first`: the oldest id,
-/// `broadcast`: the count of ARGV[8]); then event ARGV[5] and data ARGV[6]
-/// go to stream ARGV[2] under the next id of sequence ARGV[1], keeping
-/// ARGV[3] entries and ARGV[4] ms of age. Returns {id, count, ids...}.
+/// Reads each message's targets and keeps it, for a batch of messages in
+/// one atomic step (so no stream can register between the two). ARGV[1]
+/// is the id sequence, ARGV[2] the entries kept per stream, ARGV[3] the
+/// age kept (ms); then five arguments per message: stream, event, data,
+/// mode (`all`: the user's ids, `first`: the oldest, `broadcast`: the count
+/// of the key) and the key the targets come from. Returns one
+/// {id, count, ids...} per message, ids in order.
 const LUA_APPEND: &str = r#"
-local out = {}
-local flag = '0'
-if ARGV[7] == 'broadcast' then
-  out = {'', tostring(redis.call('ZCARD', ARGV[8]))}
-else
-  local ids
-  if ARGV[7] == 'first' then
-    ids = redis.call('ZRANGE', ARGV[8], 0, 0)
-    if #ids > 0 then flag = '1' else flag = '2' end
-  else
-    ids = redis.call('ZRANGE', ARGV[8], 0, -1)
-  end
-  out = {'', tostring(#ids)}
-  for _, id in ipairs(ids) do table.insert(out, id) end
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ms, seq = now, 0
+local ms, seq = now, -1
 local last = redis.call('GET', ARGV[1])
 if last then
   local lms, lseq = string.match(last, '^(%d+)%-(%d+)$')
   lms = tonumber(lms)
   if lms and ms <= lms then
     ms = lms
-    seq = tonumber(lseq) + 1
+    seq = tonumber(lseq)
   end
 end
-local id = string.format('%d-%d', ms, seq)
-redis.call('SET', ARGV[1], id)
-redis.call('XADD', ARGV[2], 'MAXLEN', ARGV[3], id, 'e', ARGV[5], 'd', ARGV[6], 'f', flag)
-redis.call('XTRIM', ARGV[2], 'MINID', string.format('%d-0', now - tonumber(ARGV[4])))
-redis.call('PEXPIRE', ARGV[2], ARGV[4])
-out[1] = id
-return out
+local minid = string.format('%d-0', now - tonumber(ARGV[3]))
+local results = {}
+local id
+for i = 4, #ARGV, 5 do
+  local stream, mode, tkey = ARGV[i], ARGV[i + 3], ARGV[i + 4]
+  local out
+  local flag = '0'
+  if mode == 'broadcast' then
+    out = {'', tostring(redis.call('ZCARD', tkey))}
+  else
+    local ids
+    if mode == 'first' then
+      ids = redis.call('ZRANGE', tkey, 0, 0)
+      if #ids > 0 then flag = '1' else flag = '2' end
+    else
+      ids = redis.call('ZRANGE', tkey, 0, -1)
+    end
+    out = {'', tostring(#ids)}
+    for _, x in ipairs(ids) do table.insert(out, x) end
+  end
+  seq = seq + 1
+  id = string.format('%d-%d', ms, seq)
+  redis.call('XADD', stream, 'MAXLEN', ARGV[2], id, 'e', ARGV[i + 1], 'd', ARGV[i + 2], 'f', flag)
+  redis.call('XTRIM', stream, 'MINID', minid)
+  redis.call('PEXPIRE', stream, ARGV[3])
+  out[1] = id
+  table.insert(results, out)
+end
+if id then redis.call('SET', ARGV[1], id) end
+return results
 "#;
 
 /// Reads, in one atomic step, the user stream ARGV[1] and the broadcast
@@ -197,49 +289,52 @@ impl History {
         }
     }
 
-    /// Reads the targets of a message (as [`Targets`]) and keeps it, in
-    /// one round trip; returns its id and the targets. A message for one
-    /// tab (`all_connections: false`) is kept as delivered when the user
-    /// had a connection (no returning tab gets it again), else kept for the
-    /// first tab to come back.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads the targets of each message (as [`Targets`]) and keeps it,
+    /// in one round trip for the whole batch; returns their ids and
+    /// targets, in order. A message for one tab (`all_connections: false`)
+    /// is kept as delivered when the user had a connection (no returning
+    /// tab gets it again), else for the first tab to come back.
     pub async fn append(
         &self,
-        to: Option<&str>,
-        first_only: bool,
-        event: &str,
-        data: &str,
+        batch: &[Append],
         size: u64,
         ttl_secs: u64,
-        targets_key: &str,
-    ) -> Result<(String, Targets), RegistryError> {
-        let (stream, mode) = match to {
-            Some(user) if first_only => (self.keys.history_user(user), "first"),
-            Some(user) => (self.keys.history_user(user), "all"),
-            None => (self.keys.history_broadcast(), "broadcast"),
-        };
+    ) -> Result<Vec<(String, Targets)>, RegistryError> {
         let mut inv = self.append.prepare_invoke();
         inv.arg(self.keys.history_seq())
-            .arg(stream)
             .arg(size)
-            .arg(ttl_secs.saturating_mul(1000))
-            .arg(event)
-            .arg(data)
-            .arg(mode)
-            .arg(targets_key);
+            .arg(ttl_secs.saturating_mul(1000));
+        for m in batch {
+            let (stream, mode) = match &m.to {
+                Some(user) if m.first_only => (self.keys.history_user(user), "first"),
+                Some(user) => (self.keys.history_user(user), "all"),
+                None => (self.keys.history_broadcast(), "broadcast"),
+            };
+            inv.arg(stream)
+                .arg(&m.event)
+                .arg(&m.data)
+                .arg(mode)
+                .arg(&m.targets_key);
+        }
         let mut c = self.conn.get();
-        let out: Vec<String> = self
+        let out: Vec<Vec<String>> = self
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
-        let mut it = out.into_iter();
-        let id = it.next().unwrap_or_default();
-        let count: usize = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let targets = if to.is_some() {
-            Targets::Ids(it.collect())
-        } else {
-            Targets::Count(count)
-        };
-        Ok((id, targets))
+        Ok(out
+            .into_iter()
+            .zip(batch)
+            .map(|(row, m)| {
+                let mut it = row.into_iter();
+                let id = it.next().unwrap_or_default();
+                let count: usize = it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let targets = if m.to.is_some() {
+                    Targets::Ids(it.collect())
+                } else {
+                    Targets::Count(count)
+                };
+                (id, targets)
+            })
+            .collect())
     }
 
     /// What `user` missed after `last` (`None`: a malformed id, a gap).

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, AppParts};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Config;
-use crate::history::{History, Recent, RecentIds};
+use crate::history::{Appender, History, Recent, RecentIds};
 use crate::hub::Hub;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -160,8 +160,16 @@ impl Daemon {
         let recent: Recent = Arc::new(std::sync::Mutex::new(RecentIds::new(Duration::from_secs(
             120,
         ))));
+        let (appender, append_task) = match &history {
+            Some(h) => {
+                let (appender, task) = Appender::new(h.clone(), shutdown.clone());
+                (Some(appender), Some(task))
+            }
+            None => (None, None),
+        };
         let app = Arc::new(App::new(AppParts {
             history,
+            appender,
             recent: recent.clone(),
             config,
             config_path,
@@ -181,6 +189,9 @@ impl Daemon {
             );
         }
         let tasks = TaskTracker::new();
+        if let Some(task) = append_task {
+            tasks.spawn(task);
+        }
         tasks.spawn(redis.follow(target.clone(), Duration::from_secs(1), shutdown.clone()));
         tasks.spawn(presence_task.run());
         let subscriber = crate::bus::Subscriber {

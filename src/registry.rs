@@ -25,6 +25,8 @@ pub enum RegistryError {
     Timeout(Duration),
     #[error("this node's bus subscription is down")]
     BusDown,
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;

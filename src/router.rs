@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::bus::{self, BusEvent};
 use crate::config::HistoryConfig;
 use crate::frame;
-use crate::history::{History, Recent, Targets};
+use crate::history::{Append, Appender, History, Recent, Targets};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -47,6 +47,8 @@ pub struct Router {
     /// Marks the bus events this node publishes.
     pub(crate) origin: String,
     pub(crate) history: Option<History>,
+    /// Keeps messages in batches (history on).
+    pub(crate) appender: Option<Appender>,
     pub(crate) recent: Recent,
     pub(crate) bus_up: tokio::sync::watch::Receiver<bool>,
 }
@@ -71,22 +73,20 @@ impl Router {
         }
         let data_json = msg.data.to_string();
         let first_only = msg.to.is_some() && !msg.all_connections;
-        let (message_id, targets) = match &self.history {
-            Some(h) => {
-                let key = match &msg.to {
+        let (message_id, targets) = match &self.appender {
+            Some(appender) => {
+                let targets_key = match &msg.to {
                     Some(user) => self.registry.keys().user(user),
                     None => self.registry.keys().heartbeats(),
                 };
-                h.append(
-                    msg.to.as_deref(),
+                let append = Append {
+                    to: msg.to.clone(),
                     first_only,
-                    &msg.event,
-                    &data_json,
-                    kept.size,
-                    kept.ttl_secs,
-                    &key,
-                )
-                .await?
+                    event: msg.event.clone(),
+                    data: data_json.clone(),
+                    targets_key,
+                };
+                appender.append(append, kept.size, kept.ttl_secs).await?
             }
             None => {
                 let targets = match &msg.to {
