@@ -208,6 +208,18 @@ fn lat_json(samples: &mut [u64]) -> Value {
     })
 }
 
+/// An error with its sources: "a: b: c".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
 fn vmrss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -701,7 +713,7 @@ async fn instance(ctx: &Ctx, idx: usize, first: bool, reconnect: bool) -> Outcom
             r = &mut conn, if !conn_done => {
                 conn_done = true;
                 if let Err(e) = r {
-                    s.note(format!("connection: {e}"));
+                    s.note(format!("connection: {}", chain(&e)));
                 }
             }
             f = body.frame() => match f {
@@ -764,7 +776,7 @@ async fn instance(ctx: &Ctx, idx: usize, first: bool, reconnect: bool) -> Outcom
                 }
                 Some(Err(e)) => {
                     if ready {
-                        s.note(format!("stream body: {e}"));
+                        s.note(format!("stream body: {}", chain(&e)));
                     }
                     break Outcome::Ended;
                 }
@@ -870,7 +882,8 @@ async fn send_one(ctx: &Ctx, to: Option<u32>) {
             (false, 0)
         }
         Err(e) => {
-            ctx.stats.note(format!("send: {e}"));
+            ctx.stats
+                .note(format!("send at {:.1}s: {}", secs(start_ns), chain(&e)));
             (false, 0)
         }
     };
@@ -1209,6 +1222,9 @@ async fn start(c: &Common, reopen: bool, publishers: usize) -> Result<Run, Strin
         .timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .pool_max_idle_per_host(publishers.max(4))
+        // under the 30 s after which the daemon closes an idle keep-alive
+        // connection: never reuse one it may be closing at that moment
+        .pool_idle_timeout(Duration::from_secs(20))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let admin = c.admin_url.trim_end_matches('/').to_string();
