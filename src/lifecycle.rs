@@ -66,16 +66,29 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+/// Listen backlog: a reconnect wave arrives faster than one accept loop
+/// takes it, and a full backlog drops SYNs that clients retry only after a
+/// second. The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 16384;
+
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, LifecycleError> {
-        let bind = |key: &'static str, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| LifecycleError::Bind { key, addr, source })
+        let bind = |key: &'static str, addr: std::net::SocketAddr| {
+            let listen = || {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                socket.listen(BACKLOG)
+            };
+            listen().map_err(|source| LifecycleError::Bind { key, addr, source })
         };
         Ok(Self {
-            public: bind("server.listen", config.listen_addr()).await?,
-            admin: bind("server.admin_listen", config.admin_addr()).await?,
+            public: bind("server.listen", config.listen_addr())?,
+            admin: bind("server.admin_listen", config.admin_addr())?,
         })
     }
 }
