@@ -232,39 +232,14 @@ fn inject(
     connection_time: f64,
     last_heartbeat: f64,
 ) {
-    let ct = format!("{connection_time:.6}");
-    let hb = format!("{last_heartbeat:.6}");
-    redis::pipe()
-        .atomic()
-        .cmd("HSET")
-        .arg(format!("sse:conn:{id}"))
-        .arg("connection_id")
-        .arg(id)
-        .arg("username")
-        .arg(user)
-        .arg("connection_time")
-        .arg(&ct)
-        .arg("last_heartbeat")
-        .arg(&hb)
-        .arg("node_id")
-        .arg("dead-node-0")
-        .ignore()
-        .cmd("ZADD")
-        .arg(format!("sse:user:{user}"))
-        .arg(&ct)
-        .arg(id)
-        .ignore()
-        .cmd("SADD")
-        .arg("sse:users")
-        .arg(user)
-        .ignore()
-        .cmd("ZADD")
-        .arg("sse:heartbeats")
-        .arg(&hb)
-        .arg(id)
-        .ignore()
-        .query::<()>(conn)
-        .expect("inject record");
+    inject_record(
+        conn,
+        id,
+        user,
+        connection_time,
+        last_heartbeat,
+        "dead-node-0",
+    );
 }
 
 /// The registry as stored in Redis.

@@ -86,40 +86,6 @@ fn assert_one_line_error(out: &(i32, String, String), code: i32, needles: &[&str
     }
 }
 
-/// Writes one connection record the way SPEC 4 lays it out (all its keys).
-fn inject(
-    conn: &mut redis::Connection,
-    id: &str,
-    user: &str,
-    connection_time: f64,
-    last_heartbeat: f64,
-    node_id: &str,
-) {
-    let ct = format!("{connection_time:.6}");
-    let hb = format!("{last_heartbeat:.6}");
-    redis::pipe()
-        .atomic()
-        .hset_multiple(
-            format!("sse:conn:{id}"),
-            &[
-                ("connection_id", id),
-                ("username", user),
-                ("connection_time", ct.as_str()),
-                ("last_heartbeat", hb.as_str()),
-                ("node_id", node_id),
-            ],
-        )
-        .ignore()
-        .zadd(format!("sse:user:{user}"), id, ct.as_str())
-        .ignore()
-        .sadd("sse:users", user)
-        .ignore()
-        .zadd("sse:heartbeats", id, hb.as_str())
-        .ignore()
-        .query::<()>(conn)
-        .unwrap();
-}
-
 fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
     let mut k: Vec<String> = redis::cmd("KEYS").arg(pattern).query(conn).unwrap();
     k.sort();
@@ -157,9 +123,9 @@ fn toml_get<'a>(t: &'a toml::Table, section: &str, key: &str) -> &'a toml::Value
 /// A fixture of three records: alice has two (the second one older), bob one.
 fn inject_fixture(conn: &mut redis::Connection) -> Value {
     let t = 1_700_000_000.25;
-    inject(conn, "a-newer", "alice", t + 10.5, t + 20.125, "node-x");
-    inject(conn, "a-older", "alice", t + 1.5, t + 19.75, "node-y");
-    inject(conn, "b-only", "bob", t + 5.0, t + 21.0, "node-x");
+    inject_record(conn, "a-newer", "alice", t + 10.5, t + 20.125, "node-x");
+    inject_record(conn, "a-older", "alice", t + 1.5, t + 19.75, "node-y");
+    inject_record(conn, "b-only", "bob", t + 5.0, t + 21.0, "node-x");
     let rec = |id: &str, user: &str, ct: f64, hb: f64| json!({"connection_id": id, "username": user, "connection_time": ct, "last_heartbeat": hb});
     json!({
         "active_users": ["alice", "bob"],
@@ -518,7 +484,7 @@ fn cleanup_removes_only_stale_records() {
     let cfg = cfg.to_str().unwrap();
     let mut conn = redis.conn();
     let t = now();
-    inject(
+    inject_record(
         &mut conn,
         "stale-a1",
         "alice",
@@ -526,7 +492,7 @@ fn cleanup_removes_only_stale_records() {
         t - 1000.0,
         "dead",
     );
-    inject(
+    inject_record(
         &mut conn,
         "stale-a2",
         "alice",
@@ -534,9 +500,9 @@ fn cleanup_removes_only_stale_records() {
         t - 900.0,
         "dead",
     );
-    inject(&mut conn, "stale-b", "bob", t - 2000.0, t - 800.0, "dead");
-    inject(&mut conn, "fresh-a", "alice", t - 100.0, t - 1.0, "live");
-    inject(&mut conn, "fresh-c", "carol", t - 100.0, t - 10.0, "live");
+    inject_record(&mut conn, "stale-b", "bob", t - 2000.0, t - 800.0, "dead");
+    inject_record(&mut conn, "fresh-a", "alice", t - 100.0, t - 1.0, "live");
+    inject_record(&mut conn, "fresh-c", "carol", t - 100.0, t - 10.0, "live");
 
     let (rc, stdout, stderr) = cli(&["cleanup", "--timeout", "300", "-c", cfg]);
     assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -580,9 +546,9 @@ fn cleanup_json_prints_counts_and_connection_ids() {
     let cfg = cfg.to_str().unwrap();
     let mut conn = redis.conn();
     let t = now();
-    inject(&mut conn, "old-1", "alice", t - 500.0, t - 120.0, "dead");
-    inject(&mut conn, "old-2", "bob", t - 500.0, t - 90.0, "dead");
-    inject(&mut conn, "new-1", "bob", t - 500.0, t - 5.0, "live");
+    inject_record(&mut conn, "old-1", "alice", t - 500.0, t - 120.0, "dead");
+    inject_record(&mut conn, "old-2", "bob", t - 500.0, t - 90.0, "dead");
+    inject_record(&mut conn, "new-1", "bob", t - 500.0, t - 5.0, "live");
 
     let (rc, stdout, stderr) = cli(&["cleanup", "--timeout", "60", "--json", "-c", cfg]);
     assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -616,7 +582,7 @@ fn cleanup_timeout_defaults_to_the_configured_stale_timeout() {
     let cfg = cfg.to_str().unwrap();
     let mut conn = redis.conn();
     let t = now();
-    inject(
+    inject_record(
         &mut conn,
         "older-than-100",
         "alice",
@@ -624,7 +590,7 @@ fn cleanup_timeout_defaults_to_the_configured_stale_timeout() {
         t - 200.0,
         "dead",
     );
-    inject(
+    inject_record(
         &mut conn,
         "younger-than-100",
         "alice",
@@ -710,7 +676,7 @@ async fn clear_force_with_a_running_node_leaves_exactly_its_live_connections() {
     let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
     let mut conn = redis.conn();
     let t = now();
-    inject(&mut conn, "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
+    inject_record(&mut conn, "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
     let cfg = node.config_path.to_str().unwrap().to_string();
 
     let (rc, stdout, stderr) = cli_async(&["clear", "--force", "-c", &cfg]).await;

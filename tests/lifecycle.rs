@@ -21,40 +21,6 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// Writes one connection record the way SPEC 4 lays it out (all its keys).
-fn inject(
-    conn: &mut redis::Connection,
-    id: &str,
-    user: &str,
-    connection_time: f64,
-    last_heartbeat: f64,
-    node_id: &str,
-) {
-    let ct = format!("{connection_time:.6}");
-    let hb = format!("{last_heartbeat:.6}");
-    redis::pipe()
-        .atomic()
-        .hset_multiple(
-            format!("sse:conn:{id}"),
-            &[
-                ("connection_id", id),
-                ("username", user),
-                ("connection_time", ct.as_str()),
-                ("last_heartbeat", hb.as_str()),
-                ("node_id", node_id),
-            ],
-        )
-        .ignore()
-        .zadd(format!("sse:user:{user}"), id, ct.as_str())
-        .ignore()
-        .sadd("sse:users", user)
-        .ignore()
-        .zadd("sse:heartbeats", id, hb.as_str())
-        .ignore()
-        .query::<()>(conn)
-        .unwrap();
-}
-
 /// Every connection-registry key (`sse:conn:*`, `sse:user:*`, `sse:users`,
 /// `sse:heartbeats`), sorted.
 fn registry_keys(conn: &mut redis::Connection) -> Vec<String> {
@@ -274,7 +240,7 @@ async fn start_clears_zombie_records() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
     let t = now();
-    inject(
+    inject_record(
         &mut conn,
         "zombie-1",
         "alice",
@@ -282,7 +248,7 @@ async fn start_clears_zombie_records() {
         t - 2.0,
         "dead-node",
     );
-    inject(
+    inject_record(
         &mut conn,
         "zombie-2",
         "alice",
@@ -290,7 +256,7 @@ async fn start_clears_zombie_records() {
         t - 2.0,
         "dead-node",
     );
-    inject(&mut conn, "zombie-3", "bob", t - 80.0, t - 2.0, "dead-node");
+    inject_record(&mut conn, "zombie-3", "bob", t - 80.0, t - 2.0, "dead-node");
     redis::cmd("SET")
         .arg("not-a-registry-key")
         .arg("x")
@@ -329,7 +295,7 @@ async fn start_with_startup_clear_false_keeps_records() {
     let redis = RedisServer::start();
     let mut conn = redis.conn();
     let t = now();
-    inject(
+    inject_record(
         &mut conn,
         "other-1",
         "alice",
@@ -337,7 +303,7 @@ async fn start_with_startup_clear_false_keeps_records() {
         t - 1.0,
         "other-node",
     );
-    inject(
+    inject_record(
         &mut conn,
         "other-2",
         "bob",
@@ -477,7 +443,7 @@ async fn graceful_stop(sig: i32) {
     // A record of another (live) node: not this node's to remove.
     let mut conn = redis.conn();
     let t = now();
-    inject(
+    inject_record(
         &mut conn,
         "other-node-conn",
         "carol",
@@ -574,7 +540,7 @@ async fn sighup_clears_zombies_and_live_streams_are_re_registered() {
     let mut conn = redis.conn();
     let t = now();
     // A zombie with a fresh heartbeat: only a clear removes it.
-    inject(&mut conn, "zombie-hup", "zed", t - 50.0, t, "dead-node");
+    inject_record(&mut conn, "zombie-hup", "zed", t - 50.0, t, "dead-node");
     assert_eq!(
         ids_now(&redis),
         sorted(&[&a_id, &b_id, &"zombie-hup".to_string()])
@@ -820,7 +786,7 @@ async fn a_starting_node_clears_and_the_running_node_re_registers() {
     let (mut a, a_id) = SseClient::connect_url(&first.stream_url(), "alice").await;
     let mut conn = redis.conn();
     let t = now();
-    inject(&mut conn, "zombie-x", "zed", t - 50.0, t, "dead-node");
+    inject_record(&mut conn, "zombie-x", "zed", t - 50.0, t, "dead-node");
 
     // Default startup.clear = true.
     let second = BinaryNode::spawn(&redis.url(), SWEEPY).await;

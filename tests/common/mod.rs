@@ -439,3 +439,37 @@ pub fn registry_ids(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Writes one connection record the way SPEC 4 lays it out (all its keys).
+pub fn inject_record(
+    conn: &mut redis::Connection,
+    id: &str,
+    user: &str,
+    connection_time: f64,
+    last_heartbeat: f64,
+    node_id: &str,
+) {
+    let ct = format!("{connection_time:.6}");
+    let hb = format!("{last_heartbeat:.6}");
+    redis::pipe()
+        .atomic()
+        .hset_multiple(
+            format!("sse:conn:{id}"),
+            &[
+                ("connection_id", id),
+                ("username", user),
+                ("connection_time", ct.as_str()),
+                ("last_heartbeat", hb.as_str()),
+                ("node_id", node_id),
+            ],
+        )
+        .ignore()
+        .zadd(format!("sse:user:{user}"), id, ct.as_str())
+        .ignore()
+        .sadd("sse:users", user)
+        .ignore()
+        .zadd("sse:heartbeats", id, hb.as_str())
+        .ignore()
+        .query::<()>(conn)
+        .unwrap();
+}
