@@ -420,7 +420,8 @@ async fn heartbeat_loop(app: Arc<App>) {
         let now = registry::unix_now();
         app.hub.heartbeat(&frame::heartbeat(now as u64));
         app.presence.heartbeat();
-        if trimmer.tick(app.hub.len(), || app.hub.shrink()) {
+        let closes = app.metrics.disconnects.get();
+        if trimmer.tick(app.hub.len(), closes, || app.hub.shrink()) {
             tracing::debug!(
                 streams = app.hub.len(),
                 "many streams closed; free memory returned"

@@ -5,20 +5,29 @@
 //! peak. When the number of streams has dropped a lot since the last check,
 //! `malloc_trim` returns the free pages of every arena to the kernel.
 
-/// Tracks the stream count between heartbeats and trims when it fell.
+/// Tracks the stream count between heartbeats and trims when it fell, or
+/// when as many streams as are live have closed since the last trim (a
+/// steady churn keeps the count flat while freed memory piles up).
 #[derive(Default)]
 pub struct Trimmer {
     peak: usize,
+    closes_at_trim: u64,
 }
 
 impl Trimmer {
-    /// `live` is the current number of streams; `shrink` gives back the
-    /// spare capacity of the owner's maps first. True if it trimmed.
-    pub fn tick(&mut self, live: usize, shrink: impl FnOnce()) -> bool {
+    /// `live` is the current number of streams, `closes` how many closed
+    /// since start; `shrink` gives back the spare capacity of the owner's
+    /// maps first. True if it trimmed.
+    pub fn tick(&mut self, live: usize, closes: u64, shrink: impl FnOnce()) -> bool {
         self.peak = self.peak.max(live);
         let dropped = self.peak - live;
-        if dropped >= 1000 || (dropped >= 100 && dropped * 5 >= self.peak) {
+        let churned = closes.saturating_sub(self.closes_at_trim);
+        if dropped >= 1000
+            || (dropped >= 100 && dropped * 5 >= self.peak)
+            || churned >= (live as u64).max(1000)
+        {
             self.peak = live;
+            self.closes_at_trim = closes;
             shrink();
             release_free_memory();
             return true;
@@ -41,7 +50,7 @@ mod tests {
 
     impl Trimmer {
         fn tick_n(&mut self, live: usize) -> bool {
-            self.tick(live, || {})
+            self.tick(live, self.closes_at_trim, || {})
         }
     }
 
@@ -56,5 +65,15 @@ mod tests {
         let mut small = Trimmer::default();
         assert!(!small.tick_n(300));
         assert!(small.tick_n(200));
+    }
+
+    #[test]
+    fn trims_under_steady_churn() {
+        let mut t = Trimmer::default();
+        assert!(!t.tick(5000, 0, || {}));
+        assert!(!t.tick(5000, 4000, || {}));
+        assert!(t.tick(5000, 5000, || {}));
+        assert!(!t.tick(5000, 9000, || {}));
+        assert!(t.tick(5000, 10_000, || {}));
     }
 }

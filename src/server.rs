@@ -67,10 +67,14 @@ pub async fn serve<F>(
                 let mut svc = warp_svc.clone();
                 tower_service::Service::call(&mut svc, req)
             });
-        // The timer makes hyper's header read timeout (30 s) effective: a
-        // client that opens a socket and sends nothing is not kept forever.
+        // The timer makes hyper's header read timeout effective: a client
+        // that opens a socket and sends nothing is not kept forever. It also
+        // closes idle keep-alive connections, so it is longer than the idle
+        // time of common client pools (reqwest: 90 s), which would otherwise
+        // reuse a connection just as it closes.
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(120))
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
