@@ -2,11 +2,10 @@
 //! already-bound listener, and the accept loop both listeners share.
 //!
 //! Our own accept loop instead of `warp::serve` because the daemon needs
-//! what warp's does not give: TCP_NODELAY for small SSE frames, a handle per
-//! TCP connection to drop a client that stopped reading (its body is never
-//! polled again, so only closing the socket frees it), no busy loop when
-//! the process runs out of file descriptors, and a shutdown that waits for
-//! open requests only up to the grace period.
+//! what warp's does not give: TCP_NODELAY, no busy loop when the process
+//! runs out of file descriptors, a shutdown that waits for open requests
+//! only up to the grace period, and the open-file cap of the stream
+//! listener ([`stream_fd_cap`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,15 +19,6 @@ use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 use crate::throttle::LogThrottle;
-
-/// What the accept loop knows of a request's TCP connection, handed to
-/// handlers as a request extension.
-#[derive(Clone, Debug)]
-pub struct ConnCtx {
-    pub peer: SocketAddr,
-    /// Cancelling it closes the TCP connection at once.
-    pub kill: CancellationToken,
-}
 
 /// Serves `filter` on `listener` until `shutdown`; then stops accepting,
 /// lets open requests finish for at most `grace`, and closes the rest.
@@ -56,17 +46,7 @@ pub async fn serve<F>(
             break;
         };
         let kill = force_close.child_token();
-        let ctx = ConnCtx {
-            peer,
-            kill: kill.clone(),
-        };
-        let warp_svc = warp::service(filter.clone());
-        let svc =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ctx.clone());
-                let mut svc = warp_svc.clone();
-                tower_service::Service::call(&mut svc, req)
-            });
+        let svc = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
         // The timer makes hyper's header read timeout effective: a client
         // that opens a socket and sends nothing is not kept forever. It also
         // closes idle keep-alive connections, so it is longer than the idle
