@@ -42,6 +42,7 @@ pub struct App {
 }
 
 pub struct AppParts {
+    pub bus_origin: String,
     pub history: Option<History>,
     pub appender: Option<Appender>,
     pub recent: Recent,
@@ -58,7 +59,7 @@ pub struct AppParts {
 
 impl App {
     pub fn new(p: AppParts) -> Self {
-        let bus_origin = format!("{}/{}", p.config.node_id(), uuid::Uuid::new_v4().simple());
+        let bus_origin = p.bus_origin;
         let router = Router {
             registry: p.registry.clone(),
             hub: p.hub.clone(),
@@ -67,7 +68,6 @@ impl App {
             origin: bus_origin.clone(),
             history: p.history,
             appender: p.appender,
-            recent: p.recent.clone(),
             bus_up: p.bus_up.clone(),
         };
         Self {

@@ -34,6 +34,7 @@ pub enum BusEvent {
         to: Option<String>,
         #[serde(default)]
         first_only: bool,
+        #[serde(default)]
         ids: Vec<String>,
         broadcast: bool,
         id: String,
@@ -344,6 +345,12 @@ impl Subscriber {
                         last_seen = tokio::time::Instant::now();
                         *last_heard_ms = unix_ms();
                     }
+                }
+                // Our own messages come back to us only with history on:
+                // then the history script publishes every message and each
+                // node (this one too) delivers from the bus, in id order.
+                Ok(event @ BusEvent::Deliver { .. }) if self.history.is_some() => {
+                    apply(event, &self.hub, &self.presence, &self.recent);
                 }
                 Ok(event) if event.origin() == self.origin => {}
                 Ok(event) => apply(event, &self.hub, &self.presence, &self.recent),

@@ -173,13 +173,16 @@ pub struct Replay {
     pub entries: Vec<Kept>,
 }
 
-/// Reads each message's targets and keeps it, for a batch of messages in
-/// one atomic step (so no stream can register between the two). ARGV[1]
+/// Reads each message's targets, keeps it and publishes it on the bus, for
+/// a batch of messages in one atomic step: no stream can register between
+/// reading and keeping, and the bus carries messages in id order, so every
+/// node (this one too) delivers them to each stream in that order. ARGV[1]
 /// is the id sequence, ARGV[2] the entries kept per stream, ARGV[3] the
-/// age kept (ms); then five arguments per message: stream, event, data,
-/// mode (`all`: the user's ids, `first`: the oldest, `broadcast`: the count
-/// of the key) and the key the targets come from. Returns one
-/// {id, count, ids...} per message, ids in order.
+/// age kept (ms), ARGV[4] the bus channel, ARGV[5] the publishing node;
+/// then six arguments per message: stream, event, data, mode (`all`: the
+/// user's ids, `first`: the oldest, `broadcast`: the count of the key), the
+/// key the targets come from, and the username. Returns one
+/// {id, count, ids...} per message.
 const LUA_APPEND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -196,14 +199,14 @@ end
 local minid = string.format('%d-0', now - tonumber(ARGV[3]))
 local results = {}
 local id
-for i = 4, #ARGV, 5 do
-  local stream, mode, tkey = ARGV[i], ARGV[i + 3], ARGV[i + 4]
+for i = 6, #ARGV, 6 do
+  local stream, mode, tkey, user = ARGV[i], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local out
   local flag = '0'
+  local ids = {}
   if mode == 'broadcast' then
     out = {'', tostring(redis.call('ZCARD', tkey))}
   else
-    local ids
     if mode == 'first' then
       ids = redis.call('ZRANGE', tkey, 0, 0)
       if #ids > 0 then flag = '1' else flag = '2' end
@@ -218,6 +221,14 @@ for i = 4, #ARGV, 5 do
   redis.call('XADD', stream, 'MAXLEN', ARGV[2], id, 'e', ARGV[i + 1], 'd', ARGV[i + 2], 'f', flag)
   redis.call('XTRIM', stream, 'MINID', minid)
   redis.call('PEXPIRE', stream, ARGV[3])
+  local event = {type = 'deliver', origin = ARGV[5], id = id,
+    event = ARGV[i + 1], data = ARGV[i + 2], broadcast = (mode == 'broadcast'),
+    first_only = (mode == 'first')}
+  if mode ~= 'broadcast' then event.to = user end
+  if mode == 'first' then event.ids = ids end
+  if mode ~= 'first' or #ids > 0 then
+    redis.call('PUBLISH', ARGV[4], cjson.encode(event))
+  end
   out[1] = id
   table.insert(results, out)
 end
@@ -263,16 +274,19 @@ type RawEntry = (String, Vec<(String, String)>);
 pub struct History {
     conn: SharedConn,
     keys: Keys,
+    /// This node on the bus ([`crate::app::App::bus_origin`]).
+    origin: String,
     append: Script,
     replay: Script,
     timeout: Duration,
 }
 
 impl History {
-    pub fn new(conn: SharedConn, keys: Keys) -> Self {
+    pub fn new(conn: SharedConn, keys: Keys, origin: String) -> Self {
         Self {
             conn,
             keys,
+            origin,
             append: Script::new(LUA_APPEND),
             replay: Script::new(LUA_REPLAY),
             timeout: Duration::from_secs(5),
@@ -303,7 +317,9 @@ impl History {
         let mut inv = self.append.prepare_invoke();
         inv.arg(self.keys.history_seq())
             .arg(size)
-            .arg(ttl_secs.saturating_mul(1000));
+            .arg(ttl_secs.saturating_mul(1000))
+            .arg(self.keys.bus())
+            .arg(&self.origin);
         for m in batch {
             let (stream, mode) = match &m.to {
                 Some(user) if m.first_only => (self.keys.history_user(user), "first"),
@@ -314,7 +330,8 @@ impl History {
                 .arg(&m.event)
                 .arg(&m.data)
                 .arg(mode)
-                .arg(&m.targets_key);
+                .arg(&m.targets_key)
+                .arg(m.to.as_deref().unwrap_or(""));
         }
         let mut c = self.conn.get();
         let out: Vec<Vec<String>> = self

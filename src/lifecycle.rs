@@ -166,10 +166,16 @@ impl Daemon {
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let connect_timeout = Duration::from_secs(config.redis.connect_timeout_secs);
         let (bus_up_tx, bus_up) = tokio::sync::watch::channel(false);
-        let history = config
-            .history
-            .enabled
-            .then(|| History::new(redis.clone(), Keys::new(&config.redis.key_prefix)));
+        // This process on the bus: the node id plus a random part, so that
+        // two nodes configured with the same node_id still hear each other.
+        let bus_origin = format!("{}/{}", config.node_id(), uuid::Uuid::new_v4().simple());
+        let history = config.history.enabled.then(|| {
+            History::new(
+                redis.clone(),
+                Keys::new(&config.redis.key_prefix),
+                bus_origin.clone(),
+            )
+        });
         let recent: Recent = Arc::new(std::sync::Mutex::new(RecentIds::new(Duration::from_secs(
             120,
         ))));
@@ -181,6 +187,7 @@ impl Daemon {
             None => (None, None),
         };
         let app = Arc::new(App::new(AppParts {
+            bus_origin,
             history,
             appender,
             recent: recent.clone(),

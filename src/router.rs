@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::bus::{self, BusEvent};
 use crate::config::HistoryConfig;
 use crate::frame;
-use crate::history::{Append, Appender, History, Recent, Targets};
+use crate::history::{Append, Appender, History, Targets};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -49,7 +49,6 @@ pub struct Router {
     pub(crate) history: Option<History>,
     /// Keeps messages in batches (history on).
     pub(crate) appender: Option<Appender>,
-    pub(crate) recent: Recent,
     pub(crate) bus_up: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -100,6 +99,15 @@ impl Router {
                 (uuid::Uuid::new_v4().to_string(), targets)
             }
         };
+        if self.appender.is_some() {
+            // The script published it: every node, this one too, delivers it
+            // from the bus, where messages travel in id order.
+            let connections = match targets {
+                Targets::Ids(ids) => ids.len(),
+                Targets::Count(n) => n,
+            };
+            return Ok(self.sent(message_id, msg, connections));
+        }
         let frame = frame::message(&message_id, &msg.event, &data_json);
         let remote_event = |ids: Vec<String>, broadcast: bool| BusEvent::Deliver {
             origin: self.origin.clone(),
@@ -141,21 +149,19 @@ impl Router {
                 count
             }
         };
-        if let Ok(id) = message_id.parse() {
-            self.recent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id);
-        }
+        Ok(self.sent(message_id, msg, connections))
+    }
+
+    fn sent(&self, message_id: String, msg: Outgoing, connections: usize) -> Sent {
         self.metrics.messages_sent.inc();
         tracing::debug!(%message_id, to = msg.to.as_deref(), event = %msg.event, connections, "message routed");
-        Ok(Sent {
+        Sent {
             message_id,
             all_connections: msg.to.is_none() || msg.all_connections,
             to: msg.to,
             event: msg.event,
             connections,
-        })
+        }
     }
 
     /// Closes every stream of `username` on every node and removes their
