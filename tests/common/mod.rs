@@ -473,3 +473,105 @@ pub fn inject_record(
         .query::<()>(conn)
         .unwrap();
 }
+
+/// A raw SSE stream: every byte the server sends, comments included.
+pub struct RawStream {
+    pub text: String,
+    pub seen: usize,
+    pub ended: bool,
+    body: std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>> + Send>>,
+}
+
+impl RawStream {
+    pub async fn open(url: &str, user: &str) -> RawStream {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let resp = client
+            .get(url)
+            .header("X-Remote-User", user)
+            .send()
+            .await
+            .expect("stream request");
+        assert_eq!(resp.status().as_u16(), 200, "stream for {user}");
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map(|b| b.to_vec()).map_err(|e| e.to_string()));
+        RawStream {
+            text: String::new(),
+            seen: 0,
+            ended: false,
+            body: Box::pin(body),
+        }
+    }
+
+    /// Reads until the unread text contains `needle` (then marks everything
+    /// up to and including it as read), or `within` passes.
+    pub async fn wait_for(&mut self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(pos) = self.text[self.seen..].find(needle) {
+                self.seen += pos + needle.len();
+                return true;
+            }
+            if self.ended {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match tokio::time::timeout(left, self.body.next()).await {
+                Ok(Some(Ok(bytes))) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Everything that arrives during `d` (unread text included).
+    pub async fn read_for(&mut self, d: Duration) -> String {
+        let deadline = Instant::now() + d;
+        while !self.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(left, self.body.next()).await {
+                Ok(Some(Ok(bytes))) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
+                Err(_) => break,
+            }
+        }
+        let out = self.text[self.seen..].to_string();
+        self.seen = self.text.len();
+        out
+    }
+
+    /// The connection id of `connection_established`.
+    pub async fn established(&mut self) -> String {
+        assert!(
+            self.wait_for(
+                "event: connection_established\ndata: ",
+                Duration::from_secs(5)
+            )
+            .await,
+            "no connection_established in {:?}",
+            self.text
+        );
+        assert!(self.wait_for("\n", Duration::from_secs(5)).await);
+        let start = self.text[..self.seen - 1]
+            .rfind("data: ")
+            .expect("data line")
+            + 6;
+        let data: Value = serde_json::from_str(&self.text[start..self.seen - 1]).unwrap();
+        data["connection_id"].as_str().unwrap().to_string()
+    }
+
+    /// The value of the first `retry:` field.
+    pub fn retry_ms(&self) -> Option<u64> {
+        let line = self.text.lines().find(|l| l.starts_with("retry:"))?;
+        line["retry:".len()..].trim().parse().ok()
+    }
+}
