@@ -107,6 +107,16 @@ fn apply(event: BusEvent, hub: &Hub, presence: &Presence, recent: &Recent) {
     }
 }
 
+/// One bus payload: an event, or a JSON array of them (a batch of kept
+/// messages, in id order, from the history script).
+fn decode(payload: &[u8]) -> Result<Vec<BusEvent>, serde_json::Error> {
+    if payload.first() == Some(&b'[') {
+        serde_json::from_slice(payload)
+    } else {
+        serde_json::from_slice(payload).map(|e| vec![e])
+    }
+}
+
 /// Tells every running node to re-register its live connections.
 pub async fn publish_resync(registry: &Registry) -> Result<(), RegistryError> {
     publish(
@@ -338,23 +348,31 @@ impl Subscriber {
                 tracing::warn!("bus subscription lost; resubscribing");
                 return ControlFlow::Continue(());
             };
-            let payload: String = msg.get_payload().unwrap_or_default();
-            match serde_json::from_str::<BusEvent>(&payload) {
-                Ok(BusEvent::Probe { origin }) => {
-                    if origin == self.origin {
-                        last_seen = tokio::time::Instant::now();
-                        *last_heard_ms = unix_ms();
+            let events = match decode(msg.get_payload_bytes()) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unknown bus event ignored");
+                    continue;
+                }
+            };
+            for event in events {
+                match event {
+                    BusEvent::Probe { origin } => {
+                        if origin == self.origin {
+                            last_seen = tokio::time::Instant::now();
+                            *last_heard_ms = unix_ms();
+                        }
                     }
+                    // Our own messages come back to us only with history on:
+                    // then the history script publishes every message and
+                    // each node (this one too) delivers from the bus, in id
+                    // order.
+                    event @ BusEvent::Deliver { .. } if self.history.is_some() => {
+                        apply(event, &self.hub, &self.presence, &self.recent);
+                    }
+                    event if event.origin() == self.origin => {}
+                    event => apply(event, &self.hub, &self.presence, &self.recent),
                 }
-                // Our own messages come back to us only with history on:
-                // then the history script publishes every message and each
-                // node (this one too) delivers from the bus, in id order.
-                Ok(event @ BusEvent::Deliver { .. }) if self.history.is_some() => {
-                    apply(event, &self.hub, &self.presence, &self.recent);
-                }
-                Ok(event) if event.origin() == self.origin => {}
-                Ok(event) => apply(event, &self.hub, &self.presence, &self.recent),
-                Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
             }
         }
     }

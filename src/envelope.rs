@@ -108,14 +108,23 @@ impl From<crate::registry::RegistryError> for ApiError {
 
 /// Success: `{"code": 200, "data": ...}`.
 pub fn ok<T: Serialize>(data: &T) -> Response {
-    json_response(
-        StatusCode::OK,
-        &serde_json::json!({"code": 200, "data": data}),
-    )
+    // Serialized straight from the caller's type: no intermediate Value
+    // tree on the send path.
+    #[derive(Serialize)]
+    struct Envelope<'a, T> {
+        code: u16,
+        data: &'a T,
+    }
+    let body = serde_json::to_vec(&Envelope { code: 200, data }).unwrap_or_default();
+    body_response(StatusCode::OK, body)
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut resp = Response::new(body.to_string().into());
+    body_response(status, body.to_string().into_bytes())
+}
+
+fn body_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = Response::new(body.into());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,6 +1,8 @@
 //! Kept messages for `Last-Event-ID` replay (SPEC 2, `[history]`): one
-//! Redis stream per user and one for broadcasts, capped at `history.size`
-//! entries and `history.ttl_secs` of age, trimmed by Redis on every append.
+//! Redis stream per user and one for broadcasts. A replay serves exactly the
+//! newest `history.size` entries younger than `history.ttl_secs`; Redis
+//! trims the rest cheaply on append (see [`LUA_APPEND`]) and expires a
+//! stream `ttl` after its last message.
 //!
 //! Every message id comes from one sequence (`{ms}-{seq}`, Redis time), so
 //! the ids of a user's messages and of the broadcasts are ordered among
@@ -178,11 +180,19 @@ pub struct Replay {
 /// reading and keeping, and the bus carries messages in id order, so every
 /// node (this one too) delivers them to each stream in that order. ARGV[1]
 /// is the id sequence, ARGV[2] the entries kept per stream, ARGV[3] the
-/// age kept (ms), ARGV[4] the bus channel, ARGV[5] the publishing node;
-/// then six arguments per message: stream, event, data, mode (`all`: the
-/// user's ids, `first`: the oldest, `broadcast`: the count of the key), the
-/// key the targets come from, and the username. Returns one
-/// {id, count, ids...} per message.
+/// age kept (ms), ARGV[4] the bus channel; then seven arguments per
+/// message: stream, event, data, mode (`all`: the user's ids, `first`: the
+/// oldest, `broadcast`: the count of the key), the key the targets come
+/// from, the username, and its bus event as JSON without `id`, `ids` and
+/// the closing brace (built by the node, so the script only appends).
+/// Returns one {id, count, ids...} per message.
+///
+/// Trimming is Redis's cheap kind (`MAXLEN ~`: whole stream nodes, about
+/// three times cheaper than exact trimming), to no fewer than `size + 1`
+/// entries, so a stream may hold up to one node (`stream-node-max-entries`,
+/// 100 by default) more; what is served is cut exactly by [`LUA_REPLAY`]. The
+/// age limit is applied the same way, and the key expires `ttl` after its
+/// last message. The whole batch goes out as one bus event (a JSON array).
 const LUA_APPEND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -196,11 +206,11 @@ if last then
     seq = tonumber(lseq)
   end
 end
-local minid = string.format('%d-0', now - tonumber(ARGV[3]))
 local results = {}
+local events = {}
 local id
-for i = 6, #ARGV, 6 do
-  local stream, mode, tkey, user = ARGV[i], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+for i = 5, #ARGV, 7 do
+  local stream, mode, tkey = ARGV[i], ARGV[i + 3], ARGV[i + 4]
   local out
   local flag = '0'
   local ids = {}
@@ -217,29 +227,33 @@ for i = 6, #ARGV, 6 do
     for _, x in ipairs(ids) do table.insert(out, x) end
   end
   seq = seq + 1
-  id = string.format('%d-%d', ms, seq)
-  redis.call('XADD', stream, 'MAXLEN', ARGV[2], id, 'e', ARGV[i + 1], 'd', ARGV[i + 2], 'f', flag)
-  redis.call('XTRIM', stream, 'MINID', minid)
+  id = ms .. '-' .. seq
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[2] + 1, id, 'e', ARGV[i + 1], 'd', ARGV[i + 2], 'f', flag)
   redis.call('PEXPIRE', stream, ARGV[3])
-  local event = {type = 'deliver', origin = ARGV[5], id = id,
-    event = ARGV[i + 1], data = ARGV[i + 2], broadcast = (mode == 'broadcast'),
-    first_only = (mode == 'first')}
-  if mode ~= 'broadcast' then event.to = user end
-  if mode == 'first' then event.ids = ids end
-  if mode ~= 'first' or #ids > 0 then
-    redis.call('PUBLISH', ARGV[4], cjson.encode(event))
+  if mode == 'first' then
+    if #ids > 0 then
+      -- Connection ids are uuids this project wrote: no JSON escaping.
+      table.insert(events, ARGV[i + 6] .. ',"id":"' .. id .. '","ids":["' .. table.concat(ids, '","') .. '"]}')
+    end
+  else
+    table.insert(events, ARGV[i + 6] .. ',"id":"' .. id .. '"}')
   end
   out[1] = id
   table.insert(results, out)
 end
 if id then redis.call('SET', ARGV[1], id) end
+if #events > 0 then
+  redis.call('PUBLISH', ARGV[4], '[' .. table.concat(events, ',') .. ']')
+end
 return results
 "#;
 
-/// Reads, in one atomic step, the user stream ARGV[1] and the broadcast
-/// stream ARGV[2] after id ARGV[3] (at most ARGV[4] each), and whether
-/// that id is a gap: not kept in either stream, or something after it was
-/// trimmed from one of them.
+/// Reads, in one atomic step, what is served of the user stream ARGV[1]
+/// and the broadcast stream ARGV[2]: the newest ARGV[4] entries of each,
+/// younger than ARGV[5] ms. Answers whether the id ARGV[3] is a gap (not
+/// kept in either stream, or something after it is no longer served by
+/// one of them) and, per stream, what follows it (everything served on a
+/// gap), newest first.
 const LUA_REPLAY: &str = r#"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
@@ -250,22 +264,38 @@ local function after(a)
   local ms, seq = parse(a)
   return ms > lms or (ms == lms and seq > lseq)
 end
-local function trimmed_after(key)
-  if redis.call('EXISTS', key) == 0 then return false end
-  local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then return after(info[i + 1]) end
+local t = redis.call('TIME')
+local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
+local size = tonumber(ARGV[4])
+local gap = #redis.call('XRANGE', ARGV[1], ARGV[3], ARGV[3]) == 0
+  and #redis.call('XRANGE', ARGV[2], ARGV[3], ARGV[3]) == 0
+-- The served window of a stream; a gap when an entry after the id fell
+-- out of it (by count or age). Appends trim to at least size + 1 entries,
+-- so whatever Redis deleted is older than the first entry left out here.
+local function window(key)
+  local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', size + 1)
+  local served = {}
+  for i, e in ipairs(newest) do
+    local ms = parse(e[1])
+    if i > size or ms < oldest then
+      if after(e[1]) then gap = true end
+      break
+    end
+    table.insert(served, e)
   end
-  return false
+  return served
 end
-local found = #redis.call('XRANGE', ARGV[1], ARGV[3], ARGV[3]) > 0
-  or #redis.call('XRANGE', ARGV[2], ARGV[3], ARGV[3]) > 0
-local gap = (not found) or trimmed_after(ARGV[1]) or trimmed_after(ARGV[2])
-local from = '(' .. ARGV[3]
-if gap then from = '-' end
-return {gap and 1 or 0,
-  redis.call('XRANGE', ARGV[1], from, '+', 'COUNT', ARGV[4]),
-  redis.call('XRANGE', ARGV[2], from, '+', 'COUNT', ARGV[4])}
+local mine, all = window(ARGV[1]), window(ARGV[2])
+local function follow(list)
+  if gap then return list end
+  local out = {}
+  for _, e in ipairs(list) do
+    if not after(e[1]) then break end
+    table.insert(out, e)
+  end
+  return out
+end
+return {gap and 1 or 0, follow(mine), follow(all)}
 "#;
 
 type RawEntry = (String, Vec<(String, String)>);
@@ -318,8 +348,7 @@ impl History {
         inv.arg(self.keys.history_seq())
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
-            .arg(self.keys.bus())
-            .arg(&self.origin);
+            .arg(self.keys.bus());
         for m in batch {
             let (stream, mode) = match &m.to {
                 Some(user) if m.first_only => (self.keys.history_user(user), "first"),
@@ -331,7 +360,8 @@ impl History {
                 .arg(&m.data)
                 .arg(mode)
                 .arg(&m.targets_key)
-                .arg(m.to.as_deref().unwrap_or(""));
+                .arg(m.to.as_deref().unwrap_or(""))
+                .arg(bus_event_head(&self.origin, m));
         }
         let mut c = self.conn.get();
         let out: Vec<Vec<String>> = self
@@ -360,13 +390,15 @@ impl History {
         user: &str,
         last: Option<MsgId>,
         size: u64,
+        ttl_secs: u64,
     ) -> Result<Replay, RegistryError> {
         let last = last.unwrap_or(MsgId { ms: 0, seq: 0 });
         let mut inv = self.replay.prepare_invoke();
         inv.arg(self.keys.history_user(user))
             .arg(self.keys.history_broadcast())
             .arg(last.to_string())
-            .arg(size);
+            .arg(size)
+            .arg(ttl_secs.saturating_mul(1000));
         let mut c = self.conn.get();
         let (gap, mine, all): (i64, Vec<RawEntry>, Vec<RawEntry>) = self
             .bounded(async move { inv.invoke_async(&mut c).await })
@@ -390,10 +422,10 @@ impl History {
         for chunk in users.chunks(500) {
             let mut pipe = redis::pipe();
             for u in chunk {
-                pipe.cmd("XRANGE")
+                pipe.cmd("XREVRANGE")
                     .arg(self.keys.history_user(u))
-                    .arg(&from)
                     .arg("+")
+                    .arg(&from)
                     .arg("COUNT")
                     .arg(size);
             }
@@ -409,10 +441,10 @@ impl History {
         let key = self.keys.history_broadcast();
         let all: Vec<RawEntry> = self
             .bounded(async move {
-                redis::cmd("XRANGE")
+                redis::cmd("XREVRANGE")
                     .arg(key)
-                    .arg(&from)
                     .arg("+")
+                    .arg(&from)
                     .arg("COUNT")
                     .arg(size)
                     .query_async(&mut c)
@@ -424,8 +456,39 @@ impl History {
     }
 }
 
+/// A message's `deliver` bus event (the JSON of [`crate::bus::BusEvent`])
+/// without its `id`, `ids` and closing brace, which the keeping script
+/// appends once it knows them.
+fn bus_event_head(origin: &str, m: &Append) -> String {
+    let text = |s: &str| serde_json::Value::from(s).to_string();
+    let mut head = String::with_capacity(m.data.len() + m.event.len() + 128);
+    head.push_str(r#"{"type":"deliver","origin":"#);
+    head.push_str(&text(origin));
+    if let Some(user) = &m.to {
+        head.push_str(r#","to":"#);
+        head.push_str(&text(user));
+    }
+    head.push_str(if m.first_only {
+        r#","first_only":true"#
+    } else {
+        r#","first_only":false"#
+    });
+    head.push_str(if m.to.is_none() {
+        r#","broadcast":true"#
+    } else {
+        r#","broadcast":false"#
+    });
+    head.push_str(r#","event":"#);
+    head.push_str(&text(&m.event));
+    head.push_str(r#","data":"#);
+    head.push_str(&text(&m.data));
+    head
+}
+
+/// XRANGE/XREVRANGE entries, in id order whichever way they were read.
 fn parse_entries(raw: Vec<RawEntry>, to_user: bool) -> Vec<Kept> {
-    raw.into_iter()
+    let mut kept = raw
+        .into_iter()
         .filter_map(|(id, fields)| {
             let id: MsgId = id.parse().ok()?;
             let mut kept = Kept {
@@ -449,7 +512,9 @@ fn parse_entries(raw: Vec<RawEntry>, to_user: bool) -> Vec<Kept> {
             }
             Some(kept)
         })
-        .collect()
+        .collect::<Vec<_>>();
+    kept.sort_by_key(|k| k.id);
+    kept
 }
 
 fn merge(a: Vec<Kept>, b: Vec<Kept>) -> Vec<Kept> {
@@ -526,6 +591,48 @@ mod tests {
             Some(MsgId { ms: 5, seq: 1 })
         );
         assert_eq!(frame_id(b": heartbeat 5\n\n"), None);
+    }
+
+    /// The script completes the head with the id (and the ids of a
+    /// one-tab message); the result must be the bus's `deliver` event.
+    #[test]
+    fn bus_event_head_completes_into_a_deliver_event() {
+        use crate::bus::BusEvent;
+        let m = Append {
+            to: Some("ann \"q\" \u{2028}".into()),
+            first_only: true,
+            event: "message".into(),
+            data: r#"{"text":"a \"b\"\n","n":12345678901234567890123}"#.into(),
+            targets_key: String::new(),
+        };
+        let json = format!(
+            r#"[{},"id":"5-1","ids":["a-1","b-2"]}}]"#,
+            bus_event_head("node-\"x\"", &m)
+        );
+        let got: Vec<BusEvent> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            got,
+            vec![BusEvent::Deliver {
+                origin: "node-\"x\"".into(),
+                to: m.to.clone(),
+                first_only: true,
+                ids: vec!["a-1".into(), "b-2".into()],
+                broadcast: false,
+                id: "5-1".into(),
+                event: m.event.clone(),
+                data: m.data.clone(),
+            }]
+        );
+        let b = Append {
+            to: None,
+            first_only: false,
+            ..m
+        };
+        let json = format!(r#"{},"id":"5-2"}}"#, bus_event_head("n", &b));
+        match serde_json::from_str::<BusEvent>(&json).unwrap() {
+            BusEvent::Deliver { broadcast, to, .. } => assert!(broadcast && to.is_none()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -286,6 +286,7 @@ impl Daemon {
         servers.close();
         tasks.spawn(crate::systemd::watchdog(shutdown.clone()));
         tasks.spawn(heartbeat_loop(app.clone()));
+        tasks.spawn(memory_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
         tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, "sse-notify serving");
         Ok(Daemon {
@@ -417,7 +418,6 @@ impl Daemon {
 /// Every `stream.heartbeat_secs`: one shared comment frame into every
 /// queue, one batched registry write.
 async fn heartbeat_loop(app: Arc<App>) {
-    let mut trimmer = crate::memory::Trimmer::default();
     loop {
         let every = app.config().heartbeat_interval();
         tokio::select! {
@@ -427,6 +427,21 @@ async fn heartbeat_loop(app: Arc<App>) {
         let now = registry::unix_now();
         app.hub.heartbeat(&frame::heartbeat(now as u64));
         app.presence.heartbeat();
+    }
+}
+
+/// Every second: give freed memory back when many streams closed (see
+/// [`crate::memory::Trimmer`]). Often enough that a steady churn keeps the
+/// RSS flat instead of a sawtooth; the check itself is two counters.
+async fn memory_loop(app: Arc<App>) {
+    let mut trimmer = crate::memory::Trimmer::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         let closes = app.metrics.disconnects.get();
         if trimmer.tick(app.hub.len(), closes, || app.hub.shrink()) {
             tracing::debug!(

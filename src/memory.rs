@@ -5,9 +5,11 @@
 //! peak. When the number of streams has dropped a lot since the last check,
 //! `malloc_trim` returns the free pages of every arena to the kernel.
 
-/// Tracks the stream count between heartbeats and trims when it fell, or
-/// when as many streams as are live have closed since the last trim (a
-/// steady churn keeps the count flat while freed memory piles up).
+/// Tracks the stream count between ticks and trims when it fell, or when a
+/// fifth as many streams as are live (at least 500) have closed since the
+/// last trim: a steady churn keeps the count flat while freed memory piles
+/// up, and trimming every few thousand closes keeps that pile within a few
+/// percent of the RSS.
 #[derive(Default)]
 pub struct Trimmer {
     peak: usize,
@@ -24,7 +26,7 @@ impl Trimmer {
         let churned = closes.saturating_sub(self.closes_at_trim);
         if dropped >= 1000
             || (dropped >= 100 && dropped * 5 >= self.peak)
-            || churned >= (live as u64).max(1000)
+            || churned >= (live as u64 / 5).max(500)
         {
             self.peak = live;
             self.closes_at_trim = closes;
@@ -71,9 +73,13 @@ mod tests {
     fn trims_under_steady_churn() {
         let mut t = Trimmer::default();
         assert!(!t.tick(5000, 0, || {}));
-        assert!(!t.tick(5000, 4000, || {}));
-        assert!(t.tick(5000, 5000, || {}));
-        assert!(!t.tick(5000, 9000, || {}));
-        assert!(t.tick(5000, 10_000, || {}));
+        assert!(!t.tick(5000, 900, || {}));
+        assert!(t.tick(5000, 1000, || {}));
+        assert!(!t.tick(5000, 1900, || {}));
+        assert!(t.tick(5000, 2000, || {}));
+        // A small node still waits for 500 closes.
+        let mut small = Trimmer::default();
+        assert!(!small.tick(100, 499, || {}));
+        assert!(small.tick(100, 500, || {}));
     }
 }

@@ -275,7 +275,12 @@ async fn replay(
         prefix.push_back(frame::event("history_gap", &data.to_string()));
     };
     let replay = match history
-        .replay(&conn.username, last, config.history.size)
+        .replay(
+            &conn.username,
+            last,
+            config.history.size,
+            config.history.ttl_secs,
+        )
         .await
     {
         Ok(r) => r,

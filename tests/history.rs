@@ -104,11 +104,6 @@ async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept() {
         ids.push(send_ok(&node, json!({"to": "carol", "data": i})).await);
     }
     let kept: Vec<String> = ids[3..].to_vec();
-    let len: usize = redis::cmd("XLEN")
-        .arg("sse:history:user:carol")
-        .query(&mut redis.conn())
-        .unwrap();
-    assert_eq!(len, 3, "capped at history.size");
 
     for last in [
         ids[0].as_str(),
@@ -138,6 +133,72 @@ async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept() {
         got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
         kept[1..].to_vec()
     );
+}
+
+fn ids_of(events: &[eventsource_stream::Event]) -> Vec<String> {
+    events.iter().map(|e| e.id.clone()).collect()
+}
+
+/// Redis trims a stream only by whole nodes (the cheap kind), so it may
+/// hold more than `history.size`; what a replay serves is still exactly the
+/// newest `size`, and a gap is told when something after the client's id is
+/// no longer served, by count or by age, in the user's stream or in the
+/// broadcasts.
+#[tokio::test]
+async fn what_is_served_is_exactly_the_newest_size_and_age() {
+    let redis = RedisServer::start();
+    let mut config = test_config(&redis.url());
+    config.history.size = 3;
+    config.history.ttl_secs = 1;
+    let node = TestNode::start(config).await;
+
+    let mut ids = Vec::new();
+    for i in 0..250 {
+        ids.push(send_ok(&node, json!({"to": "dave", "data": i})).await);
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg("sse:history:user:dave")
+        .query(&mut redis.conn())
+        .unwrap();
+    // size + 1 kept at least, plus at most one stream node (100 entries
+    // by Redis's default stream-node-max-entries).
+    assert!((4..=104).contains(&len), "stream length {len}");
+    // The id just before the served window: nothing after it is lost.
+    let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[246])], "").await;
+    assert_eq!(
+        ids_of(&drain(&mut tab, Duration::from_millis(300)).await),
+        ids[247..]
+    );
+    // One further back: ids[246] is no longer served, a gap.
+    let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[245])], "").await;
+    let got = drain(&mut tab, Duration::from_millis(300)).await;
+    assert_eq!(got[0].event, "history_gap", "{got:?}");
+    assert_eq!(ids_of(&got[1..]), ids[247..]);
+
+    // The user's own message is kept, but broadcasts after it fell out of
+    // the broadcast window: a gap, then everything served, in id order.
+    let mine = send_ok(&node, json!({"to": "erin", "data": "m"})).await;
+    let mut bcast = Vec::new();
+    for i in 0..5 {
+        bcast.push(send_ok(&node, json!({"data": i})).await);
+    }
+    let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
+    let got = drain(&mut tab, Duration::from_millis(300)).await;
+    assert_eq!(got[0].event, "history_gap", "{got:?}");
+    let mut want = vec![mine.clone()];
+    want.extend_from_slice(&bcast[2..]);
+    assert_eq!(ids_of(&got[1..]), want);
+
+    // By age: what is older than ttl_secs is not served.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = send_ok(&node, json!({"to": "erin", "data": "fresh"})).await;
+    let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
+    let got = drain(&mut tab, Duration::from_millis(300)).await;
+    assert_eq!(got[0].event, "history_gap", "{got:?}");
+    assert_eq!(ids_of(&got[1..]), vec![fresh.clone()]);
+    // Nothing missed after the newest id, however old the rest is.
+    let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &fresh)], "").await;
+    assert!(drain(&mut tab, Duration::from_millis(300)).await.is_empty());
 }
 
 fn urlencode(s: &str) -> String {
