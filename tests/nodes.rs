@@ -10,11 +10,28 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn messages_reach_tabs_on_every_node_exactly_once() {
+    reach_every_node_once(true).await;
+}
+
+/// Without history the sender delivers to its own streams and publishes
+/// single events for the others (with history, batches of kept messages
+/// travel as one event): both must reach every node the same way.
+#[tokio::test]
+async fn without_history_messages_reach_tabs_on_every_node_exactly_once() {
+    reach_every_node_once(false).await;
+}
+
+async fn reach_every_node_once(history: bool) {
     let redis = RedisServer::start();
-    let a = TestNode::start(test_config(&redis.url())).await;
+    let config = || {
+        let mut c = test_config(&redis.url());
+        c.history.enabled = history;
+        c
+    };
+    let a = TestNode::start(config()).await;
     let (mut a1, a1_id) = SseClient::connect(&a, "alice").await;
     // b's startup clear wipes a's records; a re-registers over the bus.
-    let b = TestNode::start(test_config(&redis.url())).await;
+    let b = TestNode::start(config()).await;
     let (mut b1, b1_id) = SseClient::connect(&b, "alice").await;
     let (mut bob, bob_id) = SseClient::connect(&b, "bob").await;
     let mut conn = redis.conn();
