@@ -2,24 +2,27 @@
 //! never get a 5xx, always get the envelope, and never deliver bad input.
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
+use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use serde_json::Value;
 
+/// One node and its Redis per property, dropped (Redis killed) when the
+/// property's test ends: a fixture kept in a static would never be dropped
+/// and would leave a redis-server behind after every `cargo test`.
 struct Fixture {
-    rt: tokio::runtime::Runtime,
     admin: String,
     stream: String,
-    _redis: RedisServer,
     _node: TestNode,
+    _redis: RedisServer,
+    // Last: the node's tasks stop with the runtime.
+    rt: tokio::runtime::Runtime,
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
+impl Fixture {
+    fn start() -> Fixture {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -34,7 +37,22 @@ fn fixture() -> &'static Fixture {
             _redis: redis,
             _node: node,
         }
-    })
+    }
+
+    /// Runs `test` on 300 generated cases against this fixture.
+    fn check_cases<S: Strategy>(
+        &self,
+        strategy: S,
+        test: impl Fn(&Fixture, S::Value) -> Result<(), TestCaseError>,
+    ) {
+        let mut runner = TestRunner::new(RunnerConfig {
+            cases: 300,
+            ..RunnerConfig::default()
+        });
+        if let Err(e) = runner.run(&strategy, |v| test(self, v)) {
+            panic!("{e}");
+        }
+    }
 }
 
 /// Checks one answer: no 5xx, and every error is the JSON envelope.
@@ -49,8 +67,7 @@ fn check(status: u16, body: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn post(path: &str, body: Vec<u8>) -> (u16, String) {
-    let f = fixture();
+fn post(f: &Fixture, path: &str, body: Vec<u8>) -> (u16, String) {
     f.rt.block_on(async {
         let resp = http()
             .post(format!("{}{}", f.admin, path))
@@ -87,18 +104,18 @@ fn send_body() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+#[test]
+fn arbitrary_bytes_to_send_never_5xx() {
+    Fixture::start().check_cases(prop::collection::vec(any::<u8>(), 0..512), |f, body| {
+        let (status, text) = post(f, "/notifications/send/", body);
+        check(status, &text)
+    });
+}
 
-    #[test]
-    fn arbitrary_bytes_to_send_never_5xx(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let (status, text) = post("/notifications/send/", body);
-        check(status, &text)?;
-    }
-
-    #[test]
-    fn arbitrary_send_objects_are_200_or_a_named_400(body in send_body()) {
-        let (status, text) = post("/notifications/send/", body.clone());
+#[test]
+fn arbitrary_send_objects_are_200_or_a_named_400() {
+    Fixture::start().check_cases(send_body(), |f, body| {
+        let (status, text) = post(f, "/notifications/send/", body.clone());
         check(status, &text)?;
         prop_assert!(status == 200 || status == 400, "{status}: {text}");
         if status == 200 {
@@ -107,19 +124,25 @@ proptest! {
             let ev = v.get("event").and_then(Value::as_str).unwrap_or("message");
             prop_assert!(v.get("data").is_some());
             prop_assert!(!ev.is_empty() && ev.len() <= 64);
-            prop_assert!(ev.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)));
+            prop_assert!(ev
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b)));
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn arbitrary_cleanup_bodies_never_5xx(body in prop::collection::vec(any::<u8>(), 0..256)) {
-        let (status, text) = post("/notifications/cleanup/", body);
-        check(status, &text)?;
-    }
+#[test]
+fn arbitrary_cleanup_bodies_never_5xx() {
+    Fixture::start().check_cases(prop::collection::vec(any::<u8>(), 0..256), |f, body| {
+        let (status, text) = post(f, "/notifications/cleanup/", body);
+        check(status, &text)
+    });
+}
 
-    #[test]
-    fn arbitrary_usernames_in_paths_never_5xx(name in "\\PC{0,200}") {
-        let f = fixture();
+#[test]
+fn arbitrary_usernames_in_paths_never_5xx() {
+    Fixture::start().check_cases("\\PC{0,200}", |f, name: String| {
         let encoded: String = percent_encode(&name);
         let (status, text) = f.rt.block_on(async {
             let resp = http()
@@ -134,11 +157,13 @@ proptest! {
         if (1..=150).contains(&chars) && !name.chars().any(char::is_control) {
             prop_assert_eq!(status, 200, "{}", text);
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn arbitrary_identity_headers_never_5xx(name in prop::collection::vec(any::<u8>(), 0..300)) {
-        let f = fixture();
+#[test]
+fn arbitrary_identity_headers_never_5xx() {
+    Fixture::start().check_cases(prop::collection::vec(any::<u8>(), 0..300), |f, name| {
         let Ok(value) = reqwest::header::HeaderValue::from_bytes(&name) else {
             return Ok(());
         };
@@ -152,12 +177,17 @@ proptest! {
                 .unwrap();
             let status = resp.status().as_u16();
             // A 200 is a stream that stays open: read only errors.
-            let text = if status == 200 { String::new() } else { resp.text().await.unwrap() };
+            let text = if status == 200 {
+                String::new()
+            } else {
+                resp.text().await.unwrap()
+            };
             (status, text)
         });
         check(status, &text)?;
         prop_assert!([200, 400, 401].contains(&status), "{}: {}", status, text);
-    }
+        Ok(())
+    });
 }
 
 fn percent_encode(s: &str) -> String {
