@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,14 +50,22 @@ pub async fn serve(
     let force_close = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut errors = LogThrottle::new(Duration::from_secs(10));
-    while let Some((socket, peer)) =
-        crate::server::accept("public", &listener, &shutdown, &mut errors).await
-    {
+    let pending = Arc::new(AtomicUsize::new(0));
+    loop {
+        if !fd_room(&app, &pending, &shutdown).await {
+            break;
+        }
+        let Some((socket, peer)) =
+            crate::server::accept("public", &listener, &shutdown, &mut errors).await
+        else {
+            break;
+        };
         let kill = force_close.child_token();
         let app = app.clone();
+        let guard = Pending::new(&pending);
         tasks.spawn(async move {
             tokio::select! {
-                _ = connection(&app, socket, peer, kill.clone()) => {}
+                _ = connection(&app, socket, peer, kill.clone(), guard) => {}
                 _ = kill.cancelled() => {}
             }
         });
@@ -73,6 +82,52 @@ pub async fn serve(
     }
 }
 
+/// Descriptors that connections being answered (not yet streams: reading
+/// their request, or being refused) may take beyond the streams the
+/// open-file limit allows. At the limit, a crowd of refused clients would
+/// otherwise take every descriptor: accept would fail with EMFILE and so
+/// would the admin API's and Redis's sockets. Half of the reserve kept for
+/// everything but streams ([`crate::server::stream_fd_cap`]).
+const PENDING_ROOM: usize = 128;
+
+/// Waits until a new connection fits under the open-file limit; false at
+/// shutdown. Meanwhile clients wait in the listen backlog.
+async fn fd_room(app: &App, pending: &AtomicUsize, shutdown: &CancellationToken) -> bool {
+    loop {
+        let in_use = app.hub.len() + pending.load(Ordering::Relaxed);
+        if in_use < app.fd_cap.saturating_add(PENDING_ROOM) {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+}
+
+/// One accepted connection that is not (yet) a stream counted by the hub.
+struct Pending(Option<Arc<AtomicUsize>>);
+
+impl Pending {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Pending(Some(count.clone()))
+    }
+
+    /// It became a stream: the hub counts it from now on.
+    fn done(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 enum HeadError {
     /// The client left or sent nothing in time: nothing to answer.
     Gone,
@@ -85,6 +140,7 @@ async fn connection(
     mut socket: TcpStream,
     peer: SocketAddr,
     kill: CancellationToken,
+    mut pending: Pending,
 ) {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
         Ok(r) => r,
@@ -113,6 +169,9 @@ async fn connection(
         )),
         Err(HeadError::Malformed(m)) => error_reply(ApiError::bad_request(m)),
     };
+    if matches!(reply.body, ReplyBody::Events(_)) {
+        pending.done();
+    }
     let _ = respond(socket, reply).await;
 }
 

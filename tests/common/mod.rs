@@ -343,11 +343,25 @@ pub fn write_config(dir: &Path, redis_url: &str, extra: &str) -> (PathBuf, Socke
 impl BinaryNode {
     /// `sse-notify serve -c FILE`, waiting until /healthz answers.
     pub async fn spawn(redis_url: &str, extra: &str) -> BinaryNode {
+        Self::spawn_in(Command::new(bin()), redis_url, extra).await
+    }
+
+    /// The same, with an open-file limit (soft and hard) of `nofile`
+    /// (through util-linux's `prlimit`, which execs the daemon in place).
+    pub async fn spawn_with_nofile(redis_url: &str, extra: &str, nofile: u32) -> BinaryNode {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(bin());
+        Self::spawn_in(cmd, redis_url, extra).await
+    }
+
+    async fn spawn_in(mut cmd: Command, redis_url: &str, extra: &str) -> BinaryNode {
         let dir = tempfile::tempdir().unwrap();
         let (config_path, public, admin) = write_config(dir.path(), redis_url, extra);
         let log_path = dir.path().join("log.txt");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(bin())
+        let child = cmd
             .args(["serve", "-c"])
             .arg(&config_path)
             .stdout(log.try_clone().unwrap())
