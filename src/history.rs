@@ -180,11 +180,12 @@ pub struct Replay {
 /// reading and keeping, and the bus carries messages in id order, so every
 /// node (this one too) delivers them to each stream in that order. ARGV[1]
 /// is the id sequence, ARGV[2] the entries kept per stream, ARGV[3] the
-/// age kept (ms), ARGV[4] the bus channel; then seven arguments per
+/// age kept (ms), ARGV[4] the bus channel; then six arguments per
 /// message: stream, event, data, mode (`all`: the user's ids, `first`: the
 /// oldest, `broadcast`: the count of the key), the key the targets come
-/// from, the username, and its bus event as JSON without `id`, `ids` and
-/// the closing brace (built by the node, so the script only appends).
+/// from, and its bus event as JSON without `id`, `ids` and the closing
+/// brace (built by the node, with the username, so the script only
+/// appends).
 /// Returns one {id, count, ids...} per message.
 ///
 /// Trimming is Redis's cheap kind (`MAXLEN ~`: whole stream nodes, about
@@ -213,7 +214,7 @@ local maxlen = string.format('%d', tonumber(ARGV[2]) + 1)
 local results = {}
 local events = {}
 local id
-for i = 5, #ARGV, 7 do
+for i = 5, #ARGV, 6 do
   local stream, mode, tkey = ARGV[i], ARGV[i + 3], ARGV[i + 4]
   local out
   local flag = '0'
@@ -237,10 +238,10 @@ for i = 5, #ARGV, 7 do
   if mode == 'first' then
     if #ids > 0 then
       -- Connection ids are uuids this project wrote: no JSON escaping.
-      table.insert(events, ARGV[i + 6] .. ',"id":"' .. id .. '","ids":["' .. table.concat(ids, '","') .. '"]}')
+      table.insert(events, ARGV[i + 5] .. ',"id":"' .. id .. '","ids":["' .. table.concat(ids, '","') .. '"]}')
     end
   else
-    table.insert(events, ARGV[i + 6] .. ',"id":"' .. id .. '"}')
+    table.insert(events, ARGV[i + 5] .. ',"id":"' .. id .. '"}')
   end
   out[1] = id
   table.insert(results, out)
@@ -364,7 +365,6 @@ impl History {
                 .arg(&m.data)
                 .arg(mode)
                 .arg(&m.targets_key)
-                .arg(m.to.as_deref().unwrap_or(""))
                 .arg(bus_event_head(&self.origin, m));
         }
         let mut c = self.conn.get();
@@ -415,6 +415,7 @@ impl History {
 
     /// Messages kept since `since_ms` for each of `users`, and broadcasts:
     /// what a node may have missed while its bus subscription was down.
+    /// Each list is newest first (the newest `size`); the caller orders.
     pub async fn since(
         &self,
         users: &[String],
@@ -489,10 +490,10 @@ fn bus_event_head(origin: &str, m: &Append) -> String {
     head
 }
 
-/// XRANGE/XREVRANGE entries, in id order whichever way they were read.
+/// XRANGE/XREVRANGE entries, in the order they were read (the callers
+/// merge several lists and order them by id once).
 fn parse_entries(raw: Vec<RawEntry>, to_user: bool) -> Vec<Kept> {
-    let mut kept = raw
-        .into_iter()
+    raw.into_iter()
         .filter_map(|(id, fields)| {
             let id: MsgId = id.parse().ok()?;
             let mut kept = Kept {
@@ -516,9 +517,7 @@ fn parse_entries(raw: Vec<RawEntry>, to_user: bool) -> Vec<Kept> {
             }
             Some(kept)
         })
-        .collect::<Vec<_>>();
-    kept.sort_by_key(|k| k.id);
-    kept
+        .collect()
 }
 
 fn merge(a: Vec<Kept>, b: Vec<Kept>) -> Vec<Kept> {
