@@ -748,12 +748,7 @@ async fn killed_bus_subscription_rebuilt_across_processes() {
             (200, Some("ok")),
             "{name}: {health}"
         );
-        let metrics = reqwest::get(n.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_text(&n.admin_url("")).await;
         assert!(
             metrics.contains("sse_notify_bus_resubscribes_total 1"),
             "{name} resubscribed once:\n{metrics}"

@@ -181,12 +181,7 @@ async fn killed_bus_subscription_is_rebuilt_and_delivery_resumes() {
         (200, Some("ok")),
         "{health}"
     );
-    let metrics = reqwest::get(b.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&b.admin_url("")).await;
     let resubscribes: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("sse_notify_bus_resubscribes_total "))

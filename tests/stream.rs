@@ -244,16 +244,6 @@ fn assert_registered(conn: &mut redis::Connection, id: &str, user: &str, node_id
     );
 }
 
-async fn metrics(node: &TestNode) -> String {
-    let resp = http()
-        .get(node.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    assert_eq!(resp.status().as_u16(), 200);
-    resp.text().await.unwrap()
-}
-
 fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (k, v) = l.split_once(' ')?;
@@ -1164,7 +1154,7 @@ async fn slow_consumer_is_dropped_while_others_get_everything() {
     assert_eq!(zmembers(&mut conn, "sse:user:alice"), [alice2_id]);
     assert_eq!(zmembers(&mut conn, "sse:user:carol"), [carol_id]);
 
-    let text = metrics(&node).await;
+    let text = metrics_text(&node.admin_url("")).await;
     let drops = metric_value(&text, "sse_notify_slow_consumer_drops_total");
     assert!(
         drops.is_some_and(|d| d >= 1.0),

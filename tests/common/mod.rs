@@ -428,6 +428,18 @@ impl Drop for BinaryNode {
     }
 }
 
+/// The `/metrics` text of a node's admin listener at `admin_base`
+/// (`http://host:port`); panics unless it answers 200.
+pub async fn metrics_text(admin_base: &str) -> String {
+    let resp = http()
+        .get(format!("{admin_base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.unwrap()
+}
+
 /// Runs a CLI subcommand of the real binary: (exit code, stdout, stderr).
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
