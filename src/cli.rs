@@ -1,6 +1,9 @@
-//! The command line of SPEC 8: subcommands, their output (words for
-//! people, `--json` for scripts) and exit codes (0 ok, 1 runtime failure,
-//! 2 usage or config error).
+//! The command line (README "Command line"): subcommands, their output
+//! (words for people, `--json` for scripts) and exit codes (0 ok, 1 runtime
+//! failure, 2 usage or config error). With the Redis engine, `cleanup`,
+//! `clear` and `connections` work on Redis directly (no node needs to run);
+//! with the embedded engine the registry lives in the node, so they ask its
+//! admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,15 +13,14 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::config::{self, Config};
-use crate::keys::Keys;
-use crate::registry::{self, Registry, Removed};
-use crate::target::SharedConn;
+use crate::store::redis::{publish_resync, Keys, Registry, SharedConn};
+use crate::store::{unix_now, ConnectionRecord, Listing, Removed, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sse-notify",
     version,
-    about = "Server-Sent Events notification daemon with a Redis connection registry",
+    about = "Server-Sent Events notification daemon",
     after_help = "Config file: -c FILE, else $SSE_NOTIFY_CONFIG, else /etc/sse-notify/sse-notify.toml if it exists, else built-in defaults.\nExit codes: 0 ok, 1 runtime failure, 2 usage or config error."
 )]
 pub struct Cli {
@@ -37,7 +39,7 @@ pub enum Command {
     /// Validate the config and print the effective values (secrets masked).
     #[command(after_help = "Example: sse-notify check-config -c etc/sse-notify.toml")]
     CheckConfig,
-    /// Remove records whose last heartbeat is older than the timeout, directly in Redis.
+    /// Remove records whose last heartbeat is older than the timeout (Redis engine: directly in Redis).
     #[command(after_help = "Example: sse-notify cleanup --timeout 300")]
     Cleanup {
         /// Seconds; defaults to sweep.stale_timeout_secs.
@@ -57,7 +59,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the registry (all users, or one), read directly from Redis.
+    /// List the registry (all users, or one); Redis engine: read directly from Redis.
     #[command(
         after_help = "Examples:\n  sse-notify connections\n  sse-notify connections alice --json"
     )]
@@ -111,8 +113,8 @@ impl CliError {
     }
 }
 
-impl From<registry::RegistryError> for CliError {
-    fn from(e: registry::RegistryError) -> Self {
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
         CliError::Runtime(e.to_string())
     }
 }
@@ -128,7 +130,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
     match cli.command {
         Command::Serve => unreachable!("serve is run by main"),
         Command::CheckConfig => {
-            crate::auth::Authenticator::from_config(&config)
+            crate::http::auth::Authenticator::from_config(&config)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             match &path {
                 Some(p) => println!("# {}: valid", p.display()),
@@ -144,8 +146,12 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                     "--timeout: must be a non-negative number of seconds".into(),
                 ));
             }
-            let registry = connect(&config).await?;
-            let removed = registry.sweep(registry::unix_now() - timeout).await?;
+            let removed = if config.uses_redis() {
+                connect(&config).await?.sweep(unix_now() - timeout).await?
+            } else {
+                let body = serde_json::json!({ "timeout": timeout });
+                removed_from(&admin_call(&config, Method::POST, "/cleanup/", Some(body)).await?)
+            };
             print_removed(&removed, json, true);
             Ok(())
         }
@@ -156,32 +162,59 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                         .into(),
                 ));
             }
-            let registry = connect(&config).await?;
-            let removed = registry.clear().await?;
-            crate::bus::publish_resync(&registry).await.map_err(|e| {
-                CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))
-            })?;
+            let removed = if config.uses_redis() {
+                let registry = connect(&config).await?;
+                let removed = registry.clear().await?;
+                publish_resync(&registry).await.map_err(|e| {
+                    CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))
+                })?;
+                removed
+            } else {
+                removed_from(&admin_call(&config, Method::POST, "/connections/", None).await?)
+            };
             print_removed(&removed, json, false);
             Ok(())
         }
         Command::Connections { user, json } => {
-            let registry = connect(&config).await?;
+            if let Some(user) = &user {
+                crate::http::auth::validate_username(user)
+                    .map_err(|e| CliError::Usage(format!("USER: {e}")))?;
+            }
+            let all = if config.uses_redis() {
+                let registry = connect(&config).await?;
+                match &user {
+                    Some(u) => {
+                        let list = registry.list_user(u).await?;
+                        let mut one = Listing::new();
+                        one.insert(u.clone(), list);
+                        one
+                    }
+                    None => registry.list_all().await?,
+                }
+            } else {
+                let path = match &user {
+                    Some(u) => format!(
+                        "/connections/{}/",
+                        percent_encoding::utf8_percent_encode(u, percent_encoding::NON_ALPHANUMERIC)
+                    ),
+                    None => "/connections/".to_string(),
+                };
+                let data = admin_call(&config, Method::GET, &path, None).await?;
+                listing_from(&data, user.as_deref(), &config.node_id())?
+            };
             match user {
                 Some(user) => {
-                    crate::auth::validate_username(&user)
-                        .map_err(|e| CliError::Usage(format!("USER: {e}")))?;
-                    let list = registry.list_user(&user).await?;
+                    let list = all.get(&user).map(Vec::as_slice).unwrap_or_default();
                     if json {
-                        println!("{}", crate::api::user_json(&user, &list));
+                        println!("{}", crate::http::api::user_json(&user, list));
                     } else {
                         println!("{user}: {} connection{}", list.len(), plural(list.len()));
                         print_table(list.iter());
                     }
                 }
                 None => {
-                    let all = registry.list_all().await?;
                     if json {
-                        println!("{}", crate::api::connections_json(&all));
+                        println!("{}", crate::http::api::connections_json(&all));
                     } else {
                         let total: usize = all.values().map(Vec::len).sum();
                         println!(
@@ -208,7 +241,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
 
 async fn connect(config: &Config) -> Result<Registry, CliError> {
     let url = config.redis.url.expose();
-    let target = config.redis_target();
+    let target = config.redis_target()?;
     let conn = tokio::time::timeout(Duration::from_secs(5), SharedConn::connect(&target))
         .await
         .map_err(|_| {
@@ -254,8 +287,8 @@ fn print_removed(removed: &Removed, json: bool, with_ids: bool) {
     }
 }
 
-fn print_table<'a>(records: impl Iterator<Item = &'a registry::ConnectionRecord>) {
-    let now = registry::unix_now();
+fn print_table<'a>(records: impl Iterator<Item = &'a ConnectionRecord>) {
+    let now = unix_now();
     let rows: Vec<[String; 5]> = records
         .map(|r| {
             [
@@ -311,45 +344,8 @@ async fn send(
     if first {
         body["all_connections"] = Value::Bool(false);
     }
-    let mut addr = config.admin_addr();
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    let url = format!("http://{addr}{}/send/", config.server.base_path);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
-    let mut req = client.post(&url).json(&body);
-    if !config.api.token.is_empty() {
-        req = req.bearer_auth(config.api.token.expose());
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| CliError::Runtime(format!("cannot reach the admin API at {url}: {e}")))?;
-    let status = resp.status();
-    let answer: Value = resp
-        .json()
-        .await
-        .map_err(|e| CliError::Runtime(format!("bad answer from {url}: {e}")))?;
-    if !status.is_success() {
-        let message = answer["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .to_string();
-        let message = format!("send failed ({}): {message}", status.as_u16());
-        return Err(if status.is_client_error() && status.as_u16() != 401 {
-            CliError::Usage(message)
-        } else {
-            CliError::Runtime(message)
-        });
-    }
-    let data = &answer["data"];
+    let data = admin_call(config, Method::POST, "/send/", Some(body)).await?;
+    let data = &data;
     if json {
         println!("{data}");
     } else {
@@ -365,4 +361,117 @@ async fn send(
         );
     }
     Ok(())
+}
+
+use reqwest::Method;
+
+/// Calls the node's admin API (with `api.token`); answers the response's
+/// `data`. A node that does not answer, or an error answer, is one line.
+async fn admin_call(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let mut addr = config.admin_addr();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("http://{addr}{}{path}", config.server.base_path);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let mut req = client.request(method, &url);
+    if let Some(body) = &body {
+        req = req.json(body);
+    }
+    if !config.api.token.is_empty() {
+        req = req.bearer_auth(config.api.token.expose());
+    }
+    let resp = req.send().await.map_err(|e| {
+        CliError::Runtime(format!(
+            "no sse-notify node answers at {url} (server.admin_listen): {e}"
+        ))
+    })?;
+    let status = resp.status();
+    let mut answer: Value = resp
+        .json()
+        .await
+        .map_err(|e| CliError::Runtime(format!("bad answer from {url}: {e}")))?;
+    if !status.is_success() {
+        let message = answer["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_string();
+        let what = path.trim_matches('/').split('/').next().unwrap_or(path);
+        let message = format!("{what} failed ({}): {message}", status.as_u16());
+        return Err(if status.is_client_error() && status.as_u16() != 401 {
+            CliError::Usage(message)
+        } else {
+            CliError::Runtime(message)
+        });
+    }
+    Ok(answer["data"].take())
+}
+
+/// The counts of a clear or cleanup answer.
+fn removed_from(data: &Value) -> Removed {
+    let mut removed = Removed::default();
+    if let Some(ids) = data["connection_ids"].as_array() {
+        removed.connection_ids = ids
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+    } else {
+        // A clear answers counts only: stand-ins keep the count right.
+        let n = data["connection_count"].as_u64().unwrap_or(0) as usize;
+        removed.connection_ids = vec![String::new(); n];
+    }
+    let users = data["user_count"].as_u64().unwrap_or(0);
+    removed.usernames = (0..users).map(|i| i.to_string()).collect();
+    removed
+}
+
+/// A listing answer (`connections/` or `connections/{user}/`) back into
+/// records; the embedded engine has one node, the one that answered.
+fn listing_from(data: &Value, user: Option<&str>, node_id: &str) -> Result<Listing, CliError> {
+    let bad = |e: serde_json::Error| CliError::Runtime(format!("bad listing from the node: {e}"));
+    #[derive(serde::Deserialize)]
+    struct Row {
+        connection_id: String,
+        username: String,
+        connection_time: f64,
+        last_heartbeat: f64,
+    }
+    let to_records = |rows: Vec<Row>| -> Vec<ConnectionRecord> {
+        rows.into_iter()
+            .map(|r| ConnectionRecord {
+                connection_id: r.connection_id,
+                username: r.username,
+                connection_time: r.connection_time,
+                last_heartbeat: r.last_heartbeat,
+                node_id: node_id.to_string(),
+            })
+            .collect()
+    };
+    let mut all = Listing::new();
+    match user {
+        Some(u) => {
+            let rows: Vec<Row> = serde_json::from_value(data["connections"].clone()).map_err(bad)?;
+            all.insert(u.to_string(), to_records(rows));
+        }
+        None => {
+            let details: std::collections::BTreeMap<String, Vec<Row>> =
+                serde_json::from_value(data["connection_details"].clone()).map_err(bad)?;
+            for (u, rows) in details {
+                all.insert(u, to_records(rows));
+            }
+        }
+    }
+    Ok(all)
 }

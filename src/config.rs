@@ -110,7 +110,7 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: Secret("redis://127.0.0.1:6379/0".into()),
+            url: Secret(String::new()),
             key_prefix: "sse".into(),
             connect_timeout_secs: 30,
         }
@@ -335,8 +335,9 @@ impl Config {
                 "must not contain control characters",
             ));
         }
-        crate::target::RedisTarget::parse(self.redis.url.expose())
-            .map_err(|e| invalid("redis.url", e))?;
+        if self.uses_redis() {
+            RedisTarget::parse(self.redis.url.expose()).map_err(|e| invalid("redis.url", e))?;
+        }
         if self.redis.key_prefix.is_empty()
             || self
                 .redis
@@ -471,8 +472,24 @@ impl Config {
             .unwrap_or_else(|| "sse-notify".into())
     }
 
-    pub fn redis_target(&self) -> crate::target::RedisTarget {
-        crate::target::RedisTarget::parse(self.redis.url.expose()).expect("validated")
+    /// Whether `redis.url` selects the Redis engine (empty: the embedded
+    /// engine).
+    pub fn uses_redis(&self) -> bool {
+        !self.redis.url.expose().trim().is_empty()
+    }
+
+    /// Where the Redis engine connects (`validate` already checked it).
+    pub fn redis_target(&self) -> Result<RedisTarget, ConfigError> {
+        RedisTarget::parse(self.redis.url.expose()).map_err(|e| invalid("redis.url", e))
+    }
+
+    /// The engine `redis.url` selects, as logs and `/healthz` name it.
+    pub fn engine(&self) -> &'static str {
+        if self.uses_redis() {
+            "redis"
+        } else {
+            "memory"
+        }
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -561,9 +578,99 @@ pub fn mask_url_password(url: &str) -> String {
     }
 }
 
+/// Where the Redis engine connects: a plain `redis://` URL, or Redis
+/// Sentinel (`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`),
+/// asked for the current primary on every (re)connect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    Direct(String),
+    Sentinel {
+        /// `host:port` of each sentinel.
+        sentinels: Vec<String>,
+        /// The monitored primary's name (`sentinel monitor <name> ...`).
+        service: String,
+        /// `user:password` for the primary, if any.
+        userinfo: Option<String>,
+        db: i64,
+    },
+}
+
+const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
+impl RedisTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) else {
+            redis::Client::open(url).map_err(|e| format!("not a valid Redis URL: {e}"))?;
+            return Ok(RedisTarget::Direct(url.to_string()));
+        };
+        let (authority, path) = rest
+            .split_once('/')
+            .ok_or("a sentinel URL needs the service name: redis+sentinel://host:26379/mymaster")?;
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let sentinels: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                if h.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                {
+                    h.to_string()
+                } else {
+                    format!("{h}:26379")
+                }
+            })
+            .collect();
+        if sentinels.is_empty() {
+            return Err("a sentinel URL needs at least one host:port".into());
+        }
+        let mut parts = path.split('/');
+        let service = parts.next().unwrap_or_default().to_string();
+        if service.is_empty() {
+            return Err("a sentinel URL needs the service name after the hosts".into());
+        }
+        let db = match parts.next() {
+            None | Some("") => 0,
+            Some(d) => d
+                .parse()
+                .map_err(|_| format!("database {d:?} is not a number"))?,
+        };
+        Ok(RedisTarget::Sentinel {
+            sentinels,
+            service,
+            userinfo,
+            db,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_sentinel_urls() {
+        assert_eq!(
+            RedisTarget::parse("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2/mymaster/2").unwrap(),
+            RedisTarget::Sentinel {
+                sentinels: vec!["10.0.0.1:26379".into(), "10.0.0.2:26379".into()],
+                service: "mymaster".into(),
+                userinfo: Some(":pw".into()),
+                db: 2,
+            }
+        );
+        assert!(matches!(
+            RedisTarget::parse("redis://127.0.0.1:6379/0").unwrap(),
+            RedisTarget::Direct(_)
+        ));
+        assert!(RedisTarget::parse("redis+sentinel://h:26379").is_err());
+        assert!(RedisTarget::parse("redis+sentinel://h:26379/").is_err());
+        assert!(RedisTarget::parse("redis+sentinel://h/svc/x").is_err());
+        assert!(RedisTarget::parse("nope://x").is_err());
+    }
 
     #[test]
     fn sample_config_parses_and_equals_defaults() {

@@ -1,32 +1,29 @@
-//! `sse-notify`: a Server-Sent Events notification daemon whose connection
-//! registry lives in Redis (see `SPEC.md` of the project and README.md).
+//! `sse-notify`: a Server-Sent Events notification daemon.
 //!
 //! The binary only parses the command line, loads the config, sets up
 //! logging and calls [`lifecycle::serve`] or [`cli::run`]; everything is
 //! here so that tests can start a node in-process on port 0.
+//!
+//! Layout, from the outside in:
+//! - `http`: both listeners, routes, validation, stream auth, the error
+//!   envelope;
+//! - `node`: the streams this node holds (hub), the one delivery path
+//!   (router), frames;
+//! - `store`: the seam the router talks to, with its two engines (embedded,
+//!   and Redis with its keys, scripts, bus and Sentinel);
+//! - [`config`], [`cli`], [`lifecycle`] (start order, signals, tickers,
+//!   shutdown), [`logging`], and the counters of `metrics`.
 
-pub mod api;
-pub mod app;
-pub mod auth;
-pub mod bus;
 pub mod cli;
 pub mod config;
-pub mod envelope;
-pub mod frame;
-pub mod history;
-pub mod hub;
-pub mod keys;
 pub mod lifecycle;
 pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod presence;
-pub mod public;
-pub mod ratelimit;
-pub mod registry;
-pub mod router;
-pub mod server;
-pub mod stream;
-pub mod systemd;
-pub mod target;
-pub mod throttle;
+
+mod http;
+mod metrics;
+mod node;
+mod store;
+mod systemd;
+mod throttle;
+
+pub use store::StoreError;

@@ -1,28 +1,26 @@
 //! Start order, background tasks (heartbeat ticker, stale sweeper),
 //! signals (SIGHUP reload + clear, SIGTERM/SIGINT graceful stop) and the
-//! shutdown sequence (SPEC 5). One [`CancellationToken`] is passed down to
+//! shutdown sequence (README "Signals and lifecycle"). One [`CancellationToken`] is passed down to
 //! everything; every task is owned by a [`TaskTracker`] and joined.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::{App, AppParts};
-use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Config;
-use crate::history::{Appender, History, Recent, RecentIds};
-use crate::hub::Hub;
-use crate::keys::Keys;
+use crate::http::auth::{AuthSetupError, Authenticator};
+use crate::http::{admin, api, App, AppParts};
 use crate::metrics::Metrics;
-use crate::registry::{self, Registry, RegistryError};
-use crate::target::SharedConn;
+use crate::node::frame;
+use crate::node::hub::Hub;
+use crate::node::router::{Delivery, Router};
+use crate::store::{unix_now, Backend, Open, Store, StoreError};
 use crate::throttle::LogThrottle;
-use crate::{api, frame, presence, server};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -32,25 +30,19 @@ pub enum LifecycleError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("redis at {url} unreachable for {secs}s (redis.connect_timeout_secs): {source}")]
-    RedisConnect {
-        url: String,
-        secs: u64,
-        source: redis::RedisError,
-    },
-    #[error("could not subscribe to the bus within redis.connect_timeout_secs")]
-    BusSubscribe,
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
-    #[error("startup clear failed: {0}")]
-    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("config: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl LifecycleError {
     /// 2 for what the config file got wrong, 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LifecycleError::Auth(_) => 2,
+            LifecycleError::Auth(_) | LifecycleError::Config(_) => 2,
             _ => 1,
         }
     }
@@ -93,44 +85,15 @@ impl Listeners {
     }
 }
 
-/// Connects to Redis (its primary, with Sentinel), retrying with backoff
-/// for `redis.connect_timeout_secs`.
-pub async fn connect_redis(config: &Config) -> Result<SharedConn, LifecycleError> {
-    let url = config.redis.url.expose();
-    let target = config.redis_target();
-    let deadline = Instant::now() + Duration::from_secs(config.redis.connect_timeout_secs);
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let attempt = async {
-            let conn = SharedConn::connect(&target).await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn.get())
-                .await?;
-            Ok::<_, redis::RedisError>(conn)
-        };
-        match attempt.await {
-            Ok(conn) => return Ok(conn),
-            Err(source) if Instant::now() >= deadline => {
-                return Err(LifecycleError::RedisConnect {
-                    url: crate::config::mask_url_password(url),
-                    secs: config.redis.connect_timeout_secs,
-                    source,
-                })
-            }
-            Err(e) => {
-                // The last wait ends at the deadline, for one final try.
-                let wait = delay.min(deadline.saturating_duration_since(Instant::now()));
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "redis not reachable yet");
-                tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+/// Connects to the engine the config names (Redis: retrying with backoff
+/// for `redis.connect_timeout_secs`).
+pub async fn connect(config: &Config) -> Result<Backend, LifecycleError> {
+    Ok(Backend::connect(config).await?)
 }
 
 /// A running node.
 pub struct Daemon {
-    pub app: Arc<App>,
+    app: Arc<App>,
     pub public_addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
     tasks: TaskTracker,
@@ -139,67 +102,55 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Clears the registry (if `startup.clear`) and starts serving.
+    /// Opens the store, clears the registry (if `startup.clear`) and
+    /// starts serving.
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
-        redis: SharedConn,
+        backend: Backend,
         listeners: Listeners,
         log_reload: Option<LogReload>,
     ) -> Result<Daemon, LifecycleError> {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let target = config.redis_target();
-        let registry = Registry::new(redis.clone(), Keys::new(&config.redis.key_prefix));
         let auth = Authenticator::from_config(&config)?;
         if auth.is_insecure() {
             tracing::warn!("auth.mode = \"none\": anyone can open a stream as any user with ?user=NAME; for development only");
         }
-        let (presence, presence_task) = presence::spawn_parts(
-            registry.clone(),
-            hub.clone(),
-            metrics.clone(),
-            config.node_id(),
-        );
         let startup_clear = config.startup.clear;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-        let connect_timeout = Duration::from_secs(config.redis.connect_timeout_secs);
-        let (bus_up_tx, bus_up) = tokio::sync::watch::channel(false);
-        // This process on the bus: the node id plus a random part, so that
-        // two nodes configured with the same node_id still hear each other.
-        let bus_origin = format!("{}/{}", config.node_id(), uuid::Uuid::new_v4().simple());
-        let history = config.history.enabled.then(|| {
-            History::new(
-                redis.clone(),
-                Keys::new(&config.redis.key_prefix),
-                bus_origin.clone(),
-            )
-        });
-        let recent: Recent = Arc::new(std::sync::Mutex::new(RecentIds::new(Duration::from_secs(
-            120,
-        ))));
-        let (appender, append_task) = match &history {
-            Some(h) => {
-                let (appender, task) = Appender::new(h.clone(), shutdown.clone());
-                (Some(appender), Some(task))
+        let tasks = TaskTracker::new();
+        let opened = Store::open(
+            backend,
+            Open {
+                config: &config,
+                link: Arc::new(Delivery::new(hub.clone())),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                tasks: &tasks,
+            },
+        )
+        .await;
+        let store = match opened {
+            Ok(store) => store,
+            Err(e) => {
+                shutdown.cancel();
+                tasks.close();
+                tasks.wait().await;
+                return Err(e.into());
             }
-            None => (None, None),
         };
+        let router = Router::new(store, hub.clone(), metrics.clone(), config.node_id());
         let app = Arc::new(App::new(AppParts {
-            bus_origin,
-            history,
-            appender,
-            recent: recent.clone(),
             config,
             config_path,
             auth,
             hub,
-            registry,
-            presence,
+            router,
             metrics,
             shutdown: shutdown.clone(),
-            bus_up,
+            fd_cap: admin::stream_fd_cap(),
         }));
         if app.fd_cap < app.config().limits.max_connections {
             tracing::warn!(
@@ -207,42 +158,6 @@ impl Daemon {
                 open_file_limit_allows = app.fd_cap,
                 "the open-file limit caps this node below limits.max_connections; streams beyond it get 503 (raise LimitNOFILE)"
             );
-        }
-        let tasks = TaskTracker::new();
-        if let Some(task) = append_task {
-            tasks.spawn(task);
-        }
-        tasks.spawn(redis.follow(target.clone(), Duration::from_secs(1), shutdown.clone()));
-        tasks.spawn(presence_task.run());
-        let subscriber = crate::bus::Subscriber {
-            target,
-            registry: app.registry.clone(),
-            origin: app.bus_origin.clone(),
-            hub: app.hub.clone(),
-            presence: app.presence.clone(),
-            metrics: app.metrics.clone(),
-            heartbeat: app.config().heartbeat_interval(),
-            up: bus_up_tx,
-            shutdown: shutdown.clone(),
-            history: app
-                .router
-                .history()
-                .cloned()
-                .map(|h| (h, app.config().history.size)),
-            recent,
-        };
-        tasks.spawn(subscriber.run());
-        // Subscribed before serving: a message published for one of our
-        // streams must find us listening.
-        let mut bus_up = app.bus_up.clone();
-        if tokio::time::timeout(connect_timeout, bus_up.wait_for(|up| *up))
-            .await
-            .is_err()
-        {
-            shutdown.cancel();
-            tasks.close();
-            tasks.wait().await;
-            return Err(LifecycleError::BusSubscribe);
         }
         if startup_clear {
             let removed = app.router.clear().await?;
@@ -270,13 +185,13 @@ impl Daemon {
                 source,
             })?;
         let servers = TaskTracker::new();
-        servers.spawn(crate::public::serve(
+        servers.spawn(crate::http::public::serve(
             listeners.public,
             app.clone(),
             shutdown.clone(),
             grace,
         ));
-        servers.spawn(server::serve(
+        servers.spawn(admin::serve(
             "admin",
             listeners.admin,
             api::routes(app.clone()),
@@ -288,7 +203,7 @@ impl Daemon {
         tasks.spawn(heartbeat_loop(app.clone()));
         tasks.spawn(memory_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
-        tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, "sse-notify serving");
+        tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, engine = app.router.store().engine(), "sse-notify serving");
         Ok(Daemon {
             app,
             public_addr,
@@ -297,6 +212,20 @@ impl Daemon {
             servers,
             log_reload,
         })
+    }
+
+    /// How many streams this node holds now.
+    pub fn live_streams(&self) -> usize {
+        self.app.hub.len()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.app.node_id
+    }
+
+    /// `"memory"` or `"redis"`.
+    pub fn engine(&self) -> &'static str {
+        self.app.router.store().engine()
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -393,7 +322,7 @@ impl Daemon {
         app.shutdown.cancelled().await;
         crate::systemd::stopping();
         let config = app.config();
-        let spread = crate::ratelimit::reconnect_spread_ms(
+        let spread = crate::node::ratelimit::reconnect_spread_ms(
             app.hub.len(),
             config.stream.retry_ms,
             config.limits.max_connect_rate,
@@ -408,7 +337,7 @@ impl Daemon {
             "closing streams"
         );
         self.servers.wait().await;
-        app.presence.shutdown().await;
+        app.router.store().shutdown().await;
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");
@@ -424,17 +353,17 @@ async fn heartbeat_loop(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now = registry::unix_now();
+        let now = unix_now();
         app.hub.heartbeat(&frame::heartbeat(now as u64));
-        app.presence.heartbeat();
+        app.router.store().heartbeat();
     }
 }
 
 /// Every second: give freed memory back when many streams closed (see
-/// [`crate::memory::Trimmer`]). Often enough that a steady churn keeps the
+/// [`crate::node::trim::Trimmer`]). Often enough that a steady churn keeps the
 /// RSS flat instead of a sawtooth; the check itself is two counters.
 async fn memory_loop(app: Arc<App>) {
-    let mut trimmer = crate::memory::Trimmer::default();
+    let mut trimmer = crate::node::trim::Trimmer::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -478,9 +407,10 @@ pub async fn serve(
     config_path: Option<PathBuf>,
     log_reload: Option<LogReload>,
 ) -> Result<(), LifecycleError> {
-    let redis = connect_redis(&config).await?;
+    let backend = connect(&config).await?;
     let listeners = Listeners::bind(&config).await?;
-    let daemon = Arc::new(Daemon::start(config, config_path, redis, listeners, log_reload).await?);
+    let daemon =
+        Arc::new(Daemon::start(config, config_path, backend, listeners, log_reload).await?);
     if let Err(e) = daemon.handle_signals(daemon.clone()) {
         tracing::error!(error = %e, "cannot install signal handlers");
         daemon.shutdown_token().cancel();

@@ -9,12 +9,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
+pub(crate) struct HttpLabels {
     pub route: &'static str,
     pub status: u16,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub live_connections: Gauge,
     pub connects: Counter,
@@ -38,7 +38,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("sse_notify");
         let m = Self {
             live_connections: Gauge::default(),
@@ -112,13 +112,13 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    pub fn http(&self, route: &'static str, status: u16) {
+    pub(crate) fn http(&self, route: &'static str, status: u16) {
         self.http_requests
             .get_or_create(&HttpLabels { route, status })
             .inc();
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

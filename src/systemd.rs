@@ -14,11 +14,11 @@ fn send(states: &[NotifyState]) {
     }
 }
 
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-pub fn reloading() {
+pub(crate) fn reloading() {
     // MONOTONIC_USEC lets Type=notify-reload units match this to the signal.
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
@@ -26,14 +26,14 @@ pub fn reloading() {
     }
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
 /// Pings the watchdog at half its interval until shutdown. The ping comes
 /// from the runtime itself, so a wedged event loop stops it and systemd
 /// restarts the service.
-pub async fn watchdog(shutdown: CancellationToken) {
+pub(crate) async fn watchdog(shutdown: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };

@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-pub struct LogThrottle {
+pub(crate) struct LogThrottle {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl LogThrottle {
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self {
             every,
             last: None,
@@ -20,7 +20,7 @@ impl LogThrottle {
 
     /// `Some(n)` when a line may be logged now, `n` being how many were
     /// suppressed since the last one; `None` to stay quiet.
-    pub fn allow(&mut self) -> Option<u64> {
+    pub(crate) fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
         match self.last {
             Some(t) if now.duration_since(t) < self.every => {

@@ -336,7 +336,7 @@ fn no_sweep_config(redis: &RedisServer) -> Config {
 }
 
 fn node_id(node: &TestNode) -> String {
-    node.daemon.app.node_id.clone()
+    node.daemon.node_id().to_string()
 }
 
 fn enc(user: &str) -> String {

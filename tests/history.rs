@@ -52,7 +52,7 @@ async fn missed_messages_and_broadcasts_come_back_in_order_exactly_once() {
     drop(tab);
     assert!(
         eventually(WAIT, || {
-            let n = node.daemon.app.hub.len();
+            let n = node.daemon.live_streams();
             async move { n == 0 }
         })
         .await
@@ -266,7 +266,7 @@ async fn one_tab_messages_are_replayed_once_at_most() {
     drop(keeper);
     assert!(
         eventually(WAIT, || {
-            let n = node.daemon.app.hub.len();
+            let n = node.daemon.live_streams();
             async move { n == 0 }
         })
         .await
@@ -281,7 +281,7 @@ async fn one_tab_messages_are_replayed_once_at_most() {
     drop(alone);
     assert!(
         eventually(WAIT, || {
-            let n = node.daemon.app.hub.len();
+            let n = node.daemon.live_streams();
             async move { n == 0 }
         })
         .await

@@ -88,7 +88,7 @@ async fn reconnects_after_a_restart_are_spread_and_capped() {
     }
     assert!(
         eventually(Duration::from_secs(10), || {
-            let n = a.daemon.app.hub.len();
+            let n = a.daemon.live_streams();
             async move { n == CLIENTS }
         })
         .await,

@@ -136,9 +136,9 @@ pub struct TestNode {
 impl TestNode {
     pub async fn start(config: Config) -> TestNode {
         let listeners = Listeners::bind(&config).await.expect("bind");
-        let redis = lifecycle::connect_redis(&config).await.expect("redis");
+        let backend = lifecycle::connect(&config).await.expect("engine");
         let daemon = Arc::new(
-            Daemon::start(config, None, redis, listeners, None)
+            Daemon::start(config, None, backend, listeners, None)
                 .await
                 .expect("start"),
         );

@@ -12,7 +12,7 @@ use warp::http::HeaderMap;
 use crate::config::{AuthMode, Config};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -33,7 +33,7 @@ pub enum AuthSetupError {
 }
 
 /// Usernames: 1 to 150 Unicode scalar values, no control characters.
-pub fn validate_username(name: &str) -> Result<(), String> {
+pub(crate) fn validate_username(name: &str) -> Result<(), String> {
     let n = name.chars().count();
     if n == 0 {
         return Err("must not be empty".into());
@@ -66,12 +66,12 @@ enum Mode {
 }
 
 /// Identifies stream subscribers according to `[auth]`.
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     mode: Mode,
 }
 
 impl Authenticator {
-    pub fn from_config(config: &Config) -> Result<Self, AuthSetupError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, AuthSetupError> {
         let mode = match config.auth.mode {
             AuthMode::Header => Mode::Header {
                 name: config.auth.header.clone(),
@@ -101,12 +101,12 @@ impl Authenticator {
         Ok(Self { mode })
     }
 
-    pub fn is_insecure(&self) -> bool {
+    pub(crate) fn is_insecure(&self) -> bool {
         matches!(self.mode, Mode::None)
     }
 
     /// The username of a stream request.
-    pub fn identify(
+    pub(crate) fn identify(
         &self,
         peer: Option<SocketAddr>,
         headers: &HeaderMap,
@@ -197,7 +197,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Admin API access: every request but `/healthz` carries the bearer token
 /// when `api.token` is set. Compared in constant time.
-pub fn admin_allowed(expected: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn admin_allowed(expected: &str, headers: &HeaderMap) -> bool {
     if expected.is_empty() {
         return true;
     }

@@ -1,5 +1,5 @@
-//! This node's presence in the registry: one task that mirrors the hub into
-//! Redis. Registrations, removals, heartbeats and re-registrations (after a
+//! This node's presence in the Redis registry: one task that mirrors the
+//! streams the node holds into Redis. Registrations, removals, heartbeats and re-registrations (after a
 //! clear or a Redis outage) all go through it, in order, so a connection
 //! that left can never be written back as a zombie by a concurrent resync.
 //! Commands that queue up while a round trip is in flight are coalesced
@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hub::{Hub, LocalConn};
+use super::registry::Registry;
 use crate::metrics::Metrics;
-use crate::registry::{unix_now, ConnectionRecord, Registry, RegistryError};
+use crate::store::{unix_now, ConnectionRecord, LiveConn, NodeLink, StoreError};
 use crate::throttle::LogThrottle;
 
 enum Cmd {
@@ -29,50 +29,42 @@ enum Cmd {
 
 /// Handle to the presence task.
 #[derive(Clone)]
-pub struct Presence {
+pub(crate) struct Presence {
     tx: mpsc::UnboundedSender<Cmd>,
     register_timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PresenceError {
-    #[error("registry unavailable: {0}")]
-    Unavailable(String),
-    #[error("registration timed out")]
-    Timeout,
-    #[error("node is shutting down")]
-    Stopped,
-}
 
 impl Presence {
     /// Records a new connection; returns once it is in Redis, with how many
     /// connections its user then has on all nodes.
-    pub async fn register(&self, record: ConnectionRecord) -> Result<usize, PresenceError> {
+    pub(crate) async fn register(&self, record: ConnectionRecord) -> Result<usize, StoreError> {
+        let stopped = || StoreError::Unavailable("node is shutting down".into());
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Cmd::Register(record, ack))
-            .map_err(|_| PresenceError::Stopped)?;
+            .map_err(|_| stopped())?;
         match tokio::time::timeout(self.register_timeout, done).await {
             Ok(Ok(Ok(count))) => Ok(count),
-            Ok(Ok(Err(e))) => Err(PresenceError::Unavailable(e)),
-            Ok(Err(_)) => Err(PresenceError::Stopped),
-            Err(_) => Err(PresenceError::Timeout),
+            Ok(Ok(Err(e))) => Err(StoreError::Unavailable(format!("registry unavailable: {e}"))),
+            Ok(Err(_)) => Err(stopped()),
+            Err(_) => Err(StoreError::Timeout(self.register_timeout)),
         }
     }
 
     /// Removes a connection's records (retried until Redis takes it).
-    pub fn remove(&self, connection_id: String) {
+    pub(crate) fn remove(&self, connection_id: String) {
         let _ = self.tx.send(Cmd::Remove(connection_id));
     }
 
     /// Re-registers every live local connection (after a full clear).
-    pub fn resync(&self) {
+    pub(crate) fn resync(&self) {
         let _ = self.tx.send(Cmd::Resync);
     }
 
     /// Re-registers every live local connection and returns once written
     /// (or once the attempt failed: the task keeps retrying by itself).
-    pub async fn resync_and_wait(&self) {
+    pub(crate) async fn resync_and_wait(&self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Cmd::ResyncAck(ack)).is_ok() {
             let _ = tokio::time::timeout(self.register_timeout, done).await;
@@ -80,12 +72,12 @@ impl Presence {
     }
 
     /// Writes `last_heartbeat` of every live local connection.
-    pub fn heartbeat(&self) {
+    pub(crate) fn heartbeat(&self) {
         let _ = self.tx.send(Cmd::Heartbeat);
     }
 
     /// Removes this node's remaining records and stops the task.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Cmd::Shutdown(ack)).is_ok() {
             let _ = done.await;
@@ -93,10 +85,10 @@ impl Presence {
     }
 }
 
-pub struct PresenceTask {
+pub(crate) struct PresenceTask {
     rx: mpsc::UnboundedReceiver<Cmd>,
     registry: Registry,
-    hub: Arc<Hub>,
+    link: Arc<dyn NodeLink>,
     metrics: Arc<Metrics>,
     node_id: String,
     /// Removals Redis has not taken yet (outage); retried.
@@ -107,9 +99,9 @@ pub struct PresenceTask {
     log: LogThrottle,
 }
 
-pub fn spawn_parts(
+pub(crate) fn spawn_parts(
     registry: Registry,
-    hub: Arc<Hub>,
+    link: Arc<dyn NodeLink>,
     metrics: Arc<Metrics>,
     node_id: String,
 ) -> (Presence, PresenceTask) {
@@ -122,7 +114,7 @@ pub fn spawn_parts(
         PresenceTask {
             rx,
             registry,
-            hub,
+            link,
             metrics,
             node_id,
             pending_removals: HashSet::new(),
@@ -138,7 +130,7 @@ const BATCH: usize = 4096;
 const REGISTRATION_SETTLE_SECS: f64 = 10.0;
 
 impl PresenceTask {
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut cmds = Vec::with_capacity(BATCH);
         let mut retry = tokio::time::interval(Duration::from_secs(1));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,7 +152,7 @@ impl PresenceTask {
         }
     }
 
-    fn record(&self, c: &LocalConn, now: f64) -> ConnectionRecord {
+    fn record(&self, c: &LiveConn, now: f64) -> ConnectionRecord {
         ConnectionRecord {
             connection_id: c.connection_id.clone(),
             username: c.username.clone(),
@@ -170,7 +162,7 @@ impl PresenceTask {
         }
     }
 
-    fn failed(&mut self, what: &str, e: &RegistryError) {
+    fn failed(&mut self, what: &str, e: &StoreError) {
         self.dirty = true;
         self.metrics.redis_errors.inc();
         if let Some(suppressed) = self.log.allow() {
@@ -206,11 +198,12 @@ impl PresenceTask {
             }
         }
         if shutdown.is_some() {
-            // Whatever is still in the hub goes too: the node is leaving.
+            // Whatever the node still holds goes too: it is leaving.
             for acked in acks {
                 let _ = acked.send(Err("node is shutting down".into()));
             }
-            self.pending_removals.extend(self.hub.ids());
+            self.pending_removals
+                .extend(self.link.live().into_iter().map(|c| c.connection_id));
             let ids: Vec<String> = self.pending_removals.drain().collect();
             if let Err(e) = self.registry.remove(&ids).await {
                 self.failed("shutdown_remove", &e);
@@ -221,7 +214,7 @@ impl PresenceTask {
             // The snapshot is taken now, after every earlier removal was
             // queued, so it holds only connections that are still live.
             let live: HashSet<String> = records.iter().map(|r| r.connection_id.clone()).collect();
-            for c in self.hub.snapshot() {
+            for c in self.link.live() {
                 if !live.contains(&c.connection_id) {
                     records.push(self.record(&c, now));
                 }
@@ -262,7 +255,8 @@ impl PresenceTask {
     /// short timeout, another node's sweep during an outage): the registry
     /// must hold every live connection.
     async fn heartbeat(&mut self, now: f64) {
-        let ids = self.hub.ids();
+        let live = self.link.live();
+        let ids: Vec<String> = live.iter().map(|c| c.connection_id.clone()).collect();
         let missing = match self.registry.heartbeat(&ids, now).await {
             Ok(missing) => missing,
             Err(e) => return self.failed("heartbeat", &e),
@@ -274,9 +268,10 @@ impl PresenceTask {
         // A connection opened in the last moments may have its own
         // registration still queued behind this heartbeat: not missing.
         let settled = now - REGISTRATION_SETTLE_SECS;
+        // Read again: a stream that closed during the round trip is gone.
         let records: Vec<ConnectionRecord> = self
-            .hub
-            .snapshot()
+            .link
+            .live()
             .iter()
             .filter(|c| missing.contains(&c.connection_id) && c.connection_time < settled)
             .map(|c| self.record(c, now))
@@ -310,8 +305,8 @@ impl PresenceTask {
         if self.dirty {
             let now = unix_now();
             let records: Vec<ConnectionRecord> = self
-                .hub
-                .snapshot()
+                .link
+                .live()
                 .iter()
                 .map(|c| self.record(c, now))
                 .collect();

@@ -1,177 +1,27 @@
-//! The connection registry in Redis (SPEC section 4): atomic register and
-//! remove, heartbeats, sweeps, clears and listings.
+//! The connection registry in Redis (README "Redis layout"): atomic
+//! register and remove, heartbeats, sweeps, clears and listings.
 //!
 //! Every write that touches several keys of one connection is a MULTI or a
 //! Lua script, so no reader sees half a connection and no clear or sweep
 //! leaves an orphan (an empty user set is gone and the user leaves the users
 //! set). Key names come from [`crate::keys`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use crate::target::SharedConn;
-use serde::Serialize;
+use super::conn::SharedConn;
+use super::keys::Keys;
+use crate::store::{sort_records, ConnectionRecord, Listing, Removed, Result, StoreError};
 
-use crate::keys::Keys;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("this node's bus subscription is down")]
-    BusDown,
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-pub type Result<T> = std::result::Result<T, RegistryError>;
-
-/// One connection as stored in `{prefix}:conn:{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConnectionRecord {
-    pub connection_id: String,
-    pub username: String,
-    pub connection_time: f64,
-    pub last_heartbeat: f64,
-    #[serde(skip)]
-    pub node_id: String,
-}
-
-/// What a clear, sweep or user delete removed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Removed {
-    pub connection_ids: Vec<String>,
-    pub usernames: BTreeSet<String>,
-}
-
-impl Removed {
-    pub fn connection_count(&self) -> usize {
-        self.connection_ids.len()
-    }
-    pub fn user_count(&self) -> usize {
-        self.usernames.len()
-    }
-    fn absorb(&mut self, pairs: Vec<(String, String)>) {
-        for (id, user) in pairs {
-            self.connection_ids.push(id);
-            self.usernames.insert(user);
-        }
-    }
-}
-
-/// Unix time in seconds to the microsecond, as the registry stores it (so
-/// a value shown on the stream equals the one read back from Redis).
-pub fn unix_now() -> f64 {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    micros as f64 / 1e6
-}
+/// Shared by the scripts that remove connections.
+const LUA_REMOVE_ONE: &str = include_str!("lua/remove_one.lua");
 
 fn fmt_time(t: f64) -> String {
     format!("{t:.6}")
 }
-
-/// Shared Lua: remove one connection by id and its traces in every key.
-/// ARGV[1] conn prefix, ARGV[2] user prefix, ARGV[3] users key,
-/// ARGV[4] heartbeats key. Returns the username, or false if no record.
-const LUA_REMOVE_ONE: &str = r#"
-local function remove_one(id)
-  local ckey = ARGV[1] .. id
-  local user = redis.call('HGET', ckey, 'username')
-  redis.call('ZREM', ARGV[4], id)
-  if not user then return false end
-  redis.call('DEL', ckey)
-  local ukey = ARGV[2] .. user
-  redis.call('ZREM', ukey, id)
-  if redis.call('ZCARD', ukey) == 0 then
-    redis.call('DEL', ukey)
-    redis.call('SREM', ARGV[3], user)
-  end
-  return user
-end
-"#;
-
-/// Removes the ids in ARGV[5..]; returns a flat list id, user, id, user...
-const LUA_REMOVE_IDS: &str = r#"
-local out = {}
-for i = 5, #ARGV do
-  local user = remove_one(ARGV[i])
-  if user then table.insert(out, ARGV[i]); table.insert(out, user) end
-end
-return out
-"#;
-
-/// Removes up to ARGV[6] records whose heartbeat is at or before ARGV[5].
-const LUA_SWEEP: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', ARGV[4], '-inf', ARGV[5], 'LIMIT', 0, tonumber(ARGV[6]))
-local out = {}
-for _, id in ipairs(ids) do
-  local user = remove_one(id)
-  if user then table.insert(out, id); table.insert(out, user) end
-end
-return {#ids, out}
-"#;
-
-/// Removes every connection of user ARGV[5].
-const LUA_DELETE_USER: &str = r#"
-local ids = redis.call('ZRANGE', ARGV[2] .. ARGV[5], 0, -1)
-local out = {}
-for _, id in ipairs(ids) do
-  local user = remove_one(id)
-  if user then table.insert(out, id); table.insert(out, user) end
-end
-redis.call('DEL', ARGV[2] .. ARGV[5])
-redis.call('SREM', ARGV[3], ARGV[5])
-return out
-"#;
-
-/// Removes every connection record (all users, all nodes).
-const LUA_CLEAR: &str = r#"
-local out = {}
-local seen = {}
-local function drop(id)
-  if seen[id] then return end
-  seen[id] = true
-  local ckey = ARGV[1] .. id
-  local user = redis.call('HGET', ckey, 'username')
-  if user then
-    redis.call('DEL', ckey)
-    table.insert(out, id); table.insert(out, user)
-  end
-end
-for _, user in ipairs(redis.call('SMEMBERS', ARGV[3])) do
-  for _, id in ipairs(redis.call('ZRANGE', ARGV[2] .. user, 0, -1)) do drop(id) end
-  redis.call('DEL', ARGV[2] .. user)
-end
-for _, id in ipairs(redis.call('ZRANGE', ARGV[4], 0, -1)) do drop(id) end
-redis.call('DEL', ARGV[3])
-redis.call('DEL', ARGV[4])
-return out
-"#;
-
-/// Sets last_heartbeat ARGV[5] on the ids ARGV[6..] that still have a
-/// record (a removed record is not resurrected as half a hash); returns the
-/// ids that had none.
-const LUA_HEARTBEAT: &str = r#"
-local missing = {}
-for i = 6, #ARGV do
-  local ckey = ARGV[1] .. ARGV[i]
-  if redis.call('EXISTS', ckey) == 1 then
-    redis.call('HSET', ckey, 'last_heartbeat', ARGV[5])
-    redis.call('ZADD', ARGV[4], ARGV[5], ARGV[i])
-  else
-    table.insert(missing, ARGV[i])
-  end
-end
-return missing
-"#;
 
 /// How many records one sweep script removes before yielding Redis to
 /// other clients.
@@ -181,7 +31,7 @@ const SWEEP_BATCH: usize = 1000;
 const IDS_PER_CALL: usize = 2000;
 
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     conn: SharedConn,
     keys: Keys,
     remove_ids: Script,
@@ -193,27 +43,27 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(conn: SharedConn, keys: Keys) -> Self {
+    pub(crate) fn new(conn: SharedConn, keys: Keys) -> Self {
         let with_remove = |body: &str| Script::new(&format!("{LUA_REMOVE_ONE}\n{body}"));
         Self {
             conn,
             keys,
-            remove_ids: with_remove(LUA_REMOVE_IDS),
-            sweep: with_remove(LUA_SWEEP),
-            delete_user: with_remove(LUA_DELETE_USER),
-            clear: Script::new(LUA_CLEAR),
-            heartbeat: Script::new(LUA_HEARTBEAT),
+            remove_ids: with_remove(include_str!("lua/remove_ids.lua")),
+            sweep: with_remove(include_str!("lua/sweep.lua")),
+            delete_user: with_remove(include_str!("lua/delete_user.lua")),
+            clear: Script::new(include_str!("lua/clear.lua")),
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             timeout: Duration::from_secs(5),
         }
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
 
     /// A clone of the multiplexed connection, for modules that own other
     /// keys of SPEC 4 (history, bus).
-    pub fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.get()
     }
 
@@ -222,19 +72,22 @@ impl Registry {
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(RegistryError::from),
-            Err(_) => Err(RegistryError::Timeout(self.timeout)),
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
 
+    /// What every script that removes connections takes first: the users
+    /// set and the heartbeats zset in KEYS, the prefixes of the keys it
+    /// derives from what it reads in ARGV.
     fn common_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
-        inv.arg(self.keys.conn_prefix())
-            .arg(self.keys.user_prefix())
-            .arg(self.keys.users())
-            .arg(self.keys.heartbeats());
+        inv.key(self.keys.users())
+            .key(self.keys.heartbeats())
+            .arg(self.keys.conn_prefix())
+            .arg(self.keys.user_prefix());
     }
 
-    pub async fn ping(&self) -> Result<()> {
+    pub(crate) async fn ping(&self) -> Result<()> {
         let mut c = self.conn.get();
         self.bounded(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
@@ -244,7 +97,7 @@ impl Registry {
     /// Writes the records, each with all its keys, in one MULTI round trip.
     /// Returns, for each record, how many connections its user has once it
     /// is added (all nodes), so the per-user limit costs no extra round trip.
-    pub async fn register(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
+    pub(crate) async fn register(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -278,7 +131,7 @@ impl Registry {
     }
 
     /// Removes the given connections (and only them); returns what existed.
-    pub async fn remove(&self, ids: &[String]) -> Result<Removed> {
+    pub(crate) async fn remove(&self, ids: &[String]) -> Result<Removed> {
         let mut removed = Removed::default();
         for chunk in ids.chunks(IDS_PER_CALL) {
             let mut inv = self.remove_ids.prepare_invoke();
@@ -290,20 +143,21 @@ impl Registry {
             let flat: Vec<String> = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
                 .await?;
-            removed.absorb(pairs(flat));
+            absorb(&mut removed, flat);
         }
         Ok(removed)
     }
 
     /// Updates `last_heartbeat` of the ids that still have a record, in one
     /// round trip per [`IDS_PER_CALL`] ids; returns the ids without one.
-    pub async fn heartbeat(&self, ids: &[String], now: f64) -> Result<Vec<String>> {
+    pub(crate) async fn heartbeat(&self, ids: &[String], now: f64) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         let now = fmt_time(now);
         for chunk in ids.chunks(IDS_PER_CALL) {
             let mut inv = self.heartbeat.prepare_invoke();
-            self.common_args(&mut inv);
-            inv.arg(&now);
+            inv.key(self.keys.heartbeats())
+                .arg(self.keys.conn_prefix())
+                .arg(&now);
             for id in chunk {
                 inv.arg(id);
             }
@@ -317,7 +171,7 @@ impl Registry {
     }
 
     /// Removes records whose heartbeat is at or before `stale_before`.
-    pub async fn sweep(&self, stale_before: f64) -> Result<Removed> {
+    pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
         let mut removed = Removed::default();
         loop {
             let mut inv = self.sweep.prepare_invoke();
@@ -327,7 +181,7 @@ impl Registry {
             let (seen, flat): (usize, Vec<String>) = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
                 .await?;
-            removed.absorb(pairs(flat));
+            absorb(&mut removed, flat);
             if seen < SWEEP_BATCH {
                 return Ok(removed);
             }
@@ -335,21 +189,21 @@ impl Registry {
     }
 
     /// Removes every record of one user.
-    pub async fn delete_user(&self, username: &str) -> Result<Removed> {
+    pub(crate) async fn delete_user(&self, username: &str) -> Result<Removed> {
         let mut inv = self.delete_user.prepare_invoke();
         self.common_args(&mut inv);
-        inv.arg(username);
+        inv.key(self.keys.user(username)).arg(username);
         let mut c = self.conn.get();
         let flat: Vec<String> = self
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
         let mut removed = Removed::default();
-        removed.absorb(pairs(flat));
+        absorb(&mut removed, flat);
         Ok(removed)
     }
 
     /// Removes every connection record of every node.
-    pub async fn clear(&self) -> Result<Removed> {
+    pub(crate) async fn clear(&self) -> Result<Removed> {
         let mut inv = self.clear.prepare_invoke();
         self.common_args(&mut inv);
         let mut c = self.conn.get();
@@ -357,13 +211,13 @@ impl Registry {
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
         let mut removed = Removed::default();
-        removed.absorb(pairs(flat));
+        absorb(&mut removed, flat);
         Ok(removed)
     }
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1
     /// gives the first connection only.
-    pub async fn user_connection_ids(
+    pub(crate) async fn user_connection_ids(
         &self,
         username: &str,
         limit: Option<usize>,
@@ -376,7 +230,7 @@ impl Registry {
     }
 
     /// How many connections the registry holds, all nodes.
-    pub async fn connection_count(&self) -> Result<usize> {
+    pub(crate) async fn connection_count(&self) -> Result<usize> {
         let key = self.keys.heartbeats();
         let mut c = self.conn.get();
         self.bounded(async move { c.zcard(key).await }).await
@@ -384,7 +238,7 @@ impl Registry {
 
     /// Every user's connections, users sorted, each user's connections by
     /// connection time.
-    pub async fn list_all(&self) -> Result<BTreeMap<String, Vec<ConnectionRecord>>> {
+    pub(crate) async fn list_all(&self) -> Result<Listing> {
         let users_key = self.keys.users();
         let mut c = self.conn.get();
         let users: Vec<String> = self
@@ -403,7 +257,7 @@ impl Registry {
         };
         let all_ids: Vec<String> = ids_per_user.into_iter().flatten().collect();
         let records = self.records(&all_ids).await?;
-        let mut out: BTreeMap<String, Vec<ConnectionRecord>> = BTreeMap::new();
+        let mut out = Listing::new();
         for r in records {
             out.entry(r.username.clone()).or_default().push(r);
         }
@@ -414,7 +268,7 @@ impl Registry {
     }
 
     /// One user's connections, by connection time.
-    pub async fn list_user(&self, username: &str) -> Result<Vec<ConnectionRecord>> {
+    pub(crate) async fn list_user(&self, username: &str) -> Result<Vec<ConnectionRecord>> {
         let ids = self.user_connection_ids(username, None).await?;
         let mut records = self.records(&ids).await?;
         records.retain(|r| r.username == username);
@@ -440,14 +294,6 @@ impl Registry {
     }
 }
 
-fn sort_records(list: &mut [ConnectionRecord]) {
-    list.sort_by(|a, b| {
-        a.connection_time
-            .total_cmp(&b.connection_time)
-            .then_with(|| a.connection_id.cmp(&b.connection_id))
-    });
-}
-
 fn parse_record(mut h: HashMap<String, String>) -> Option<ConnectionRecord> {
     let time = |v: Option<String>| v.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     Some(ConnectionRecord {
@@ -459,23 +305,10 @@ fn parse_record(mut h: HashMap<String, String>) -> Option<ConnectionRecord> {
     })
 }
 
-fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+/// Adds a script's flat `id, user, id, user...` answer.
+fn absorb(removed: &mut Removed, flat: Vec<String>) {
     let mut it = flat.into_iter();
-    let mut out = Vec::new();
     while let (Some(id), Some(user)) = (it.next(), it.next()) {
-        out.push((id, user));
+        removed.add(id, user);
     }
-    out
-}
-
-/// Connects with a multiplexed, self-reconnecting connection whose calls
-/// fail fast while Redis is down instead of hanging the caller.
-pub async fn connect(url: &str) -> std::result::Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(3)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    client.get_connection_manager_with_config(config).await
 }

@@ -11,7 +11,7 @@
 /// up, and trimming every few thousand closes keeps that pile within a few
 /// percent of the RSS.
 #[derive(Default)]
-pub struct Trimmer {
+pub(crate) struct Trimmer {
     peak: usize,
     closes_at_trim: u64,
 }
@@ -20,7 +20,7 @@ impl Trimmer {
     /// `live` is the current number of streams, `closes` how many closed
     /// since start; `shrink` gives back the spare capacity of the owner's
     /// maps first. True if it trimmed.
-    pub fn tick(&mut self, live: usize, closes: u64, shrink: impl FnOnce()) -> bool {
+    pub(crate) fn tick(&mut self, live: usize, closes: u64, shrink: impl FnOnce()) -> bool {
         self.peak = self.peak.max(live);
         let dropped = self.peak - live;
         let churned = closes.saturating_sub(self.closes_at_trim);
@@ -38,7 +38,7 @@ impl Trimmer {
     }
 }
 
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

@@ -22,7 +22,7 @@ use crate::throttle::LogThrottle;
 
 /// Serves `filter` on `listener` until `shutdown`; then stops accepting,
 /// lets open requests finish for at most `grace`, and closes the rest.
-pub async fn serve<F>(
+pub(crate) async fn serve<F>(
     name: &'static str,
     listener: TcpListener,
     filter: F,
@@ -125,7 +125,7 @@ const FD_RESERVE: u64 = 256;
 /// How many streams the open-file limit allows, after raising the soft
 /// limit to the hard one. Beyond it, accept would fail with EMFILE and
 /// clients would wait in the backlog; with the cap they get a 503 instead.
-pub fn stream_fd_cap() -> usize {
+pub(crate) fn stream_fd_cap() -> usize {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {

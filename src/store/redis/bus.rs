@@ -1,7 +1,9 @@
 //! Messages and control events between nodes over the `{prefix}:bus`
 //! pub/sub channel: one subscription per node, rebuilt with backoff when it
-//! breaks. What a node receives it applies to the connections it holds;
-//! events it published itself were already applied locally and are skipped.
+//! breaks. What a node receives goes to its router through the
+//! [`NodeLink`]; events it published itself were already applied locally
+//! and are skipped (but with history on, every node, the sender too,
+//! delivers messages from the bus, where they travel in id order).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +14,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame;
-use crate::history::{History, Recent};
-use crate::hub::Hub;
+use super::history::{History, Recent};
+use super::presence::Presence;
+use super::registry::Registry;
+use crate::config::RedisTarget;
 use crate::metrics::Metrics;
-use crate::presence::Presence;
-use crate::registry::{Registry, RegistryError};
+use crate::store::{unix_ms, Inbound, Kept, NodeLink, Result, StoreError, Target};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum BusEvent {
+pub(crate) enum BusEvent {
     /// The registry was cleared: re-register your live connections.
     Resync { origin: String },
     /// A message for connections held by other nodes: every connection
@@ -65,8 +67,8 @@ impl BusEvent {
     }
 }
 
-/// Applies an event from another node to this one.
-fn apply(event: BusEvent, hub: &Hub, presence: &Presence, recent: &Recent) {
+/// Applies an event from the bus to this node.
+fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Recent) {
     match event {
         BusEvent::Resync { .. } => presence.resync(),
         BusEvent::Deliver {
@@ -87,29 +89,27 @@ fn apply(event: BusEvent, hub: &Hub, presence: &Presence, recent: &Recent) {
                 }
                 recent.insert(parsed);
             }
-            let frame = frame::message(&id, &event, &data);
-            match (broadcast, to, first_only) {
-                (true, _, _) => hub.broadcast(&frame),
-                (false, Some(user), false) => hub.deliver_user(&user, &frame),
-                _ => hub.deliver(&ids, &frame),
+            let target = match (broadcast, to, first_only) {
+                (true, _, _) => Target::All,
+                (false, Some(user), false) => Target::User(user),
+                _ => Target::Ids(ids),
             };
+            link.receive(Inbound::Deliver {
+                id,
+                event,
+                data,
+                target,
+            });
         }
-        BusEvent::Close { ids, reason, .. } => {
-            for id in ids {
-                let notice = reason.as_deref().map(|r| frame::evicted(&id, r));
-                hub.close(std::slice::from_ref(&id), notice.as_ref());
-            }
-        }
-        BusEvent::CloseUser { username, .. } => {
-            hub.close_user(&username, None);
-        }
+        BusEvent::Close { ids, reason, .. } => link.receive(Inbound::Close { ids, reason }),
+        BusEvent::CloseUser { username, .. } => link.receive(Inbound::CloseUser { username }),
         BusEvent::Probe { .. } => {}
     }
 }
 
 /// One bus payload: an event, or a JSON array of them (a batch of kept
 /// messages, in id order, from the history script).
-fn decode(payload: &[u8]) -> Result<Vec<BusEvent>, serde_json::Error> {
+fn decode(payload: &[u8]) -> serde_json::Result<Vec<BusEvent>> {
     if payload.first() == Some(&b'[') {
         serde_json::from_slice(payload)
     } else {
@@ -118,7 +118,7 @@ fn decode(payload: &[u8]) -> Result<Vec<BusEvent>, serde_json::Error> {
 }
 
 /// Tells every running node to re-register its live connections.
-pub async fn publish_resync(registry: &Registry) -> Result<(), RegistryError> {
+pub(crate) async fn publish_resync(registry: &Registry) -> Result<()> {
     publish(
         registry,
         &BusEvent::Resync {
@@ -128,7 +128,7 @@ pub async fn publish_resync(registry: &Registry) -> Result<(), RegistryError> {
     .await
 }
 
-pub async fn publish(registry: &Registry, event: &BusEvent) -> Result<(), RegistryError> {
+pub(crate) async fn publish(registry: &Registry, event: &BusEvent) -> Result<()> {
     let payload = serde_json::to_string(event).unwrap_or_default();
     let channel = registry.keys().bus();
     let mut conn = registry.connection();
@@ -136,20 +136,13 @@ pub async fn publish(registry: &Registry, event: &BusEvent) -> Result<(), Regist
         conn.publish::<_, _, ()>(channel, payload).await
     })
     .await
-    .map_err(|_| RegistryError::Timeout(Duration::from_secs(5)))?
-    .map_err(RegistryError::from)
+    .map_err(|_| StoreError::Timeout(Duration::from_secs(5)))?
+    .map_err(StoreError::from)
 }
 
 /// How far before the last sign of life of a lost subscription a catch-up
 /// starts reading the history (clock skew between nodes and Redis).
 const CATCH_UP_MARGIN_MS: u64 = 2000;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// How often a node sends itself a probe through the bus, and how many
 /// probes may go missing before the subscription is declared dead.
@@ -158,13 +151,13 @@ fn probe_interval(heartbeat: Duration) -> Duration {
 }
 const PROBES_MISSED: u32 = 3;
 
-/// What the bus subscriber needs from the node.
-pub struct Subscriber {
-    pub target: crate::target::RedisTarget,
+/// What the bus subscriber needs.
+pub(crate) struct Subscriber {
+    pub target: RedisTarget,
     pub registry: Registry,
-    /// [`crate::app::App::bus_origin`]: what marks our own events.
+    /// This process on the bus: what marks our own events.
     pub origin: String,
-    pub hub: Arc<Hub>,
+    pub link: Arc<dyn NodeLink>,
     pub presence: Presence,
     pub metrics: Arc<Metrics>,
     pub heartbeat: Duration,
@@ -185,14 +178,14 @@ impl Subscriber {
     /// subscription is rebuilt. After every resubscription the node
     /// re-registers its connections: a clear may have been announced while
     /// it was not listening.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let mut delay = Duration::from_millis(100);
         let mut failures = crate::throttle::LogThrottle::new(Duration::from_secs(10));
         let mut first = true;
         let mut last_heard_ms = unix_ms();
         loop {
             let attempt = async {
-                let client = self.target.client().await?;
+                let client = super::conn::client(&self.target).await?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(self.registry.keys().bus()).await?;
                 Ok::<_, redis::RedisError>(pubsub)
@@ -256,7 +249,7 @@ impl Subscriber {
         let Some((history, size)) = &self.history else {
             return;
         };
-        let conns = self.hub.snapshot();
+        let conns = self.link.live();
         let mut users: Vec<String> = conns.iter().map(|c| c.username.clone()).collect();
         users.sort();
         users.dedup();
@@ -270,7 +263,7 @@ impl Subscriber {
         };
         // One list in id order: a stream gets its missed messages and the
         // broadcasts interleaved as they were sent.
-        let mut all: Vec<(Option<String>, crate::history::Kept)> = kept
+        let mut all: Vec<(Option<String>, Kept)> = kept
             .into_iter()
             .flat_map(|(user, entries)| entries.into_iter().map(move |k| (user.clone(), k)))
             .collect();
@@ -293,8 +286,13 @@ impl Subscriber {
                     .filter(|c| (c.connection_time * 1000.0) as u64 <= k.id.ms)
                     .map(|c| c.connection_id.clone())
                     .collect();
-                let frame = frame::message(&k.id.to_string(), &k.event, &k.data);
-                delivered += self.hub.deliver(&targets, &frame);
+                delivered += targets.len();
+                self.link.receive(Inbound::Deliver {
+                    id: k.id.to_string(),
+                    event: k.event,
+                    data: k.data,
+                    target: Target::Ids(targets),
+                });
                 self.recent
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -368,10 +366,10 @@ impl Subscriber {
                     // each node (this one too) delivers from the bus, in id
                     // order.
                     event @ BusEvent::Deliver { .. } if self.history.is_some() => {
-                        apply(event, &self.hub, &self.presence, &self.recent);
+                        apply(event, &*self.link, &self.presence, &self.recent);
                     }
                     event if event.origin() == self.origin => {}
-                    event => apply(event, &self.hub, &self.presence, &self.recent),
+                    event => apply(event, &*self.link, &self.presence, &self.recent),
                 }
             }
         }

@@ -1,5 +1,5 @@
 //! What the public listener answers: `GET {base}/stream/` (SPEC 2) and
-//! its CORS preflight, independent of the HTTP layer ([`crate::public`]).
+//! its CORS preflight, independent of the HTTP server ([`super::public`]).
 //! A stream is authenticated, put in the hub and the registry (before its
 //! first frame, so a send right after reaches it), given what it missed
 //! (history), then its queue of encoded frames becomes the response body.
@@ -17,17 +17,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::app::App;
-use crate::auth::AuthError;
+use super::auth::AuthError;
+use super::envelope::ApiError;
+use super::App;
 use crate::config::Config;
-use crate::envelope::ApiError;
-use crate::frame;
-use crate::history::{self, MsgId};
-use crate::hub::{HubError, LocalConn};
-use crate::registry::{unix_now, ConnectionRecord};
+use crate::node::frame;
+use crate::node::hub::HubError;
+use crate::store::{unix_now, LiveConn, MsgId};
 
 /// A request to the public listener, as the HTTP layer parsed it.
-pub struct Request {
+pub(crate) struct Request {
     pub method: Method,
     /// The path, without the query string.
     pub path: String,
@@ -39,21 +38,21 @@ pub struct Request {
 }
 
 /// What to answer: a complete response, or a stream of frames.
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: ReplyBody,
 }
 
-pub enum ReplyBody {
+pub(crate) enum ReplyBody {
     Full(Bytes),
     Events(SseBody),
 }
 
 /// Answers one request of the public listener.
-pub async fn handle(app: &Arc<App>, req: Request) -> Reply {
+pub(crate) async fn handle(app: &Arc<App>, req: Request) -> Reply {
     let config = app.config();
-    let is_stream = crate::api::relative(&config.server.base_path, &req.path) == Some("/stream");
+    let is_stream = super::api::relative(&config.server.base_path, &req.path) == Some("/stream");
     let result = if !is_stream {
         Err(ApiError::not_found("no such route"))
     } else if req.method == Method::GET {
@@ -136,7 +135,7 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         .auth()
         .identify(peer, headers, query)
         .map_err(auth_error)?;
-    let conn = LocalConn {
+    let conn = LiveConn {
         connection_id: uuid::Uuid::new_v4().to_string(),
         username,
         connection_time: unix_now(),
@@ -183,14 +182,8 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         established: false,
     };
     let user_count = app
-        .presence
-        .register(ConnectionRecord {
-            connection_id: conn.connection_id.clone(),
-            username: conn.username.clone(),
-            connection_time: conn.connection_time,
-            last_heartbeat: conn.connection_time,
-            node_id: app.node_id.clone(),
-        })
+        .router
+        .register(&conn)
         .await
         .map_err(|e| {
             app.metrics.rejected_connections.inc();
@@ -260,10 +253,12 @@ async fn replay(
     config: &Config,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-    conn: &LocalConn,
+    conn: &LiveConn,
     prefix: &mut VecDeque<Bytes>,
 ) -> Option<MsgId> {
-    let history = app.router.history()?;
+    if !config.history.enabled {
+        return None;
+    }
     let raw = headers
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
@@ -274,13 +269,9 @@ async fn replay(
         let data = json!({ "last_event_id": raw });
         prefix.push_back(frame::event("history_gap", &data.to_string()));
     };
-    let replay = match history
-        .replay(
-            &conn.username,
-            last,
-            config.history.size,
-            config.history.ttl_secs,
-        )
+    let replay = match app
+        .router
+        .replay(&conn.username, last, &config.history)
         .await
     {
         Ok(r) => r,
@@ -297,10 +288,10 @@ async fn replay(
     // A message for one tab only: never again if a tab got it live; if the
     // user had no connection then, to the first tab that comes back.
     let first = if replay.entries.iter().any(|k| k.for_first_back) {
-        app.registry
-            .user_connection_ids(&conn.username, Some(1))
+        app.router
+            .is_first(&conn.username, &conn.connection_id)
             .await
-            .is_ok_and(|ids| ids.first() == Some(&conn.connection_id))
+            .unwrap_or(false)
     } else {
         false
     };
@@ -320,15 +311,14 @@ async fn replay(
 /// Removes the connection from the hub and the registry when dropped.
 struct ConnGuard {
     app: Arc<App>,
-    conn: LocalConn,
+    conn: LiveConn,
     opened: Instant,
     established: bool,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.app.hub.unregister(&self.conn.connection_id);
-        self.app.presence.remove(self.conn.connection_id.clone());
+        self.app.router.unregister(&self.conn.connection_id);
         if self.established {
             self.app.metrics.disconnects.inc();
             tracing::info!(
@@ -344,7 +334,7 @@ impl Drop for ConnGuard {
 /// The response body: the opening frames and the replay, then the
 /// connection's queue until its sender is dropped. Dropping it removes the
 /// connection (its guard).
-pub struct SseBody {
+pub(crate) struct SseBody {
     prefix: VecDeque<Bytes>,
     /// Messages up to this id were replayed: skip them in the queue.
     skip_until: Option<MsgId>,
@@ -355,13 +345,13 @@ pub struct SseBody {
 impl SseBody {
     fn keep(&self, frame: &[u8]) -> bool {
         match self.skip_until {
-            Some(upto) => history::frame_id(frame).is_none_or(|id| id > upto),
+            Some(upto) => frame::message_id(frame).is_none_or(|id| id > upto),
             None => true,
         }
     }
 
     /// The next frame; `None` once the stream is closed.
-    pub async fn next(&mut self) -> Option<Bytes> {
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prefix.pop_front() {
             return Some(p);
         }
@@ -374,7 +364,7 @@ impl SseBody {
     }
 
     /// A frame that is ready now, without waiting.
-    pub fn next_ready(&mut self) -> Option<Bytes> {
+    pub(crate) fn next_ready(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prefix.pop_front() {
             return Some(p);
         }

@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::app::App;
-use crate::envelope::ApiError;
-use crate::stream::{self, Reply, ReplyBody, Request};
+use super::envelope::ApiError;
+use super::stream::{self, Reply, ReplyBody, Request};
+use super::App;
 use crate::throttle::LogThrottle;
 
 /// Largest request head accepted; browsers send well under 2 KiB, cookies
@@ -41,7 +41,7 @@ const BATCH: usize = 32;
 /// Serves the stream route on `listener` until `shutdown`; then stops
 /// accepting and waits for open streams (closed by the node's shutdown)
 /// at most `grace`, closing what is left.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: CancellationToken,
@@ -56,7 +56,7 @@ pub async fn serve(
             break;
         }
         let Some((socket, peer)) =
-            crate::server::accept("public", &listener, &shutdown, &mut errors).await
+            super::admin::accept("public", &listener, &shutdown, &mut errors).await
         else {
             break;
         };
@@ -87,7 +87,7 @@ pub async fn serve(
 /// open-file limit allows. At the limit, a crowd of refused clients would
 /// otherwise take every descriptor: accept would fail with EMFILE and so
 /// would the admin API's and Redis's sockets. Half of the reserve kept for
-/// everything but streams ([`crate::server::stream_fd_cap`]).
+/// everything but streams ([`super::admin::stream_fd_cap`]).
 const PENDING_ROOM: usize = 128;
 
 /// Waits until a new connection fits under the open-file limit; false at

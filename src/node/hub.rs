@@ -3,7 +3,7 @@
 //! [`Bytes`] into each target queue without waiting: a full queue means the
 //! client stopped reading, and it is disconnected rather than buffered.
 //!
-//! The hub knows nothing of Redis; [`crate::presence`] mirrors it there.
+//! The hub knows nothing of the store; the router keeps the two in step.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,14 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-
-/// A live connection as the rest of the node sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LocalConn {
-    pub connection_id: String,
-    pub username: String,
-    pub connection_time: f64,
-}
+use crate::store::LiveConn;
 
 struct Entry {
     username: String,
@@ -54,20 +47,20 @@ impl Inner {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum HubError {
+pub(crate) enum HubError {
     #[error("this node holds its maximum of {0} connections")]
     Full(usize),
     #[error("this node is shutting down")]
     Closed,
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     inner: RwLock<Inner>,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             inner: RwLock::new(Inner::default()),
             metrics,
@@ -85,9 +78,9 @@ impl Hub {
     /// Adds a connection unless the node already holds `max` of them, and
     /// returns the receiving end of its queue. The stream ends when the
     /// queue's sender is dropped (close) after writing what it holds.
-    pub fn register(
+    pub(crate) fn register(
         &self,
-        conn: &LocalConn,
+        conn: &LiveConn,
         queue_size: usize,
         max: usize,
         kill: CancellationToken,
@@ -120,7 +113,7 @@ impl Hub {
     }
 
     /// Forgets a connection; true if it was still here.
-    pub fn unregister(&self, id: &str) -> bool {
+    pub(crate) fn unregister(&self, id: &str) -> bool {
         let removed = self.write().remove(id).is_some();
         if removed {
             self.metrics.live_connections.set(self.len() as i64);
@@ -129,30 +122,26 @@ impl Hub {
     }
 
     /// Gives back the maps' spare capacity after many streams left.
-    pub fn shrink(&self) {
+    pub(crate) fn shrink(&self) {
         let mut inner = self.write();
         inner.conns.shrink_to_fit();
         inner.users.shrink_to_fit();
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().conns.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.read().conns.contains_key(id)
     }
 
     /// Every live connection, for re-registration after a clear or outage.
-    pub fn snapshot(&self) -> Vec<LocalConn> {
+    pub(crate) fn snapshot(&self) -> Vec<LiveConn> {
         self.read()
             .conns
             .iter()
-            .map(|(id, e)| LocalConn {
+            .map(|(id, e)| LiveConn {
                 connection_id: id.clone(),
                 username: e.username.clone(),
                 connection_time: e.connection_time,
@@ -160,13 +149,10 @@ impl Hub {
             .collect()
     }
 
-    pub fn ids(&self) -> Vec<String> {
-        self.read().conns.keys().cloned().collect()
-    }
 
     /// Queues `frame` to each of `ids` held here; returns how many took it.
     /// Ids of other nodes are skipped.
-    pub fn deliver(&self, ids: &[String], frame: &Bytes) -> usize {
+    pub(crate) fn deliver(&self, ids: &[String], frame: &Bytes) -> usize {
         let mut failed = Vec::new();
         let mut delivered = 0;
         {
@@ -188,13 +174,13 @@ impl Hub {
 
     /// Queues `frame` to every local connection of `username`, registered
     /// in Redis or not yet; returns how many took it.
-    pub fn deliver_user(&self, username: &str, frame: &Bytes) -> usize {
+    pub(crate) fn deliver_user(&self, username: &str, frame: &Bytes) -> usize {
         let ids = self.user_ids(username);
         self.deliver(&ids, frame)
     }
 
     /// Queues `frame` to every local connection; returns how many took it.
-    pub fn broadcast(&self, frame: &Bytes) -> usize {
+    pub(crate) fn broadcast(&self, frame: &Bytes) -> usize {
         let delivered = self.push_all(frame);
         self.metrics.messages_delivered.inc_by(delivered as u64);
         delivered
@@ -219,7 +205,7 @@ impl Hub {
 
     /// Heartbeats go through the same queues as messages, so a client that
     /// reads nothing at all is found even when no message is sent.
-    pub fn heartbeat(&self, frame: &Bytes) {
+    pub(crate) fn heartbeat(&self, frame: &Bytes) {
         self.push_all(frame);
     }
 
@@ -247,7 +233,7 @@ impl Hub {
 
     /// Closes the given connections after `last` (if any) is queued; the
     /// stream ends once it has written what its queue holds.
-    pub fn close(&self, ids: &[String], last: Option<&Bytes>) -> Vec<LocalConn> {
+    pub(crate) fn close(&self, ids: &[String], last: Option<&Bytes>) -> Vec<LiveConn> {
         let mut closed = Vec::new();
         let mut inner = self.write();
         for id in ids {
@@ -258,7 +244,7 @@ impl Hub {
                         entry.kill.cancel();
                     }
                 }
-                closed.push(LocalConn {
+                closed.push(LiveConn {
                     connection_id: id.clone(),
                     username: entry.username,
                     connection_time: entry.connection_time,
@@ -274,7 +260,7 @@ impl Hub {
     /// Closes every stream (shutdown) after `last`, and takes no new one.
     /// `last` makes each stream's final frame (e.g. its own jittered
     /// `retry:`, so that the clients do not all come back at once).
-    pub fn close_all(&self, last: impl Fn() -> Bytes) -> usize {
+    pub(crate) fn close_all(&self, last: impl Fn() -> Bytes) -> usize {
         let ids = {
             let mut inner = self.write();
             inner.closed = true;
@@ -286,13 +272,13 @@ impl Hub {
     }
 
     /// Closes every local connection of `username`.
-    pub fn close_user(&self, username: &str, last: Option<&Bytes>) -> Vec<LocalConn> {
+    pub(crate) fn close_user(&self, username: &str, last: Option<&Bytes>) -> Vec<LiveConn> {
         let ids = self.user_ids(username);
         self.close(&ids, last)
     }
 
     /// Local connection ids of one user, in arrival order.
-    pub fn user_ids(&self, username: &str) -> Vec<String> {
+    pub(crate) fn user_ids(&self, username: &str) -> Vec<String> {
         self.read().users.get(username).cloned().unwrap_or_default()
     }
 }
@@ -301,8 +287,8 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn conn(id: &str, user: &str) -> LocalConn {
-        LocalConn {
+    fn conn(id: &str, user: &str) -> LiveConn {
+        LiveConn {
             connection_id: id.into(),
             username: user.into(),
             connection_time: 1.0,
@@ -338,7 +324,7 @@ mod tests {
             Err(HubError::Full(1))
         ));
         hub.close_all(|| Bytes::from_static(b"retry: 1\n\n"));
-        assert!(hub.is_empty());
+        assert_eq!(hub.len(), 0);
         assert!(matches!(
             hub.register(&conn("c", "u"), 2, 10, token),
             Err(HubError::Closed)

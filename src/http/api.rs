@@ -1,8 +1,7 @@
-//! The admin listener: REST routes of SPEC 3, `/healthz`, `/metrics`.
-//! Input is validated here, field by field, before anything is sent or
-//! changed; errors leave through [`crate::envelope`].
+//! The admin listener: the REST routes (README "HTTP API"), `/healthz`,
+//! `/metrics`. Input is validated here, field by field, before anything is
+//! sent or changed; errors leave through [`super::envelope`].
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -13,15 +12,15 @@ use warp::http::{header, HeaderMap, Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::app::App;
-use crate::auth::{admin_allowed, validate_username};
-use crate::envelope::{self, ApiError};
-use crate::registry::{ConnectionRecord, Removed};
-use crate::router::Outgoing;
+use super::auth::{admin_allowed, validate_username};
+use super::envelope::{self, ApiError};
+use super::App;
+use crate::node::router::Outgoing;
+use crate::store::{ConnectionRecord, Listing, Removed};
 
-/// The admin routes, relative to `server.base_path` where SPEC puts them.
+/// The admin routes, relative to `server.base_path`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AdminRoute {
+pub(crate) enum AdminRoute {
     Send,
     Connections,
     UserConnections(String),
@@ -32,7 +31,7 @@ pub enum AdminRoute {
 
 impl AdminRoute {
     /// Label for metrics (bounded: never the username).
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             AdminRoute::Send => "send",
             AdminRoute::Connections => "connections",
@@ -54,7 +53,7 @@ impl AdminRoute {
 }
 
 /// Strips `base` and a trailing slash: `/notifications/send/` -> `/send`.
-pub fn relative<'a>(base: &str, path: &'a str) -> Option<&'a str> {
+pub(crate) fn relative<'a>(base: &str, path: &'a str) -> Option<&'a str> {
     let rest = path.strip_prefix(base)?;
     if !rest.is_empty() && !rest.starts_with('/') {
         return None;
@@ -67,7 +66,7 @@ pub fn relative<'a>(base: &str, path: &'a str) -> Option<&'a str> {
     Some(rest)
 }
 
-pub fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
+pub(crate) fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
     match path.strip_suffix('/').unwrap_or(path) {
         "/healthz" => return Some(AdminRoute::Healthz),
         "/metrics" => return Some(AdminRoute::Metrics),
@@ -93,7 +92,7 @@ pub fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
 }
 
 /// The whole admin listener as one filter.
-pub fn routes(
+pub(crate) fn routes(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     warp::any()
@@ -163,11 +162,14 @@ where
         (AdminRoute::Send, _) => {
             let body = read_body(headers, body, config.api.max_body_bytes).await?;
             let msg = parse_send(&body)?;
-            let sent = app.router.send(msg, &config.history).await?;
-            Ok(envelope::ok(&sent))
+            let sent = app.router.send(vec![msg], &config.history).await?;
+            match sent.first() {
+                Some(sent) => Ok(envelope::ok(sent)),
+                None => Err(ApiError::unavailable("the message was not taken")),
+            }
         }
         (AdminRoute::Connections, Method::GET) => {
-            let all = app.registry.list_all().await?;
+            let all = app.router.list_all().await?;
             Ok(envelope::ok(&connections_json(&all)))
         }
         (AdminRoute::Connections, _) => {
@@ -176,7 +178,7 @@ where
         }
         (AdminRoute::UserConnections(user), Method::GET) => {
             validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
-            let list = app.registry.list_user(&user).await?;
+            let list = app.router.list_user(&user).await?;
             Ok(envelope::ok(&user_json(&user, &list)))
         }
         (AdminRoute::UserConnections(user), _) => {
@@ -195,32 +197,35 @@ where
     }
 }
 
-/// 200 only when Redis answers and the bus subscription is up: a node
-/// that cannot hear the bus silently misses other nodes' messages.
+/// 200 only when the store answers (Redis engine: Redis answers and the
+/// bus subscription is up: a node that cannot hear the bus silently misses
+/// other nodes' messages).
 async fn healthz(app: &App) -> Response {
     let connections = app.hub.len();
-    let bus = if *app.bus_up.borrow() { "ok" } else { "down" };
-    let problem = match app.registry.ping().await {
-        Err(e) => Some(format!("redis unreachable: {e}")),
-        Ok(()) if bus != "ok" => Some("bus subscription down".to_string()),
-        Ok(()) => None,
-    };
-    let redis = if problem.as_deref().is_some_and(|p| p.starts_with("redis")) {
-        "unreachable"
-    } else {
-        "ok"
-    };
+    let health = app.router.store().health().await;
+    let mut body = json!({"status": "ok", "engine": health.engine, "node_id": app.node_id,
+                          "connections": connections});
+    let mut problem = None;
+    if let Some(redis) = &health.redis {
+        body["redis"] = json!(if redis.is_ok() { "ok" } else { "unreachable" });
+        if let Err(e) = redis {
+            problem = Some(format!("redis unreachable: {e}"));
+        }
+    }
+    if let Some(bus) = health.bus {
+        body["bus"] = json!(if bus { "ok" } else { "down" });
+        if !bus && problem.is_none() {
+            problem = Some("bus subscription down".to_string());
+        }
+    }
     match problem {
-        None => envelope::json_response(
-            StatusCode::OK,
-            &json!({"status": "ok", "redis": redis, "bus": bus, "node_id": app.node_id,
-                    "connections": connections}),
-        ),
-        Some(message) => envelope::json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"code": 503, "message": message, "status": "error", "redis": redis,
-                    "bus": bus, "node_id": app.node_id, "connections": connections}),
-        ),
+        None => envelope::json_response(StatusCode::OK, &body),
+        Some(message) => {
+            body["status"] = json!("error");
+            body["code"] = json!(503);
+            body["message"] = json!(message);
+            envelope::json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+        }
     }
 }
 
@@ -282,7 +287,7 @@ fn reject_unknown(map: &Map<String, Value>, known: &[&str]) -> Result<(), ApiErr
 }
 
 /// Event names: 1 to 64 of `A-Za-z0-9_.:-`, so never a line break.
-pub fn validate_event(event: &str) -> Result<(), String> {
+pub(crate) fn validate_event(event: &str) -> Result<(), String> {
     if event.is_empty() || event.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
@@ -295,8 +300,8 @@ pub fn validate_event(event: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates a send body into a message (SPEC 3).
-pub fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
+/// Validates a send body into a message.
+pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
     let mut map = parse_object(body)?;
     reject_unknown(&map, &["to", "data", "event", "all_connections"])?;
     let to = match map.remove("to") {
@@ -330,7 +335,7 @@ pub fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
     Ok(Outgoing {
         to,
         event,
-        data,
+        data: data.to_string(),
         all_connections,
     })
 }
@@ -360,7 +365,7 @@ fn counts(removed: &Removed) -> Value {
     json!({"connection_count": removed.connection_count(), "user_count": removed.user_count()})
 }
 
-pub fn connections_json(all: &BTreeMap<String, Vec<ConnectionRecord>>) -> Value {
+pub(crate) fn connections_json(all: &Listing) -> Value {
     let total: usize = all.values().map(Vec::len).sum();
     json!({
         "active_users": all.keys().collect::<Vec<_>>(),
@@ -370,7 +375,7 @@ pub fn connections_json(all: &BTreeMap<String, Vec<ConnectionRecord>>) -> Value 
     })
 }
 
-pub fn user_json(user: &str, list: &[ConnectionRecord]) -> Value {
+pub(crate) fn user_json(user: &str, list: &[ConnectionRecord]) -> Value {
     json!({
         "username": user,
         "connection_count": list.len(),

@@ -12,7 +12,7 @@ use warp::{Rejection, Reply};
 
 /// An HTTP error answered as `{"code": status, "message": ...}`.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
     /// Seconds for `Retry-After` on 503s that a client should retry.
@@ -24,7 +24,7 @@ pub struct ApiError {
 impl warp::reject::Reject for ApiError {}
 
 impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -32,19 +32,19 @@ impl ApiError {
             allow: None,
         }
     }
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
-    pub fn unauthorized(message: impl Into<String>) -> Self {
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
     }
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
     }
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, message)
     }
-    pub fn method_not_allowed(allowed: &str) -> Self {
+    pub(crate) fn method_not_allowed(allowed: &str) -> Self {
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method not allowed here; use {allowed}"),
@@ -52,22 +52,22 @@ impl ApiError {
         e.allow = Some(allowed.to_string());
         e
     }
-    pub fn too_large(limit: usize) -> Self {
+    pub(crate) fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body: larger than api.max_body_bytes ({limit} bytes)"),
         )
     }
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
-    pub fn with_retry_after(mut self, after: Duration) -> Self {
+    pub(crate) fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
     }
 
     /// Status, headers and JSON body, for any HTTP layer.
-    pub fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
+    pub(crate) fn into_parts(self) -> (StatusCode, HeaderMap, Bytes) {
         let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -90,7 +90,7 @@ impl ApiError {
         (self.status, headers, Bytes::from(body.to_string()))
     }
 
-    pub fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let (status, headers, body) = self.into_parts();
         let mut resp = Response::new(body.into());
         *resp.status_mut() = status;
@@ -99,15 +99,15 @@ impl ApiError {
     }
 }
 
-impl From<crate::registry::RegistryError> for ApiError {
-    fn from(e: crate::registry::RegistryError) -> Self {
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
         ApiError::unavailable(format!("registry unavailable: {e}"))
             .with_retry_after(Duration::from_secs(1))
     }
 }
 
 /// Success: `{"code": 200, "data": ...}`.
-pub fn ok<T: Serialize>(data: &T) -> Response {
+pub(crate) fn ok<T: Serialize>(data: &T) -> Response {
     // Serialized straight from the caller's type: no intermediate Value
     // tree on the send path.
     #[derive(Serialize)]
@@ -119,7 +119,7 @@ pub fn ok<T: Serialize>(data: &T) -> Response {
     body_response(StatusCode::OK, body)
 }
 
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     body_response(status, body.to_string().into_bytes())
 }
 
@@ -134,7 +134,7 @@ fn body_response(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// `.recover()` handler of both listeners.
-pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn recover(err: Rejection) -> Result<Response, Infallible> {
     let e = if let Some(e) = err.find::<ApiError>() {
         e.clone()
     } else if err.is_not_found() {
@@ -152,7 +152,7 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
 
 /// Lets handlers return `Result<Response, ApiError>` and still produce the
 /// envelope without a rejection round trip.
-pub fn respond(r: Result<Response, ApiError>) -> Response {
+pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(ApiError::into_response)
 }
 

@@ -7,8 +7,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::store::MsgId;
+
 /// `id:`/`event:`/`data:` frame of one message.
-pub fn message(id: &str, event: &str, data_json: &str) -> Bytes {
+pub(crate) fn message(id: &str, event: &str, data_json: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(id.len() + event.len() + data_json.len() + 24);
     b.put_slice(b"id: ");
     b.put_slice(id.as_bytes());
@@ -22,7 +24,7 @@ pub fn message(id: &str, event: &str, data_json: &str) -> Bytes {
 
 /// A frame without an id (connection_established, evicted, history_gap):
 /// control events must not move the client's Last-Event-ID.
-pub fn event(event: &str, data_json: &str) -> Bytes {
+pub(crate) fn event(event: &str, data_json: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(event.len() + data_json.len() + 16);
     b.put_slice(b"event: ");
     b.put_slice(event.as_bytes());
@@ -33,24 +35,41 @@ pub fn event(event: &str, data_json: &str) -> Bytes {
 }
 
 /// `event: evicted`: the connection is closed to make room (SPEC 7).
-pub fn evicted(connection_id: &str, reason: &str) -> Bytes {
+pub(crate) fn evicted(connection_id: &str, reason: &str) -> Bytes {
     let data = serde_json::json!({"connection_id": connection_id, "reason": reason});
     event("evicted", &data.to_string())
 }
 
 /// `retry:` frame telling the client how long to wait before reconnecting.
-pub fn retry(ms: u64) -> Bytes {
+pub(crate) fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
 /// Heartbeat comment, shared by every stream on a tick.
-pub fn heartbeat(unix_secs: u64) -> Bytes {
+pub(crate) fn heartbeat(unix_secs: u64) -> Bytes {
     Bytes::from(format!(": heartbeat {unix_secs}\n\n"))
+}
+
+/// The id of an encoded message frame (its `id: ...` first line), if any.
+pub(crate) fn message_id(frame: &[u8]) -> Option<MsgId> {
+    let rest = frame.strip_prefix(b"id: ")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_are_read_back_from_frames() {
+        assert_eq!(
+            message_id(&message("5-1", "m", "1")),
+            Some(MsgId { ms: 5, seq: 1 })
+        );
+        assert_eq!(message_id(&heartbeat(5)), None);
+        assert_eq!(message_id(&event("connection_established", "{}")), None);
+    }
 
     #[test]
     fn message_frame_layout() {

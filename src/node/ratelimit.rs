@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub struct ConnectLimiter {
+pub(crate) struct ConnectLimiter {
     bucket: Mutex<Bucket>,
 }
 
@@ -21,7 +21,7 @@ impl Default for ConnectLimiter {
 }
 
 impl ConnectLimiter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             bucket: Mutex::new(Bucket {
                 tokens: f64::MAX,
@@ -32,7 +32,7 @@ impl ConnectLimiter {
 
     /// Takes one connect at `rate` per second (0: no cap); when refused,
     /// says how long until one is available.
-    pub fn try_acquire(&self, rate: u64) -> Result<(), Duration> {
+    pub(crate) fn try_acquire(&self, rate: u64) -> Result<(), Duration> {
         if rate == 0 {
             return Ok(());
         }
@@ -55,7 +55,7 @@ impl ConnectLimiter {
 /// How far to spread the reconnects of `n` streams closed at once: at
 /// least `retry_ms`, long enough for `n` connects at `rate` per second, and
 /// at most a minute.
-pub fn reconnect_spread_ms(n: usize, retry_ms: u64, rate: u64) -> u64 {
+pub(crate) fn reconnect_spread_ms(n: usize, retry_ms: u64, rate: u64) -> u64 {
     let rate = if rate == 0 { 1000 } else { rate };
     let needed = (n as u64).saturating_mul(1000) / rate;
     needed.max(retry_ms).min(60_000)

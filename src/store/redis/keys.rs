@@ -1,66 +1,67 @@
-//! Every Redis key and channel name of SPEC section 4, spelled in one place.
+//! Every Redis key and channel name (README "Redis layout"), spelled in one
+//! place.
 
 #[derive(Debug, Clone)]
-pub struct Keys {
+pub(crate) struct Keys {
     prefix: String,
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_string(),
         }
     }
 
     /// Hash of one connection: `{prefix}:conn:{id}`.
-    pub fn conn(&self, connection_id: &str) -> String {
+    pub(crate) fn conn(&self, connection_id: &str) -> String {
         format!("{}:conn:{}", self.prefix, connection_id)
     }
 
     /// Prefix of every connection hash, for scripts that build the key
     /// themselves from an id.
-    pub fn conn_prefix(&self) -> String {
+    pub(crate) fn conn_prefix(&self) -> String {
         format!("{}:conn:", self.prefix)
     }
 
     /// Sorted set of one user's connection ids by connection time.
-    pub fn user(&self, username: &str) -> String {
+    pub(crate) fn user(&self, username: &str) -> String {
         format!("{}:user:{}", self.prefix, username)
     }
 
-    pub fn user_prefix(&self) -> String {
+    pub(crate) fn user_prefix(&self) -> String {
         format!("{}:user:", self.prefix)
     }
 
     /// Set of usernames with at least one connection.
-    pub fn users(&self) -> String {
+    pub(crate) fn users(&self) -> String {
         format!("{}:users", self.prefix)
     }
 
     /// Sorted set of every connection id by last heartbeat.
-    pub fn heartbeats(&self) -> String {
+    pub(crate) fn heartbeats(&self) -> String {
         format!("{}:heartbeats", self.prefix)
     }
 
     /// Stream of one user's kept messages.
-    pub fn history_user(&self, username: &str) -> String {
+    pub(crate) fn history_user(&self, username: &str) -> String {
         format!("{}:history:user:{}", self.prefix, username)
     }
 
     /// Stream of kept broadcasts.
-    pub fn history_broadcast(&self) -> String {
+    pub(crate) fn history_broadcast(&self) -> String {
         format!("{}:history:broadcast", self.prefix)
     }
 
     /// The last message id issued (`{ms}-{seq}`): one sequence for every
     /// history stream, so that a user's messages and the broadcasts are
     /// ordered among themselves. Not in SPEC 4's table: an addition.
-    pub fn history_seq(&self) -> String {
+    pub(crate) fn history_seq(&self) -> String {
         format!("{}:history:seq", self.prefix)
     }
 
     /// Pub/sub channel between nodes.
-    pub fn bus(&self) -> String {
+    pub(crate) fn bus(&self) -> String {
         format!("{}:bus", self.prefix)
     }
 }

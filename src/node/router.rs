@@ -1,0 +1,261 @@
+//! The one delivery path: what a node does with a message, whether this
+//! node's API took it or another node sent it. Sending hands messages to
+//! the store, which keeps them, reads their targets and brings them back
+//! (to every node that holds a target, this one included) through
+//! [`Delivery`], which puts the encoded frame into the streams' queues.
+//! Limits and eviction, logout and clears are decided here too.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::frame;
+use super::hub::Hub;
+use crate::config::HistoryConfig;
+use crate::metrics::Metrics;
+use crate::store::{
+    unix_now, ConnectionRecord, Inbound, Listing, LiveConn, Message, MsgId, NodeLink, Removed,
+    Replay, Result, Store, Target,
+};
+
+const EVICTED_REASON: &str = "max_connections_per_user";
+
+/// A validated message to send.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    /// `None` is a broadcast.
+    pub to: Option<String>,
+    pub event: String,
+    /// The payload as compact JSON text, exactly as the request carried it.
+    pub data: String,
+    pub all_connections: bool,
+}
+
+/// The `data` of a send response.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Sent {
+    pub message_id: String,
+    pub to: Option<String>,
+    pub event: String,
+    pub all_connections: bool,
+    pub connections: usize,
+}
+
+/// Applies what the store delivers to the streams this node holds.
+pub(crate) struct Delivery {
+    hub: Arc<Hub>,
+}
+
+impl Delivery {
+    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+impl NodeLink for Delivery {
+    fn receive(&self, inbound: Inbound) {
+        match inbound {
+            Inbound::Deliver {
+                id,
+                event,
+                data,
+                target,
+            } => {
+                // Encoded once: every recipient's queue shares the bytes.
+                let frame = frame::message(&id, &event, &data);
+                match target {
+                    Target::All => self.hub.broadcast(&frame),
+                    Target::User(user) => self.hub.deliver_user(&user, &frame),
+                    Target::Ids(ids) => self.hub.deliver(&ids, &frame),
+                };
+            }
+            Inbound::Close { ids, reason } => {
+                for id in ids {
+                    let notice = reason.as_deref().map(|r| frame::evicted(&id, r));
+                    self.hub.close(std::slice::from_ref(&id), notice.as_ref());
+                }
+            }
+            Inbound::CloseUser { username } => {
+                self.hub.close_user(&username, None);
+            }
+        }
+    }
+
+    fn live(&self) -> Vec<LiveConn> {
+        self.hub.snapshot()
+    }
+
+    fn holds(&self, connection_id: &str) -> bool {
+        self.hub.contains(connection_id)
+    }
+}
+
+pub(crate) struct Router {
+    store: Store,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    node_id: String,
+}
+
+impl Router {
+    pub(crate) fn new(store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>, node_id: String) -> Self {
+        Self {
+            store,
+            hub,
+            metrics,
+            node_id,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Routes messages: the store keeps them (history on), reads their
+    /// targets and delivers them through every node's [`Delivery`]. If the
+    /// store fails, nothing was delivered and a retry cannot duplicate.
+    pub(crate) async fn send(&self, msgs: Vec<Outgoing>, kept: &HistoryConfig) -> Result<Vec<Sent>> {
+        self.store.ready()?;
+        let taken: Vec<Message> = msgs
+            .iter()
+            .map(|m| Message {
+                to: m.to.clone(),
+                first_only: m.to.is_some() && !m.all_connections,
+                event: m.event.clone(),
+                data: m.data.clone(),
+            })
+            .collect();
+        let accepted = self.store.send(taken, kept).await?;
+        Ok(msgs
+            .into_iter()
+            .zip(accepted)
+            .map(|(m, a)| {
+                self.metrics.messages_sent.inc();
+                tracing::debug!(message_id = %a.id, to = m.to.as_deref(), event = %m.event, connections = a.connections, "message routed");
+                Sent {
+                    message_id: a.id,
+                    all_connections: m.to.is_none() || m.all_connections,
+                    to: m.to,
+                    event: m.event,
+                    connections: a.connections,
+                }
+            })
+            .collect())
+    }
+
+    /// Records a stream this node holds; returns how many connections its
+    /// user then has on every node.
+    pub(crate) async fn register(&self, conn: &LiveConn) -> Result<usize> {
+        self.store
+            .register(ConnectionRecord {
+                connection_id: conn.connection_id.clone(),
+                username: conn.username.clone(),
+                connection_time: conn.connection_time,
+                last_heartbeat: conn.connection_time,
+                node_id: self.node_id.clone(),
+            })
+            .await
+    }
+
+    /// A stream ended: out of the hub first (so no snapshot writes it back),
+    /// then out of the store.
+    pub(crate) fn unregister(&self, connection_id: &str) {
+        self.hub.unregister(connection_id);
+        self.store.remove(connection_id.to_string());
+    }
+
+    /// What `user` missed after `last`.
+    pub(crate) async fn replay(
+        &self,
+        user: &str,
+        last: Option<MsgId>,
+        kept: &HistoryConfig,
+    ) -> Result<Replay> {
+        self.store.replay(user, last, kept).await
+    }
+
+    /// Whether `connection_id` is the user's first (oldest) connection.
+    pub(crate) async fn is_first(&self, user: &str, connection_id: &str) -> Result<bool> {
+        let ids = self.store.user_connection_ids(user, Some(1)).await?;
+        Ok(ids.first().map(String::as_str) == Some(connection_id))
+    }
+
+    /// Closes every stream of `username` on every node and removes their
+    /// records.
+    pub(crate) async fn disconnect_user(&self, username: &str) -> Result<Removed> {
+        let removed = self.store.disconnect_user(username).await?;
+        tracing::info!(
+            username,
+            records = removed.connection_count(),
+            "user disconnected"
+        );
+        Ok(removed)
+    }
+
+    /// When `username` holds more than `max` connections (all nodes), the
+    /// oldest ones but `keep` are closed with an `evicted` notice until
+    /// `max` remain.
+    pub(crate) async fn enforce_user_limit(
+        &self,
+        username: &str,
+        max: usize,
+        keep: &str,
+    ) -> Result<usize> {
+        let ids = self.store.user_connection_ids(username, None).await?;
+        if ids.len() <= max {
+            return Ok(0);
+        }
+        let excess = ids.len() - max;
+        let victims: Vec<String> = ids
+            .into_iter()
+            .filter(|id| id != keep)
+            .take(excess)
+            .collect();
+        let n = victims.len();
+        self.store.evict(victims, EVICTED_REASON).await?;
+        tracing::info!(
+            username,
+            evicted = n,
+            max,
+            "connections over the per-user limit evicted"
+        );
+        Ok(n)
+    }
+
+    /// Full clear: every record goes, then every node re-registers the
+    /// connections it holds, so only zombies stay gone.
+    pub(crate) async fn clear(&self) -> Result<Removed> {
+        let removed = self.store.clear().await?;
+        tracing::info!(
+            connections = removed.connection_count(),
+            users = removed.user_count(),
+            "registry cleared; live connections re-registering"
+        );
+        Ok(removed)
+    }
+
+    /// Removes records whose heartbeat is older than `timeout_secs`.
+    pub(crate) async fn cleanup(&self, timeout_secs: f64) -> Result<Removed> {
+        let removed = self.store.sweep(unix_now() - timeout_secs).await?;
+        self.metrics.sweeps.inc();
+        self.metrics
+            .swept_records
+            .inc_by(removed.connection_count() as u64);
+        if removed.connection_count() > 0 {
+            tracing::info!(
+                connections = removed.connection_count(),
+                users = removed.user_count(),
+                "stale records removed"
+            );
+        }
+        Ok(removed)
+    }
+
+    pub(crate) async fn list_all(&self) -> Result<Listing> {
+        self.store.list_all().await
+    }
+
+    pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
+        self.store.list_user(user).await
+    }
+}

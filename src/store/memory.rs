@@ -1,0 +1,475 @@
+//! The embedded engine (`redis.url` empty): one node, the registry and the
+//! kept messages in the process, nothing to install.
+//!
+//! It answers exactly what the Redis engine answers (same ids, same replay
+//! window and gap rules, same counts), from one mutex-guarded state. A send
+//! is kept, routed and handed to the node's router under that mutex, so
+//! every stream sees messages in id order, as the Redis bus gives them.
+//! Whenever the state needs the streams the node holds, it asks while
+//! holding the mutex: a stream that ends unregisters from the hub before it
+//! removes its record, so a snapshot taken under the mutex never writes
+//! back a stream that already left.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::config::{Config, HistoryConfig};
+use crate::store::{
+    sort_records, unix_ms, unix_now, Accepted, ConnectionRecord, Inbound, Kept, Listing, Message,
+    MsgId, NodeLink, Removed, Replay, Target,
+};
+
+/// Age after which a stream's registration has surely been written: a
+/// heartbeat writes back only records missing for longer (as the Redis
+/// engine does).
+const REGISTRATION_SETTLE_SECS: f64 = 10.0;
+
+pub(crate) struct MemoryStore {
+    state: Mutex<State>,
+    link: Arc<dyn NodeLink>,
+    node_id: String,
+    history_on: bool,
+}
+
+struct Rec {
+    username: String,
+    connection_time: f64,
+    last_heartbeat: f64,
+}
+
+#[derive(Default)]
+struct State {
+    conns: HashMap<String, Rec>,
+    /// Users with at least one record, and their connection ids.
+    users: BTreeMap<String, Vec<String>>,
+    kept_users: HashMap<String, KeptStream>,
+    kept_broadcasts: KeptStream,
+    last_id: Option<MsgId>,
+}
+
+/// One user's kept messages (or the broadcasts), oldest first.
+#[derive(Default)]
+struct KeptStream {
+    entries: VecDeque<Kept>,
+    /// The newest entry dropped to keep the stream at its size: a client
+    /// whose id is older missed it.
+    trimmed: Option<MsgId>,
+    /// Unix ms after which the whole stream is gone (`ttl` after its last
+    /// message, like the Redis key's expiry).
+    expires_ms: u64,
+}
+
+impl KeptStream {
+    fn push(&mut self, k: Kept, size: usize, ttl_ms: u64, now_ms: u64) {
+        self.entries.push_back(k);
+        while self.entries.len() > size {
+            if let Some(old) = self.entries.pop_front() {
+                self.trimmed = self.trimmed.max(Some(old.id));
+            }
+        }
+        self.expires_ms = now_ms.saturating_add(ttl_ms);
+    }
+
+    fn live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_ms
+    }
+
+    fn contains(&self, id: MsgId, now_ms: u64) -> bool {
+        self.live(now_ms) && self.entries.iter().any(|k| k.id == id)
+    }
+
+    /// What is served: the newest `size` entries younger than `oldest_ms`.
+    /// True in the second place when an entry after `last` fell out of that
+    /// window (by count or by age).
+    fn window(&self, size: usize, oldest_ms: u64, last: MsgId, now_ms: u64) -> (Vec<Kept>, bool) {
+        if !self.live(now_ms) {
+            return (Vec::new(), false);
+        }
+        let mut served = Vec::new();
+        let mut lost = self.trimmed.is_some_and(|t| t > last);
+        for (i, k) in self.entries.iter().rev().enumerate() {
+            if i >= size || k.id.ms < oldest_ms {
+                lost |= k.id > last;
+                break;
+            }
+            served.push(k.clone());
+        }
+        (served, lost)
+    }
+}
+
+impl MemoryStore {
+    pub(crate) fn new(config: &Config, link: Arc<dyn NodeLink>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            link,
+            node_id: config.node_id(),
+            history_on: config.history.enabled,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, id: &str, r: &Rec) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: id.to_string(),
+            username: r.username.clone(),
+            connection_time: r.connection_time,
+            last_heartbeat: r.last_heartbeat,
+            node_id: self.node_id.clone(),
+        }
+    }
+
+    pub(crate) fn register(&self, r: ConnectionRecord) -> usize {
+        let mut st = self.lock();
+        st.insert(
+            r.connection_id,
+            Rec {
+                username: r.username.clone(),
+                connection_time: r.connection_time,
+                last_heartbeat: r.last_heartbeat,
+            },
+        );
+        st.users.get(&r.username).map_or(0, Vec::len)
+    }
+
+    pub(crate) fn remove(&self, connection_id: &str) {
+        self.lock().remove(connection_id);
+    }
+
+    pub(crate) fn heartbeat(&self) {
+        let now = unix_now();
+        let settled = now - REGISTRATION_SETTLE_SECS;
+        let mut st = self.lock();
+        let mut written_back = 0;
+        for c in self.link.live() {
+            if let Some(r) = st.conns.get_mut(&c.connection_id) {
+                r.last_heartbeat = now;
+            } else if c.connection_time < settled {
+                // Someone removed a live stream's record (a cleanup with a
+                // short timeout): the registry must hold every live stream.
+                st.insert(
+                    c.connection_id,
+                    Rec {
+                        username: c.username,
+                        connection_time: c.connection_time,
+                        last_heartbeat: now,
+                    },
+                );
+                written_back += 1;
+            }
+        }
+        drop(st);
+        if written_back > 0 {
+            tracing::warn!(
+                connections = written_back,
+                "records of live connections were missing; written back"
+            );
+        }
+    }
+
+    pub(crate) fn send(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Vec<Accepted> {
+        let size = usize::try_from(kept.size).unwrap_or(usize::MAX);
+        let ttl_ms = kept.ttl_secs.saturating_mul(1000);
+        let mut st = self.lock();
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let now_ms = unix_ms();
+            let id = if self.history_on {
+                Some(st.next_id(now_ms))
+            } else {
+                None
+            };
+            let text_id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.to_string());
+            let (target, connections, has_first) = match &m.to {
+                Some(user) => {
+                    let ids = st.user_ids(user);
+                    let n = ids.len();
+                    if m.first_only {
+                        let first: Vec<String> = ids.into_iter().take(1).collect();
+                        let n = first.len();
+                        (Target::Ids(first), n, n > 0)
+                    } else {
+                        (Target::User(user.clone()), n, n > 0)
+                    }
+                }
+                None => (Target::All, st.conns.len(), false),
+            };
+            if let Some(id) = id {
+                let k = Kept {
+                    id,
+                    event: m.event.clone(),
+                    data: m.data.clone(),
+                    first_only: m.first_only,
+                    for_first_back: m.first_only && !has_first,
+                };
+                let stream = match &m.to {
+                    Some(user) => st.kept_users.entry(user.clone()).or_default(),
+                    None => &mut st.kept_broadcasts,
+                };
+                if !stream.live(now_ms) {
+                    *stream = KeptStream::default();
+                }
+                stream.push(k, size, ttl_ms, now_ms);
+            }
+            // A user's message goes to every local tab of the user, also
+            // one whose record is being written right now.
+            if !matches!(&target, Target::Ids(ids) if ids.is_empty()) {
+                self.link.receive(Inbound::Deliver {
+                    id: text_id.clone(),
+                    event: m.event,
+                    data: m.data,
+                    target,
+                });
+            }
+            out.push(Accepted {
+                id: text_id,
+                connections,
+            });
+        }
+        out
+    }
+
+    pub(crate) fn replay(&self, user: &str, last: Option<MsgId>, kept: &HistoryConfig) -> Replay {
+        if !self.history_on {
+            return Replay::default();
+        }
+        let zero = MsgId { ms: 0, seq: 0 };
+        let last_id = last.unwrap_or(zero);
+        let size = usize::try_from(kept.size).unwrap_or(usize::MAX);
+        let now_ms = unix_ms();
+        let oldest_ms = now_ms.saturating_sub(kept.ttl_secs.saturating_mul(1000));
+        let st = self.lock();
+        let empty = KeptStream::default();
+        let mine = st.kept_users.get(user).unwrap_or(&empty);
+        let all = &st.kept_broadcasts;
+        let mut gap = !mine.contains(last_id, now_ms) && !all.contains(last_id, now_ms);
+        let (mine, lost_mine) = mine.window(size, oldest_ms, last_id, now_ms);
+        let (all, lost_all) = all.window(size, oldest_ms, last_id, now_ms);
+        drop(st);
+        gap |= lost_mine || lost_all || last_id == zero;
+        let mut entries: Vec<Kept> = mine
+            .into_iter()
+            .chain(all)
+            .filter(|k| gap || k.id > last_id)
+            .collect();
+        entries.sort_by_key(|k| k.id);
+        entries.dedup_by_key(|k| k.id);
+        Replay { gap, entries }
+    }
+
+    pub(crate) fn user_connection_ids(&self, user: &str, limit: Option<usize>) -> Vec<String> {
+        let mut ids = self.lock().user_ids(user);
+        if let Some(n) = limit {
+            ids.truncate(n);
+        }
+        ids
+    }
+
+    pub(crate) fn evict(&self, ids: Vec<String>, reason: &str) {
+        let mut st = self.lock();
+        for id in &ids {
+            st.remove(id);
+        }
+        self.link.receive(Inbound::Close {
+            ids,
+            reason: Some(reason.to_string()),
+        });
+    }
+
+    pub(crate) fn disconnect_user(&self, user: &str) -> Removed {
+        let mut st = self.lock();
+        let mut removed = Removed::default();
+        for id in st.users.get(user).cloned().unwrap_or_default() {
+            st.remove(&id);
+            removed.add(id, user.to_string());
+        }
+        self.link.receive(Inbound::CloseUser {
+            username: user.to_string(),
+        });
+        removed
+    }
+
+    /// Counts every record as removed, as the Redis engine does, then
+    /// writes back the streams this node holds: nothing stale can exist
+    /// in one process, but the answer means the same in both engines.
+    pub(crate) fn clear(&self) -> Removed {
+        let now = unix_now();
+        let mut st = self.lock();
+        let mut removed = Removed::default();
+        for (id, r) in st.conns.drain() {
+            removed.add(id, r.username);
+        }
+        st.users.clear();
+        for c in self.link.live() {
+            st.insert(
+                c.connection_id,
+                Rec {
+                    username: c.username,
+                    connection_time: c.connection_time,
+                    last_heartbeat: now,
+                },
+            );
+        }
+        removed
+    }
+
+    /// Removes stale records, and the kept messages of users whose stream
+    /// expired.
+    pub(crate) fn sweep(&self, stale_before: f64) -> Removed {
+        let now_ms = unix_ms();
+        let mut st = self.lock();
+        let stale: Vec<String> = st
+            .conns
+            .iter()
+            .filter(|(_, r)| r.last_heartbeat <= stale_before)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut removed = Removed::default();
+        for id in stale {
+            if let Some(r) = st.remove(&id) {
+                removed.add(id, r.username);
+            }
+        }
+        st.kept_users.retain(|_, k| k.live(now_ms));
+        removed
+    }
+
+    pub(crate) fn list_all(&self) -> Listing {
+        let st = self.lock();
+        let mut out = Listing::new();
+        for (user, ids) in &st.users {
+            let mut list: Vec<ConnectionRecord> = ids
+                .iter()
+                .filter_map(|id| st.conns.get(id).map(|r| self.record(id, r)))
+                .collect();
+            sort_records(&mut list);
+            out.insert(user.clone(), list);
+        }
+        out
+    }
+
+    pub(crate) fn list_user(&self, user: &str) -> Vec<ConnectionRecord> {
+        let st = self.lock();
+        let mut list: Vec<ConnectionRecord> = st
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| st.conns.get(id).map(|r| self.record(id, r)))
+            .collect();
+        sort_records(&mut list);
+        list
+    }
+
+    /// The node is leaving: its records go with it.
+    pub(crate) fn shutdown(&self) {
+        let mut st = self.lock();
+        st.conns.clear();
+        st.users.clear();
+    }
+}
+
+impl State {
+    fn insert(&mut self, id: String, r: Rec) {
+        let user = r.username.clone();
+        if let Some(old) = self.conns.insert(id.clone(), r) {
+            if old.username == user {
+                return;
+            }
+            self.unlink(&id, &old.username);
+        }
+        self.users.entry(user).or_default().push(id);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Rec> {
+        let r = self.conns.remove(id)?;
+        self.unlink(id, &r.username);
+        Some(r)
+    }
+
+    fn unlink(&mut self, id: &str, user: &str) {
+        if let Some(ids) = self.users.get_mut(user) {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    /// The user's connection ids, oldest first (ties by id).
+    fn user_ids(&self, user: &str) -> Vec<String> {
+        let Some(ids) = self.users.get(user) else {
+            return Vec::new();
+        };
+        let mut with_time: Vec<(f64, &String)> = ids
+            .iter()
+            .filter_map(|id| self.conns.get(id).map(|r| (r.connection_time, id)))
+            .collect();
+        with_time.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        with_time.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// The next id of the one sequence: this millisecond, or after the
+    /// last id if the clock has not moved past it (or went back).
+    fn next_id(&mut self, now_ms: u64) -> MsgId {
+        let id = match self.last_id {
+            Some(last) if now_ms <= last.ms => MsgId {
+                ms: last.ms,
+                seq: last.seq + 1,
+            },
+            _ => MsgId { ms: now_ms, seq: 0 },
+        };
+        self.last_id = Some(id);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(ms: u64, seq: u64) -> Kept {
+        Kept {
+            id: MsgId { ms, seq },
+            event: "m".into(),
+            data: "1".into(),
+            first_only: false,
+            for_first_back: false,
+        }
+    }
+
+    #[test]
+    fn ids_keep_order_when_the_clock_stalls_or_goes_back() {
+        let mut st = State::default();
+        let a = st.next_id(1000);
+        let b = st.next_id(1000);
+        let c = st.next_id(999);
+        let d = st.next_id(1001);
+        assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
+        assert_eq!(d, MsgId { ms: 1001, seq: 0 });
+    }
+
+    #[test]
+    fn window_reports_what_fell_out_after_the_id() {
+        let mut s = KeptStream::default();
+        for i in 1..=5 {
+            s.push(kept(100 + i, 0), 3, 10_000, 100);
+        }
+        // Entries 101 and 102 were trimmed: an id before them is a gap.
+        let (served, lost) = s.window(3, 0, MsgId { ms: 101, seq: 0 }, 200);
+        assert_eq!(served.len(), 3);
+        assert!(lost);
+        let (_, lost) = s.window(3, 0, MsgId { ms: 102, seq: 0 }, 200);
+        assert!(!lost);
+        // By age: 103 is too old to serve, and it came after 102.
+        let (served, lost) = s.window(3, 104, MsgId { ms: 102, seq: 0 }, 200);
+        assert_eq!(served.len(), 2);
+        assert!(lost);
+        // Expired as a whole.
+        let (served, lost) = s.window(3, 0, MsgId { ms: 102, seq: 0 }, 20_000);
+        assert!(served.is_empty() && !lost);
+    }
+}

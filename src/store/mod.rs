@@ -1,0 +1,462 @@
+//! The store: the one seam between a node and where its shared state lives
+//! (the connection registry, kept messages, and the way a message reaches
+//! every node that holds its streams). Two engines answer the same
+//! questions:
+//!
+//! - [`memory`]: the embedded engine (`redis.url` empty, the default): one
+//!   node, everything in the process, nothing to install;
+//! - [`redis`]: several nodes sharing one Redis (keys, Lua scripts,
+//!   pub/sub bus, Sentinel, reconnects all live behind it).
+//!
+//! The node hands the store messages ([`Store::send`]) and gets back what
+//! to deliver through its [`NodeLink`], in id order, whichever node sent
+//! them: the router is the one delivery path in both engines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, HistoryConfig};
+use crate::metrics::Metrics;
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+/// Why the store could not answer. Every variant means "nothing was
+/// changed or delivered": the HTTP layer answers 503 and a retry is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("this node's bus subscription is down")]
+    BusDown,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
+
+/// One connection as the registry holds it (README "Redis layout").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct ConnectionRecord {
+    pub connection_id: String,
+    pub username: String,
+    pub connection_time: f64,
+    pub last_heartbeat: f64,
+    #[serde(skip)]
+    pub node_id: String,
+}
+
+/// A stream this node holds, as the store needs to know it (to write it
+/// back into the registry after a clear or an outage).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LiveConn {
+    pub connection_id: String,
+    pub username: String,
+    pub connection_time: f64,
+}
+
+/// What a clear, sweep or user delete removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct Removed {
+    pub connection_ids: Vec<String>,
+    pub usernames: BTreeSet<String>,
+}
+
+impl Removed {
+    pub(crate) fn connection_count(&self) -> usize {
+        self.connection_ids.len()
+    }
+    pub(crate) fn user_count(&self) -> usize {
+        self.usernames.len()
+    }
+    pub(crate) fn add(&mut self, id: String, user: String) {
+        self.connection_ids.push(id);
+        self.usernames.insert(user);
+    }
+}
+
+/// Every user's connections: users sorted, each user's connections by
+/// connection time (ties by id).
+pub(crate) type Listing = BTreeMap<String, Vec<ConnectionRecord>>;
+
+pub(crate) fn sort_records(list: &mut [ConnectionRecord]) {
+    list.sort_by(|a, b| {
+        a.connection_time
+            .total_cmp(&b.connection_time)
+            .then_with(|| a.connection_id.cmp(&b.connection_id))
+    });
+}
+
+/// Unix time in seconds to the microsecond, as the registry stores it (so
+/// a value shown on the stream equals the one read back from the store).
+pub(crate) fn unix_now() -> f64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    micros as f64 / 1e6
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A message id with history on: milliseconds and a sequence within them,
+/// from one sequence for every user and the broadcasts, so that what one
+/// user can receive is ordered and a replay can merge the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct MsgId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl FromStr for MsgId {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (ms, seq) = s.split_once('-').ok_or(())?;
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(());
+        }
+        Ok(MsgId {
+            ms: ms.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A validated message for the store to keep (history on), route and fan
+/// out. `data` is its compact JSON text.
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    /// `None` is a broadcast.
+    pub to: Option<String>,
+    /// Only the user's first connection (oldest by connection time).
+    pub first_only: bool,
+    pub event: String,
+    pub data: String,
+}
+
+/// What the store did with a message: its id, and how many connections the
+/// registry routed it to when it was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Accepted {
+    pub id: String,
+    pub connections: usize,
+}
+
+/// Which of a node's streams a delivery is for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Target {
+    /// Every stream of this user held here (registered yet or not).
+    User(String),
+    /// These connection ids, where held here.
+    Ids(Vec<String>),
+    /// Every stream held here.
+    All,
+}
+
+/// What the store hands a node: messages in id order, and closes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Inbound {
+    Deliver {
+        id: String,
+        event: String,
+        data: String,
+        target: Target,
+    },
+    /// Close these streams; with a reason, an `evicted` notice first.
+    Close {
+        ids: Vec<String>,
+        reason: Option<String>,
+    },
+    /// Close every stream of a user (logout).
+    CloseUser { username: String },
+}
+
+/// The node as the store sees it: where what arrives for the node's streams
+/// goes, and which streams it holds. Implemented by the node's router, so
+/// the store knows nothing of the hub.
+pub(crate) trait NodeLink: Send + Sync + 'static {
+    /// Applies what arrived, in order.
+    fn receive(&self, inbound: Inbound);
+    /// The streams this node holds now.
+    fn live(&self) -> Vec<LiveConn>;
+    /// Whether this node holds that stream.
+    fn holds(&self, connection_id: &str) -> bool;
+}
+
+/// One kept message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Kept {
+    pub id: MsgId,
+    pub event: String,
+    pub data: String,
+    /// Sent with `all_connections: false`.
+    pub first_only: bool,
+    /// ... and the user had no connection then: replay it to the first
+    /// tab that comes back.
+    pub for_first_back: bool,
+}
+
+/// What a reconnecting client gets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Replay {
+    /// The id is unknown, malformed or older than what is kept.
+    pub gap: bool,
+    /// The user's messages and the broadcasts after the id (all that is
+    /// kept on a gap), merged in id order.
+    pub entries: Vec<Kept>,
+}
+
+/// How the store is doing, for `/healthz`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Health {
+    pub engine: &'static str,
+    /// Redis engine: `Err` with why Redis does not answer.
+    pub redis: Option<std::result::Result<(), String>>,
+    /// Redis engine: whether this node's bus subscription is up.
+    pub bus: Option<bool>,
+}
+
+/// A connection to the engine the config names, made before the node
+/// starts (so that an unreachable Redis fails the start, not a request).
+pub struct Backend(BackendInner);
+
+enum BackendInner {
+    Memory,
+    Redis(redis::SharedConn),
+}
+
+impl Backend {
+    /// The embedded engine, or Redis (retrying with backoff for
+    /// `redis.connect_timeout_secs`).
+    pub async fn connect(config: &Config) -> Result<Backend> {
+        if config.uses_redis() {
+            Ok(Backend(BackendInner::Redis(
+                redis::connect_with_retry(config).await?,
+            )))
+        } else {
+            Ok(Backend(BackendInner::Memory))
+        }
+    }
+}
+
+/// The node's handle on its engine.
+#[derive(Clone)]
+pub(crate) enum Store {
+    Memory(Arc<memory::MemoryStore>),
+    Redis(Arc<redis::RedisStore>),
+}
+
+/// What opening a store needs from the node.
+pub(crate) struct Open<'a> {
+    pub config: &'a Config,
+    pub link: Arc<dyn NodeLink>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub tasks: &'a TaskTracker,
+}
+
+impl Store {
+    /// Opens the engine; its background tasks join `tasks` and end with
+    /// `shutdown`. With Redis, returns once this node hears the bus.
+    pub(crate) async fn open(backend: Backend, o: Open<'_>) -> Result<Store> {
+        match backend.0 {
+            BackendInner::Memory => Ok(Store::Memory(Arc::new(memory::MemoryStore::new(
+                o.config, o.link,
+            )))),
+            BackendInner::Redis(conn) => Ok(Store::Redis(redis::RedisStore::open(conn, o).await?)),
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+
+    /// Records a new connection; returns once it is stored, with how many
+    /// connections its user then has (all nodes).
+    pub(crate) async fn register(&self, record: ConnectionRecord) -> Result<usize> {
+        match self {
+            Store::Memory(m) => Ok(m.register(record)),
+            Store::Redis(r) => r.register(record).await,
+        }
+    }
+
+    /// Forgets a connection that ended (retried by the engine until done).
+    pub(crate) fn remove(&self, connection_id: String) {
+        match self {
+            Store::Memory(m) => m.remove(&connection_id),
+            Store::Redis(r) => r.remove(connection_id),
+        }
+    }
+
+    /// Writes the heartbeat of every stream this node holds, and writes
+    /// back the records of live streams that someone removed.
+    pub(crate) fn heartbeat(&self) {
+        match self {
+            Store::Memory(m) => m.heartbeat(),
+            Store::Redis(r) => r.heartbeat(),
+        }
+    }
+
+    /// Keeps the messages (history on), reads their targets, and delivers
+    /// them through every node's link (this one's too), in id order.
+    /// Either all of them are taken or none (an error).
+    pub(crate) async fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Result<Vec<Accepted>> {
+        match self {
+            Store::Memory(m) => Ok(m.send(msgs, history)),
+            Store::Redis(r) => r.send(msgs, history).await,
+        }
+    }
+
+    /// What `user` missed after `last` (`None`: malformed, a gap).
+    pub(crate) async fn replay(
+        &self,
+        user: &str,
+        last: Option<MsgId>,
+        history: &HistoryConfig,
+    ) -> Result<Replay> {
+        match self {
+            Store::Memory(m) => Ok(m.replay(user, last, history)),
+            Store::Redis(r) => r.replay(user, last, history).await,
+        }
+    }
+
+    /// The user's connection ids, oldest first (ties by id); `limit` 1
+    /// gives the first connection only.
+    pub(crate) async fn user_connection_ids(&self, user: &str, limit: Option<usize>) -> Result<Vec<String>> {
+        match self {
+            Store::Memory(m) => Ok(m.user_connection_ids(user, limit)),
+            Store::Redis(r) => r.registry().user_connection_ids(user, limit).await,
+        }
+    }
+
+    /// Removes these connections' records and closes their streams on
+    /// whichever node holds them, each with an `evicted` notice.
+    pub(crate) async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
+        match self {
+            Store::Memory(m) => {
+                m.evict(ids, reason);
+                Ok(())
+            }
+            Store::Redis(r) => r.evict(ids, reason).await,
+        }
+    }
+
+    /// Closes every stream of `user` on every node and removes their
+    /// records.
+    pub(crate) async fn disconnect_user(&self, user: &str) -> Result<Removed> {
+        match self {
+            Store::Memory(m) => Ok(m.disconnect_user(user)),
+            Store::Redis(r) => r.disconnect_user(user).await,
+        }
+    }
+
+    /// Full clear: every record goes, then every node writes back the
+    /// streams it holds, so only zombies stay gone.
+    pub(crate) async fn clear(&self) -> Result<Removed> {
+        match self {
+            Store::Memory(m) => Ok(m.clear()),
+            Store::Redis(r) => r.clear().await,
+        }
+    }
+
+    /// Removes the records whose heartbeat is at or before `stale_before`.
+    pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
+        match self {
+            Store::Memory(m) => Ok(m.sweep(stale_before)),
+            Store::Redis(r) => r.registry().sweep(stale_before).await,
+        }
+    }
+
+    pub(crate) async fn list_all(&self) -> Result<Listing> {
+        match self {
+            Store::Memory(m) => Ok(m.list_all()),
+            Store::Redis(r) => r.registry().list_all().await,
+        }
+    }
+
+    pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
+        match self {
+            Store::Memory(m) => Ok(m.list_user(user)),
+            Store::Redis(r) => r.registry().list_user(user).await,
+        }
+    }
+
+    /// Refuses sends while this node could deliver out of order (Redis:
+    /// its bus subscription is down).
+    pub(crate) fn ready(&self) -> Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.ready(),
+        }
+    }
+
+    pub(crate) async fn health(&self) -> Health {
+        match self {
+            Store::Memory(_) => Health {
+                engine: "memory",
+                redis: None,
+                bus: None,
+            },
+            Store::Redis(r) => r.health().await,
+        }
+    }
+
+    /// The node is leaving: remove the records of what it still holds.
+    pub(crate) async fn shutdown(&self) {
+        match self {
+            Store::Memory(m) => m.shutdown(),
+            Store::Redis(r) => r.shutdown().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_order_and_print() {
+        let a: MsgId = "1700000000000-0".parse().unwrap();
+        let b: MsgId = "1700000000000-12".parse().unwrap();
+        let c: MsgId = "1700000000001-0".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(b.to_string(), "1700000000000-12");
+        for bad in [
+            "",
+            "1",
+            "a-1",
+            "1-",
+            "-1",
+            "1-2-3",
+            "1 -2",
+            "99999999999999999999999-1",
+        ] {
+            assert!(bad.parse::<MsgId>().is_err(), "{bad:?}");
+        }
+    }
+}

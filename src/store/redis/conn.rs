@@ -1,0 +1,198 @@
+//! How this node reaches Redis ([`RedisTarget`]: a URL or Sentinel, asked
+//! for the current primary on every (re)connect). With Sentinel a follower
+//! task keeps the shared connection on the primary across failovers; every
+//! user of Redis takes its connection from [`SharedConn`].
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{mask_url_password, Config, RedisTarget};
+use crate::store::StoreError;
+
+/// The URL of the primary to talk to now.
+pub(crate) async fn primary_url(target: &RedisTarget) -> redis::RedisResult<String> {
+    let (sentinels, service, userinfo, db) = match target {
+        RedisTarget::Direct(url) => return Ok(url.clone()),
+        RedisTarget::Sentinel {
+            sentinels,
+            service,
+            userinfo,
+            db,
+        } => (sentinels, service, userinfo, db),
+    };
+        let mut last_err = None;
+        for sentinel in sentinels {
+            let ask = async {
+                let client = redis::Client::open(format!("redis://{sentinel}"))?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(service)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Ok(Some((host, port)))) => {
+                    let auth = userinfo
+                        .as_ref()
+                        .map(|u| format!("{u}@"))
+                        .unwrap_or_default();
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host
+                    };
+                    return Ok(format!("redis://{auth}{host}:{port}/{db}"));
+                }
+                Ok(Ok(None)) => {
+                    last_err = Some(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "sentinel does not know the service",
+                        format!("{service} at {sentinel}"),
+                    )))
+                }
+                Ok(Err(e)) => last_err = Some(e),
+                Err(_) => {
+                    last_err = Some(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "sentinel did not answer",
+                        sentinel.clone(),
+                    )))
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel"))
+        }))
+    }
+
+/// A client for the current primary (the bus subscription's own connection).
+pub(crate) async fn client(target: &RedisTarget) -> redis::RedisResult<redis::Client> {
+    redis::Client::open(primary_url(target).await?)
+}
+
+/// The multiplexed connection every part of the node shares; swapped whole
+/// when Sentinel names a new primary.
+#[derive(Clone)]
+pub(crate) struct SharedConn {
+    inner: Arc<RwLock<(String, ConnectionManager)>>,
+}
+
+impl SharedConn {
+    /// Connects to the target's primary now.
+    pub(crate) async fn connect(target: &RedisTarget) -> redis::RedisResult<Self> {
+        let url = primary_url(target).await?;
+        let conn = connect(&url).await?;
+        Ok(Self {
+            inner: Arc::new(RwLock::new((url, conn))),
+        })
+    }
+
+    pub(crate) fn get(&self) -> ConnectionManager {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    fn url(&self) -> String {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// With Sentinel, checks every `every` which node is the primary and
+    /// moves the connection there after a failover. Returns at shutdown.
+    pub(crate) async fn follow(self, target: RedisTarget, every: Duration, shutdown: CancellationToken) {
+        if !matches!(target, RedisTarget::Sentinel { .. }) {
+            return;
+        }
+        let mut log = crate::throttle::LogThrottle::new(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let url = match primary_url(&target).await {
+                Ok(url) => url,
+                Err(e) => {
+                    if let Some(suppressed) = log.allow() {
+                        tracing::error!(error = %e, suppressed, "no sentinel named the primary");
+                    }
+                    continue;
+                }
+            };
+            if url == self.url() {
+                continue;
+            }
+            match connect(&url).await {
+                Ok(conn) => {
+                    tracing::warn!(
+                        primary = %mask_url_password(&url),
+                        "redis primary changed (sentinel failover); connection moved"
+                    );
+                    *self.inner.write().unwrap_or_else(|e| e.into_inner()) = (url, conn);
+                }
+                Err(e) => {
+                    if let Some(suppressed) = log.allow() {
+                        tracing::error!(error = %e, suppressed, "cannot reach the new primary yet");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connects with a multiplexed, self-reconnecting connection whose calls
+/// fail fast while Redis is down instead of hanging the caller.
+pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(3)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    client.get_connection_manager_with_config(config).await
+}
+
+/// Connects to Redis (its primary, with Sentinel), retrying with backoff
+/// for `redis.connect_timeout_secs`.
+pub(crate) async fn connect_with_retry(config: &Config) -> Result<SharedConn, StoreError> {
+    let target = config
+        .redis_target()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let secs = config.redis.connect_timeout_secs;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let conn = SharedConn::connect(&target).await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn.get())
+                .await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        match attempt.await {
+            Ok(conn) => return Ok(conn),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis at {} unreachable for {secs}s (redis.connect_timeout_secs): {source}",
+                    mask_url_password(config.redis.url.expose())
+                )))
+            }
+            Err(e) => {
+                // The last wait ends at the deadline, for one final try.
+                let wait = delay.min(deadline.saturating_duration_since(Instant::now()));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "redis not reachable yet");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
