@@ -136,6 +136,11 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 Some(p) => println!("# {}: valid", p.display()),
                 None => println!("# no config file: built-in defaults"),
             }
+            if config.uses_redis() {
+                println!("# engine: redis (several nodes may share it)");
+            } else {
+                println!("# engine: memory (embedded, one node; set redis.url for Redis)");
+            }
             print!("{}", config.to_masked_toml());
             Ok(())
         }

@@ -345,10 +345,9 @@ fn enc(user: &str) -> String {
 
 // ---------------------------------------------------------------- send
 
-#[tokio::test]
-async fn send_to_user_reaches_every_tab() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn send_to_user_reaches_every_tab(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut a1, _) = SseClient::connect(&node, "alice").await;
     let (mut a2, _) = SseClient::connect(&node, "alice").await;
     let (mut b1, _) = SseClient::connect(&node, "bob").await;
@@ -380,11 +379,11 @@ async fn send_to_user_reaches_every_tab() {
     let marker = send_marker(&node, "bob", 1).await;
     expect_nothing_before_marker(&mut b1, &marker, "bob got alice's message").await;
 }
+}
 
-#[tokio::test]
-async fn send_first_connection_only_reaches_the_oldest_tab() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn send_first_connection_only_reaches_the_oldest_tab(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut oldest, oldest_id) = SseClient::connect(&node, "alice").await;
     let (mut newer, newer_id) = SseClient::connect(&node, "alice").await;
 
@@ -402,12 +401,7 @@ async fn send_first_connection_only_reaches_the_oldest_tab() {
 
     // The oldest tab leaves: the other one is now the first connection.
     drop(oldest);
-    registry_becomes(
-        &redis,
-        &expected_registry(&[("alice", &newer_id)], &node_id(&node)),
-        WAIT,
-    )
-    .await;
+    listed_ids_become(&node.admin_url(""), &[&newer_id]).await;
     assert_ne!(oldest_id, newer_id);
     let r = post_send(
         &node,
@@ -417,11 +411,11 @@ async fn send_first_connection_only_reaches_the_oldest_tab() {
     let id = assert_sent(&r, Some("alice"), "message", Some(false), 1);
     expect_event(&mut newer, "message", &id, "remaining tab").await;
 }
+}
 
-#[tokio::test]
-async fn broadcast_reaches_every_users_tabs_with_to_null() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn broadcast_reaches_every_users_tabs_with_to_null(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut a1, _) = SseClient::connect(&node, "alice").await;
     let (mut a2, _) = SseClient::connect(&node, "alice").await;
     let (mut b1, _) = SseClient::connect(&node, "bob").await;
@@ -444,11 +438,11 @@ async fn broadcast_reaches_every_users_tabs_with_to_null() {
         }
     }
 }
+}
 
-#[tokio::test]
-async fn send_to_user_without_connection_is_200_with_zero() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn send_to_user_without_connection_is_200_with_zero(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut other, _) = SseClient::connect(&node, "alice").await;
     for (body, all) in [
         (json!({"to": "nobody", "data": 1}), true),
@@ -465,11 +459,11 @@ async fn send_to_user_without_connection_is_200_with_zero() {
     let marker = send_marker(&node, "alice", 1).await;
     expect_nothing_before_marker(&mut other, &marker, "alice got nobody's message").await;
 }
+}
 
-#[tokio::test]
-async fn custom_event_names_and_any_json_data_arrive() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn custom_event_names_and_any_json_data_arrive(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
     let max_event = "e".repeat(64);
     let cases = [
@@ -488,11 +482,11 @@ async fn custom_event_names_and_any_json_data_arrive() {
         assert_eq!(ev.data, serde_json::to_string(&data).unwrap(), "{event}");
     }
 }
+}
 
-#[tokio::test]
-async fn data_with_unicode_and_newlines_arrives_as_compact_one_line_json() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn data_with_unicode_and_newlines_arrives_as_compact_one_line_json(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let user = "zoé 李";
     let (mut tab, _) = SseClient::connect(&node, user).await;
     let data = json!({
@@ -522,11 +516,11 @@ async fn data_with_unicode_and_newlines_arrives_as_compact_one_line_json() {
         ev.data
     );
 }
+}
 
-#[tokio::test]
-async fn data_numbers_arrive_unchanged() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn data_numbers_arrive_unchanged(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
     // Integers the existing (Python) app may well send: within and beyond
     // 64 bits. The payload is the app's, and must not be rounded.
@@ -545,13 +539,13 @@ async fn data_numbers_arrive_unchanged() {
         assert_eq!(ev.data, data, "the number in data was changed");
     }
 }
+}
 
 // ---------------------------------------------------------------- bad input
 
-#[tokio::test]
-async fn bad_send_bodies_are_400_naming_the_field_and_deliver_nothing() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn bad_send_bodies_are_400_naming_the_field_and_deliver_nothing(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
     let long_user = "u".repeat(151);
     let long_unicode_user = "é".repeat(151);
@@ -691,11 +685,11 @@ async fn bad_send_bodies_are_400_naming_the_field_and_deliver_nothing() {
     let r = post_send(&node, &json!({"to": user150, "data": 1}).to_string()).await;
     assert_sent(&r, Some(&user150), "message", Some(true), 0);
 }
+}
 
-#[tokio::test]
-async fn body_over_max_body_bytes_is_413_with_content_length() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn body_over_max_body_bytes_is_413_with_content_length(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
     let limit = 65536; // api.max_body_bytes default
     let body_of = |len: usize| {
@@ -723,11 +717,11 @@ async fn body_over_max_body_bytes_is_413_with_content_length() {
     .await;
     assert_eq!(ev.data.len(), limit - r#"{"to":"alice","data":}"#.len());
 }
+}
 
-#[tokio::test]
-async fn chunked_body_over_max_body_bytes_is_413() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
+on_both_engines! {
+    async fn chunked_body_over_max_body_bytes_is_413(env: Env) {
+    let mut config = env.config();
     config.api.max_body_bytes = 1000;
     let node = TestNode::start(config).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -791,6 +785,7 @@ async fn chunked_body_over_max_body_bytes_is_413() {
     )
     .await;
     assert_error(&r, 413, None, "cleanup body over the limit");
+}
 }
 
 // ---------------------------------------------------------------- listings
@@ -980,10 +975,9 @@ async fn user_connections_shape_unknown_user_and_trailing_slash() {
     }
 }
 
-#[tokio::test]
-async fn usernames_with_unicode_and_reserved_chars_in_the_path() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn usernames_with_unicode_and_reserved_chars_in_the_path(env: Env) {
+    let node = TestNode::start(env.config()).await;
     let users = ["émile 李", "a/b", "a+b", "100%", "ü?x=1#y"];
     let mut tabs = Vec::new();
     for user in users {
@@ -1019,6 +1013,7 @@ async fn usernames_with_unicode_and_reserved_chars_in_the_path() {
     );
     assert_eq!(data, json!({"connection_count": 1, "user_count": 1}));
     assert!(tabs[0].1.ends_within(WAIT).await, "émile's stream ends");
+}
 }
 
 // ---------------------------------------------------------------- clear
@@ -1311,23 +1306,32 @@ async fn cleanup_with_bad_timeout_is_400_and_removes_nothing() {
 
 // ---------------------------------------------------------------- routes
 
-#[tokio::test]
-async fn healthz_shape() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn healthz_shape(env: Env) {
+    let node = TestNode::start(env.config()).await;
     for path in ["/healthz", "/healthz/"] {
         let r = get(&node.admin_url(path)).await;
         assert_eq!(r.status, 200, "{r:?}");
         assert!(r.content_type.starts_with("application/json"), "{r:?}");
         assert_eq!(r.json["status"], json!("ok"), "{r:?}");
-        assert_eq!(r.json["redis"], json!("ok"), "{r:?}");
+        assert_eq!(r.json["engine"], json!(env.engine()), "{r:?}");
+        if env.redis_server().is_some() {
+            assert_eq!(r.json["redis"], json!("ok"), "{r:?}");
+            assert_eq!(r.json["bus"], json!("ok"), "{r:?}");
+        } else {
+            let fields = r.json.as_object().expect("object");
+            assert!(
+                !fields.contains_key("redis") && !fields.contains_key("bus"),
+                "the embedded engine has no redis or bus field: {r:?}"
+            );
+        }
     }
 }
+}
 
-#[tokio::test]
-async fn unknown_route_is_404_and_wrong_method_405_envelopes() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
+on_both_engines! {
+    async fn unknown_route_is_404_and_wrong_method_405_envelopes(env: Env) {
+    let node = TestNode::start(env.config()).await;
     for (method, path) in [
         (Method::GET, "/"),
         (Method::GET, "/nope"),
@@ -1363,11 +1367,11 @@ async fn unknown_route_is_404_and_wrong_method_405_envelopes() {
         assert!(allow.contains(allowed), "{method} {path}: Allow {allow:?}");
     }
 }
+}
 
-#[tokio::test]
-async fn routes_follow_server_base_path() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
+on_both_engines! {
+    async fn routes_follow_server_base_path(env: Env) {
+    let mut config = env.config();
     config.server.base_path = "/api/notify".into();
     let node = TestNode::start(config).await;
     let (mut tab, _) = SseClient::connect_url(
@@ -1401,11 +1405,11 @@ async fn routes_follow_server_base_path() {
     }
     assert_eq!(get(&node.admin_url("/healthz")).await.status, 200);
 }
+}
 
-#[tokio::test]
-async fn api_token_is_required_except_for_healthz() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
+on_both_engines! {
+    async fn api_token_is_required_except_for_healthz(env: Env) {
+    let mut config = env.config();
     config.api.token = Secret("s3cret-Token".into());
     let node = TestNode::start(config).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -1483,6 +1487,7 @@ async fn api_token_is_required_except_for_healthz() {
     let r = get(&node.admin_url("/healthz")).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json["status"], json!("ok"));
+}
 }
 
 // ---------------------------------------------------------------- redis down

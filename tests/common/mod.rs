@@ -110,6 +110,95 @@ impl Drop for RedisServer {
     }
 }
 
+/// The engine a contract test runs on: the embedded one, or Redis on a
+/// `redis-server` of the test's own.
+pub struct Env {
+    redis: Option<RedisServer>,
+}
+
+impl Env {
+    pub fn memory() -> Env {
+        Env { redis: None }
+    }
+
+    pub fn redis() -> Env {
+        Env {
+            redis: Some(RedisServer::start()),
+        }
+    }
+
+    /// `redis.url` for this engine ("" selects the embedded one).
+    pub fn url(&self) -> String {
+        self.redis.as_ref().map(RedisServer::url).unwrap_or_default()
+    }
+
+    /// [`test_config`] on this engine.
+    pub fn config(&self) -> Config {
+        test_config(&self.url())
+    }
+
+    pub fn engine(&self) -> &'static str {
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    }
+
+    /// The Redis server, for the checks of the Redis layout that only the
+    /// Redis engine has.
+    pub fn redis_server(&self) -> Option<&RedisServer> {
+        self.redis.as_ref()
+    }
+}
+
+/// Runs each scenario `async fn name(env: Env) { ... }` as two tests,
+/// `name::memory` and `name::redis`: the contract is the same in both
+/// engines.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn scenario($env: $crate::common::Env) $body
+
+            #[tokio::test]
+            async fn memory() {
+                scenario($crate::common::Env::memory()).await
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                scenario($crate::common::Env::redis()).await
+            }
+        }
+    )*};
+}
+
+/// The connection ids the registry holds, as the admin API lists them
+/// (what a user checks, whichever the engine); sorted.
+pub async fn listed_ids(admin_base: &str) -> Vec<String> {
+    let (status, body) = admin(
+        reqwest::Method::GET,
+        &format!("{admin_base}/notifications/connections/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "listing: {body}");
+    let mut ids: Vec<String> = body["data"]["connection_details"]
+        .as_object()
+        .expect("connection_details")
+        .values()
+        .flat_map(|list| list.as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["connection_id"].as_str().map(String::from))
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// A config for tests: ephemeral ports, short intervals.
 pub fn test_config(redis_url: &str) -> Config {
     let mut c = Config::default();
@@ -600,4 +689,21 @@ impl RawStream {
         let line = self.text.lines().find(|l| l.starts_with("retry:"))?;
         line["retry:".len()..].trim().parse().ok()
     }
+}
+
+/// Waits until the registry, as the admin API lists it, holds exactly
+/// `want` (connection ids, any order); panics saying what it held.
+pub async fn listed_ids_become(admin_base: &str, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let ok = eventually(Duration::from_secs(10), || {
+        let want = want.clone();
+        async move { listed_ids(admin_base).await == want }
+    })
+    .await;
+    assert!(
+        ok,
+        "the registry never listed exactly {want:?}; it lists {:?}",
+        listed_ids(admin_base).await
+    );
 }
