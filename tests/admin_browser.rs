@@ -336,8 +336,8 @@ async fn cross_site_forms_cannot_clear_or_clean_up() {
             "a refused {what} changed the registry"
         );
     }
-    // DELETE of a user from a foreign page (fetch no-cors cannot, but an
-    // allowed-looking Origin is still checked).
+    // A cross-site DELETE needs a preflight, which gets no CORS answer; the
+    // DELETE itself is refused as well.
     let a = request(
         Method::DELETE,
         &node.admin_url("/notifications/connections/zed/"),
@@ -472,6 +472,29 @@ async fn foreign_origins_and_rebound_hosts_read_nothing() {
     let (status, body) = http10_without_host(&node, "/notifications/connections/").await;
     assert_eq!(status, 200, "HTTP/1.0 connections/ without Host: {body}");
     assert!(body.contains("alice"), "{body}");
+
+    // The keys apply on reload (SIGHUP), like the rest of [api].
+    let mut text = std::fs::read_to_string(&node.config_path).unwrap();
+    text.push_str("\n[api]\nallowed_hosts = [\"rebind.evil.example\"]\n");
+    std::fs::write(&node.config_path, text).unwrap();
+    node.signal(1);
+    let url = connections.clone();
+    let host = rebound.clone();
+    let served = eventually(WAIT, || {
+        let (url, host) = (url.clone(), host.clone());
+        async move {
+            request(Method::GET, &url, &[("host", &host)], None)
+                .await
+                .status
+                == 200
+        }
+    })
+    .await;
+    assert!(
+        served,
+        "api.allowed_hosts not applied by SIGHUP; log:\n{}",
+        node.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
