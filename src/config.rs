@@ -218,6 +218,12 @@ impl Default for AuthConfig {
 pub struct ApiConfig {
     pub token: Secret,
     pub max_body_bytes: usize,
+    /// Origins (`scheme://host[:port]`) besides the admin listener's own
+    /// whose browser requests are served; any other `Origin` gets 403.
+    pub allowed_origins: Vec<String>,
+    /// Host names (no port) a request's `Host` may name besides IP
+    /// addresses and `localhost`; any other gets 421 (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -225,6 +231,8 @@ impl Default for ApiConfig {
         Self {
             token: Secret::default(),
             max_body_bytes: 65536,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -421,6 +429,22 @@ impl Config {
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be at least 1"));
         }
+        for origin in &self.api.allowed_origins {
+            if !is_origin(origin) {
+                return Err(invalid(
+                    "api.allowed_origins",
+                    format!("{origin:?} is not an origin like \"https://console.example.com\" or \"http://127.0.0.1:8091\" (scheme://host[:port], no path)"),
+                ));
+            }
+        }
+        for host in &self.api.allowed_hosts {
+            if !is_host_name(host) {
+                return Err(invalid(
+                    "api.allowed_hosts",
+                    format!("{host:?} is not a host name like \"sse-admin.internal\" (no scheme, no port)"),
+                ));
+            }
+        }
         if self.limits.max_connections_per_user == 0 {
             return Err(invalid(
                 "limits.max_connections_per_user",
@@ -555,6 +579,59 @@ fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError>
             format!("{value:?} is not an address like \"127.0.0.1:8090\""),
         )
     })
+}
+
+/// `host[:port]` or `[v6][:port]` -> (host, port); the brackets stay on a
+/// v6 host. `None` when the port is not a number or the brackets are
+/// unbalanced.
+pub fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end + 1);
+        match rest {
+            "" => (host, None),
+            _ => (host, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+/// A DNS name as `Host` carries it: letters, digits, `-`, `.` and `_`.
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+/// `scheme://host[:port]` as browsers serialize an `Origin`: no path, no
+/// user, no trailing slash; `null` is none.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, authority)) = s.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let host_ok = match split_host_port(authority) {
+        Some((host, _)) => match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => is_host_name(host),
+        },
+        None => false,
+    };
+    scheme_ok && host_ok
 }
 
 /// `redis://user:pass@host` -> `redis://user:****@host`, for display.
@@ -737,6 +814,54 @@ mod tests {
 
         let err = Config::parse("[auth]\nmode = \"magic\"\n").unwrap_err();
         assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn admin_origins_and_hosts_are_checked() {
+        let mut c = Config::default();
+        c.api.allowed_origins = vec![
+            "https://console.example.com".into(),
+            "http://127.0.0.1:8091".into(),
+            "http://[::1]:8091".into(),
+        ];
+        c.api.allowed_hosts = vec!["sse-admin.internal".into(), "Node-1".into()];
+        c.validate().expect("valid origins and hosts");
+        for bad in [
+            "null",
+            "console.example.com",
+            "https://console.example.com/",
+            "https://console.example.com/admin",
+            "https://user@console.example.com",
+            "https://console.example.com:99999",
+            "https://console.example.com:",
+            "https://[nope]:1",
+            "*",
+        ] {
+            let mut c = Config::default();
+            c.api.allowed_origins = vec![bad.into()];
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("api.allowed_origins"), "{bad}: {err}");
+        }
+        for bad in ["", "host:8091", "http://host", "a b", "*"] {
+            let mut c = Config::default();
+            c.api.allowed_hosts = vec![bad.into()];
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("api.allowed_hosts"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_and_port_split() {
+        assert_eq!(
+            split_host_port("localhost:8091"),
+            Some(("localhost", Some(8091)))
+        );
+        assert_eq!(split_host_port("10.0.0.1"), Some(("10.0.0.1", None)));
+        assert_eq!(split_host_port("[::1]:80"), Some(("[::1]", Some(80))));
+        assert_eq!(split_host_port("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split_host_port("[::1]x"), None);
+        assert_eq!(split_host_port("host:x"), None);
+        assert_eq!(split_host_port("host:70000"), None);
     }
 
     #[test]

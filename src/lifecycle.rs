@@ -184,6 +184,12 @@ impl Daemon {
                 addr: app.config().admin_addr(),
                 source,
             })?;
+        if app.config().api.token.is_empty() {
+            tracing::warn!(
+                %admin_addr,
+                "api.token is empty: the admin API (send, connections, cleanup) is open to anything that can reach the admin listener; set api.token unless only trusted processes can"
+            );
+        }
         let servers = TaskTracker::new();
         servers.spawn(crate::http::public::serve(
             listeners.public,

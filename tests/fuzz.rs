@@ -71,6 +71,9 @@ fn post(f: &Fixture, path: &str, body: Vec<u8>) -> (u16, String) {
     f.rt.block_on(async {
         let resp = http()
             .post(format!("{}{}", f.admin, path))
+            // Declared JSON, as the app does: the bytes must reach the
+            // parser, not stop at the 415 for a missing Content-Type.
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await

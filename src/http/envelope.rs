@@ -52,6 +52,14 @@ impl ApiError {
         e.allow = Some(allowed.to_string());
         e
     }
+    /// 421: the request named a host this listener does not answer for
+    /// (DNS rebinding).
+    pub(crate) fn misdirected(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::MISDIRECTED_REQUEST, message)
+    }
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+    }
     pub(crate) fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
