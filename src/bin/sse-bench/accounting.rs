@@ -66,7 +66,6 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
                 continue;
             }
             last = Some(seq);
-            lat.push(lat_us as u64);
             let Some(m) = by_seq.get(&(seq as u64)) else {
                 unknown += 1;
                 continue;
@@ -75,6 +74,9 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
                 misrouted += 1;
                 continue;
             }
+            // e2e covers what `delivered` counts: an unknown seq is another
+            // process's message, its ts_ns read on another clock
+            lat.push(lat_us as u64);
             if m.ok && eligible(i, m) {
                 received += 1;
                 let e = per_seq.entry(m.seq).or_insert((0, 0));
@@ -132,4 +134,132 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
         "broadcast_completion": lat_json(&mut completion),
         "broadcast_incomplete": incomplete,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const OPEN: u64 = u64::MAX;
+
+    fn stream(user: u32, est_ms: u64, end_ns: u64, recv: &[(u32, u32)]) -> Instance {
+        Instance {
+            user,
+            est_ns: est_ms * MS,
+            end_ns,
+            recv: recv.to_vec(),
+        }
+    }
+
+    fn msg(seq: u64, to: Option<u32>, ms: (u64, u64), ok: bool, routed: u64) -> Msg {
+        Msg {
+            seq,
+            to,
+            start_ns: ms.0 * MS,
+            end_ns: ms.1 * MS,
+            ok,
+            routed,
+            live_at_send: 1,
+        }
+    }
+
+    /// Three streams, two users: a unicast to each, a broadcast, a failed
+    /// send; (seq, latency µs) as the streams recorded them.
+    fn scenario() -> (Vec<Instance>, Vec<Msg>) {
+        let instances = vec![
+            // user 0 from the start: seq 0 twice, the broadcast
+            stream(0, 100, OPEN, &[(2, 700), (0, 600), (0, 500)]),
+            // user 1, closed at 5 s: seq 1, and a seq no send of this run has
+            stream(1, 100, 5000 * MS, &[(1, 800), (9, 100)]),
+            // user 0 again, opened after seq 0 started: seq 0 is extra; seq 1
+            // was for user 1
+            stream(0, 3000, OPEN, &[(0, 900), (1, 50)]),
+        ];
+        let msgs = vec![
+            // recorded in the order the sends returned
+            msg(2, None, (4000, 4500), true, 2),
+            msg(0, Some(0), (1000, 2000), true, 1),
+            msg(3, Some(1), (5000, 6000), false, 0),
+            msg(1, Some(1), (1000, 4000), true, 1),
+        ];
+        (instances, msgs)
+    }
+
+    #[test]
+    fn counts_each_stream_against_what_it_was_live_for() {
+        let (instances, msgs) = scenario();
+        let v = tally(&instances, &msgs, 7000 * MS, 0);
+        assert_eq!(v["sends"], 4);
+        assert_eq!(v["sends_ok"], 3);
+        assert_eq!(v["send_errors"], 1);
+        // seq 0: the first user-0 stream; seq 1: the user-1 stream; the
+        // broadcast: all three (the late one was open before it started)
+        assert_eq!(v["expected"], 5, "{v}");
+        assert_eq!(v["received"], 3, "{v}");
+        assert_eq!(v["lost"], 2, "{v}");
+        assert_eq!(v["delivery_ratio"].as_f64(), Some(0.6));
+        assert_eq!(v["duplicates"], 1, "{v}");
+        assert_eq!(v["extra"], 1, "{v}");
+        assert_eq!(v["misrouted"], 1, "{v}");
+        assert_eq!(v["unknown_seq"], 1, "{v}");
+        assert_eq!(v["delivered"], 4, "{v}");
+        // one copy of the duplicate counts (500 or 600 µs); misrouted and
+        // unknown deliveries carry no latency
+        assert_eq!(v["e2e"]["count"], 4, "{v}");
+        assert_eq!(v["e2e"]["p50_ms"].as_f64(), Some(0.7), "{v}");
+        assert_eq!(v["e2e"]["max_ms"].as_f64(), Some(0.9), "{v}");
+        // the broadcast reached one of its three streams
+        assert_eq!(v["broadcast_completion"]["count"], 0, "{v}");
+        assert_eq!(v["broadcast_incomplete"], 1, "{v}");
+        // the server routed the broadcast to 2, this client saw 1 live
+        assert_eq!(v["routed_by_server"], 4, "{v}");
+        assert_eq!(v["routed_mismatch"], 1, "{v}");
+        // round trips of the ok sends: 1 s, 3 s, 0.5 s
+        assert_eq!(v["send_rtt"]["count"], 3);
+        assert_eq!(v["send_rtt"]["max_ms"].as_f64(), Some(3000.0));
+        // 4 sends from 1 s to 6 s; 4 deliveries from 1 s to the last at 7 s
+        assert_eq!(v["send_rate"].as_f64(), Some(0.8));
+        assert_eq!(v["delivered_per_sec"].as_f64(), Some(0.667));
+    }
+
+    #[test]
+    fn a_stream_closed_within_the_grace_is_not_expected() {
+        let (instances, msgs) = scenario();
+        // 2 s grace: the user-1 stream (closed at 5 s) is no longer expected
+        // to get seq 1 (returned at 4 s) nor the broadcast (4.5 s)
+        let v = tally(&instances, &msgs, 7000 * MS, 2000 * MS);
+        assert_eq!(v["expected"], 3, "{v}");
+        assert_eq!(v["received"], 2, "{v}");
+        assert_eq!(v["extra"], 2, "{v}");
+        assert_eq!(v["lost"], 1, "{v}");
+        assert_eq!(v["delivered"], 4, "{v}");
+    }
+
+    #[test]
+    fn a_broadcast_completes_when_every_expected_stream_has_it() {
+        let instances = vec![
+            stream(0, 0, OPEN, &[(0, 1500)]),
+            stream(1, 0, OPEN, &[(0, 2500)]),
+            // opened after the broadcast started: not waited for
+            stream(2, 2000, OPEN, &[]),
+        ];
+        let msgs = vec![msg(0, None, (1000, 1100), true, 2)];
+        let v = tally(&instances, &msgs, 1200 * MS, 0);
+        assert_eq!(v["expected"], 2, "{v}");
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["broadcast_incomplete"], 0, "{v}");
+        assert_eq!(v["broadcast_completion"]["count"], 1, "{v}");
+        // complete when the slower stream had it
+        assert_eq!(v["broadcast_completion"]["max_ms"].as_f64(), Some(2.5));
+    }
+
+    #[test]
+    fn no_sends_give_a_full_ratio_and_no_rates() {
+        let v = tally(&[stream(0, 0, OPEN, &[])], &[], 0, 0);
+        assert_eq!(v["expected"], 0);
+        assert_eq!(v["delivery_ratio"].as_f64(), Some(1.0));
+        assert_eq!(v["send_rate"].as_f64(), Some(0.0));
+        assert_eq!(v["delivered_per_sec"].as_f64(), Some(0.0));
+    }
 }
