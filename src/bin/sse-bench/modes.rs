@@ -13,7 +13,7 @@ use crate::cli::{Common, Mode};
 use crate::clock::{now_ns, secs};
 use crate::figures::{lat_json, r3};
 use crate::report::merge;
-use crate::run::start;
+use crate::run::{start, Run};
 use crate::sampling::{rss_json, spawn_sampler, Samples};
 use crate::sends::{send_loop, send_one};
 use crate::sys::vmrss_kb;
@@ -97,18 +97,12 @@ async fn unicast(c: Common, messages: u64, publishers: usize, rate: f64) -> Resu
         run.rng.fork(),
     )
     .await;
-    run.drain(c.drain).await;
-    run.stop().await;
-    let mut v = run.common_json("unicast", &c);
-    merge(
-        &mut v,
-        json!({"messages": messages, "publishers": publishers, "delivery": account(&run.ctx, 0)}),
-    );
-    Ok(v)
+    let fields = json!({"messages": messages, "publishers": publishers});
+    Ok(drain_and_report(run, "unicast", &c, fields).await)
 }
 
 async fn broadcast(c: Common, broadcasts: u64, interval_ms: u64) -> Result<Value, String> {
-    let mut run = start(&c, false, 1).await?;
+    let run = start(&c, false, 1).await?;
     let cap = Instant::now() + Duration::from_secs_f64(c.duration.unwrap_or(120.0));
     eprintln!("sending {broadcasts} broadcasts, {interval_ms} ms apart");
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
@@ -122,14 +116,19 @@ async fn broadcast(c: Common, broadcasts: u64, interval_ms: u64) -> Result<Value
         inflight.spawn(async move { send_one(&ctx, None).await });
     }
     while inflight.join_next().await.is_some() {}
+    let fields = json!({"broadcasts": broadcasts, "interval_ms": interval_ms});
+    Ok(drain_and_report(run, "broadcast", &c, fields).await)
+}
+
+/// The end of unicast and broadcast: waits for the deliveries, stops the
+/// streams, reports them with the mode's own `fields` and the accounting.
+async fn drain_and_report(mut run: Run, mode: &str, c: &Common, mut fields: Value) -> Value {
     run.drain(c.drain).await;
     run.stop().await;
-    let mut v = run.common_json("broadcast", &c);
-    merge(
-        &mut v,
-        json!({"broadcasts": broadcasts, "interval_ms": interval_ms, "delivery": account(&run.ctx, 0)}),
-    );
-    Ok(v)
+    let mut v = run.common_json(mode, c);
+    fields["delivery"] = account(&run.ctx, 0);
+    merge(&mut v, fields);
+    v
 }
 
 /// The part of each second over which the churn closes its streams.
