@@ -189,9 +189,15 @@ async fn churn(
             tokio::time::sleep_until(t0 + CHURN_SPREAD * j as u32 / k as u32).await;
             let r = run.rng.usize(j..live_idx.len());
             live_idx.swap(j, r);
-            ctx.slots[live_idx[j]].reconnect.notify_one();
+            let slot = &ctx.slots[live_idx[j]];
+            // live when the round began, but the server may have ended it
+            // since: Notify would keep the permit and close the next stream
+            // of the slot the moment it is established
+            if slot.live.load(Relaxed) {
+                slot.reconnect.notify_one();
+                requested += 1;
+            }
         }
-        requested += k as u64;
     }
     tokio::time::sleep_until(until).await;
     send_stop.cancel();
@@ -234,7 +240,7 @@ async fn churn(
     }
     let s = &ctx.stats;
     let reconnect_failures = s.failed() - initial_failed;
-    let delivery = account(&ctx, grace_ms * 1_000_000);
+    let delivery = account(&ctx, grace_ms.saturating_mul(1_000_000));
     let samples = samples.lock().unwrap();
     // during the churn: registry - baseline vs. the client's live streams,
     // off by at most the streams opening or closing at that moment
