@@ -43,6 +43,7 @@ pub(crate) async fn run(mode: Mode) -> Result<Value, String> {
     }
 }
 
+/// hold: the streams held --duration; drops, registry, server RSS.
 async fn hold(c: Common) -> Result<Value, String> {
     let mut run = start(&c, false, 0).await?;
     let dur = c.duration.unwrap_or(10.0);
@@ -82,6 +83,7 @@ async fn hold(c: Common) -> Result<Value, String> {
     Ok(v)
 }
 
+/// unicast: --messages to random users, then the delivery accounting.
 async fn unicast(c: Common, messages: u64, publishers: usize, rate: f64) -> Result<Value, String> {
     let mut run = start(&c, false, publishers).await?;
     let cap = c.duration.unwrap_or(120.0);
@@ -101,6 +103,7 @@ async fn unicast(c: Common, messages: u64, publishers: usize, rate: f64) -> Resu
     Ok(drain_and_report(run, "unicast", &c, fields).await)
 }
 
+/// broadcast: --broadcasts to every stream, then the delivery accounting.
 async fn broadcast(c: Common, broadcasts: u64, interval_ms: u64) -> Result<Value, String> {
     let run = start(&c, false, 1).await?;
     let cap = Instant::now() + Duration::from_secs_f64(c.duration.unwrap_or(120.0));
@@ -134,6 +137,9 @@ async fn drain_and_report(mut run: Run, mode: &str, c: &Common, mut fields: Valu
 /// The part of each second over which the churn closes its streams.
 const CHURN_SPREAD: Duration = Duration::from_millis(500);
 
+/// churn: streams closed and reopened every second while messages flow;
+/// reconnects, delivery across them, and the registry against the live
+/// streams during, at the end and after closing them all.
 async fn churn(
     c: Common,
     reconnect_pct: f64,

@@ -43,6 +43,8 @@ enum Attempt {
     Retry(Duration),
 }
 
+/// One try at the stream of slot `idx` as `uname`: open, a 503 to retry
+/// after, or the failure and its message.
 async fn open(ctx: &Ctx, idx: usize, uname: &str) -> Result<Attempt, (Fail, String)> {
     let addr = ctx.target.addr;
     let sock = match addr {
@@ -128,6 +130,7 @@ async fn open(ctx: &Ctx, idx: usize, uname: &str) -> Result<Attempt, (Fail, Stri
     }
 }
 
+/// How a stream ended: what its slot does next.
 enum Outcome {
     /// Never got connection_established.
     Failed,
