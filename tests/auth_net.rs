@@ -240,10 +240,11 @@ async fn ipv4_peer_against_cidrs() {
 #[tokio::test]
 async fn dual_stack_listener_matches_each_family() {
     require_ipv6_loopback();
-    if !dual_stack() {
-        eprintln!("SKIP: [::] does not accept IPv4 here (net.ipv6.bindv6only = 1)");
-        return;
-    }
+    assert!(
+        dual_stack(),
+        "a [::] listener does not accept IPv4 here (net.ipv6.bindv6only = 1); \
+         this test needs the Linux default: sysctl -w net.ipv6.bindv6only=0"
+    );
     let redis = RedisServer::start();
     let cases: &[(&[&str], u16, u16)] = &[
         // trusted, status from 127.0.0.1, status from ::1

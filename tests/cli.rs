@@ -182,10 +182,13 @@ fn check_config_of_the_sample_file_prints_the_effective_config() {
 
 #[test]
 fn check_config_without_a_file_uses_the_defaults() {
-    if Path::new("/etc/sse-notify/sse-notify.toml").exists() {
-        eprintln!("skipped: /etc/sse-notify/sse-notify.toml exists on this machine");
-        return;
-    }
+    let etc = Path::new("/etc/sse-notify/sse-notify.toml");
+    assert!(
+        !etc.exists(),
+        "{} exists on this machine: check-config would read it, and this test \
+         checks the defaults used when there is no file; move it aside to run it",
+        etc.display()
+    );
     let cwd = tempfile::tempdir().unwrap();
     let (rc, stdout, stderr) = cli_with(&["check-config"], None, cwd.path());
     assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -1,0 +1,203 @@
+//! The command line: the four modes and the options they share.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sse-bench",
+    version,
+    about = "Load test an sse-notify deployment: hold, unicast, broadcast, churn",
+    after_help = "Prints progress and a summary on stderr and one JSON line on stdout.\n\
+                  Streams connect as u0..u{users-1} (connection i is user i % users) through\n\
+                  the --user-header; messages are posted to the admin API.\n\
+                  broadcast reaches EVERY stream of the deployment: run it on a test deployment."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) mode: Mode,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Mode {
+    /// Open --conns streams and hold them --duration seconds (default 10):
+    /// connect rate, failures, drops, server memory per stream.
+    Hold {
+        #[command(flatten)]
+        c: Common,
+    },
+    /// With the streams open, send --messages to random users:
+    /// delivered msg/s, delivery ratio, duplicates, end-to-end latency.
+    Unicast {
+        #[command(flatten)]
+        c: Common,
+        /// Messages to send
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// Concurrent send requests
+        #[arg(long, default_value_t = 16)]
+        publishers: usize,
+        /// Target send rate in msg/s (0 = as fast as --publishers allow)
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+    },
+    /// With the streams open, send --broadcasts broadcasts --interval-ms apart:
+    /// fan-out rate, completion latency (until every stream has it).
+    Broadcast {
+        #[command(flatten)]
+        c: Common,
+        /// Broadcasts to send
+        #[arg(long, default_value_t = 20)]
+        broadcasts: u64,
+        /// Interval between broadcasts, ms
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+    },
+    /// For --duration seconds (default 60), close and reopen --reconnect-pct
+    /// percent of the live streams every second while sending --send-rate
+    /// msg/s to random users: reconnects, errors, delivery to the streams
+    /// that were live across each message, registry vs. live streams.
+    Churn {
+        #[command(flatten)]
+        c: Common,
+        /// Percent of the live streams closed and reopened every second
+        #[arg(long, default_value_t = 10.0)]
+        reconnect_pct: f64,
+        /// Messages per second to random users
+        #[arg(long, default_value_t = 100.0)]
+        send_rate: f64,
+        /// Concurrent send requests
+        #[arg(long, default_value_t = 16)]
+        publishers: usize,
+        /// A stream closed less than this after a send returned is not
+        /// expected to have received it
+        #[arg(long, default_value_t = 1000)]
+        grace_ms: u64,
+    },
+}
+
+impl Mode {
+    /// The mode's name (the `mode` of the JSON line) and its shared options.
+    pub(crate) fn parts(&self) -> (&'static str, &Common) {
+        match self {
+            Mode::Hold { c } => ("hold", c),
+            Mode::Unicast { c, .. } => ("unicast", c),
+            Mode::Broadcast { c, .. } => ("broadcast", c),
+            Mode::Churn { c, .. } => ("churn", c),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct Common {
+    /// The stream URL (public listener, or the proxy in front of it); `{user}`
+    /// is replaced by the user name (e.g. `?user={user}` for auth.mode = "none")
+    #[arg(long, default_value = "http://127.0.0.1:8090/notifications/stream/")]
+    pub(crate) stream_url: String,
+    /// The admin listener (REST API, /metrics)
+    #[arg(long, default_value = "http://127.0.0.1:8091")]
+    pub(crate) admin_url: String,
+    /// server.base_path of the API routes
+    #[arg(long, default_value = "/notifications")]
+    pub(crate) base_path: String,
+    /// Header carrying the user name (auth.header); "" sends none
+    #[arg(long, default_value = "X-Remote-User")]
+    pub(crate) user_header: String,
+    /// User names are this prefix + index (pick one no real user has)
+    #[arg(long, default_value = "u")]
+    pub(crate) user_prefix: String,
+    /// api.token of the deployment (Authorization: Bearer on admin requests)
+    #[arg(long, env = "SSE_BENCH_API_TOKEN", hide_env_values = true)]
+    pub(crate) api_token: Option<String>,
+    /// Streams to open
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) conns: usize,
+    /// Distinct users (stream i is user i % users); default: --conns
+    #[arg(long)]
+    pub(crate) users: Option<usize>,
+    /// hold: how long to hold; churn: how long to churn; unicast/broadcast:
+    /// cap on the sending phase (default 10, 60, 120 s)
+    #[arg(long, value_parser = seconds)]
+    pub(crate) duration: Option<f64>,
+    /// Stream connects in flight at once
+    #[arg(long, default_value_t = 200)]
+    pub(crate) connect_concurrency: usize,
+    /// Seconds a stream may take to get its connection_established event
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub(crate) connect_timeout: f64,
+    /// Seconds to wait after connecting, before measuring
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
+    pub(crate) settle: f64,
+    /// Seconds to wait for outstanding deliveries after the last send
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    pub(crate) drain: f64,
+    /// Spread the client sockets over K source addresses 127.0.0.2.. (loopback
+    /// IPv4 targets only; auth.trusted_proxies must include them); 0 = none
+    #[arg(long, default_value_t = 0)]
+    pub(crate) src_ips: u8,
+    /// PID of the sse-notify process (same host) to sample VmRSS and CPU from
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    /// Seconds between RSS / registry samples
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub(crate) sample_secs: f64,
+    /// Tokio worker threads of the bench (raise it on a machine of its own)
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Seed of the random choices (users, streams to reconnect)
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Hard cap on the whole run in seconds: past it the process exits 3
+    #[arg(long, default_value_t = 900.0, value_parser = seconds)]
+    pub(crate) max_runtime: f64,
+}
+
+/// The largest number of seconds an option takes: far beyond any run, and
+/// small enough to be a `Duration` and to be added to an `Instant`.
+const MAX_SECONDS: f64 = 1e9;
+
+/// Parses a number of seconds. Every such option becomes a `Duration`,
+/// which panics on a negative, infinite or NaN value: refuse those here, with
+/// the option's name, instead of dying mid-run with no JSON line.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=MAX_SECONDS).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("seconds from 0 to {MAX_SECONDS}, not {s}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_must_be_a_duration() {
+        assert_eq!(seconds("2.5"), Ok(2.5));
+        assert_eq!(seconds("0"), Ok(0.0));
+        for bad in ["-1", "inf", "NaN", "1e300", "ten"] {
+            assert!(seconds(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn options_are_shared_by_every_mode() {
+        for mode in ["hold", "unicast", "broadcast", "churn"] {
+            let cli = Cli::try_parse_from(["sse-bench", mode, "--conns", "7", "--drain", "0.5"])
+                .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let (name, c) = cli.mode.parts();
+            assert_eq!(name, mode);
+            assert_eq!(c.conns, 7);
+            assert_eq!(c.drain, 0.5);
+            assert_eq!(c.users, None);
+        }
+        let refused = Cli::try_parse_from(["sse-bench", "hold", "--connect-timeout=-1"]);
+        assert!(refused.is_err(), "a negative timeout is refused");
+    }
+}
