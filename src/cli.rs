@@ -200,7 +200,10 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 let path = match &user {
                     Some(u) => format!(
                         "/connections/{}/",
-                        percent_encoding::utf8_percent_encode(u, percent_encoding::NON_ALPHANUMERIC)
+                        percent_encoding::utf8_percent_encode(
+                            u,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
                     ),
                     None => "/connections/".to_string(),
                 };
@@ -467,7 +470,8 @@ fn listing_from(data: &Value, user: Option<&str>, node_id: &str) -> Result<Listi
     let mut all = Listing::new();
     match user {
         Some(u) => {
-            let rows: Vec<Row> = serde_json::from_value(data["connections"].clone()).map_err(bad)?;
+            let rows: Vec<Row> =
+                serde_json::from_value(data["connections"].clone()).map_err(bad)?;
             all.insert(u.to_string(), to_records(rows));
         }
         None => {

@@ -218,6 +218,8 @@ impl Default for AuthConfig {
 pub struct ApiConfig {
     pub token: Secret,
     pub max_body_bytes: usize,
+    /// Messages one `send/batch/` request may carry.
+    pub max_batch: usize,
     /// Origins (`scheme://host[:port]`) besides the admin listener's own
     /// whose browser requests are served; any other `Origin` gets 403.
     pub allowed_origins: Vec<String>,
@@ -231,6 +233,7 @@ impl Default for ApiConfig {
         Self {
             token: Secret::default(),
             max_body_bytes: 65536,
+            max_batch: 1000,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
         }
@@ -428,6 +431,9 @@ impl Config {
         }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&self.api.max_batch) {
+            return Err(invalid("api.max_batch", "must be 1 to 100000"));
         }
         for origin in &self.api.allowed_origins {
             if !is_origin(origin) {

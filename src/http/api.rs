@@ -22,6 +22,7 @@ use crate::store::{ConnectionRecord, Listing, Removed};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AdminRoute {
     Send,
+    SendBatch,
     Connections,
     UserConnections(String),
     Cleanup,
@@ -34,6 +35,7 @@ impl AdminRoute {
     pub(crate) fn label(&self) -> &'static str {
         match self {
             AdminRoute::Send => "send",
+            AdminRoute::SendBatch => "send_batch",
             AdminRoute::Connections => "connections",
             AdminRoute::UserConnections(_) => "user_connections",
             AdminRoute::Cleanup => "cleanup",
@@ -44,7 +46,7 @@ impl AdminRoute {
 
     fn allowed(&self) -> &'static [Method] {
         match self {
-            AdminRoute::Send | AdminRoute::Cleanup => &[Method::POST],
+            AdminRoute::Send | AdminRoute::SendBatch | AdminRoute::Cleanup => &[Method::POST],
             AdminRoute::Connections => &[Method::GET, Method::POST],
             AdminRoute::UserConnections(_) => &[Method::GET, Method::DELETE],
             AdminRoute::Healthz | AdminRoute::Metrics => &[Method::GET],
@@ -75,6 +77,7 @@ pub(crate) fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
     let rest = relative(base, path)?;
     match rest {
         "/send" => Some(AdminRoute::Send),
+        "/send/batch" => Some(AdminRoute::SendBatch),
         "/connections" => Some(AdminRoute::Connections),
         "/cleanup" => Some(AdminRoute::Cleanup),
         _ => {
@@ -172,6 +175,16 @@ where
                 Some(sent) => Ok(envelope::ok(sent)),
                 None => Err(ApiError::unavailable("the message was not taken")),
             }
+        }
+        (AdminRoute::SendBatch, _) => {
+            let limit = config
+                .api
+                .max_body_bytes
+                .saturating_mul(config.api.max_batch);
+            let body = read_body(headers, body, limit).await?;
+            let msgs = parse_batch(&body, config.api.max_batch, config.api.max_body_bytes)?;
+            let results = app.router.send(msgs, &config.history).await?;
+            Ok(envelope::ok(&json!({ "results": results })))
         }
         (AdminRoute::Connections, Method::GET) => {
             let all = app.router.list_all().await?;
@@ -462,6 +475,52 @@ pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
     })
 }
 
+/// A batch body: `{"messages": [<send body>, ...]}`, 1 to `max` messages,
+/// each validated exactly like a send and at most `max_bytes` long. One bad
+/// message rejects the batch, naming its index and field.
+pub(crate) fn parse_batch(
+    body: &[u8],
+    max: usize,
+    max_bytes: usize,
+) -> Result<Vec<Outgoing>, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        messages: Vec<&'a serde_json::value::RawValue>,
+    }
+    let batch: Batch = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body: must be {{\"messages\": [<send body>, ...]}}: {e}"
+        ))
+    })?;
+    if batch.messages.is_empty() || batch.messages.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "messages: must hold 1 to {max} messages (api.max_batch)"
+        )));
+    }
+    batch
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let text = raw.get();
+            if text.len() > max_bytes {
+                return Err(ApiError::bad_request(format!(
+                    "messages[{i}]: larger than api.max_body_bytes ({max_bytes} bytes)"
+                )));
+            }
+            parse_send(text.as_bytes()).map_err(|e| {
+                let what = match e.message.strip_prefix("body") {
+                    Some(rest) => format!("messages[{i}]{rest}"),
+                    None => format!("messages[{i}].{}", e.message),
+                };
+                ApiError::bad_request(what)
+            })
+        })
+        .collect()
+}
+
 /// Cleanup body: empty, or `{"timeout": secs}`.
 fn parse_cleanup(body: &[u8], default: f64) -> Result<f64, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -598,6 +657,34 @@ mod tests {
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/x-www-form-urlencoded"));
         assert!(!is_json("application/jsonp"));
+    }
+
+    #[test]
+    fn batch_validation_names_the_index_and_field() {
+        let err = |b: &str| parse_batch(b.as_bytes(), 3, 100).unwrap_err().message;
+        assert!(err("[]").starts_with("body"));
+        assert!(err(r#"{"messages":[],"x":1}"#).starts_with("body"));
+        assert!(err(r#"{"messages":[]}"#).starts_with("messages:"));
+        assert!(
+            err(r#"{"messages":[{"data":1},{"data":1},{"data":1},{"data":1}]}"#)
+                .starts_with("messages:")
+        );
+        assert_eq!(
+            err(r#"{"messages":[{"data":1},{"data":1,"event":"a b"}]}"#),
+            "messages[1].event: may only contain A-Za-z0-9_.:-"
+        );
+        assert!(err(r#"{"messages":[{"data":1},5]}"#).starts_with("messages[1]:"));
+        let long = format!(r#"{{"messages":[{{"data":"{}"}}]}}"#, "x".repeat(100));
+        assert!(err(&long).starts_with("messages[0]: larger"));
+        let ok = parse_batch(
+            br#"{"messages":[{"to":"a","data":{"n":12345678901234567890123}},{"data":null}]}"#,
+            3,
+            100,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].data, r#"{"n":12345678901234567890123}"#);
+        assert_eq!(ok[1].to, None);
     }
 
     #[test]

@@ -181,15 +181,11 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         opened: Instant::now(),
         established: false,
     };
-    let user_count = app
-        .router
-        .register(&conn)
-        .await
-        .map_err(|e| {
-            app.metrics.rejected_connections.inc();
-            ApiError::unavailable(format!("cannot register the connection: {e}"))
-                .with_retry_after(retry_later)
-        })?;
+    let user_count = app.router.register(&conn).await.map_err(|e| {
+        app.metrics.rejected_connections.inc();
+        ApiError::unavailable(format!("cannot register the connection: {e}"))
+            .with_retry_after(retry_later)
+    })?;
     guard.established = true;
     app.metrics.connects.inc();
     // The registration told how many connections the user has on all

@@ -149,7 +149,6 @@ impl Hub {
             .collect()
     }
 
-
     /// Queues `frame` to each of `ids` held here; returns how many took it.
     /// Ids of other nodes are skipped.
     pub(crate) fn deliver(&self, ids: &[String], frame: &Bytes) -> usize {

@@ -114,7 +114,11 @@ impl Router {
     /// Routes messages: the store keeps them (history on), reads their
     /// targets and delivers them through every node's [`Delivery`]. If the
     /// store fails, nothing was delivered and a retry cannot duplicate.
-    pub(crate) async fn send(&self, msgs: Vec<Outgoing>, kept: &HistoryConfig) -> Result<Vec<Sent>> {
+    pub(crate) async fn send(
+        &self,
+        msgs: Vec<Outgoing>,
+        kept: &HistoryConfig,
+    ) -> Result<Vec<Sent>> {
         self.store.ready()?;
         let taken: Vec<Message> = msgs
             .iter()

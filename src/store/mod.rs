@@ -325,7 +325,11 @@ impl Store {
     /// Keeps the messages (history on), reads their targets, and delivers
     /// them through every node's link (this one's too), in id order.
     /// Either all of them are taken or none (an error).
-    pub(crate) async fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Result<Vec<Accepted>> {
+    pub(crate) async fn send(
+        &self,
+        msgs: Vec<Message>,
+        history: &HistoryConfig,
+    ) -> Result<Vec<Accepted>> {
         match self {
             Store::Memory(m) => Ok(m.send(msgs, history)),
             Store::Redis(r) => r.send(msgs, history).await,
@@ -347,7 +351,11 @@ impl Store {
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1
     /// gives the first connection only.
-    pub(crate) async fn user_connection_ids(&self, user: &str, limit: Option<usize>) -> Result<Vec<String>> {
+    pub(crate) async fn user_connection_ids(
+        &self,
+        user: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<String>> {
         match self {
             Store::Memory(m) => Ok(m.user_connection_ids(user, limit)),
             Store::Redis(r) => r.registry().user_connection_ids(user, limit).await,

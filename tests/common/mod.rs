@@ -129,7 +129,10 @@ impl Env {
 
     /// `redis.url` for this engine ("" selects the embedded one).
     pub fn url(&self) -> String {
-        self.redis.as_ref().map(RedisServer::url).unwrap_or_default()
+        self.redis
+            .as_ref()
+            .map(RedisServer::url)
+            .unwrap_or_default()
     }
 
     /// [`test_config`] on this engine.

@@ -129,7 +129,15 @@ pub(crate) async fn publish_resync(registry: &Registry) -> Result<()> {
 }
 
 pub(crate) async fn publish(registry: &Registry, event: &BusEvent) -> Result<()> {
-    let payload = serde_json::to_string(event).unwrap_or_default();
+    publish_payload(registry, serde_json::to_string(event).unwrap_or_default()).await
+}
+
+/// Several events in one message (a JSON array), delivered in order.
+pub(crate) async fn publish_all(registry: &Registry, events: &[BusEvent]) -> Result<()> {
+    publish_payload(registry, serde_json::to_string(events).unwrap_or_default()).await
+}
+
+async fn publish_payload(registry: &Registry, payload: String) -> Result<()> {
     let channel = registry.keys().bus();
     let mut conn = registry.connection();
     tokio::time::timeout(Duration::from_secs(5), async move {

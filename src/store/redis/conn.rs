@@ -23,51 +23,51 @@ pub(crate) async fn primary_url(target: &RedisTarget) -> redis::RedisResult<Stri
             db,
         } => (sentinels, service, userinfo, db),
     };
-        let mut last_err = None;
-        for sentinel in sentinels {
-            let ask = async {
-                let client = redis::Client::open(format!("redis://{sentinel}"))?;
-                let mut conn = client.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(service)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-            };
-            match tokio::time::timeout(Duration::from_secs(2), ask).await {
-                Ok(Ok(Some((host, port)))) => {
-                    let auth = userinfo
-                        .as_ref()
-                        .map(|u| format!("{u}@"))
-                        .unwrap_or_default();
-                    let host = if host.contains(':') {
-                        format!("[{host}]")
-                    } else {
-                        host
-                    };
-                    return Ok(format!("redis://{auth}{host}:{port}/{db}"));
-                }
-                Ok(Ok(None)) => {
-                    last_err = Some(redis::RedisError::from((
-                        redis::ErrorKind::InvalidClientConfig,
-                        "sentinel does not know the service",
-                        format!("{service} at {sentinel}"),
-                    )))
-                }
-                Ok(Err(e)) => last_err = Some(e),
-                Err(_) => {
-                    last_err = Some(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "sentinel did not answer",
-                        sentinel.clone(),
-                    )))
-                }
+    let mut last_err = None;
+    for sentinel in sentinels {
+        let ask = async {
+            let client = redis::Client::open(format!("redis://{sentinel}"))?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(service)
+                .query_async::<Option<(String, u16)>>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), ask).await {
+            Ok(Ok(Some((host, port)))) => {
+                let auth = userinfo
+                    .as_ref()
+                    .map(|u| format!("{u}@"))
+                    .unwrap_or_default();
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                return Ok(format!("redis://{auth}{host}:{port}/{db}"));
+            }
+            Ok(Ok(None)) => {
+                last_err = Some(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "sentinel does not know the service",
+                    format!("{service} at {sentinel}"),
+                )))
+            }
+            Ok(Err(e)) => last_err = Some(e),
+            Err(_) => {
+                last_err = Some(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "sentinel did not answer",
+                    sentinel.clone(),
+                )))
             }
         }
-        Err(last_err.unwrap_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel"))
-        }))
     }
+    Err(last_err.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel"))
+    }))
+}
 
 /// A client for the current primary (the bus subscription's own connection).
 pub(crate) async fn client(target: &RedisTarget) -> redis::RedisResult<redis::Client> {
@@ -109,7 +109,12 @@ impl SharedConn {
 
     /// With Sentinel, checks every `every` which node is the primary and
     /// moves the connection there after a failover. Returns at shutdown.
-    pub(crate) async fn follow(self, target: RedisTarget, every: Duration, shutdown: CancellationToken) {
+    pub(crate) async fn follow(
+        self,
+        target: RedisTarget,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
         if !matches!(target, RedisTarget::Sentinel { .. }) {
             return;
         }

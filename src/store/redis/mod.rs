@@ -79,11 +79,8 @@ impl RedisStore {
             120,
         ))));
         let (up, bus_up) = watch::channel(false);
-        o.tasks.spawn(redis.follow(
-            target.clone(),
-            Duration::from_secs(1),
-            o.shutdown.clone(),
-        ));
+        o.tasks
+            .spawn(redis.follow(target.clone(), Duration::from_secs(1), o.shutdown.clone()));
         o.tasks.spawn(presence_task.run());
         let subscriber = bus::Subscriber {
             target,
@@ -148,91 +145,94 @@ impl RedisStore {
     }
 
     /// With history on, each message is kept, its targets read and it is
-    /// published on the bus in one script call (shared with concurrent
-    /// sends), and every node, this one too, delivers it from the bus. With
-    /// history off, the targets are read, other nodes told over the bus
-    /// first (if Redis fails, nothing is delivered and a retry cannot
-    /// duplicate), then this node's streams served.
+    /// published on the bus in one script call (a single send shares its
+    /// call with concurrent sends; a batch is one call), and every node,
+    /// this one too, delivers it from the bus. With history off, the
+    /// targets of the batch are read in one round trip, other nodes told
+    /// over the bus first (if Redis fails, nothing is delivered and a retry
+    /// cannot duplicate), then this node's streams served.
     pub(crate) async fn send(
         &self,
         msgs: Vec<Message>,
         kept: &HistoryConfig,
     ) -> Result<Vec<Accepted>> {
         self.ready()?;
-        match &self.appender {
-            Some(appender) => {
-                let calls = msgs
-                    .into_iter()
-                    .map(|m| appender.append(m, kept.size, kept.ttl_secs));
-                let results = futures_util::future::try_join_all(calls).await?;
-                Ok(results
-                    .into_iter()
-                    .map(|(id, targets)| Accepted {
-                        id,
-                        connections: match targets {
-                            Targets::Ids(ids) => ids.len(),
-                            Targets::Count(n) => n,
-                        },
-                    })
-                    .collect())
-            }
-            None => {
-                let mut out = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    out.push(self.send_unkept(m).await?);
-                }
-                Ok(out)
-            }
-        }
+        let (Some(appender), Some(history)) = (&self.appender, &self.history) else {
+            return self.send_unkept(msgs).await;
+        };
+        let taken = match <[Message; 1]>::try_from(msgs) {
+            Ok([one]) => vec![appender.append(one, kept.size, kept.ttl_secs).await?],
+            Err(msgs) => history.append(&msgs, kept.size, kept.ttl_secs).await?,
+        };
+        Ok(taken
+            .into_iter()
+            .map(|(id, targets)| Accepted {
+                id,
+                connections: match targets {
+                    Targets::Ids(ids) => ids.len(),
+                    Targets::Count(n) => n,
+                },
+            })
+            .collect())
     }
 
-    async fn send_unkept(&self, m: Message) -> Result<Accepted> {
-        let id = uuid::Uuid::new_v4().to_string();
-        let (ids, count) = match &m.to {
-            Some(user) => {
-                let ids = self
-                    .registry
-                    .user_connection_ids(user, m.first_only.then_some(1))
-                    .await?;
-                let n = ids.len();
-                (ids, n)
-            }
-            None => (Vec::new(), self.registry.connection_count().await?),
-        };
-        let remote = match &m.to {
-            Some(_) => ids.iter().any(|id| !self.link.holds(id)),
-            None => count > 0,
-        };
-        if remote {
-            let event = BusEvent::Deliver {
+    async fn send_unkept(&self, msgs: Vec<Message>) -> Result<Vec<Accepted>> {
+        let asked: Vec<(Option<&str>, bool)> = msgs
+            .iter()
+            .map(|m| (m.to.as_deref(), m.first_only))
+            .collect();
+        let targets = self.registry.targets(&asked).await?;
+        let ids: Vec<String> = msgs
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        let remote: Vec<BusEvent> = msgs
+            .iter()
+            .zip(&targets)
+            .zip(&ids)
+            .filter(|((m, (conns, count)), _)| match m.to {
+                Some(_) => conns.iter().any(|c| !self.link.holds(c)),
+                None => *count > 0,
+            })
+            .map(|((m, (conns, _)), id)| BusEvent::Deliver {
                 origin: self.origin.clone(),
                 to: m.to.clone(),
                 first_only: m.first_only,
-                ids: if m.first_only { ids.clone() } else { Vec::new() },
+                ids: if m.first_only {
+                    conns.clone()
+                } else {
+                    Vec::new()
+                },
                 broadcast: m.to.is_none(),
                 id: id.clone(),
                 event: m.event.clone(),
                 data: m.data.clone(),
-            };
-            bus::publish(&self.registry, &event).await?;
+            })
+            .collect();
+        if !remote.is_empty() {
+            bus::publish_all(&self.registry, &remote).await?;
         }
-        let target = match m.to {
-            // Every local tab of the user, also one whose record is still
-            // being written or was lost with a Redis restart.
-            Some(user) if !m.first_only => Target::User(user),
-            Some(_) => Target::Ids(ids),
-            None => Target::All,
-        };
-        self.link.receive(Inbound::Deliver {
-            id: id.clone(),
-            event: m.event,
-            data: m.data,
-            target,
-        });
-        Ok(Accepted {
-            id,
-            connections: count,
-        })
+        let mut out = Vec::with_capacity(msgs.len());
+        for ((m, (conns, count)), id) in msgs.into_iter().zip(targets).zip(ids) {
+            let target = match m.to {
+                // Every local tab of the user, also one whose record is
+                // still being written or was lost with a Redis restart.
+                Some(user) if !m.first_only => Target::User(user),
+                Some(_) => Target::Ids(conns),
+                None => Target::All,
+            };
+            self.link.receive(Inbound::Deliver {
+                id: id.clone(),
+                event: m.event,
+                data: m.data,
+                target,
+            });
+            out.push(Accepted {
+                id,
+                connections: count,
+            });
+        }
+        Ok(out)
     }
 
     pub(crate) async fn replay(

@@ -34,7 +34,6 @@ pub(crate) struct Presence {
     register_timeout: Duration,
 }
 
-
 impl Presence {
     /// Records a new connection; returns once it is in Redis, with how many
     /// connections its user then has on all nodes.
@@ -46,7 +45,9 @@ impl Presence {
             .map_err(|_| stopped())?;
         match tokio::time::timeout(self.register_timeout, done).await {
             Ok(Ok(Ok(count))) => Ok(count),
-            Ok(Ok(Err(e))) => Err(StoreError::Unavailable(format!("registry unavailable: {e}"))),
+            Ok(Ok(Err(e))) => Err(StoreError::Unavailable(format!(
+                "registry unavailable: {e}"
+            ))),
             Ok(Err(_)) => Err(stopped()),
             Err(_) => Err(StoreError::Timeout(self.register_timeout)),
         }

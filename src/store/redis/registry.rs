@@ -229,11 +229,42 @@ impl Registry {
             .await
     }
 
-    /// How many connections the registry holds, all nodes.
-    pub(crate) async fn connection_count(&self) -> Result<usize> {
-        let key = self.keys.heartbeats();
+    /// The targets of several messages in one round trip: for a user, its
+    /// connection ids (only the first with `first_only`); for a broadcast
+    /// (`None`), no ids and the registry's connection count.
+    pub(crate) async fn targets(
+        &self,
+        msgs: &[(Option<&str>, bool)],
+    ) -> Result<Vec<(Vec<String>, usize)>> {
+        let mut pipe = redis::pipe();
+        for (to, first_only) in msgs {
+            match to {
+                Some(user) => {
+                    let stop: isize = if *first_only { 0 } else { -1 };
+                    pipe.zrange(self.keys.user(user), 0, stop);
+                }
+                None => {
+                    pipe.zcard(self.keys.heartbeats());
+                }
+            }
+        }
         let mut c = self.conn.get();
-        self.bounded(async move { c.zcard(key).await }).await
+        let raw: Vec<redis::Value> = self
+            .bounded(async move { pipe.query_async(&mut c).await })
+            .await?;
+        let bad = |e: redis::ParsingError| StoreError::Unavailable(format!("redis answer: {e}"));
+        raw.into_iter()
+            .zip(msgs)
+            .map(|(v, (to, _))| {
+                if to.is_some() {
+                    let ids: Vec<String> = redis::from_redis_value(v).map_err(bad)?;
+                    let n = ids.len();
+                    Ok((ids, n))
+                } else {
+                    Ok((Vec::new(), redis::from_redis_value(v).map_err(bad)?))
+                }
+            })
+            .collect()
     }
 
     /// Every user's connections, users sorted, each user's connections by

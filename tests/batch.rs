@@ -1,0 +1,112 @@
+//! `POST {base}/send/batch/`: many messages in one request, validated as a
+//! whole, delivered in order, on both engines.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn post_batch(node: &TestNode, body: &str) -> (u16, Value) {
+    admin(
+        reqwest::Method::POST,
+        &node.admin_url("/notifications/send/batch/"),
+        Some(body),
+    )
+    .await
+}
+
+on_both_engines! {
+    async fn a_batch_reaches_each_target_in_order_with_one_result_per_message(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let (mut a1, _) = SseClient::connect(&node, "alice").await;
+        let (mut a2, _) = SseClient::connect(&node, "alice").await;
+        let (mut b, _) = SseClient::connect(&node, "bob").await;
+        let body = json!({"messages": [
+            {"to": "alice", "data": {"n": 1}},
+            {"to": "bob", "data": {"n": 2}, "event": "news"},
+            {"data": {"n": 3}},
+            {"to": "alice", "data": {"n": 4}, "all_connections": false},
+            {"to": "nobody", "data": 5},
+        ]});
+        let (status, answer) = post_batch(&node, &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        let results = answer["data"]["results"].as_array().expect("results");
+        let summary: Vec<(Value, Value, Value, Value)> = results
+            .iter()
+            .map(|r| (r["to"].clone(), r["event"].clone(), r["all_connections"].clone(), r["connections"].clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (json!("alice"), json!("message"), json!(true), json!(2)),
+                (json!("bob"), json!("news"), json!(true), json!(1)),
+                (Value::Null, json!("message"), json!(true), json!(3)),
+                (json!("alice"), json!("message"), json!(false), json!(1)),
+                (json!("nobody"), json!("message"), json!(true), json!(0)),
+            ],
+            "results in the order of the messages: {answer}"
+        );
+        let ids: Vec<&str> = results.iter().map(|r| r["message_id"].as_str().expect("id")).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "every message has its own id: {ids:?}");
+
+        let within = Duration::from_secs(5);
+        // The oldest alice tab: 1, 3, 4 in that order (4 is first-only).
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let e = a1.next_named("message", within).await.expect("alice's first tab got its messages");
+            seen.push((e.id, e.data));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (ids[0].to_string(), r#"{"n":1}"#.to_string()),
+                (ids[2].to_string(), r#"{"n":3}"#.to_string()),
+                (ids[3].to_string(), r#"{"n":4}"#.to_string()),
+            ]
+        );
+        for expected in [0, 2] {
+            let e = a2.next_named("message", within).await.expect("alice's second tab");
+            assert_eq!(e.id, ids[expected]);
+        }
+        let e = b.next_named("news", within).await.expect("bob's news");
+        assert_eq!((e.id.as_str(), e.data.as_str()), (ids[1], r#"{"n":2}"#));
+        let e = b.next_named("message", within).await.expect("bob's broadcast");
+        assert_eq!(e.id, ids[2]);
+    }
+
+    async fn one_bad_message_rejects_the_batch_naming_it_and_nothing_is_sent(env: Env) {
+        let mut config = env.config();
+        config.api.max_batch = 3;
+        let node = TestNode::start(config).await;
+        let (mut a, _) = SseClient::connect(&node, "alice").await;
+        for (body, names) in [
+            (json!({"messages": [{"to": "alice", "data": 1}, {"to": "alice", "data": 2, "event": "a b"}]}), "messages[1].event"),
+            (json!({"messages": [{"to": "alice", "data": 1}, {"to": "alice"}]}), "messages[1].data"),
+            (json!({"messages": [{"to": "alice", "data": 1, "all_conections": false}]}), "all_conections"),
+            (json!({"messages": [{"to": "alice", "data": 1}, 7]}), "messages[1]"),
+            (json!({"messages": []}), "messages"),
+            (json!({"messages": [{"data": 1}, {"data": 2}, {"data": 3}, {"data": 4}]}), "max_batch"),
+            (json!({"message": [{"data": 1}]}), "messages"),
+        ] {
+            let (status, answer) = post_batch(&node, &body.to_string()).await;
+            assert_eq!(status, 400, "{body} -> {answer}");
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(message.contains(names), "{body}: the error names {names}: {message}");
+        }
+        // Nothing of those batches arrived: the next message is the marker.
+        let (status, answer) = admin(
+            reqwest::Method::POST,
+            &node.admin_url("/notifications/send/"),
+            Some(r#"{"to":"alice","data":"marker"}"#),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        let e = a.next_named("message", Duration::from_secs(5)).await.expect("marker");
+        assert_eq!(e.data, r#""marker""#, "a rejected batch delivered something");
+    }
+}
