@@ -25,7 +25,6 @@ pub(crate) mod stream;
 
 /// The state one running node shares between its routes and background
 /// tasks. The live config and authenticator are swapped whole on reload.
-
 pub(crate) struct App {
     config: RwLock<Arc<Config>>,
     auth: RwLock<Arc<Authenticator>>,
