@@ -70,23 +70,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Send a message through a running node's admin API.
+    /// Send a message (or a file of them) through a running node's admin API.
     #[command(
-        after_help = "Examples:\n  sse-notify send --to alice '{\"text\":\"hi\"}'\n  sse-notify send --event news '\"everyone\"'   (broadcast)"
+        after_help = "Examples:\n  sse-notify send --to alice '{\"text\":\"hi\"}'\n  sse-notify send --event news '\"everyone\"'   (broadcast)\n  sse-notify send --batch messages.jsonl   (one send body per line: {\"to\":\"alice\",\"data\":1})"
     )]
     Send {
         /// Username; without it the message is a broadcast.
-        #[arg(long, value_name = "USER")]
+        #[arg(long, value_name = "USER", conflicts_with = "batch")]
         to: Option<String>,
         /// SSE event name.
         #[arg(long, value_name = "E", default_value = "message")]
         event: String,
         /// Only the user's first (oldest) connection.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "batch")]
         first: bool,
         /// The payload, as JSON.
-        #[arg(value_name = "DATA_JSON")]
-        data: String,
+        #[arg(value_name = "DATA_JSON", required_unless_present = "batch")]
+        data: Option<String>,
+        /// A file of send bodies, one JSON object per line, posted in
+        /// batches of api.max_batch (`-` reads standard input).
+        #[arg(long, value_name = "FILE", conflicts_with = "data")]
+        batch: Option<PathBuf>,
         /// Print the response's data object as JSON.
         #[arg(long)]
         json: bool,
@@ -238,12 +242,28 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
             Ok(())
         }
         Command::Send {
+            batch: Some(file),
+            json,
+            ..
+        } => send_batch(&config, &file, json).await,
+        Command::Send {
             to,
             event,
             first,
             data,
             json,
-        } => send(&config, to, event, first, &data, json).await,
+            ..
+        } => {
+            send(
+                &config,
+                to,
+                event,
+                first,
+                data.as_deref().unwrap_or_default(),
+                json,
+            )
+            .await
+        }
     }
 }
 
@@ -372,6 +392,65 @@ async fn send(
 }
 
 use reqwest::Method;
+
+/// `send --batch FILE`: every line a send body, posted `api.max_batch` at
+/// a time; a bad line is a usage error naming it, before anything is sent.
+async fn send_batch(config: &Config, file: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| CliError::Usage(format!("--batch {}: {e}", file.display())))?;
+    let mut messages = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let body: Value = serde_json::from_str(line).map_err(|e| {
+            CliError::Usage(format!(
+                "--batch {} line {}: not valid JSON: {e}",
+                file.display(),
+                n + 1
+            ))
+        })?;
+        if !body.is_object() {
+            return Err(CliError::Usage(format!(
+                "--batch {} line {}: must be a JSON object (a send body)",
+                file.display(),
+                n + 1
+            )));
+        }
+        messages.push(body);
+    }
+    if messages.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--batch {}: no message in the file",
+            file.display()
+        )));
+    }
+    let mut results = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(config.api.max_batch) {
+        let body = serde_json::json!({ "messages": chunk });
+        let data = admin_call(config, Method::POST, "/send/batch/", Some(body)).await?;
+        results.extend(data["results"].as_array().cloned().unwrap_or_default());
+    }
+    if json {
+        println!("{}", serde_json::json!({ "results": results }));
+    } else {
+        let conns: u64 = results
+            .iter()
+            .map(|r| r["connections"].as_u64().unwrap_or(0))
+            .sum();
+        println!(
+            "sent {} message{} to {conns} connection{}",
+            results.len(),
+            plural(results.len()),
+            plural(conns as usize)
+        );
+    }
+    Ok(())
+}
 
 /// Calls the node's admin API (with `api.token`); answers the response's
 /// `data`. A node that does not answer, or an error answer, is one line.

@@ -110,3 +110,80 @@ on_both_engines! {
         assert_eq!(e.data, r#""marker""#, "a rejected batch delivered something");
     }
 }
+
+/// `sse-notify send --batch FILE` posts a JSON-lines file through a running
+/// node (here the embedded engine, as installed by default).
+#[tokio::test]
+async fn cli_send_batch_posts_a_file_of_messages() {
+    let node = BinaryNode::spawn("", "").await;
+    let (mut alice, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    let (mut bob, _) = SseClient::connect_url(&node.stream_url(), "bob").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("messages.jsonl");
+    std::fs::write(
+        &file,
+        "{\"to\":\"alice\",\"data\":{\"n\":1}}\n\n{\"to\":\"bob\",\"data\":2,\"event\":\"news\"}\n",
+    )
+    .expect("write");
+    let cfg = node.config_path.to_str().expect("path").to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&args)
+        })
+    };
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = vec!["send".into(), "-c".into(), cfg.clone()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let (rc, stdout, stderr) = run(args(&["--batch", file.to_str().expect("path")]))
+        .await
+        .expect("cli");
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("sent 2 messages to 2 connections"),
+        "{stdout}"
+    );
+    let e = alice
+        .next_named("message", Duration::from_secs(5))
+        .await
+        .expect("alice");
+    assert_eq!(e.data, r#"{"n":1}"#);
+    let e = bob
+        .next_named("news", Duration::from_secs(5))
+        .await
+        .expect("bob");
+    assert_eq!(e.data, "2");
+
+    // A bad line is a usage error naming it; nothing is sent.
+    std::fs::write(&file, "{\"to\":\"alice\",\"data\":3}\nnot json\n").expect("write");
+    let (rc, _, stderr) = run(args(&["--batch", file.to_str().expect("path")]))
+        .await
+        .expect("cli");
+    assert_eq!(rc, 2, "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    // A message the node refuses names its index.
+    std::fs::write(
+        &file,
+        "{\"to\":\"alice\",\"data\":3}\n{\"data\":4,\"event\":\"a b\"}\n",
+    )
+    .expect("write");
+    let (rc, _, stderr) = run(args(&["--batch", file.to_str().expect("path")]))
+        .await
+        .expect("cli");
+    assert_eq!(rc, 2, "{stderr}");
+    assert!(stderr.contains("messages[1].event"), "{stderr}");
+    let (status, _) = admin(
+        reqwest::Method::POST,
+        &node.admin_url("/notifications/send/"),
+        Some(r#"{"to":"alice","data":"marker"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let e = alice
+        .next_named("message", Duration::from_secs(5))
+        .await
+        .expect("marker");
+    assert_eq!(e.data, r#""marker""#, "a refused batch delivered something");
+}

@@ -176,6 +176,36 @@ def send_notification(user, data, event="message", all_connections=True):
     )
 
 
+def send_many(messages, batch_size=1000):
+    """Sends many messages in few requests (a comment thread, a group):
+    ``messages`` is an iterable of dicts with the arguments of
+    ``send_notification`` (``user``, ``data``, optional ``event`` and
+    ``all_connections``); ``user`` None is a broadcast. They are posted
+    ``batch_size`` at a time (at most sse-notify's ``api.max_batch``); a bad
+    message rejects its whole batch with an SSENotifyError naming
+    ``messages[i]`` and the field, and nothing of that batch is sent.
+
+    Returns one answer per message, in order, as ``send_notification``
+    does.
+    """
+    bodies = []
+    for m in messages:
+        user = m.get("user")
+        bodies.append(
+            {
+                "to": None if user is None else _username(user),
+                "data": m["data"],
+                "event": m.get("event", "message"),
+                "all_connections": bool(m.get("all_connections", True)),
+            }
+        )
+    results = []
+    for start in range(0, len(bodies), batch_size):
+        answer = _request("POST", "/send/batch/", {"messages": bodies[start:start + batch_size]})
+        results.extend(answer["results"])
+    return results
+
+
 def broadcast_notification(data, event="broadcast"):
     """Sends ``data`` to every open connection of every user."""
     return _request("POST", "/send/", {"to": None, "data": data, "event": event})

@@ -32,6 +32,7 @@ from services import (  # noqa: E402
     SSENotifyError,
     broadcast_notification,
     connection_manager,
+    send_many,
     send_notification,
 )
 
@@ -222,6 +223,27 @@ class ServicesTest(unittest.TestCase):
         # Nobody connected: not an error, 0 connections.
         sent = send_notification(unique("nobody"), {"x": 1})
         self.assertEqual(sent["connections"], 0)
+
+    def test_send_many_posts_batches_and_answers_in_order(self):
+        erin, finn = unique("erin"), unique("finn")
+        erin_tab, finn_tab = self.open(erin), self.open(finn)
+        sent = send_many(
+            [
+                {"user": erin, "data": {"n": 1}},
+                {"user": User(finn), "data": {"n": 2}, "event": "news"},
+                {"user": erin, "data": {"n": 3}, "all_connections": False},
+            ],
+            batch_size=2,
+        )
+        self.assertEqual([s["to"] for s in sent], [erin, finn, erin])
+        self.assertEqual([s["connections"] for s in sent], [1, 1, 1])
+        self.assertEqual(erin_tab.next_named("message")["id"], sent[0]["message_id"])
+        self.assertEqual(finn_tab.next_named("news")["id"], sent[1]["message_id"])
+        self.assertEqual(erin_tab.next_named("message")["id"], sent[2]["message_id"])
+        with self.assertRaises(SSENotifyError) as caught:
+            send_many([{"user": erin, "data": 1}, {"user": erin, "data": 2, "event": "bad event!"}])
+        self.assertEqual(caught.exception.status, 400)
+        self.assertIn("messages[1].event", str(caught.exception))
 
     def test_all_connections_false_reaches_only_the_oldest_tab(self):
         bob = unique("bob")
