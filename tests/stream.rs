@@ -44,34 +44,6 @@ async fn get(url: &str, headers: &[(&str, &[u8])]) -> reqwest::Response {
     request(reqwest::Method::GET, url, headers).await
 }
 
-/// Asserts an error envelope (SPEC 3): that status, JSON content type,
-/// `{"code": status, "message": "..."}`.
-async fn expect_envelope(resp: reqwest::Response, status: u16, what: &str) -> Value {
-    let got = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
-    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: body not complete within 5s"))
-        .unwrap();
-    assert_eq!(got, status, "{what}: status; body {text:?}");
-    assert!(
-        ct.starts_with("application/json"),
-        "{what}: content-type {ct:?}; body {text:?}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {text:?}"));
-    assert_eq!(body["code"], json!(status), "{what}: envelope {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: envelope without message: {body}"
-    );
-    body
-}
-
 /// The `data` of `connection_established` of a freshly opened stream.
 async fn established(c: &mut SseClient) -> Value {
     let ev = c

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::poll::{eventually, wait_exit};
-use super::{http, Env};
+use super::{http, Env, Node};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sse-notify")
@@ -196,19 +196,6 @@ impl BinaryNode {
         self.cli_config_path.to_string_lossy().into_owned()
     }
 
-    pub fn stream_url(&self) -> String {
-        format!("http://{}/notifications/stream/", self.public)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin, path)
-    }
-
-    /// `http://host:port` of the admin listener.
-    pub fn admin_base(&self) -> String {
-        self.admin_url("")
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -242,6 +229,16 @@ impl BinaryNode {
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         wait_exit(&mut self.child, within)
+    }
+}
+
+impl Node for BinaryNode {
+    fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 }
 

@@ -192,6 +192,35 @@ pub fn test_config(redis_url: &str) -> Config {
     c
 }
 
+/// What every node (in-process or binary) answers on: its two listeners.
+pub trait Node {
+    fn public_addr(&self) -> SocketAddr;
+    fn admin_addr(&self) -> SocketAddr;
+
+    fn stream_url(&self) -> String {
+        format!("http://{}/notifications/stream/", self.public_addr())
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr(), path)
+    }
+
+    /// `http://host:port` of the admin listener.
+    fn admin_base(&self) -> String {
+        self.admin_url("")
+    }
+}
+
+impl Node for TestNode {
+    fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+}
+
 /// A node running in this test process.
 pub struct TestNode {
     pub daemon: Arc<Daemon>,
@@ -217,19 +246,6 @@ impl TestNode {
             daemon,
             waiter: Some(waiter),
         }
-    }
-
-    pub fn stream_url(&self) -> String {
-        format!("http://{}/notifications/stream/", self.public)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin, path)
-    }
-
-    /// `http://host:port` of the admin listener.
-    pub fn admin_base(&self) -> String {
-        self.admin_url("")
     }
 
     /// Graceful stop; returns once every task is joined.
@@ -279,6 +295,38 @@ pub async fn send(node_admin: &str, body: Value) -> (u16, Value) {
         Some(&body.to_string()),
     )
     .await
+}
+
+/// Asserts an error envelope (SPEC 3): that status, JSON content type,
+/// `{"code": status, "message": "..."}`.
+pub async fn expect_envelope(resp: reqwest::Response, status: u16, what: &str) -> Value {
+    let got = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: body not complete within 5s"))
+        .unwrap();
+    assert_eq!(got, status, "{what}: status; body {text:?}");
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content-type {ct:?}; body {text:?}"
+    );
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {text:?}"));
+    assert_eq!(
+        body["code"],
+        serde_json::json!(status),
+        "{what}: envelope {body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: envelope without message: {body}"
+    );
+    body
 }
 
 /// A send that must succeed; its `message_id`.

@@ -8,7 +8,7 @@ use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
-use super::TestNode;
+use super::Node;
 
 /// A client without a total timeout (streams stay open), one per request
 /// so that dropping a response closes its TCP connection.
@@ -49,7 +49,7 @@ impl SseClient {
 
     /// Opens a stream as `user` (header auth from loopback) and returns it
     /// with its connection id, after `connection_established`.
-    pub async fn connect(node: &TestNode, user: &str) -> (SseClient, String) {
+    pub async fn connect(node: &impl Node, user: &str) -> (SseClient, String) {
         Self::connect_url(&node.stream_url(), user).await
     }
 
