@@ -7,7 +7,7 @@
 //! Redis registry. The app's own calls keep working.
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
@@ -100,13 +100,6 @@ fn assert_ok(a: &Answer, what: &str) -> Value {
     assert_eq!(a.status, 200, "{what}: {a:?}");
     assert_eq!(a.json["code"], json!(200), "{what}: {a:?}");
     a.json["data"].clone()
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Sends a marker the app's way and returns every event the stream got
@@ -265,7 +258,7 @@ async fn cross_site_sends_reach_no_stream() {
         ["app: \"hello\"", "app: \"hello\""],
         "the app's sends"
     );
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
     let (rc, stdout, stderr) = tokio::task::spawn_blocking(move || {
         cli(&[
             "send",
@@ -641,7 +634,7 @@ fn bad_allowed_origins_and_hosts_are_refused_at_start() {
             "api.allowed_hosts",
         ),
     ] {
-        let (path, _, _) = write_config(dir.path(), "redis://127.0.0.1:1/0", extra);
+        let path = write_config(dir.path(), "redis://127.0.0.1:1/0", extra);
         let (rc, stdout, stderr) = cli(&["check-config", "-c", path.to_str().unwrap()]);
         assert_eq!(rc, 2, "{extra}: {stdout}\n{stderr}");
         assert!(

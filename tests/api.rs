@@ -2,8 +2,8 @@
 //! an in-process node, a private redis-server, real SSE clients.
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
 use common::*;
 use eventsource_stream::Event;
@@ -216,13 +216,6 @@ async fn watch(tab: &mut SseClient, within: Duration) -> Seen {
     }
 }
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 /// Writes a connection record exactly as SPEC 4 lays it out, as another
 /// (possibly dead) node would have.
 fn inject(
@@ -242,89 +235,30 @@ fn inject(
     );
 }
 
-/// The registry as stored in Redis.
-#[derive(Debug, PartialEq)]
-struct Registry {
-    users: BTreeSet<String>,
-    /// user -> ids in zset order
-    user_sets: BTreeMap<String, Vec<String>>,
-    /// id -> (username, node_id)
-    hashes: BTreeMap<String, (String, String)>,
-    heartbeats: BTreeSet<String>,
+/// What the registry in Redis must be when exactly `live` (user, id) of
+/// `node` are connected, ids of each user in connection order.
+fn expected_registry(live: &[(&str, &str)]) -> RedisRegistry {
+    RedisRegistry::of(live)
 }
 
-fn read_registry(conn: &mut redis::Connection) -> Registry {
-    let users: BTreeSet<String> = redis::cmd("SMEMBERS").arg("sse:users").query(conn).unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sse:*").query(conn).unwrap();
-    let mut user_sets = BTreeMap::new();
-    let mut hashes = BTreeMap::new();
-    for k in keys {
-        if let Some(user) = k.strip_prefix("sse:user:") {
-            let ids: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&k)
-                .arg(0)
-                .arg(-1)
-                .query(conn)
-                .unwrap();
-            user_sets.insert(user.to_string(), ids);
-        } else if let Some(id) = k.strip_prefix("sse:conn:") {
-            let h: HashMap<String, String> = redis::cmd("HGETALL").arg(&k).query(conn).unwrap();
-            hashes.insert(
-                id.to_string(),
-                (
-                    h.get("username").cloned().unwrap_or_default(),
-                    h.get("node_id").cloned().unwrap_or_default(),
-                ),
-            );
-        }
+/// Waits until the registry in Redis is `want`, every record `node`'s.
+async fn registry_becomes(redis: &RedisServer, want: &RedisRegistry, node: &TestNode) {
+    if let Err(got) = redis.registry_becomes(want).await {
+        panic!("registry\n got: {got:#?}\nwant: {want:#?}");
     }
-    let heartbeats: BTreeSet<String> = redis::cmd("ZRANGE")
-        .arg("sse:heartbeats")
-        .arg(0)
-        .arg(-1)
-        .query(conn)
-        .unwrap();
-    Registry {
-        users,
-        user_sets,
-        hashes,
-        heartbeats,
-    }
-}
-
-/// The registry that holds exactly `live` (user, id) of `node_id`, ids of
-/// each user in connection order.
-fn expected_registry(live: &[(&str, &str)], node_id: &str) -> Registry {
-    let mut r = Registry {
-        users: BTreeSet::new(),
-        user_sets: BTreeMap::new(),
-        hashes: BTreeMap::new(),
-        heartbeats: BTreeSet::new(),
-    };
-    for (user, id) in live {
-        r.users.insert(user.to_string());
-        r.user_sets
-            .entry(user.to_string())
-            .or_default()
-            .push(id.to_string());
-        r.hashes
-            .insert(id.to_string(), (user.to_string(), node_id.to_string()));
-        r.heartbeats.insert(id.to_string());
-    }
-    r
-}
-
-async fn registry_becomes(redis: &RedisServer, want: &Registry, within: Duration) -> Registry {
     let mut conn = redis.conn();
-    let ok = eventually(within, || {
-        let got = read_registry(&mut conn);
-        let same = &got == want;
-        async move { same }
-    })
-    .await;
-    let got = read_registry(&mut redis.conn());
-    assert!(ok, "registry\n got: {got:#?}\nwant: {want:#?}");
-    got
+    for id in want.conns.keys() {
+        let owner: Option<String> = redis::cmd("HGET")
+            .arg(format!("sse:conn:{id}"))
+            .arg("node_id")
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(
+            owner.as_deref(),
+            Some(node_id(node).as_str()),
+            "node_id of {id}"
+        );
+    }
 }
 
 /// A config whose sweeper does not run during the test, so that records
@@ -1054,11 +988,8 @@ async fn full_clear_removes_zombies_and_keeps_live_connections() {
         assert!(!exists, "{z} survived the clear");
     }
 
-    let want = expected_registry(
-        &[("alice", &a1_id), ("alice", &a2_id), ("bob", &b1_id)],
-        &node_id(&node),
-    );
-    registry_becomes(&redis, &want, WAIT).await;
+    let want = expected_registry(&[("alice", &a1_id), ("alice", &a2_id), ("bob", &b1_id)]);
+    registry_becomes(&redis, &want, &node).await;
     let listed = ok_data(
         &get(&node.admin_url("/notifications/connections")).await,
         "list",
@@ -1093,7 +1024,7 @@ async fn full_clear_removes_zombies_and_keeps_live_connections() {
         ok_data(&r, "second clear"),
         json!({"connection_count": 3, "user_count": 2})
     );
-    registry_becomes(&redis, &want, WAIT).await;
+    registry_becomes(&redis, &want, &node).await;
 }
 
 // ---------------------------------------------------------------- delete
@@ -1125,11 +1056,11 @@ async fn delete_user_closes_their_streams_and_only_theirs() {
     assert!(a1.ends_within(WAIT).await, "alice tab 1 still open");
     assert!(a2.ends_within(WAIT).await, "alice tab 2 still open");
 
-    let want = expected_registry(&[("alice2", &al_id), ("bob", &b1_id)], &node_id(&node));
-    registry_becomes(&redis, &want, WAIT).await;
+    let want = expected_registry(&[("alice2", &al_id), ("bob", &b1_id)]);
+    registry_becomes(&redis, &want, &node).await;
     // And it stays that way (no closing stream writes alice back).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(read_registry(&mut conn), want);
+    wait_for_heartbeat_rounds(&node.admin_base(), "bob", 2).await;
+    assert_eq!(redis.registry(), want);
 
     let data = ok_data(
         &get(&node.admin_url("/notifications/connections/alice/")).await,
@@ -1173,11 +1104,8 @@ async fn delete_user_closes_their_streams_and_only_theirs() {
     let r = post_send(&node, r#"{"to":"alice","data":"welcome back"}"#).await;
     let id = assert_sent(&r, Some("alice"), "message", Some(true), 1);
     expect_event(&mut again, "message", &id, "alice's new tab").await;
-    let want = expected_registry(
-        &[("alice", &again_id), ("alice2", &al_id), ("bob", &b1_id)],
-        &node_id(&node),
-    );
-    registry_becomes(&redis, &want, WAIT).await;
+    let want = expected_registry(&[("alice", &again_id), ("alice2", &al_id), ("bob", &b1_id)]);
+    registry_becomes(&redis, &want, &node).await;
 }
 
 // ---------------------------------------------------------------- cleanup
@@ -1221,13 +1149,16 @@ async fn cleanup_removes_only_records_older_than_timeout() {
     assert_eq!(ids, ["mid", "mid2"]);
 
     // ghost keeps its fresh record; ghost2 is gone entirely; alice is live.
-    let reg = read_registry(&mut conn);
-    assert_eq!(reg.users, set(&["alice", "ghost"]));
-    assert_eq!(reg.user_sets.get("ghost"), Some(&vec!["fresh".to_string()]));
-    assert!(!reg.user_sets.contains_key("ghost2"), "{reg:#?}");
-    assert_eq!(reg.heartbeats, set(&["fresh", &live_id]));
+    let reg = RedisRegistry::read(&mut conn);
+    assert_eq!(reg.users, sorted(&["alice", "ghost"]));
     assert_eq!(
-        reg.hashes.keys().cloned().collect::<BTreeSet<_>>(),
+        reg.user_zsets.get("ghost"),
+        Some(&vec!["fresh".to_string()])
+    );
+    assert!(!reg.user_zsets.contains_key("ghost2"), "{reg:#?}");
+    assert_eq!(reg.heartbeats, sorted(&["fresh", &live_id]));
+    assert_eq!(
+        reg.conns.keys().cloned().collect::<BTreeSet<_>>(),
         set(&["fresh", &live_id])
     );
 
@@ -1266,7 +1197,7 @@ async fn cleanup_without_timeout_uses_sweep_stale_timeout_secs() {
             json!({"connection_count": 1, "user_count": 1, "connection_ids": [stale]}),
             "body {body:?}"
         );
-        let reg = read_registry(&mut conn);
+        let reg = RedisRegistry::read(&mut conn);
         assert!(reg.heartbeats.contains(&young), "{young} removed: {reg:#?}");
         assert!(reg.heartbeats.contains(&live_id));
     }
@@ -1280,7 +1211,7 @@ async fn cleanup_with_bad_timeout_is_400_and_removes_nothing() {
     let mut conn = redis.conn();
     let t = now();
     inject(&mut conn, "old", "ghost", t - 200.0, t - 120.0);
-    let before = read_registry(&mut conn);
+    let before = RedisRegistry::read(&mut conn);
     let url = node.admin_url("/notifications/cleanup/");
     for (body, field) in [
         (r#"{"timeout": "60"}"#, Some("timeout")),
@@ -1298,7 +1229,7 @@ async fn cleanup_with_bad_timeout_is_400_and_removes_nothing() {
         assert_error(&r, 400, field, &format!("cleanup {body}"));
     }
     assert_eq!(
-        read_registry(&mut conn),
+        RedisRegistry::read(&mut conn),
         before,
         "a bad cleanup removed something"
     );
@@ -1582,12 +1513,7 @@ async fn redis_down_gives_503_and_streams_stay_open() {
     let id = assert_sent(&r, Some("alice"), "message", Some(true), 1);
     let ev = expect_event(&mut tab, "message", &id, "after the outage").await;
     assert_eq!(ev.data, r#""after""#);
-    registry_becomes(
-        &redis,
-        &expected_registry(&[("alice", &tab_id)], &node_id(&node)),
-        WAIT,
-    )
-    .await;
+    registry_becomes(&redis, &expected_registry(&[("alice", &tab_id)]), &node).await;
 }
 
 #[track_caller]

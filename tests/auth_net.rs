@@ -65,11 +65,7 @@ fn url(addr: SocketAddr, path: &str) -> String {
 /// Opens the stream at `url` with the given headers and reads the answer:
 /// for 200, the `connection_established` data; else the error envelope.
 async fn open(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let mut req = client.get(url);
+    let mut req = stream_client().get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -88,27 +84,7 @@ async fn open(url: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         assert_eq!(ev.event, "connection_established", "{url}");
         return (status, serde_json::from_str(&ev.data).unwrap());
     }
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
-        .await
-        .unwrap_or_else(|_| panic!("{url}: body not complete within 5s"))
-        .unwrap();
-    assert!(
-        ct.starts_with("application/json"),
-        "{url}: {status} with content-type {ct:?}, body {text:?}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{url}: {status} body is not JSON ({e}): {text:?}"));
-    assert_eq!(body["code"], json!(status), "{url}: envelope {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{url}: envelope without message: {body}"
-    );
+    let body = expect_envelope(resp, status, url).await;
     (status, body)
 }
 

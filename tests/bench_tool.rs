@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{BinaryNode, RedisServer};
+use common::{BinaryNode, Node, RedisServer};
 use serde_json::Value;
 
 /// Runs `sse-bench MODE --conns 50 ... EXTRA` against `node`; returns the

@@ -58,6 +58,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use common::Node as _;
 use common::*;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};

@@ -17,24 +17,6 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Runs the CLI without blocking the test's runtime (streams stay polled).
-async fn cli_async(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli(&refs)
-    })
-    .await
-    .unwrap()
-}
-
 /// Runs the CLI with a chosen environment and working directory.
 fn cli_with(args: &[&str], env_config: Option<&Path>, cwd: &Path) -> (i32, String, String) {
     let mut cmd = Command::new(bin());
@@ -61,7 +43,7 @@ fn config_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// A config file for CLI commands against `redis_url` (ports unused).
 fn cli_config(dir: &Path, redis_url: &str, extra: &str) -> PathBuf {
-    write_config(dir, redis_url, extra).0
+    write_config(dir, redis_url, extra)
 }
 
 /// Asserts the CLI error convention: the exit code, nothing on stdout,
@@ -427,7 +409,7 @@ async fn connections_json_equals_the_api_data_of_a_running_node() {
     let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
 
     let get = |path: &str| {
         let url = node.admin_url(path);
@@ -681,7 +663,7 @@ async fn clear_force_with_a_running_node_leaves_exactly_its_live_connections() {
     let mut conn = redis.conn();
     let t = now();
     inject_record(&mut conn, "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
 
     let (rc, stdout, stderr) = cli_async(&["clear", "--force", "-c", &cfg]).await;
     assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -732,7 +714,7 @@ async fn send_reaches_the_users_tabs_through_the_admin_api() {
     let (mut tab1, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (mut tab2, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (mut other, _) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
 
     let (rc, stdout, stderr) =
         cli_async(&["send", "--to", "alice", r#"{"n":1}"#, "-c", &cfg]).await;
@@ -815,7 +797,7 @@ async fn send_first_reaches_only_the_oldest_tab() {
     let node = BinaryNode::spawn(&redis.url(), "").await;
     let (mut oldest, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (mut newer, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
 
     let (rc, stdout, stderr) = cli_async(&[
         "send",
@@ -849,7 +831,7 @@ async fn send_with_invalid_json_is_a_usage_error_and_sends_nothing() {
     let redis = RedisServer::start();
     let node = BinaryNode::spawn(&redis.url(), "").await;
     let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
 
     let out = cli_async(&["send", "--to", "alice", "{not json", "-c", &cfg]).await;
     assert_one_line_error(&out, 2, &["DATA_JSON"], "invalid DATA_JSON");
@@ -894,14 +876,14 @@ async fn send_authenticates_with_the_configured_api_token() {
     let redis = RedisServer::start();
     let node = BinaryNode::spawn(&redis.url(), "[api]\ntoken = \"t0ken-for-admin\"\n").await;
     let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
 
     // The API really wants the token.
     let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": 0})).await;
     assert_eq!(status, 401, "{body}");
 
     // A config without the token is refused, and nothing is delivered.
-    let text = std::fs::read_to_string(&node.config_path).unwrap();
+    let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let no_token = config_file(
         dir.path(),

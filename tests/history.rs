@@ -1,6 +1,7 @@
 //! History and Last-Event-ID replay (SPEC 2, [history]): what a tab missed
 //! comes back in order, exactly once, with no gap or duplicate at the seam
-//! between replay and live messages.
+//! between replay and live messages. Both engines keep the same window and
+//! give the same ids and gaps; two nodes sharing history is Redis only.
 mod common;
 
 use std::time::Duration;
@@ -10,10 +11,8 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn send_ok(node: &TestNode, body: Value) -> String {
-    let (status, resp) = send(&node.admin_url(""), body).await;
-    assert_eq!(status, 200, "{resp}");
-    resp["data"]["message_id"].as_str().unwrap().to_string()
+async fn send_to(node: &TestNode, body: Value) -> String {
+    send_ok(&node.admin_base(), body).await
 }
 
 /// Opens a stream as `user` with extra headers; returns it after
@@ -42,163 +41,176 @@ async fn drain(c: &mut SseClient, quiet: Duration) -> Vec<eventsource_stream::Ev
     out
 }
 
-#[tokio::test]
-async fn missed_messages_and_broadcasts_come_back_in_order_exactly_once() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let (mut tab, _) = SseClient::connect(&node, "alice").await;
-    let first = send_ok(&node, json!({"to": "alice", "data": 1})).await;
-    assert_eq!(tab.next_named("message", WAIT).await.unwrap().id, first);
-    drop(tab);
-    assert!(
-        eventually(WAIT, || {
-            let n = node.daemon.live_streams();
-            async move { n == 0 }
-        })
-        .await
-    );
+on_both_engines! {
+    async fn missed_messages_and_broadcasts_come_back_in_order_exactly_once(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let (mut tab, _) = SseClient::connect(&node, "alice").await;
+        let first = send_to(&node, json!({"to": "alice", "data": 1})).await;
+        assert_eq!(tab.next_named("message", WAIT).await.unwrap().id, first);
+        drop(tab);
+        assert!(
+            eventually(WAIT, || {
+                let n = node.daemon.live_streams();
+                async move { n == 0 }
+            })
+            .await
+        );
 
-    // Sent while alice has no connection at all: kept for her.
-    let m2 = send_ok(&node, json!({"to": "alice", "data": 2})).await;
-    let b1 = send_ok(&node, json!({"data": "b", "event": "news"})).await;
-    let m3 = send_ok(&node, json!({"to": "alice", "data": 3, "event": "ping"})).await;
-    let _other = send_ok(&node, json!({"to": "bob", "data": "not for alice"})).await;
+        // Sent while alice has no connection at all: kept for her.
+        let m2 = send_to(&node, json!({"to": "alice", "data": 2})).await;
+        let b1 = send_to(&node, json!({"data": "b", "event": "news"})).await;
+        let m3 = send_to(&node, json!({"to": "alice", "data": 3, "event": "ping"})).await;
+        let _other = send_to(&node, json!({"to": "bob", "data": "not for alice"})).await;
 
-    let mut tab = reconnect(&node, "alice", &[("Last-Event-ID", &first)], "").await;
-    let got = drain(&mut tab, Duration::from_millis(500)).await;
-    let seen: Vec<(&str, &str, &str)> = got
-        .iter()
-        .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
-        .collect();
-    assert_eq!(
-        seen,
-        vec![
-            (m2.as_str(), "message", "2"),
-            (b1.as_str(), "news", "\"b\""),
-            (m3.as_str(), "ping", "3"),
-        ]
-    );
-    // Then live ones, once.
-    let m4 = send_ok(&node, json!({"to": "alice", "data": 4})).await;
-    let got = drain(&mut tab, Duration::from_millis(500)).await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].id, m4);
+        let mut tab = reconnect(&node, "alice", &[("Last-Event-ID", &first)], "").await;
+        let got = drain(&mut tab, Duration::from_millis(500)).await;
+        let seen: Vec<(&str, &str, &str)> = got
+            .iter()
+            .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (m2.as_str(), "message", "2"),
+                (b1.as_str(), "news", "\"b\""),
+                (m3.as_str(), "ping", "3"),
+            ]
+        );
+        // Then live ones, once.
+        let m4 = send_to(&node, json!({"to": "alice", "data": 4})).await;
+        let got = drain(&mut tab, Duration::from_millis(500)).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].id, m4);
 
-    // The query parameter works like the header.
-    let mut tab2 = reconnect(&node, "alice", &[], &format!("?last_event_id={m3}")).await;
-    let got = drain(&mut tab2, Duration::from_millis(500)).await;
-    assert_eq!(
-        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-        vec![m4]
-    );
+        // The query parameter works like the header.
+        let mut tab2 = reconnect(&node, "alice", &[], &format!("?last_event_id={m3}")).await;
+        let got = drain(&mut tab2, Duration::from_millis(500)).await;
+        assert_eq!(
+            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            vec![m4]
+        );
+    }
 }
 
-#[tokio::test]
-async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.history.size = 3;
-    let node = TestNode::start(config).await;
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        ids.push(send_ok(&node, json!({"to": "carol", "data": i})).await);
-    }
-    let kept: Vec<String> = ids[3..].to_vec();
+on_both_engines! {
+    async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept(env: Env) {
+        let mut config = env.config();
+        config.history.size = 3;
+        let node = TestNode::start(config).await;
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            ids.push(send_to(&node, json!({"to": "carol", "data": i})).await);
+        }
+        let kept: Vec<String> = ids[3..].to_vec();
 
-    for last in [
-        ids[0].as_str(),
-        "1-0",
-        "not-an-id",
-        "99999999999999-0",
-        "x\u{1}y",
-    ] {
-        let mut tab = reconnect(
-            &node,
-            "carol",
-            &[],
-            &format!("?last_event_id={}", urlencode(last)),
-        )
-        .await;
+        for last in [
+            ids[0].as_str(),
+            "1-0",
+            "not-an-id",
+            "99999999999999-0",
+            "x\u{1}y",
+        ] {
+            let mut tab = reconnect(
+                &node,
+                "carol",
+                &[],
+                &format!("?last_event_id={}", urlencode(last)),
+            )
+            .await;
+            let got = drain(&mut tab, Duration::from_millis(400)).await;
+            assert_eq!(got[0].event, "history_gap", "{last}: {got:?}");
+            let data: Value = serde_json::from_str(&got[0].data).unwrap();
+            assert_eq!(data["last_event_id"], last);
+            let rest: Vec<String> = got[1..].iter().map(|e| e.id.clone()).collect();
+            assert_eq!(rest, kept, "{last}");
+        }
+        // A kept id: no gap, only what follows.
+        let mut tab = reconnect(&node, "carol", &[("Last-Event-ID", &kept[0])], "").await;
         let got = drain(&mut tab, Duration::from_millis(400)).await;
-        assert_eq!(got[0].event, "history_gap", "{last}: {got:?}");
-        let data: Value = serde_json::from_str(&got[0].data).unwrap();
-        assert_eq!(data["last_event_id"], last);
-        let rest: Vec<String> = got[1..].iter().map(|e| e.id.clone()).collect();
-        assert_eq!(rest, kept, "{last}");
+        assert_eq!(
+            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            kept[1..].to_vec()
+        );
     }
-    // A kept id: no gap, only what follows.
-    let mut tab = reconnect(&node, "carol", &[("Last-Event-ID", &kept[0])], "").await;
-    let got = drain(&mut tab, Duration::from_millis(400)).await;
-    assert_eq!(
-        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-        kept[1..].to_vec()
-    );
 }
 
 fn ids_of(events: &[eventsource_stream::Event]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
-/// Redis trims a stream only by whole nodes (the cheap kind), so it may
-/// hold more than `history.size`; what a replay serves is still exactly the
-/// newest `size`, and a gap is told when something after the client's id is
-/// no longer served, by count or by age, in the user's stream or in the
-/// broadcasts.
-#[tokio::test]
-async fn what_is_served_is_exactly_the_newest_size_and_age() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.history.size = 3;
-    config.history.ttl_secs = 1;
-    let node = TestNode::start(config).await;
+on_both_engines! {
+    /// Redis trims a stream only by whole nodes (the cheap kind), so it may
+    /// hold more than `history.size`; what a replay serves is still exactly the
+    /// newest `size`, and a gap is told when something after the client's id is
+    /// no longer served, by count or by age, in the user's stream or in the
+    /// broadcasts.
+    async fn what_is_served_is_exactly_the_newest_size_and_age(env: Env) {
+        let mut config = env.config();
+        config.history.size = 3;
+        config.history.ttl_secs = 1;
+        let node = TestNode::start(config).await;
 
-    let mut ids = Vec::new();
-    for i in 0..250 {
-        ids.push(send_ok(&node, json!({"to": "dave", "data": i})).await);
+        let mut ids = Vec::new();
+        for i in 0..250 {
+            ids.push(send_to(&node, json!({"to": "dave", "data": i})).await);
+        }
+        if let Some(redis) = env.redis_server() {
+            let len: usize = redis::cmd("XLEN")
+                .arg("sse:history:user:dave")
+                .query(&mut redis.conn())
+                .unwrap();
+            // size + 1 kept at least, plus at most one stream node (100 entries
+            // by Redis's default stream-node-max-entries).
+            assert!((4..=104).contains(&len), "stream length {len}");
+        }
+        // The id just before the served window: nothing after it is lost.
+        let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[246])], "").await;
+        assert_eq!(
+            ids_of(&drain(&mut tab, Duration::from_millis(300)).await),
+            ids[247..]
+        );
+        // One further back: ids[246] is no longer served, a gap.
+        let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[245])], "").await;
+        let got = drain(&mut tab, Duration::from_millis(300)).await;
+        assert_eq!(got[0].event, "history_gap", "{got:?}");
+        assert_eq!(ids_of(&got[1..]), ids[247..]);
+
+        // The user's own message is kept, but broadcasts after it fell out of
+        // the broadcast window: a gap, then everything served, in id order.
+        let mine = send_to(&node, json!({"to": "erin", "data": "m"})).await;
+        let mut bcast = Vec::new();
+        for i in 0..5 {
+            bcast.push(send_to(&node, json!({"data": i})).await);
+        }
+        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
+        let got = drain(&mut tab, Duration::from_millis(300)).await;
+        assert_eq!(got[0].event, "history_gap", "{got:?}");
+        let mut want = vec![mine.clone()];
+        want.extend_from_slice(&bcast[2..]);
+        assert_eq!(ids_of(&got[1..]), want);
+
+        // By age: what is older than ttl_secs is not served. Ids are
+        // `{unix ms}-{seq}`: wait until the clock is past `mine`'s age limit.
+        let mine_ms: f64 = mine
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("message id {mine} is not ms-seq"));
+        wait_until(
+            Duration::from_secs(3),
+            format_args!("{mine} older than history.ttl_secs = 1"),
+            || async move { now() * 1000.0 > mine_ms + 1000.0 },
+        )
+        .await;
+        let fresh = send_to(&node, json!({"to": "erin", "data": "fresh"})).await;
+        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
+        let got = drain(&mut tab, Duration::from_millis(300)).await;
+        assert_eq!(got[0].event, "history_gap", "{got:?}");
+        assert_eq!(ids_of(&got[1..]), vec![fresh.clone()]);
+        // Nothing missed after the newest id, however old the rest is.
+        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &fresh)], "").await;
+        assert!(drain(&mut tab, Duration::from_millis(300)).await.is_empty());
     }
-    let len: usize = redis::cmd("XLEN")
-        .arg("sse:history:user:dave")
-        .query(&mut redis.conn())
-        .unwrap();
-    // size + 1 kept at least, plus at most one stream node (100 entries
-    // by Redis's default stream-node-max-entries).
-    assert!((4..=104).contains(&len), "stream length {len}");
-    // The id just before the served window: nothing after it is lost.
-    let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[246])], "").await;
-    assert_eq!(
-        ids_of(&drain(&mut tab, Duration::from_millis(300)).await),
-        ids[247..]
-    );
-    // One further back: ids[246] is no longer served, a gap.
-    let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[245])], "").await;
-    let got = drain(&mut tab, Duration::from_millis(300)).await;
-    assert_eq!(got[0].event, "history_gap", "{got:?}");
-    assert_eq!(ids_of(&got[1..]), ids[247..]);
-
-    // The user's own message is kept, but broadcasts after it fell out of
-    // the broadcast window: a gap, then everything served, in id order.
-    let mine = send_ok(&node, json!({"to": "erin", "data": "m"})).await;
-    let mut bcast = Vec::new();
-    for i in 0..5 {
-        bcast.push(send_ok(&node, json!({"data": i})).await);
-    }
-    let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
-    let got = drain(&mut tab, Duration::from_millis(300)).await;
-    assert_eq!(got[0].event, "history_gap", "{got:?}");
-    let mut want = vec![mine.clone()];
-    want.extend_from_slice(&bcast[2..]);
-    assert_eq!(ids_of(&got[1..]), want);
-
-    // By age: what is older than ttl_secs is not served.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let fresh = send_ok(&node, json!({"to": "erin", "data": "fresh"})).await;
-    let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
-    let got = drain(&mut tab, Duration::from_millis(300)).await;
-    assert_eq!(got[0].event, "history_gap", "{got:?}");
-    assert_eq!(ids_of(&got[1..]), vec![fresh.clone()]);
-    // Nothing missed after the newest id, however old the rest is.
-    let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &fresh)], "").await;
-    assert!(drain(&mut tab, Duration::from_millis(300)).await.is_empty());
 }
 
 fn urlencode(s: &str) -> String {
@@ -213,101 +225,101 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-#[tokio::test]
-async fn disabled_history_writes_nothing_and_ignores_last_event_id() {
-    let redis = RedisServer::start();
-    let mut config = test_config(&redis.url());
-    config.history.enabled = false;
-    let node = TestNode::start(config).await;
-    let (mut tab, _) = SseClient::connect(&node, "dan").await;
-    let id = send_ok(&node, json!({"to": "dan", "data": 1})).await;
-    let _ = send_ok(&node, json!({"data": 2})).await;
-    assert!(tab.next_named("message", WAIT).await.is_some());
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("sse:history*")
-        .query(&mut redis.conn())
-        .unwrap();
-    assert!(keys.is_empty(), "history keys written: {keys:?}");
-    let mut again = reconnect(&node, "dan", &[("Last-Event-ID", &id)], "").await;
-    assert!(drain(&mut again, Duration::from_millis(400))
-        .await
-        .is_empty());
-    let mut again = reconnect(&node, "dan", &[("Last-Event-ID", "garbage")], "").await;
-    assert!(
-        drain(&mut again, Duration::from_millis(400))
+on_both_engines! {
+    async fn disabled_history_writes_nothing_and_ignores_last_event_id(env: Env) {
+        let mut config = env.config();
+        config.history.enabled = false;
+        let node = TestNode::start(config).await;
+        let (mut tab, _) = SseClient::connect(&node, "dan").await;
+        let id = send_to(&node, json!({"to": "dan", "data": 1})).await;
+        let _ = send_to(&node, json!({"data": 2})).await;
+        assert!(tab.next_named("message", WAIT).await.is_some());
+        if let Some(redis) = env.redis_server() {
+            let keys = redis.keys("sse:history*");
+            assert!(keys.is_empty(), "history keys written: {keys:?}");
+        }
+        let mut again = reconnect(&node, "dan", &[("Last-Event-ID", &id)], "").await;
+        assert!(drain(&mut again, Duration::from_millis(400))
             .await
-            .is_empty(),
-        "no history_gap when disabled"
-    );
+            .is_empty());
+        let mut again = reconnect(&node, "dan", &[("Last-Event-ID", "garbage")], "").await;
+        assert!(
+            drain(&mut again, Duration::from_millis(400))
+                .await
+                .is_empty(),
+            "no history_gap when disabled"
+        );
+    }
 }
 
-#[tokio::test]
-async fn one_tab_messages_are_replayed_once_at_most() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let (mut keeper, _) = SseClient::connect(&node, "eve").await;
-    let (mut other, _) = SseClient::connect(&node, "eve").await;
-    let base = send_ok(&node, json!({"to": "eve", "data": 0})).await;
-    assert!(keeper.next_named("message", WAIT).await.is_some());
-    assert!(other.next_named("message", WAIT).await.is_some());
-    drop(other);
-    // Delivered live to the first tab: no returning tab gets it again.
-    let live = send_ok(
-        &node,
-        json!({"to": "eve", "data": "one tab", "all_connections": false}),
-    )
-    .await;
-    assert_eq!(keeper.next_named("message", WAIT).await.unwrap().id, live);
-    let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
-    assert!(drain(&mut back, Duration::from_millis(400))
-        .await
-        .is_empty());
-    drop(back);
-    drop(keeper);
-    assert!(
-        eventually(WAIT, || {
-            let n = node.daemon.live_streams();
-            async move { n == 0 }
-        })
-        .await
-    );
-    let mut alone = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
-    assert!(
-        drain(&mut alone, Duration::from_millis(400))
+on_both_engines! {
+    async fn one_tab_messages_are_replayed_once_at_most(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let (mut keeper, _) = SseClient::connect(&node, "eve").await;
+        let (mut other, _) = SseClient::connect(&node, "eve").await;
+        let base = send_to(&node, json!({"to": "eve", "data": 0})).await;
+        assert!(keeper.next_named("message", WAIT).await.is_some());
+        assert!(other.next_named("message", WAIT).await.is_some());
+        drop(other);
+        // Delivered live to the first tab: no returning tab gets it again.
+        let live = send_to(
+            &node,
+            json!({"to": "eve", "data": "one tab", "all_connections": false}),
+        )
+        .await;
+        assert_eq!(keeper.next_named("message", WAIT).await.unwrap().id, live);
+        let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
+        assert!(drain(&mut back, Duration::from_millis(400))
             .await
-            .is_empty(),
-        "a one-tab message that reached a tab is not replayed"
-    );
-    drop(alone);
-    assert!(
-        eventually(WAIT, || {
-            let n = node.daemon.live_streams();
-            async move { n == 0 }
-        })
-        .await
-    );
+            .is_empty());
+        drop(back);
+        drop(keeper);
+        assert!(
+            eventually(WAIT, || {
+                let n = node.daemon.live_streams();
+                async move { n == 0 }
+            })
+            .await
+        );
+        let mut alone = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
+        assert!(
+            drain(&mut alone, Duration::from_millis(400))
+                .await
+                .is_empty(),
+            "a one-tab message that reached a tab is not replayed"
+        );
+        drop(alone);
+        assert!(
+            eventually(WAIT, || {
+                let n = node.daemon.live_streams();
+                async move { n == 0 }
+            })
+            .await
+        );
 
-    // Sent while eve has no connection: kept for the first tab back only.
-    let kept = send_ok(
-        &node,
-        json!({"to": "eve", "data": "kept", "all_connections": false}),
-    )
-    .await;
-    let mut first = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
-    let got = drain(&mut first, Duration::from_millis(400)).await;
-    assert_eq!(
-        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-        vec![kept]
-    );
-    let mut second = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
-    assert!(
-        drain(&mut second, Duration::from_millis(400))
-            .await
-            .is_empty(),
-        "only the first tab back gets a kept one-tab message"
-    );
+        // Sent while eve has no connection: kept for the first tab back only.
+        let kept = send_to(
+            &node,
+            json!({"to": "eve", "data": "kept", "all_connections": false}),
+        )
+        .await;
+        let mut first = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
+        let got = drain(&mut first, Duration::from_millis(400)).await;
+        assert_eq!(
+            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            vec![kept]
+        );
+        let mut second = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
+        assert!(
+            drain(&mut second, Duration::from_millis(400))
+                .await
+                .is_empty(),
+            "only the first tab back gets a kept one-tab message"
+        );
+    }
 }
 
+/// Two nodes sharing one history: Redis only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing() {
     let redis = RedisServer::start();

@@ -2,9 +2,7 @@
 //! (SPEC 5): start-up clear, signals, reload, sweeps, Redis failures.
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -12,49 +10,13 @@ use serde_json::json;
 
 // ---------------------------------------------------------------- helpers
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Every connection-registry key (`sse:conn:*`, `sse:user:*`, `sse:users`,
-/// `sse:heartbeats`), sorted.
-fn registry_keys(conn: &mut redis::Connection) -> Vec<String> {
-    let mut out = Vec::new();
-    for pattern in ["sse:conn:*", "sse:user:*", "sse:users", "sse:heartbeats"] {
-        let k: Vec<String> = redis::cmd("KEYS").arg(pattern).query(conn).unwrap();
-        out.extend(k);
-    }
-    out.sort();
-    out
-}
-
-fn users_set(conn: &mut redis::Connection) -> Vec<String> {
-    let mut u: Vec<String> = redis::cmd("SMEMBERS").arg("sse:users").query(conn).unwrap();
-    u.sort();
-    u
-}
-
-fn sorted<S: AsRef<str>>(v: &[S]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.as_ref().to_string()).collect();
-    v.sort();
-    v
-}
-
-/// Polls the registry until it equals `want` (sorted ids) within `within`.
-async fn registry_becomes(redis: &RedisServer, want: &[String], within: Duration) -> bool {
-    let want = sorted(want);
-    eventually(within, || {
-        let ok = redis.ping() && registry_ids(&mut redis.conn(), "sse") == want;
-        async move { ok }
-    })
-    .await
-}
-
 fn ids_now(redis: &RedisServer) -> Vec<String> {
-    registry_ids(&mut redis.conn(), "sse")
+    redis.ids()
+}
+
+/// Polls until the registry in Redis holds exactly `want` (any order).
+async fn registry_becomes(redis: &RedisServer, want: &[String]) -> bool {
+    redis.ids_become(want).await.is_ok()
 }
 
 async fn healthz(node: &BinaryNode) -> Option<u16> {
@@ -67,66 +29,8 @@ async fn healthz(node: &BinaryNode) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
-fn still_running(node: &mut BinaryNode) -> bool {
-    matches!(node.child.try_wait(), Ok(None))
-}
-
-/// A config file whose listeners are on the given addresses.
-fn config_at(
-    dir: &Path,
-    public: SocketAddr,
-    admin: SocketAddr,
-    redis_url: &str,
-    connect_timeout_secs: u64,
-    extra: &str,
-) -> PathBuf {
-    let path = dir.join("sse-notify.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\nnode_id = \"lc-{}\"\nshutdown_grace_secs = 3\n\n[redis]\nurl = \"{redis_url}\"\nconnect_timeout_secs = {connect_timeout_secs}\n\n{extra}\n",
-            uuid::Uuid::new_v4().simple()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
-/// `sse-notify serve -c FILE` without waiting for it to come up; stdout and
-/// stderr go to `log`.
-fn spawn_serve(config: &Path, log: &Path) -> Child {
-    let f = std::fs::File::create(log).unwrap();
-    Command::new(bin())
-        .args(["serve", "-c"])
-        .arg(config)
-        .env_remove("SSE_NOTIFY_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .spawn()
-        .expect("spawn sse-notify")
-}
-
-fn wait_child(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-/// Rewrites one line of the node's config file.
-fn edit_config(node: &BinaryNode, from: &str, to: &str) {
-    let text = std::fs::read_to_string(&node.config_path).unwrap();
-    assert!(text.contains(from), "{from:?} not in config:\n{text}");
-    std::fs::write(&node.config_path, text.replace(from, to)).unwrap();
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
 }
 
 // ---------------------------------------------------------------- startup
@@ -167,9 +71,9 @@ async fn start_clears_zombie_records() {
         ids_now(&redis)
     );
     assert!(
-        registry_keys(&mut conn).is_empty(),
+        redis.registry_keys().is_empty(),
         "leftover registry keys: {:?}",
-        registry_keys(&mut conn)
+        redis.registry_keys()
     );
     let other: Option<String> = redis::cmd("GET")
         .arg("not-a-registry-key")
@@ -215,7 +119,7 @@ async fn start_with_startup_clear_false_keeps_records() {
         ids_now(&redis),
         sorted(&["other-1", "other-2", id.as_str()])
     );
-    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob", "carol"]));
+    assert_eq!(redis.users(), sorted(&["alice", "bob", "carol"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +129,7 @@ async fn serve_with_an_invalid_config_exits_2_naming_the_key() {
     std::fs::write(&path, "[stream]\nheartbeat_sec = 3\n").unwrap();
     let log = dir.path().join("log.txt");
     let mut child = spawn_serve(&path, &log);
-    let code = wait_child(&mut child, Duration::from_secs(5));
+    let code = wait_exit(&mut child, Duration::from_secs(5));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(code, Some(2), "log:\n{text}");
     assert!(text.contains("heartbeat_sec"), "names the key:\n{text}");
@@ -236,11 +140,11 @@ async fn redis_unreachable_at_start_exits_1_after_connect_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let redis_url = format!("redis://127.0.0.1:{}/0", free_port());
     let (public, admin) = (free_addr(), free_addr());
-    let cfg = config_at(dir.path(), public, admin, &redis_url, 2, "");
+    let cfg = write_config_at(dir.path(), &public, &admin, &redis_url, 2, "");
     let log = dir.path().join("log.txt");
     let started = Instant::now();
     let mut child = spawn_serve(&cfg, &log);
-    let code = wait_child(&mut child, Duration::from_secs(10));
+    let code = wait_exit(&mut child, Duration::from_secs(10));
     let elapsed = started.elapsed();
     if code.is_none() {
         let _ = child.kill();
@@ -270,11 +174,20 @@ async fn redis_coming_up_within_connect_timeout_lets_serve_start() {
     redis.kill();
     let dir = tempfile::tempdir().unwrap();
     let (public, admin) = (free_addr(), free_addr());
-    let cfg = config_at(dir.path(), public, admin, &redis.url(), 3, "");
+    let cfg = write_config_at(dir.path(), &public, &admin, &redis.url(), 3, "");
     let log = dir.path().join("log.txt");
     let mut child = spawn_serve(&cfg, &log);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    redis.restart(); // 2.5s after start, inside the 3s window
+    // Redis comes up while the node retries, inside the 3 s window.
+    let retrying = eventually(Duration::from_secs(3), || {
+        let log = &log;
+        async move {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains("redis not reachable yet")
+        }
+    })
+    .await;
+    redis.restart();
     let health = format!("http://{admin}/healthz");
     let mut exited = None;
     let up = eventually(Duration::from_secs(6), || {
@@ -293,7 +206,7 @@ async fn redis_coming_up_within_connect_timeout_lets_serve_start() {
     let _ = child.wait();
     assert!(
         up && exited.is_none(),
-        "Redis came up 2.5s after start, inside connect_timeout_secs = 3, but serve exited with {exited:?}; log:\n{text}"
+        "Redis came up while serve retried (retry logged: {retrying}), inside connect_timeout_secs = 3, but serve exited with {exited:?}; log:\n{text}"
     );
 }
 
@@ -305,14 +218,14 @@ async fn listen_address_in_use_exits_1_with_a_message() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken_addr = taken.local_addr().unwrap();
         let (public, admin) = if which == "public" {
-            (taken_addr, free_addr())
+            (taken_addr.to_string(), free_addr())
         } else {
-            (free_addr(), taken_addr)
+            (free_addr(), taken_addr.to_string())
         };
-        let cfg = config_at(dir.path(), public, admin, &redis.url(), 3, "");
+        let cfg = write_config_at(dir.path(), &public, &admin, &redis.url(), 3, "");
         let log = dir.path().join("log.txt");
         let mut child = spawn_serve(&cfg, &log);
-        let code = wait_child(&mut child, Duration::from_secs(8));
+        let code = wait_exit(&mut child, Duration::from_secs(8));
         if code.is_none() {
             let _ = child.kill();
             let _ = child.wait();
@@ -375,13 +288,14 @@ async fn graceful_stop(sig: i32) {
         "this node's records are removed, the other node's stay; log:\n{}",
         node.log()
     );
-    assert_eq!(users_set(&mut conn), vec!["carol".to_string()]);
+    assert_eq!(redis.users(), vec!["carol".to_string()]);
     assert!(
-        !registry_keys(&mut conn)
+        !redis
+            .registry_keys()
             .iter()
             .any(|k| k == "sse:user:alice" || k == "sse:user:bob"),
         "no orphans: {:?}",
-        registry_keys(&mut conn)
+        redis.registry_keys()
     );
     assert!(
         std::net::TcpStream::connect(node.public).is_err(),
@@ -406,7 +320,18 @@ async fn sigterm_during_a_redis_outage_still_exits_0_in_time() {
     let mut node = BinaryNode::spawn(&redis.url(), "").await;
     let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = node.admin_url("/healthz");
+    wait_until(
+        Duration::from_secs(5),
+        "/healthz 503 after Redis died",
+        || {
+            let health = health.clone();
+            async move {
+                matches!(http().get(&health).send().await, Ok(r) if r.status().as_u16() == 503)
+            }
+        },
+    )
+    .await;
     let started = Instant::now();
     node.signal(15);
     assert!(
@@ -445,20 +370,20 @@ async fn sighup_clears_zombies_and_live_streams_are_re_registered() {
     node.signal(1);
     let live = vec![a_id.clone(), b_id.clone()];
     assert!(
-        registry_becomes(&redis, &live, Duration::from_secs(5)).await,
+        registry_becomes(&redis, &live).await,
         "after SIGHUP the registry must be exactly the live streams, got {:?}; log:\n{}",
         ids_now(&redis),
         node.log()
     );
-    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
-    assert!(!registry_keys(&mut conn).iter().any(|k| k.contains("zed")));
+    assert_eq!(redis.users(), sorted(&["alice", "bob"]));
+    assert!(!redis.registry_keys().iter().any(|k| k.contains("zed")));
 
     // Still the same registry a few heartbeats later (no late zombie).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for_heartbeat_rounds(&node.admin_base(), "alice", 2).await;
     assert_eq!(ids_now(&redis), sorted(&live));
 
     // The streams keep receiving, and the node keeps running.
-    assert!(still_running(&mut node), "SIGHUP must not stop the node");
+    assert!(node.still_running(), "SIGHUP must not stop the node");
     let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "hup-a"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["connections"], 1);
@@ -479,7 +404,7 @@ async fn sighup_reloads_retry_ms_for_new_streams() {
     let before_id = before.established().await;
     assert_eq!(before.retry_ms(), Some(1500));
 
-    edit_config(&node, "retry_ms = 1500", "retry_ms = 2500");
+    node.edit_config("retry_ms = 1500", "retry_ms = 2500");
     node.signal(1);
     let url = node.stream_url();
     let applied = eventually(Duration::from_secs(5), || {
@@ -496,7 +421,7 @@ async fn sighup_reloads_retry_ms_for_new_streams() {
         "new streams must get retry: 2500 after SIGHUP; log:\n{}",
         node.log()
     );
-    assert!(still_running(&mut node));
+    assert!(node.still_running());
     // The old stream survived the reload and is registered.
     assert!(ids_now(&redis).contains(&before_id));
     let (status, _) = send(
@@ -523,14 +448,16 @@ async fn sighup_reloads_heartbeat_interval() {
     let mut s = RawStream::open(&node.stream_url(), "alice").await;
     s.established().await;
 
-    edit_config(&node, "heartbeat_secs = 3", "heartbeat_secs = 1");
+    node.edit_config("heartbeat_secs = 3", "heartbeat_secs = 1");
     node.signal(1);
-    // Old cadence 3s: at most one old-interval wait, then one every second.
-    let seen = s.read_for(Duration::from_millis(6500)).await;
-    let beats = seen.matches(": heartbeat").count();
+    // Old cadence 3s: at most one old-interval wait, then one every second:
+    // 4 heartbeats in 6.5 s (3 + 3 * 1 + margin), 8 or more at 3 s would take 12 s.
+    let started = Instant::now();
+    s.wait_for_heartbeats(4, Duration::from_millis(6500)).await;
     assert!(
-        beats >= 4,
-        "with heartbeat_secs = 1 after SIGHUP, >= 4 heartbeat comments expected in 6.5s, got {beats}:\n{seen}\nlog:\n{}",
+        started.elapsed() < Duration::from_millis(6500),
+        "4 heartbeats took {:?} after SIGHUP to heartbeat_secs = 1; log:\n{}",
+        started.elapsed(),
         node.log()
     );
 }
@@ -542,11 +469,7 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config() {
     let (mut tab, tab_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
 
     // A typo, and a change that would otherwise apply.
-    edit_config(
-        &node,
-        "retry_ms = 1500",
-        "retry_ms = 2500\nheartbeat_sec = 3",
-    );
+    node.edit_config("retry_ms = 1500", "retry_ms = 2500\nheartbeat_sec = 3");
     node.signal(1);
     let logged = eventually(Duration::from_secs(5), || {
         let found = node.log().contains("heartbeat_sec");
@@ -558,12 +481,11 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config() {
         "the invalid file is logged, naming the key; log:\n{}",
         node.log()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(healthz(&node).await, Some(200));
     assert!(
-        still_running(&mut node),
+        node.still_running(),
         "an invalid file must not stop the node"
     );
-    assert_eq!(healthz(&node).await, Some(200));
 
     // The old config is in force.
     let mut s = RawStream::open(&node.stream_url(), "bob").await;
@@ -572,7 +494,7 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config() {
 
     // Still serving: the live stream is registered and receives.
     assert!(
-        registry_becomes(&redis, &[tab_id.clone(), s_id], Duration::from_secs(5)).await,
+        registry_becomes(&redis, &[tab_id.clone(), s_id]).await,
         "{:?}",
         ids_now(&redis)
     );
@@ -592,12 +514,11 @@ async fn sighup_with_an_invalid_file_keeps_the_old_config() {
 async fn sighup_logs_keys_that_need_a_restart_and_keeps_serving() {
     let redis = RedisServer::start();
     let mut node = BinaryNode::spawn(&redis.url(), "").await;
-    let old_public = node.public;
     let new_public = free_addr();
-    edit_config(
-        &node,
-        &format!("listen = \"{old_public}\""),
-        &format!("listen = \"{new_public}\""),
+    // The line of server.listen only (admin_listen ends the same way).
+    node.edit_config(
+        "\nlisten = \"127.0.0.1:0\"",
+        &format!("\nlisten = \"{new_public}\""),
     );
     node.signal(1);
     let logged = eventually(Duration::from_secs(5), || {
@@ -610,7 +531,7 @@ async fn sighup_logs_keys_that_need_a_restart_and_keeps_serving() {
         "names server.listen as needing a restart; log:\n{}",
         node.log()
     );
-    assert!(still_running(&mut node));
+    assert!(node.still_running());
     // Still on the old address.
     let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
     assert!(ids_now(&redis).contains(&id));
@@ -634,7 +555,7 @@ async fn sweep_removes_the_records_of_a_killed_node() {
     let (_v2, v2_id) = SseClient::connect_url(&victim.stream_url(), "dora").await;
     let all = vec![s1_id.clone(), s2_id.clone(), v1_id.clone(), v2_id.clone()];
     assert!(
-        registry_becomes(&redis, &all, Duration::from_secs(3)).await,
+        registry_becomes(&redis, &all).await,
         "{:?}",
         ids_now(&redis)
     );
@@ -643,17 +564,17 @@ async fn sweep_removes_the_records_of_a_killed_node() {
     let survivors = vec![s1_id.clone(), s2_id.clone()];
     // stale 3s + sweep every 1s + margin.
     assert!(
-        registry_becomes(&redis, &survivors, Duration::from_secs(8)).await,
+        registry_becomes(&redis, &survivors).await,
         "the dead node's records must be swept, the live ones kept; got {:?}; survivor log:\n{}",
         ids_now(&redis),
         survivor.log()
     );
     let mut conn = redis.conn();
-    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
+    assert_eq!(redis.users(), sorted(&["alice", "bob"]));
     assert!(
-        !registry_keys(&mut conn).iter().any(|k| k.contains("dora")),
+        !redis.registry_keys().iter().any(|k| k.contains("dora")),
         "no orphans: {:?}",
-        registry_keys(&mut conn)
+        redis.registry_keys()
     );
     let alice: Vec<String> = redis::cmd("ZRANGE")
         .arg("sse:user:alice")
@@ -663,8 +584,8 @@ async fn sweep_removes_the_records_of_a_killed_node() {
         .unwrap();
     assert_eq!(alice, vec![s1_id.clone()]);
 
-    // Live connections are not swept later either.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Live connections are not swept later either (stale after 3 s).
+    wait_for_sweeps(&survivor.admin_base(), 4).await;
     assert_eq!(ids_now(&redis), sorted(&survivors));
     let (status, body) = send(&survivor.admin_url(""), json!({"to": "alice", "data": "x"})).await;
     assert_eq!(status, 200);
@@ -689,7 +610,7 @@ async fn a_starting_node_clears_and_the_running_node_re_registers() {
     let (_b, b_id) = SseClient::connect_url(&second.stream_url(), "bob").await;
     let live = vec![a_id.clone(), b_id.clone()];
     assert!(
-        registry_becomes(&redis, &live, Duration::from_secs(5)).await,
+        registry_becomes(&redis, &live).await,
         "only live connections of both nodes; got {:?}; first log:\n{}",
         ids_now(&redis),
         first.log()
@@ -738,13 +659,9 @@ async fn redis_outage_keeps_streams_and_recovers_registrations() {
     );
 
     // The stream stays open and heartbeat comments go on.
-    tab.read_for(Duration::from_millis(10)).await; // mark what came before as read
-    let during = tab.read_for(Duration::from_millis(2600)).await;
-    assert!(
-        during.matches(": heartbeat").count() >= 2,
-        "heartbeats during the outage: {during:?}; log:\n{}",
-        node.log()
-    );
+    tab.mark_read();
+    tab.wait_for_heartbeats(2, Duration::from_millis(2600))
+        .await;
     assert!(!tab.ended, "stream closed during the outage");
 
     // send answers 503 and delivers nothing.
@@ -752,7 +669,7 @@ async fn redis_outage_keeps_streams_and_recovers_registrations() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], 503, "{body}");
     // The CLI reports it as a runtime failure.
-    let cfg = node.config_path.to_str().unwrap().to_string();
+    let cfg = node.cli_config();
     let (rc, stdout, stderr) = tokio::task::spawn_blocking(move || {
         cli(&["send", "--to", "alice", "\"lost-too\"", "-c", &cfg])
     })
@@ -766,17 +683,21 @@ async fn redis_outage_keeps_streams_and_recovers_registrations() {
 
     // A client leaves during the outage: it must not come back as a zombie.
     drop(leaving);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the node noticed the leaving stream",
+        || async { metric(&node.admin_base(), "sse_notify_live_connections").await == 1.0 },
+    )
+    .await;
 
     redis.restart();
     assert!(
-        registry_becomes(&redis, std::slice::from_ref(&id), Duration::from_secs(6)).await,
+        registry_becomes(&redis, std::slice::from_ref(&id)).await,
         "after Redis is back the live connection (only) is re-registered; got {:?}; log:\n{}",
         ids_now(&redis),
         node.log()
     );
-    let mut conn = redis.conn();
-    assert_eq!(users_set(&mut conn), vec!["alice".to_string()]);
+    assert_eq!(redis.users(), vec!["alice".to_string()]);
     let healthy = eventually(Duration::from_secs(5), || {
         let url = url.clone();
         async move { matches!(http().get(&url).send().await, Ok(r) if r.status().is_success()) }
@@ -790,16 +711,17 @@ async fn redis_outage_keeps_streams_and_recovers_registrations() {
     assert!(
         tab.wait_for("data: \"back\"", Duration::from_secs(5)).await,
         "the tab receives again: {:?}",
-        tab.text
+        tab.text()
     );
     assert!(
-        !tab.text.contains("\"lost\""),
+        !tab.text().contains("\"lost\""),
         "the 503 send delivered nothing"
     );
 
-    // Still registered a few sweeps later (heartbeats are written again).
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Still registered after sweeps past the stale timeout (5 s):
+    // heartbeats are written again.
+    wait_for_sweeps(&node.admin_base(), 6).await;
     assert_eq!(ids_now(&redis), vec![id.clone()], "log:\n{}", node.log());
-    assert!(still_running(&mut node));
+    assert!(node.still_running());
     assert!(!node.log().contains("panicked"), "log:\n{}", node.log());
 }

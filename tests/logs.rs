@@ -7,8 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Map, Value};
@@ -18,75 +17,6 @@ const NEW_API_TOKEN: &str = "n3w-s3cr3t-after-reload";
 const REDIS_PASSWORD: &str = "r3dis-pa55word-value";
 const SIGHUP: i32 = 1;
 const SIGTERM: i32 = 15;
-
-/// A private `redis-server` that requires a password (`RedisServer` of the
-/// harness has none), on a free port, never the shared one.
-struct PasswordRedis {
-    port: u16,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl PasswordRedis {
-    fn start(password: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                password,
-                "--dir",
-            ])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let r = PasswordRedis {
-            port,
-            child: Some(child),
-            _dir: dir,
-        };
-        let url = r.url(password);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let up = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if up {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("password redis-server on port {port} did not come up");
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!("redis://:{password}@127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -206,16 +136,13 @@ fn assert_no_secret(log: &str, secrets: &[&str]) {
 }
 
 async fn wait_for_log(node: &BinaryNode, needle: &str) -> bool {
-    eventually(Duration::from_secs(5), || async {
-        node.log().contains(needle)
-    })
-    .await
+    node.logged(needle, Duration::from_secs(5)).await
 }
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
-    let mut redis = PasswordRedis::start(REDIS_PASSWORD);
-    let redis_url = redis.url(REDIS_PASSWORD);
+    let mut redis = RedisServer::start_with_password(REDIS_PASSWORD);
+    let redis_url = redis.url();
     let extra = format!(
         "[log]\nformat = \"json\"\n\n[api]\ntoken = \"{API_TOKEN}\"\n\n[stream]\nheartbeat_secs = 1\n\n[sweep]\nstale_timeout_secs = 5\n"
     );
@@ -272,7 +199,7 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
         .expect("the message reaches the stream");
     assert_eq!(ev.data, r#"{"text":"hi"}"#);
     // And one through the CLI, which reads api.token from the same file.
-    let config = node.config_path.to_str().unwrap().to_string();
+    let config = node.cli_config();
     let (code, out, err) = cli(&["send", "-c", &config, "--to", "alice", r#"{"n":2}"#]);
     assert_eq!(code, 0, "cli send: {out}{err}");
     drop(client);
@@ -285,7 +212,7 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
     // A reload whose new file changes the token and the Redis password:
     // whatever it logs about the change must not name them.
     let text = std::fs::read_to_string(&node.config_path).unwrap();
-    let new_redis_url = redis.url("an0ther-r3dis-pa55");
+    let new_redis_url = redis_url.replace(REDIS_PASSWORD, "an0ther-r3dis-pa55");
     let text = text
         .replace(API_TOKEN, NEW_API_TOKEN)
         .replace(&redis_url, &new_redis_url);
@@ -308,6 +235,7 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
 
     // A Redis outage: the errors logged about it must not carry the URL's
     // password either.
+    let logged_before = node.log().len();
     redis.kill();
     let down = eventually(Duration::from_secs(10), || async {
         admin_call(
@@ -321,7 +249,17 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
     })
     .await;
     assert!(down, "send did not answer 503 with Redis down");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let outage_logged = eventually(Duration::from_secs(10), || async {
+        let log = node.log();
+        let since = log.get(logged_before..).unwrap_or_default();
+        since.contains("\"ERROR\"") || since.contains("\"WARN\"")
+    })
+    .await;
+    assert!(
+        outage_logged,
+        "the outage was never logged; log:\n{}",
+        node.log()
+    );
 
     node.signal(SIGTERM);
     assert_eq!(
@@ -390,7 +328,7 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
 async fn json_log_of_unreachable_redis_masks_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", free_port());
-    let (config, _, _) = write_config(dir.path(), &url, "[log]\nformat = \"json\"\n");
+    let config = write_config(dir.path(), &url, "[log]\nformat = \"json\"\n");
     let (log, code) = run_to_exit(&config, Duration::from_secs(20));
     assert_eq!(code, Some(1), "exit code without Redis; log:\n{log}");
     let lines = json_lines(&log);
@@ -410,26 +348,8 @@ async fn json_log_of_unreachable_redis_masks_the_password() {
 /// `serve -c FILE` with stdout and stderr to a file, until it exits.
 fn run_to_exit(config: &Path, within: Duration) -> (String, Option<i32>) {
     let log_path = config.with_file_name("run.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(bin())
-        .args(["serve", "-c"])
-        .arg(config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let code = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s.code();
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = spawn_serve(config, &log_path);
+    let code = wait_exit(&mut child, within);
     (std::fs::read_to_string(&log_path).unwrap(), code)
 }
 

@@ -3,7 +3,6 @@
 //! versions are in `tests/nodes.rs`; these run the binary.
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -15,118 +14,6 @@ const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------- helpers
-
-fn sorted<S: AsRef<str>>(v: &[S]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.as_ref().to_string()).collect();
-    v.sort();
-    v
-}
-
-fn ids_now(redis: &RedisServer) -> Vec<String> {
-    registry_ids(&mut redis.conn(), "sse")
-}
-
-/// The whole connection registry as SPEC 4 lays it out.
-#[derive(Debug, PartialEq, Eq)]
-struct Registry {
-    /// `sse:heartbeats` members.
-    heartbeats: Vec<String>,
-    /// ids of the `sse:conn:{id}` hashes.
-    conn_hashes: Vec<String>,
-    /// `sse:users` members.
-    users: Vec<String>,
-    /// every `sse:user:{username}` zset, members in score order.
-    user_zsets: BTreeMap<String, Vec<String>>,
-}
-
-fn registry_now(conn: &mut redis::Connection) -> Registry {
-    let heartbeats = registry_ids(conn, "sse");
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sse:conn:*").query(conn).unwrap();
-    let conn_hashes = sorted(
-        &keys
-            .iter()
-            .map(|k| k.trim_start_matches("sse:conn:"))
-            .collect::<Vec<_>>(),
-    );
-    let mut users: Vec<String> = redis::cmd("SMEMBERS").arg("sse:users").query(conn).unwrap();
-    users.sort();
-    let mut user_zsets = BTreeMap::new();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("sse:user:*").query(conn).unwrap();
-    for k in keys {
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&k)
-            .arg(0)
-            .arg(-1)
-            .query(conn)
-            .unwrap();
-        user_zsets.insert(k.trim_start_matches("sse:user:").to_string(), members);
-    }
-    Registry {
-        heartbeats,
-        conn_hashes,
-        users,
-        user_zsets,
-    }
-}
-
-/// What the registry must be when exactly `live` (username, connection id)
-/// are connected, listed oldest first.
-fn registry_of(live: &[(&str, &str)]) -> Registry {
-    let ids: Vec<&str> = live.iter().map(|(_, id)| *id).collect();
-    let mut user_zsets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (user, id) in live {
-        user_zsets
-            .entry(user.to_string())
-            .or_default()
-            .push(id.to_string());
-    }
-    Registry {
-        heartbeats: sorted(&ids),
-        conn_hashes: sorted(&ids),
-        users: user_zsets.keys().cloned().collect(),
-        user_zsets,
-    }
-}
-
-/// Polls until the registry is exactly `want`; the last one seen otherwise.
-async fn registry_becomes(
-    redis: &RedisServer,
-    want: &Registry,
-    within: Duration,
-) -> Result<(), Registry> {
-    let mut last = None;
-    let ok = eventually(within, || {
-        let r = if redis.ping() {
-            Some(registry_now(&mut redis.conn()))
-        } else {
-            None
-        };
-        let ok = r.as_ref() == Some(want);
-        last = r;
-        async move { ok }
-    })
-    .await;
-    if ok {
-        Ok(())
-    } else {
-        Err(last.unwrap_or(Registry {
-            heartbeats: vec![],
-            conn_hashes: vec![],
-            users: vec![],
-            user_zsets: BTreeMap::new(),
-        }))
-    }
-}
-
-/// Polls until `sse:heartbeats` holds exactly `want` (in any order).
-async fn ids_become(redis: &RedisServer, want: &[&str], within: Duration) -> bool {
-    let want = sorted(want);
-    eventually(within, || {
-        let ok = redis.ping() && ids_now(redis) == want;
-        async move { ok }
-    })
-    .await
-}
 
 async fn healthz(node: &BinaryNode) -> Option<(u16, Value)> {
     let resp = http()
@@ -211,13 +98,13 @@ async fn delivery_across_three_processes_exactly_once() {
     let named = [("A", &a), ("B", &b), ("C", &c)];
     let _logs = LogsOnPanic(&named);
 
-    let want = registry_of(&[
+    let want = RedisRegistry::of(&[
         ("alice", &a1_id),
         ("alice", &b1_id),
         ("bob", &bob_id),
         ("alice", &c1_id),
     ]);
-    if let Err(got) = registry_becomes(&redis, &want, WAIT).await {
+    if let Err(got) = redis.registry_becomes(&want).await {
         panic!(
             "after C's startup clear the registry must be exactly the 4 live tabs, alice's oldest first\nwant {want:?}\ngot  {got:?}\n{}",
             logs(&named)
@@ -294,8 +181,8 @@ async fn delivery_across_three_processes_exactly_once() {
             logs(&named)
         );
     }
-    let want = registry_of(&[("bob", &bob_id)]);
-    if let Err(got) = registry_becomes(&redis, &want, WAIT).await {
+    let want = RedisRegistry::of(&[("bob", &bob_id)]);
+    if let Err(got) = redis.registry_becomes(&want).await {
         panic!("after alice's logout only bob stays\nwant {want:?}\ngot  {got:?}");
     }
     for (name, n) in named {
@@ -331,7 +218,7 @@ async fn zombie_node(redis: &RedisServer, users: &[&str]) -> Vec<String> {
         ids.push(id);
     }
     let registered = eventually(WAIT, || {
-        let now = ids_now(redis);
+        let now = redis.ids();
         let ok = ids.iter().all(|id| now.contains(id));
         async move { ok }
     })
@@ -344,7 +231,7 @@ async fn zombie_node(redis: &RedisServer, users: &[&str]) -> Vec<String> {
         assert!(tab.ends_within(WAIT).await, "a killed node's stream ends");
     }
     // Nobody removed them: stale_timeout_secs is the default 300.
-    let now = ids_now(redis);
+    let now = redis.ids();
     assert!(
         ids.iter().all(|id| now.contains(id)),
         "the killed node's records stay as zombies: {now:?} vs {ids:?}"
@@ -363,13 +250,13 @@ async fn full_clear_with_a_sigkilled_node_leaves_only_live_connections() {
     let (_b_carol, b_carol_id) = SseClient::connect_url(&b.stream_url(), "carol").await;
     let named = [("A", &a), ("B", &b)];
     let _logs = LogsOnPanic(&named);
-    let live = registry_of(&[
+    let live = RedisRegistry::of(&[
         ("alice", &a_alice_id),
         ("bob", &a_bob_id),
         ("alice", &b_alice_id),
         ("carol", &b_carol_id),
     ]);
-    let cfg = b.config_path.to_str().unwrap().to_string();
+    let cfg = b.cli_config();
 
     for how in [
         "POST connections/ on A",
@@ -382,7 +269,7 @@ async fn full_clear_with_a_sigkilled_node_leaves_only_live_connections() {
         let mut with_zombies: Vec<String> = live.heartbeats.clone();
         with_zombies.extend(zombies.iter().cloned());
         assert_eq!(
-            ids_now(&redis),
+            redis.ids(),
             sorted(&with_zombies),
             "before the clear ({how})"
         );
@@ -417,7 +304,7 @@ async fn full_clear_with_a_sigkilled_node_leaves_only_live_connections() {
             _ => b.signal(1),
         }
 
-        if let Err(got) = registry_becomes(&redis, &live, WAIT).await {
+        if let Err(got) = redis.registry_becomes(&live).await {
             panic!(
                 "after {how} the registry must be exactly the live connections of A and B, no record of the killed node\nwant {live:?}\ngot  {got:?}\n{}",
                 logs(&named)
@@ -475,9 +362,12 @@ async fn redis_restart_with_two_nodes_recovers_delivery_across_nodes() {
     let mut leaving = RawStream::open(&b.stream_url(), "carol").await;
     let leaving_id = leaving.established().await;
     assert!(
-        ids_become(&redis, &[&tab_a_id, &tab_b_id, &leaving_id], WAIT).await,
+        redis
+            .ids_become(&[&tab_a_id, &tab_b_id, &leaving_id])
+            .await
+            .is_ok(),
         "{:?}",
-        ids_now(&redis)
+        redis.ids()
     );
 
     redis.kill();
@@ -507,11 +397,11 @@ async fn redis_restart_with_two_nodes_recovers_delivery_across_nodes() {
     }
     drop(leaving);
     // Both streams stay open, heartbeat comments go on.
-    tab_a.read_for(Duration::from_millis(1)).await;
-    tab_b.read_for(Duration::from_millis(1)).await;
+    tab_a.mark_read();
+    tab_b.mark_read();
     let (during_a, during_b) = tokio::join!(
-        tab_a.read_for(Duration::from_millis(2500)),
-        tab_b.read_for(Duration::from_millis(2500))
+        tab_a.wait_for_heartbeats(2, Duration::from_millis(2500)),
+        tab_b.wait_for_heartbeats(2, Duration::from_millis(2500))
     );
     for (name, during, tab) in [("A", &during_a, &tab_a), ("B", &during_b, &tab_b)] {
         assert!(
@@ -548,7 +438,7 @@ async fn redis_restart_with_two_nodes_recovers_delivery_across_nodes() {
     };
     let registry = async {
         while t0.elapsed() < limit {
-            if redis.ping() && ids_now(&redis) == live {
+            if redis.ping() && redis.ids() == live {
                 return Some(t0.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -597,7 +487,7 @@ async fn redis_restart_with_two_nodes_recovers_delivery_across_nodes() {
     assert!(
         registry.is_some(),
         "the registry is exactly the live tabs {live:?} within 10 s; got {:?}\n{}",
-        ids_now(&redis),
+        redis.ids(),
         logs(&named)
     );
     assert!(
@@ -613,10 +503,10 @@ async fn redis_restart_with_two_nodes_recovers_delivery_across_nodes() {
     assert!(
         tab_a.wait_for("data: \"back\"", WAIT).await,
         "{:?}",
-        tab_a.text
+        tab_a.text()
     );
-    let want = registry_of(&[("alice", &tab_a_id), ("bob", &tab_b_id)]);
-    if let Err(got) = registry_becomes(&redis, &want, WAIT).await {
+    let want = RedisRegistry::of(&[("alice", &tab_a_id), ("bob", &tab_b_id)]);
+    if let Err(got) = redis.registry_becomes(&want).await {
         panic!(
             "no zombie after the outage\nwant {want:?}\ngot  {got:?}\n{}",
             logs(&named)
@@ -624,18 +514,21 @@ async fn redis_restart_with_two_nodes_recovers_delivery_across_nodes() {
     }
     // And it stays so over more than a heartbeat and a sweep interval
     // (the tab that left during the outage must not come back later).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in [&a, &b] {
+        wait_for_sweeps(&n.admin_base(), 2).await;
+    }
+    tab_a.wait_for_heartbeats(1, WAIT).await;
     assert_eq!(
-        registry_now(&mut redis.conn()),
+        redis.registry(),
         want,
         "registry 1.5 s later\n{}",
         logs(&named)
     );
     for (name, tab) in [("A", &tab_a), ("B", &tab_b)] {
         assert!(
-            !tab.text.contains("\"lost\""),
+            !tab.text().contains("\"lost\""),
             "the 503 sends delivered nothing on {name}: {:?}",
-            tab.text
+            tab.text()
         );
     }
     assert_no_panic(&named);
@@ -654,9 +547,9 @@ async fn killed_bus_subscription_rebuilt_across_processes() {
     let (mut on_a, on_a_id) = SseClient::connect_url(&a.stream_url(), "erin").await;
     let (mut on_b, on_b_id) = SseClient::connect_url(&b.stream_url(), "dora").await;
     assert!(
-        ids_become(&redis, &[&on_a_id, &on_b_id], WAIT).await,
+        redis.ids_become(&[&on_a_id, &on_b_id]).await.is_ok(),
         "{:?}",
-        ids_now(&redis)
+        redis.ids()
     );
 
     let killed: i64 = redis::cmd("CLIENT")
@@ -754,7 +647,7 @@ async fn killed_bus_subscription_rebuilt_across_processes() {
             "{name} resubscribed once:\n{metrics}"
         );
     }
-    assert_eq!(ids_now(&redis), sorted(&[&on_a_id, &on_b_id]));
+    assert_eq!(redis.ids(), sorted(&[&on_a_id, &on_b_id]));
     assert_no_panic(&named);
 }
 
@@ -772,9 +665,9 @@ async fn per_user_cap_counts_all_processes() {
     let (mut first, first_id) = SseClient::connect_url(&a.stream_url(), "carol").await;
     let (mut second, second_id) = SseClient::connect_url(&b.stream_url(), "carol").await;
     assert!(
-        ids_become(&redis, &[&first_id, &second_id], WAIT).await,
+        redis.ids_become(&[&first_id, &second_id]).await.is_ok(),
         "{:?}",
-        ids_now(&redis)
+        redis.ids()
     );
     receives_nothing(&mut first, "1st (A)").await;
 
@@ -791,8 +684,8 @@ async fn per_user_cap_counts_all_processes() {
     assert!(first.ends_within(WAIT).await, "the evicted tab is closed");
     receives_nothing(&mut second, "2nd (B)").await;
     receives_nothing(&mut third, "3rd (B)").await;
-    let want = registry_of(&[("carol", &second_id), ("carol", &third_id)]);
-    if let Err(got) = registry_becomes(&redis, &want, WAIT).await {
+    let want = RedisRegistry::of(&[("carol", &second_id), ("carol", &third_id)]);
+    if let Err(got) = redis.registry_becomes(&want).await {
         panic!(
             "exactly 2 records for carol\nwant {want:?}\ngot  {got:?}\n{}",
             logs(&named)
@@ -827,8 +720,8 @@ async fn per_user_cap_counts_all_processes() {
     );
     assert!(second.ends_within(WAIT).await, "the evicted tab is closed");
     receives_nothing(&mut third, "3rd (B)").await;
-    let want = registry_of(&[("carol", &third_id), ("carol", &fourth_id)]);
-    if let Err(got) = registry_becomes(&redis, &want, WAIT).await {
+    let want = RedisRegistry::of(&[("carol", &third_id), ("carol", &fourth_id)]);
+    if let Err(got) = redis.registry_becomes(&want).await {
         panic!(
             "exactly 2 records for carol\nwant {want:?}\ngot  {got:?}\n{}",
             logs(&named)

@@ -1,16 +1,14 @@
 //! The SSE stream as a user sees it (SPEC 2, 4, 6, 7): response headers and
-//! first frames read as raw bytes, the registry in Redis, heartbeats, tabs,
-//! routes, the three auth modes, CORS, the node cap, slow consumers and
-//! shutdown. Every test runs its own redis-server and an in-process node.
+//! first frames read as raw bytes, the registry (as the admin API lists it,
+//! and its Redis layout with the Redis engine), heartbeats, tabs, routes,
+//! the three auth modes, CORS, the node cap, slow consumers and shutdown.
+//! Every scenario runs on both engines with an in-process node.
 mod common;
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use sse_notify::config::AuthMode;
@@ -18,23 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECS: Duration = Duration::from_secs(1);
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
 // ---------------------------------------------------------------- HTTP ---
-
-/// A client without a total timeout (streams stay open), one per request
-/// so that dropping a response closes its TCP connection.
-fn stream_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
 
 /// Sends `method url` with raw header values (non-ASCII allowed).
 async fn request(
@@ -62,34 +44,6 @@ async fn get(url: &str, headers: &[(&str, &[u8])]) -> reqwest::Response {
     request(reqwest::Method::GET, url, headers).await
 }
 
-/// Asserts an error envelope (SPEC 3): that status, JSON content type,
-/// `{"code": status, "message": "..."}`.
-async fn expect_envelope(resp: reqwest::Response, status: u16, what: &str) -> Value {
-    let got = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
-    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: body not complete within 5s"))
-        .unwrap();
-    assert_eq!(got, status, "{what}: status; body {text:?}");
-    assert!(
-        ct.starts_with("application/json"),
-        "{what}: content-type {ct:?}; body {text:?}"
-    );
-    let body: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {text:?}"));
-    assert_eq!(body["code"], json!(status), "{what}: envelope {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: envelope without message: {body}"
-    );
-    body
-}
-
 /// The `data` of `connection_established` of a freshly opened stream.
 async fn established(c: &mut SseClient) -> Value {
     let ev = c
@@ -98,62 +52,6 @@ async fn established(c: &mut SseClient) -> Value {
         .expect("connection_established within 5s");
     assert_eq!(ev.event, "connection_established");
     serde_json::from_str(&ev.data).expect("connection_established data is JSON")
-}
-
-// ------------------------------------------------------- raw SSE bytes ---
-
-/// The decoded body of a stream as bytes, cut into frames at blank lines.
-struct RawBody {
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buf: Vec<u8>,
-}
-
-impl RawBody {
-    fn new(resp: reqwest::Response) -> Self {
-        RawBody {
-            body: Box::pin(resp.bytes_stream()),
-            buf: Vec::new(),
-        }
-    }
-
-    /// Reads more bytes; false on end, error or timeout.
-    async fn fill(&mut self, within: Duration) -> bool {
-        match tokio::time::timeout(within, self.body.next()).await {
-            Ok(Some(Ok(b))) => {
-                self.buf.extend_from_slice(&b);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Reads until the buffer holds `needle`; false on timeout or end.
-    async fn read_until(&mut self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while !String::from_utf8_lossy(&self.buf).contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.fill(left).await {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The next complete frame (without its blank line), or None.
-    async fn next_frame(&mut self, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let frame = String::from_utf8(self.buf[..pos].to_vec()).expect("UTF-8 frame");
-                self.buf.drain(..pos + 2);
-                return Some(frame);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.fill(left).await {
-                return None;
-            }
-        }
-    }
 }
 
 // --------------------------------------------------------------- Redis ---
@@ -189,12 +87,6 @@ fn smembers(conn: &mut redis::Connection, key: &str) -> Vec<String> {
 
 fn exists(conn: &mut redis::Connection, key: &str) -> bool {
     redis::cmd("EXISTS").arg(key).query::<i64>(conn).unwrap() == 1
-}
-
-fn keys(conn: &mut redis::Connection, pattern: &str) -> Vec<String> {
-    let mut v: Vec<String> = redis::cmd("KEYS").arg(pattern).query(conn).unwrap();
-    v.sort();
-    v
 }
 
 /// No trace of `id` is left in any registry key.
@@ -244,13 +136,6 @@ fn assert_registered(conn: &mut redis::Connection, id: &str, user: &str, node_id
     );
 }
 
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == name).then(|| v.trim().parse().ok())?
-    })
-}
-
 // ----------------------------------------------------------------- JWT ---
 
 fn b64url(data: &[u8]) -> String {
@@ -283,600 +168,580 @@ const SECRET: &str = "s3cret-for-the-stream-tests";
 
 /// A node in token mode; the secret file ends with a newline. The tempdir
 /// must outlive the node.
-async fn token_node(redis: &RedisServer) -> (TestNode, tempfile::TempDir) {
+async fn token_node(env: &Env) -> (TestNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwt.secret");
     std::fs::write(&path, format!("{SECRET}\n")).unwrap();
-    let mut c = test_config(&redis.url());
+    let mut c = env.config();
     c.auth.mode = AuthMode::Token;
     c.auth.token_secret_file = path.to_string_lossy().into_owned();
     (TestNode::start(c).await, dir)
 }
 
+/// The listed record of `id` (a connection of `user`), as the admin API
+/// gives it; panics when it is not listed.
+async fn listed_record(node: &TestNode, user: &str, id: &str) -> Value {
+    let data = listed_user(&node.admin_base(), user).await;
+    data["connections"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["connection_id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} of {user} not listed: {data}"))
+}
+
+/// The sorted usernames the admin API lists as active.
+async fn listed_users(node: &TestNode) -> Vec<String> {
+    let data = listing(&node.admin_base()).await;
+    let users: Vec<&str> = data["active_users"]
+        .as_array()
+        .expect("active_users")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    sorted(&users)
+}
+
 // =============================================================== tests ===
 
-#[tokio::test]
-async fn stream_headers_first_frames_and_registration() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
-    c.stream.retry_ms = 2500;
-    let node_id = c.server.node_id.clone();
-    let node = TestNode::start(c).await;
+on_both_engines! {
+    async fn stream_headers_first_frames_and_registration(env: Env) {
+        let mut c = env.config();
+        c.stream.retry_ms = 2500;
+        let node_id = c.server.node_id.clone();
+        let node = TestNode::start(c).await;
 
-    let resp = get(&node.stream_url(), &[("X-Remote-User", b"alice")]).await;
-    assert_eq!(resp.status().as_u16(), 200);
-    let h = resp.headers().clone();
-    assert_eq!(h["content-type"], "text/event-stream");
-    assert_eq!(h["cache-control"], "no-cache");
-    assert_eq!(h["x-accel-buffering"], "no");
+        let resp = get(&node.stream_url(), &[("X-Remote-User", b"alice")]).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let h = resp.headers().clone();
+        assert_eq!(h["content-type"], "text/event-stream");
+        assert_eq!(h["cache-control"], "no-cache");
+        assert_eq!(h["x-accel-buffering"], "no");
 
-    let mut body = RawBody::new(resp);
-    let opened_at = now();
-    // The opening frames arrive without waiting for anything else
-    // (flushed, not buffered): well before the first heartbeat.
-    assert!(
-        body.read_until("\"connection_time\"", Duration::from_millis(800))
-            .await
-            && body.read_until("\n\n", Duration::from_millis(800)).await,
-        "opening frames not received: {:?}",
-        String::from_utf8_lossy(&body.buf)
-    );
-    let mut first = body.next_frame(SECS).await.expect("first frame: retry");
-    // `retry:` may be its own frame or the first line of the next one.
-    assert!(
-        first.starts_with("retry: 2500"),
-        "first frame must start with `retry: 2500`, got {first:?}"
-    );
-    let rest = first.split_off("retry: 2500".len());
-    let est = match rest.strip_prefix('\n') {
-        Some(lines) if !lines.is_empty() => lines.to_string(),
-        _ => {
-            assert!(rest.is_empty(), "junk after retry: {rest:?}");
-            body.next_frame(SECS).await.expect("connection_established")
+        let mut body = RawStream::of(resp);
+        let opened_at = now();
+        // The opening frames arrive without waiting for anything else
+        // (flushed, not buffered): well before the first heartbeat.
+        assert!(
+            body.received("\"connection_time\"", Duration::from_millis(800)).await
+                && body.received("}\n\n", Duration::from_millis(800)).await,
+            "opening frames not received: {:?}",
+            body.text()
+        );
+        let mut first = body.next_frame(SECS).await.expect("first frame: retry");
+        // `retry:` may be its own frame or the first line of the next one.
+        assert!(
+            first.starts_with("retry: 2500"),
+            "first frame must start with `retry: 2500`, got {first:?}"
+        );
+        let rest = first.split_off("retry: 2500".len());
+        let est = match rest.strip_prefix('\n') {
+            Some(lines) if !lines.is_empty() => lines.to_string(),
+            _ => {
+                assert!(rest.is_empty(), "junk after retry: {rest:?}");
+                body.next_frame(SECS).await.expect("connection_established")
+            }
+        };
+        let data = est
+            .strip_prefix("event: connection_established\ndata: ")
+            .unwrap_or_else(|| panic!("second frame must be connection_established: {est:?}"));
+        assert!(!data.contains('\n'), "data on one line: {est:?}");
+        let data: Value = serde_json::from_str(data).expect("data is JSON");
+
+        let id = data["connection_id"]
+            .as_str()
+            .expect("connection_id string");
+        let uuid = uuid::Uuid::parse_str(id).expect("connection_id is a uuid");
+        assert_eq!(uuid.get_version_num(), 4, "uuid v4: {id}");
+        assert_eq!(uuid.hyphenated().to_string(), id, "canonical uuid form");
+        assert_eq!(data["username"], "alice");
+        let ct = data["connection_time"]
+            .as_f64()
+            .expect("connection_time is a number");
+        assert!(
+            data["connection_time"].is_f64(),
+            "connection_time is a float: {data}"
+        );
+        assert!(
+            (ct - opened_at).abs() < 3.0,
+            "connection_time {ct} vs now {opened_at}"
+        );
+
+        // In the registry by the time the frame arrived (no waiting).
+        let listed = listed_record(&node, "alice", id).await;
+        let listed_ct = listed["connection_time"].as_f64().expect("listed connection_time");
+        assert!(
+            (listed_ct - ct).abs() < 1e-3,
+            "listed connection_time {listed_ct} != streamed {ct}"
+        );
+        assert_eq!(listed_ids(&node.admin_base()).await, vec![id.to_string()]);
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            assert_registered(&mut conn, id, "alice", &node_id);
+            let stored: f64 = hgetall(&mut conn, &format!("sse:conn:{id}"))["connection_time"]
+                .parse()
+                .unwrap();
+            assert!(
+                (stored - ct).abs() < 1e-3,
+                "stored connection_time {stored} != streamed {ct}"
+            );
+            assert_eq!(redis.ids(), vec![id.to_string()]);
         }
-    };
-    let data = est
-        .strip_prefix("event: connection_established\ndata: ")
-        .unwrap_or_else(|| panic!("second frame must be connection_established: {est:?}"));
-    assert!(!data.contains('\n'), "data on one line: {est:?}");
-    let data: Value = serde_json::from_str(data).expect("data is JSON");
+    }
 
-    let id = data["connection_id"]
-        .as_str()
-        .expect("connection_id string");
-    let uuid = uuid::Uuid::parse_str(id).expect("connection_id is a uuid");
-    assert_eq!(uuid.get_version_num(), 4, "uuid v4: {id}");
-    assert_eq!(uuid.hyphenated().to_string(), id, "canonical uuid form");
-    assert_eq!(data["username"], "alice");
-    let ct = data["connection_time"]
-        .as_f64()
-        .expect("connection_time is a number");
-    assert!(
-        data["connection_time"].is_f64(),
-        "connection_time is a float: {data}"
-    );
-    assert!(
-        (ct - opened_at).abs() < 3.0,
-        "connection_time {ct} vs now {opened_at}"
-    );
+    async fn a_send_right_after_connection_established_reaches_the_stream(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        for i in 0..5 {
+            let (mut tab, _) = SseClient::connect(&node, "quick").await;
+            let (status, body) = send(&node.admin_base(), json!({"to": "quick", "data": i})).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["data"]["connections"], 1, "{body}");
+            let ev = tab
+                .next_named("message", Duration::from_secs(3))
+                .await
+                .expect("message");
+            assert_eq!(ev.data, i.to_string());
+        }
+    }
 
-    // In the registry by the time the frame arrived (no waiting).
-    let mut conn = redis.conn();
-    assert_registered(&mut conn, id, "alice", &node_id);
-    let stored: f64 = hgetall(&mut conn, &format!("sse:conn:{id}"))["connection_time"]
-        .parse()
-        .unwrap();
-    assert!(
-        (stored - ct).abs() < 1e-3,
-        "stored connection_time {stored} != streamed {ct}"
-    );
-    assert_eq!(registry_ids(&mut conn, "sse"), vec![id.to_string()]);
-}
+    async fn heartbeat_comments_arrive_every_interval_and_registry_follows(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let resp = get(&node.stream_url(), &[("X-Remote-User", b"hb")]).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut body = RawStream::of(resp);
+        let mut id = None;
+        let mut beats: Vec<(Instant, u64)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(3600);
+        while beats.len() < 3 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(frame) = body.next_frame(left).await else {
+                break;
+            };
+            if let Some(d) = frame.strip_prefix("event: connection_established\ndata: ") {
+                let d: Value = serde_json::from_str(d).unwrap();
+                id = Some(d["connection_id"].as_str().unwrap().to_string());
+            } else if let Some(rest) = frame.strip_prefix(": heartbeat ") {
+                let secs: u64 = rest
+                    .parse()
+                    .unwrap_or_else(|_| panic!("heartbeat frame {frame:?}: unix secs"));
+                let t = now();
+                assert!(
+                    (secs as f64 - t).abs() < 3.0,
+                    "heartbeat time {secs} vs now {t}"
+                );
+                beats.push((Instant::now(), secs));
+            } else {
+                assert!(frame.starts_with("retry: "), "unexpected frame {frame:?}");
+            }
+        }
+        assert!(
+            beats.len() >= 3,
+            "expected 3 heartbeats within 3.6s at heartbeat_secs=1, got {}",
+            beats.len()
+        );
+        for w in beats.windows(2) {
+            let gap = w[1].0.duration_since(w[0].0).as_secs_f64();
+            assert!(
+                (0.6..=1.6).contains(&gap),
+                "heartbeats {gap:.2}s apart, expected about 1s"
+            );
+        }
 
-#[tokio::test]
-async fn a_send_right_after_connection_established_reaches_the_stream() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    for i in 0..5 {
-        let (mut tab, _) = SseClient::connect(&node, "quick").await;
-        let (status, body) = send(&node.admin_url(""), json!({"to": "quick", "data": i})).await;
-        assert_eq!(status, 200, "{body}");
+        let id = id.expect("connection_established seen");
+        // The registry follows the heartbeats: last_heartbeat moves on.
+        let listed = listed_record(&node, "hb", &id).await;
+        let ct = listed["connection_time"].as_f64().expect("connection_time");
+        let hb1 = listed["last_heartbeat"].as_f64().expect("last_heartbeat");
+        assert!(hb1 > ct + 0.5, "last_heartbeat {hb1} not advanced past {ct}");
+        let latest = std::cell::Cell::new(hb1);
+        let advanced = eventually(Duration::from_millis(2500), || {
+            let (latest, node, id) = (&latest, &node, &id);
+            async move {
+                let hb = listed_record(node, "hb", id).await["last_heartbeat"].as_f64();
+                latest.set(hb.unwrap_or(0.0));
+                latest.get() > hb1 + 0.5
+            }
+        })
+        .await;
+        assert!(
+            advanced,
+            "last_heartbeat did not advance again: {hb1} -> {}",
+            latest.get()
+        );
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            let h = hgetall(&mut conn, &format!("sse:conn:{id}"));
+            let hb: f64 = h["last_heartbeat"].parse().unwrap();
+            let score = zscore(&mut conn, "sse:heartbeats", &id).unwrap();
+            assert!(
+                (score - hb).abs() < 1e-3,
+                "sse:heartbeats score {score} != last_heartbeat {hb}"
+            );
+        }
+    }
+
+    async fn tabs_of_one_user_each_have_their_records_and_leave_alone(env: Env) {
+        let c = env.config();
+        let node_id = c.server.node_id.clone();
+        let node = TestNode::start(c).await;
+        let admin = node.admin_base();
+        let (tab1, id1) = SseClient::connect(&node, "alice").await;
+        let (mut tab2, id2) = SseClient::connect(&node, "alice").await;
+        let (_bob, bob_id) = SseClient::connect(&node, "bob").await;
+        assert_ne!(id1, id2);
+        let alice = listed_user(&admin, "alice").await;
+        assert_eq!(alice["connection_ids"], json!([id1, id2]), "oldest first: {alice}");
+        assert_eq!(listed_users(&node).await, ["alice", "bob"]);
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            assert_registered(&mut conn, &id1, "alice", &node_id);
+            assert_registered(&mut conn, &id2, "alice", &node_id);
+            assert_eq!(zmembers(&mut conn, "sse:user:alice"), sorted(&[&id1, &id2]));
+            assert_eq!(redis.users(), ["alice", "bob"]);
+        }
+
+        drop(tab1);
+        listed_ids_become(&admin, &[&id2, &bob_id]).await;
+        assert_eq!(listed_user(&admin, "alice").await["connection_ids"], json!([id2]));
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            assert!(gone(&mut conn, &id1, "alice"), "closed tab {id1} left keys");
+            assert_registered(&mut conn, &id2, "alice", &node_id);
+            assert_registered(&mut conn, &bob_id, "bob", &node_id);
+            assert_eq!(zmembers(&mut conn, "sse:user:alice"), [id2.as_str()]);
+        }
+
+        // The remaining tab still gets alice's messages.
+        let (status, body) = send(&admin, json!({"to": "alice", "data": "hi"})).await;
+        assert_eq!(status, 200);
         assert_eq!(body["data"]["connections"], 1, "{body}");
-        let ev = tab
+        let ev = tab2
             .next_named("message", Duration::from_secs(3))
             .await
-            .expect("message");
-        assert_eq!(ev.data, i.to_string());
-    }
-}
+            .expect("message on the other tab");
+        assert_eq!(ev.data, "\"hi\"");
 
-#[tokio::test]
-async fn heartbeat_comments_arrive_every_interval_and_registry_follows() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let resp = get(&node.stream_url(), &[("X-Remote-User", b"hb")]).await;
-    assert_eq!(resp.status().as_u16(), 200);
-    let mut body = RawBody::new(resp);
-    let mut id = None;
-    let mut beats: Vec<(Instant, u64)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_millis(3600);
-    while beats.len() < 3 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(frame) = body.next_frame(left).await else {
-            break;
-        };
-        if let Some(d) = frame.strip_prefix("event: connection_established\ndata: ") {
-            let d: Value = serde_json::from_str(d).unwrap();
-            id = Some(d["connection_id"].as_str().unwrap().to_string());
-        } else if let Some(rest) = frame.strip_prefix(": heartbeat ") {
-            let secs: u64 = rest
-                .parse()
-                .unwrap_or_else(|_| panic!("heartbeat frame {frame:?}: unix secs"));
-            let t = now();
-            assert!(
-                (secs as f64 - t).abs() < 3.0,
-                "heartbeat time {secs} vs now {t}"
-            );
-            beats.push((Instant::now(), secs));
-        } else {
-            assert!(frame.starts_with("retry: "), "unexpected frame {frame:?}");
+        drop(tab2);
+        listed_ids_become(&admin, &[&bob_id]).await;
+        assert_eq!(listed_users(&node).await, ["bob"]);
+        assert_eq!(listed_user(&admin, "alice").await["connection_count"], 0);
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            assert!(gone(&mut conn, &id2, "alice"));
+            assert!(!exists(&mut conn, "sse:user:alice"), "sse:user:alice left");
+            assert_eq!(redis.users(), ["bob"]);
+            assert_eq!(redis.ids(), vec![bob_id.clone()]);
+            assert_registered(&mut conn, &bob_id, "bob", &node_id);
         }
     }
-    assert!(
-        beats.len() >= 3,
-        "expected 3 heartbeats within 3.6s at heartbeat_secs=1, got {}",
-        beats.len()
-    );
-    for w in beats.windows(2) {
-        let gap = w[1].0.duration_since(w[0].0).as_secs_f64();
-        assert!(
-            (0.6..=1.6).contains(&gap),
-            "heartbeats {gap:.2}s apart, expected about 1s"
-        );
+
+    /// SPEC 2: "when the client goes away, its records are removed at once",
+    /// not at the next heartbeat (15s by default in production).
+    async fn closed_tab_is_removed_without_waiting_for_a_heartbeat(env: Env) {
+        let mut c = env.config();
+        c.stream.heartbeat_secs = 30;
+        c.sweep.stale_timeout_secs = 120;
+        let node = TestNode::start(c).await;
+        let (_stay, stay_id) = SseClient::connect(&node, "carol").await;
+        let (tab, _) = SseClient::connect(&node, "carol").await;
+        drop(tab);
+        // Far less than the 30 s heartbeat: the close itself removes it.
+        listed_ids_become(&node.admin_base(), &[&stay_id]).await;
+        if let Some(redis) = env.redis_server() {
+            assert_eq!(redis.ids(), vec![stay_id]);
+        }
     }
 
-    let id = id.expect("connection_established seen");
-    let mut conn = redis.conn();
-    let key = format!("sse:conn:{id}");
-    let read = |conn: &mut redis::Connection| {
-        let h = hgetall(conn, &key);
-        let ct: f64 = h["connection_time"].parse().unwrap();
-        let hb: f64 = h["last_heartbeat"].parse().unwrap();
-        (ct, hb, zscore(conn, "sse:heartbeats", &id).unwrap())
-    };
-    let (ct, hb1, score1) = read(&mut conn);
-    assert!(
-        hb1 > ct + 0.5,
-        "last_heartbeat {hb1} not advanced past {ct}"
-    );
-    assert!(
-        (score1 - hb1).abs() < 1e-3,
-        "sse:heartbeats score {score1} != last_heartbeat {hb1}"
-    );
-    let mut latest = (hb1, score1);
-    let advanced = eventually(Duration::from_millis(2500), || {
-        latest = {
-            let (_, hb, s) = read(&mut conn);
-            (hb, s)
-        };
-        let ok = latest.0 > hb1 + 0.5 && latest.1 > score1 + 0.5;
-        async move { ok }
-    })
-    .await;
-    assert!(
-        advanced,
-        "last_heartbeat did not advance again: {hb1} -> {:?}",
-        latest
-    );
-}
-
-#[tokio::test]
-async fn tabs_of_one_user_each_have_their_records_and_leave_alone() {
-    let redis = RedisServer::start();
-    let c = test_config(&redis.url());
-    let node_id = c.server.node_id.clone();
-    let node = TestNode::start(c).await;
-    let (tab1, id1) = SseClient::connect(&node, "alice").await;
-    let (mut tab2, id2) = SseClient::connect(&node, "alice").await;
-    let (_bob, bob_id) = SseClient::connect(&node, "bob").await;
-    assert_ne!(id1, id2);
-    let mut conn = redis.conn();
-    assert_registered(&mut conn, &id1, "alice", &node_id);
-    assert_registered(&mut conn, &id2, "alice", &node_id);
-    let mut both = vec![id1.clone(), id2.clone()];
-    both.sort();
-    assert_eq!(zmembers(&mut conn, "sse:user:alice"), both);
-    assert_eq!(smembers(&mut conn, "sse:users"), ["alice", "bob"]);
-
-    drop(tab1);
-    let removed = eventually(Duration::from_secs(3), || {
-        let ok = gone(&mut conn, &id1, "alice");
-        async move { ok }
-    })
-    .await;
-    assert!(removed, "closed tab {id1} still in the registry after 3s");
-    assert_registered(&mut conn, &id2, "alice", &node_id);
-    assert_registered(&mut conn, &bob_id, "bob", &node_id);
-    assert_eq!(zmembers(&mut conn, "sse:user:alice"), [id2.as_str()]);
-
-    // The remaining tab still gets alice's messages.
-    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "hi"})).await;
-    assert_eq!(status, 200);
-    assert_eq!(body["data"]["connections"], 1, "{body}");
-    let ev = tab2
-        .next_named("message", Duration::from_secs(3))
-        .await
-        .expect("message on the other tab");
-    assert_eq!(ev.data, "\"hi\"");
-
-    drop(tab2);
-    let left = eventually(Duration::from_secs(3), || {
-        let ok = gone(&mut conn, &id2, "alice")
-            && !exists(&mut conn, "sse:user:alice")
-            && !smembers(&mut conn, "sse:users").contains(&"alice".to_string());
-        async move { ok }
-    })
-    .await;
-    assert!(
-        left,
-        "after the last tab: users {:?}, sse:user:alice exists {}",
-        smembers(&mut conn, "sse:users"),
-        exists(&mut conn, "sse:user:alice")
-    );
-    assert_eq!(smembers(&mut conn, "sse:users"), ["bob"]);
-    assert_eq!(registry_ids(&mut conn, "sse"), vec![bob_id.clone()]);
-    assert_registered(&mut conn, &bob_id, "bob", &node_id);
-}
-
-/// SPEC 2: "when the client goes away, its records are removed at once",
-/// not at the next heartbeat (15s by default in production).
-#[tokio::test]
-async fn closed_tab_is_removed_without_waiting_for_a_heartbeat() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
-    c.stream.heartbeat_secs = 30;
-    c.sweep.stale_timeout_secs = 120;
-    let node = TestNode::start(c).await;
-    let (_stay, stay_id) = SseClient::connect(&node, "carol").await;
-    let (tab, id) = SseClient::connect(&node, "carol").await;
-    let mut conn = redis.conn();
-    drop(tab);
-    let started = Instant::now();
-    let removed = eventually(Duration::from_secs(2), || {
-        let ok = gone(&mut conn, &id, "carol");
-        async move { ok }
-    })
-    .await;
-    assert!(
-        removed,
-        "closed tab still registered {:.1}s after the client went away (heartbeat 30s)",
-        started.elapsed().as_secs_f64()
-    );
-    assert_eq!(registry_ids(&mut conn, "sse"), vec![stay_id]);
-}
-
-#[tokio::test]
-async fn stream_path_with_and_without_trailing_slash() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let base = format!("http://{}/notifications/stream", node.public);
-    for url in [format!("{base}/"), base.clone()] {
-        let mut c = SseClient::open(&url, &[("X-Remote-User", "pathy")]).await;
-        assert_eq!(c.status, 200, "{url}");
-        assert_eq!(c.headers["content-type"], "text/event-stream", "{url}");
-        let data = established(&mut c).await;
-        assert_eq!(data["username"], "pathy", "{url}");
+    async fn stream_path_with_and_without_trailing_slash(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let base = format!("http://{}/notifications/stream", node.public);
+        for url in [format!("{base}/"), base.clone()] {
+            let mut c = SseClient::open(&url, &[("X-Remote-User", "pathy")]).await;
+            assert_eq!(c.status, 200, "{url}");
+            assert_eq!(c.headers["content-type"], "text/event-stream", "{url}");
+            let data = established(&mut c).await;
+            assert_eq!(data["username"], "pathy", "{url}");
+        }
     }
-}
 
-#[tokio::test]
-async fn unknown_paths_and_wrong_listener_are_404_envelopes() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let public = format!("http://{}", node.public);
-    let user: &[(&str, &[u8])] = &[("X-Remote-User", b"alice")];
-    for path in [
-        "/",
-        "/notifications",
-        "/notifications/",
-        "/notifications/streams/",
-        "/notifications/stream/extra",
-        "/stream/",
-        "/notifications/stream.txt",
-        // Admin routes are not served on the public listener.
-        "/healthz",
-        "/metrics",
-        "/notifications/connections/",
-        "/notifications/connections/alice/",
-    ] {
-        let resp = get(&format!("{public}{path}"), user).await;
-        expect_envelope(resp, 404, &format!("public GET {path}")).await;
+    async fn unknown_paths_and_wrong_listener_are_404_envelopes(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let public = format!("http://{}", node.public);
+        let user: &[(&str, &[u8])] = &[("X-Remote-User", b"alice")];
+        for path in [
+            "/",
+            "/notifications",
+            "/notifications/",
+            "/notifications/streams/",
+            "/notifications/stream/extra",
+            "/stream/",
+            "/notifications/stream.txt",
+            // Admin routes are not served on the public listener.
+            "/healthz",
+            "/metrics",
+            "/notifications/connections/",
+            "/notifications/connections/alice/",
+        ] {
+            let resp = get(&format!("{public}{path}"), user).await;
+            expect_envelope(resp, 404, &format!("public GET {path}")).await;
+        }
+        for path in ["/notifications/send/", "/notifications/cleanup/"] {
+            let resp = request(reqwest::Method::POST, &format!("{public}{path}"), user).await;
+            expect_envelope(resp, 404, &format!("public POST {path}")).await;
+        }
+        // The stream is not served on the admin listener.
+        for path in ["/notifications/stream/", "/notifications/stream"] {
+            let resp = get(&node.admin_url(path), user).await;
+            expect_envelope(resp, 404, &format!("admin GET {path}")).await;
+        }
+        assert!(listed_ids(&node.admin_base()).await.is_empty());
     }
-    for path in ["/notifications/send/", "/notifications/cleanup/"] {
-        let resp = request(reqwest::Method::POST, &format!("{public}{path}"), user).await;
-        expect_envelope(resp, 404, &format!("public POST {path}")).await;
-    }
-    // The stream is not served on the admin listener.
-    for path in ["/notifications/stream/", "/notifications/stream"] {
-        let resp = get(&node.admin_url(path), user).await;
-        expect_envelope(resp, 404, &format!("admin GET {path}")).await;
-    }
-    let mut conn = redis.conn();
-    assert!(registry_ids(&mut conn, "sse").is_empty());
-}
 
-#[tokio::test]
-async fn post_on_the_stream_is_a_405_envelope() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    for method in [
-        reqwest::Method::POST,
-        reqwest::Method::PUT,
-        reqwest::Method::DELETE,
-    ] {
+    async fn post_on_the_stream_is_a_405_envelope(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        for method in [
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
+            let resp = request(
+                method.clone(),
+                &node.stream_url(),
+                &[("X-Remote-User", b"alice")],
+            )
+            .await;
+            expect_envelope(resp, 405, &format!("{method} stream")).await;
+        }
+        assert!(listed_ids(&node.admin_base()).await.is_empty());
+    }
+
+    /// RFC 9110 15.5.6: a 405 MUST carry `Allow`; the admin listener does it.
+    async fn a_405_on_the_stream_says_which_methods_are_allowed(env: Env) {
+        let node = TestNode::start(env.config()).await;
         let resp = request(
-            method.clone(),
+            reqwest::Method::POST,
             &node.stream_url(),
             &[("X-Remote-User", b"alice")],
         )
         .await;
-        expect_envelope(resp, 405, &format!("{method} stream")).await;
+        assert_eq!(resp.status().as_u16(), 405);
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert!(
+            allow.as_deref().is_some_and(|a| a.contains("GET")),
+            "405 on the stream without an Allow header naming GET: {allow:?}"
+        );
     }
-    let mut conn = redis.conn();
-    assert!(registry_ids(&mut conn, "sse").is_empty());
-}
 
-/// RFC 9110 15.5.6: a 405 MUST carry `Allow`; the admin listener does it.
-#[tokio::test]
-async fn a_405_on_the_stream_says_which_methods_are_allowed() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let resp = request(
-        reqwest::Method::POST,
-        &node.stream_url(),
-        &[("X-Remote-User", b"alice")],
-    )
-    .await;
-    assert_eq!(resp.status().as_u16(), 405);
-    let allow = resp
-        .headers()
-        .get("allow")
-        .map(|v| v.to_str().unwrap().to_string());
-    assert!(
-        allow.as_deref().is_some_and(|a| a.contains("GET")),
-        "405 on the stream without an Allow header naming GET: {allow:?}"
-    );
-}
+    async fn header_auth_missing_empty_and_bad_usernames(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let url = node.stream_url();
 
-#[tokio::test]
-async fn header_auth_missing_empty_and_bad_usernames() {
-    let redis = RedisServer::start();
-    let node = TestNode::start(test_config(&redis.url())).await;
-    let url = node.stream_url();
-
-    expect_envelope(get(&url, &[]).await, 401, "no header").await;
-    expect_envelope(
-        get(&url, &[("X-Remote-User", b"")]).await,
-        401,
-        "empty header",
-    )
-    .await;
-    let long = "a".repeat(151);
-    expect_envelope(
-        get(&url, &[("X-Remote-User", long.as_bytes())]).await,
-        400,
-        "151 chars",
-    )
-    .await;
-    expect_envelope(
-        get(&url, &[("X-Remote-User", b"bad\tname")]).await,
-        400,
-        "tab in username",
-    )
-    .await;
-    // U+0085 (NEL), a C1 control character, sent as UTF-8.
-    expect_envelope(
-        get(&url, &[("X-Remote-User", "bad\u{85}name".as_bytes())]).await,
-        400,
-        "C1 control in username",
-    )
-    .await;
-
-    // The limit is in characters, not bytes: 150 two-byte characters pass.
-    let wide = "é".repeat(150);
-    let resp = get(&url, &[("X-Remote-User", wide.as_bytes())]).await;
-    assert_eq!(resp.status().as_u16(), 200, "150 characters are allowed");
-    let mut body = RawBody::new(resp);
-    assert!(body.read_until("connection_established", SECS * 3).await);
-    assert!(
-        String::from_utf8_lossy(&body.buf).contains(&wide),
-        "username echoed"
-    );
-
-    // Case-insensitive header name, as HTTP has it.
-    let mut c = SseClient::open(&url, &[("x-remote-user", "lower")]).await;
-    assert_eq!(c.status, 200);
-    assert_eq!(established(&mut c).await["username"], "lower");
-
-    drop(body);
-    drop(c);
-    let mut conn = redis.conn();
-    let clean = eventually(Duration::from_secs(3), || {
-        let ok = registry_ids(&mut conn, "sse").is_empty();
-        async move { ok }
-    })
-    .await;
-    assert!(clean, "only the accepted streams were ever registered");
-}
-
-#[tokio::test]
-async fn header_auth_from_an_untrusted_peer_is_403() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
-    c.auth.trusted_proxies = vec!["10.0.0.0/8".into()];
-    let node = TestNode::start(c).await;
-    let url = node.stream_url();
-    expect_envelope(
-        get(&url, &[("X-Remote-User", b"mallory")]).await,
-        403,
-        "header from an untrusted peer",
-    )
-    .await;
-    expect_envelope(get(&url, &[]).await, 401, "no identity at all").await;
-    let mut conn = redis.conn();
-    assert!(registry_ids(&mut conn, "sse").is_empty());
-}
-
-#[tokio::test]
-async fn none_auth_takes_the_user_query_parameter() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
-    c.auth.mode = AuthMode::None;
-    let node = TestNode::start(c).await;
-    let url = node.stream_url();
-
-    let mut c = SseClient::open(&format!("{url}?user=bob"), &[]).await;
-    assert_eq!(c.status, 200);
-    let data = established(&mut c).await;
-    assert_eq!(data["username"], "bob");
-    let mut conn = redis.conn();
-    assert_eq!(
-        zmembers(&mut conn, "sse:user:bob"),
-        [data["connection_id"].as_str().unwrap()]
-    );
-
-    // Percent-encoded names are decoded.
-    let mut c2 = SseClient::open(&format!("{url}?user=b%C3%B8b%20x"), &[]).await;
-    assert_eq!(c2.status, 200);
-    assert_eq!(established(&mut c2).await["username"], "bøb x");
-
-    expect_envelope(get(&url, &[]).await, 401, "no user").await;
-    expect_envelope(get(&format!("{url}?user="), &[]).await, 401, "empty user").await;
-    // The header is not an identity in this mode.
-    expect_envelope(
-        get(&url, &[("X-Remote-User", b"bob")]).await,
-        401,
-        "header in none mode",
-    )
-    .await;
-    expect_envelope(
-        get(&format!("{url}?user=a%01b"), &[]).await,
-        400,
-        "control char",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn token_auth_accepts_query_cookie_and_bearer() {
-    let redis = RedisServer::start();
-    let (node, _dir) = token_node(&redis).await;
-    let url = node.stream_url();
-    let exp = now() as u64 + 600;
-    let token = |sub: &str| hs256(SECRET.as_bytes(), &json!({"sub": sub, "exp": exp}));
-
-    let mut q = SseClient::open(&format!("{url}?token={}", token("dana")), &[]).await;
-    assert_eq!(q.status, 200, "token in the query");
-    assert_eq!(established(&mut q).await["username"], "dana");
-
-    let cookie = format!("theme=dark; sse_token={}; other=1", token("erin"));
-    let mut ck = SseClient::open(&url, &[("Cookie", &cookie)]).await;
-    assert_eq!(ck.status, 200, "token in the cookie");
-    assert_eq!(established(&mut ck).await["username"], "erin");
-
-    let bearer = format!("Bearer {}", token("frank"));
-    let mut b = SseClient::open(&url, &[("Authorization", &bearer)]).await;
-    assert_eq!(b.status, 200, "bearer token");
-    assert_eq!(established(&mut b).await["username"], "frank");
-
-    let mut conn = redis.conn();
-    assert_eq!(smembers(&mut conn, "sse:users"), ["dana", "erin", "frank"]);
-
-    // Header mode's header means nothing here.
-    expect_envelope(
-        get(&url, &[("X-Remote-User", b"dana")]).await,
-        401,
-        "no token",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn token_auth_rejects_bad_tokens() {
-    let redis = RedisServer::start();
-    let (node, _dir) = token_node(&redis).await;
-    let url = node.stream_url();
-    let t = now() as u64;
-
-    let expired = hs256(SECRET.as_bytes(), &json!({"sub": "dana", "exp": t - 120}));
-    let wrong_secret = hs256(b"not-the-secret", &json!({"sub": "dana", "exp": t + 600}));
-    let secret_with_newline = hs256(
-        format!("{SECRET}\n").as_bytes(),
-        &json!({"sub": "dana", "exp": t + 600}),
-    );
-    let no_exp = hs256(SECRET.as_bytes(), &json!({"sub": "dana"}));
-    let no_sub = hs256(SECRET.as_bytes(), &json!({"exp": t + 600}));
-    let alg_none = format!(
-        "{}.{}.",
-        b64url(br#"{"alg":"none","typ":"JWT"}"#),
-        b64url(
-            json!({"sub": "dana", "exp": t + 600})
-                .to_string()
-                .as_bytes()
-        )
-    );
-    let hs384 = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
-        &json!({"sub": "dana", "exp": t + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
-    let garbage = "not.a.jwt".to_string();
-    for (what, tok) in [
-        ("expired", &expired),
-        ("wrong secret", &wrong_secret),
-        ("secret including the file's newline", &secret_with_newline),
-        ("missing exp", &no_exp),
-        ("missing sub", &no_sub),
-        ("alg none", &alg_none),
-        ("HS384 instead of HS256", &hs384),
-        ("garbage", &garbage),
-    ] {
+        expect_envelope(get(&url, &[]).await, 401, "no header").await;
         expect_envelope(
-            get(&format!("{url}?token={tok}"), &[]).await,
+            get(&url, &[("X-Remote-User", b"")]).await,
             401,
-            &format!("{what} (query)"),
+            "empty header",
         )
         .await;
-        let bearer = format!("Bearer {tok}");
+        let long = "a".repeat(151);
         expect_envelope(
-            get(&url, &[("Authorization", bearer.as_bytes())]).await,
-            401,
-            &format!("{what} (bearer)"),
+            get(&url, &[("X-Remote-User", long.as_bytes())]).await,
+            400,
+            "151 chars",
         )
         .await;
-        let cookie = format!("sse_token={tok}");
         expect_envelope(
-            get(&url, &[("Cookie", cookie.as_bytes())]).await,
+            get(&url, &[("X-Remote-User", b"bad\tname")]).await,
+            400,
+            "tab in username",
+        )
+        .await;
+        // U+0085 (NEL), a C1 control character, sent as UTF-8.
+        expect_envelope(
+            get(&url, &[("X-Remote-User", "bad\u{85}name".as_bytes())]).await,
+            400,
+            "C1 control in username",
+        )
+        .await;
+
+        // The limit is in characters, not bytes: 150 two-byte characters pass.
+        let wide = "é".repeat(150);
+        let resp = get(&url, &[("X-Remote-User", wide.as_bytes())]).await;
+        assert_eq!(resp.status().as_u16(), 200, "150 characters are allowed");
+        let mut body = RawStream::of(resp);
+        assert!(body.received("connection_established", SECS * 3).await);
+        assert!(body.received(&wide, SECS * 3).await, "username echoed: {:?}", body.text());
+
+        // Case-insensitive header name, as HTTP has it.
+        let mut c = SseClient::open(&url, &[("x-remote-user", "lower")]).await;
+        assert_eq!(c.status, 200);
+        assert_eq!(established(&mut c).await["username"], "lower");
+
+        drop(body);
+        drop(c);
+        // Only the accepted streams were ever registered, and they left.
+        listed_ids_become(&node.admin_base(), &[]).await;
+    }
+
+    async fn header_auth_from_an_untrusted_peer_is_403(env: Env) {
+        let mut c = env.config();
+        c.auth.trusted_proxies = vec!["10.0.0.0/8".into()];
+        let node = TestNode::start(c).await;
+        let url = node.stream_url();
+        expect_envelope(
+            get(&url, &[("X-Remote-User", b"mallory")]).await,
+            403,
+            "header from an untrusted peer",
+        )
+        .await;
+        expect_envelope(get(&url, &[]).await, 401, "no identity at all").await;
+        assert!(listed_ids(&node.admin_base()).await.is_empty());
+    }
+
+    async fn none_auth_takes_the_user_query_parameter(env: Env) {
+        let mut c = env.config();
+        c.auth.mode = AuthMode::None;
+        let node = TestNode::start(c).await;
+        let url = node.stream_url();
+
+        let mut c = SseClient::open(&format!("{url}?user=bob"), &[]).await;
+        assert_eq!(c.status, 200);
+        let data = established(&mut c).await;
+        assert_eq!(data["username"], "bob");
+        assert_eq!(
+            listed_user(&node.admin_base(), "bob").await["connection_ids"],
+            json!([data["connection_id"]])
+        );
+
+        // Percent-encoded names are decoded.
+        let mut c2 = SseClient::open(&format!("{url}?user=b%C3%B8b%20x"), &[]).await;
+        assert_eq!(c2.status, 200);
+        assert_eq!(established(&mut c2).await["username"], "bøb x");
+
+        expect_envelope(get(&url, &[]).await, 401, "no user").await;
+        expect_envelope(get(&format!("{url}?user="), &[]).await, 401, "empty user").await;
+        // The header is not an identity in this mode.
+        expect_envelope(
+            get(&url, &[("X-Remote-User", b"bob")]).await,
             401,
-            &format!("{what} (cookie)"),
+            "header in none mode",
+        )
+        .await;
+        expect_envelope(
+            get(&format!("{url}?user=a%01b"), &[]).await,
+            400,
+            "control char",
         )
         .await;
     }
-    expect_envelope(get(&url, &[]).await, 401, "no token").await;
-    // A valid token naming an invalid username.
-    let long = hs256(
-        SECRET.as_bytes(),
-        &json!({"sub": "a".repeat(151), "exp": t + 600}),
-    );
-    expect_envelope(
-        get(&format!("{url}?token={long}"), &[]).await,
-        400,
-        "151-character sub",
-    )
-    .await;
-    let mut conn = redis.conn();
-    assert!(registry_ids(&mut conn, "sse").is_empty());
+
+    async fn token_auth_accepts_query_cookie_and_bearer(env: Env) {
+        let (node, _dir) = token_node(&env).await;
+        let url = node.stream_url();
+        let exp = now() as u64 + 600;
+        let token = |sub: &str| hs256(SECRET.as_bytes(), &json!({"sub": sub, "exp": exp}));
+
+        let mut q = SseClient::open(&format!("{url}?token={}", token("dana")), &[]).await;
+        assert_eq!(q.status, 200, "token in the query");
+        assert_eq!(established(&mut q).await["username"], "dana");
+
+        let cookie = format!("theme=dark; sse_token={}; other=1", token("erin"));
+        let mut ck = SseClient::open(&url, &[("Cookie", &cookie)]).await;
+        assert_eq!(ck.status, 200, "token in the cookie");
+        assert_eq!(established(&mut ck).await["username"], "erin");
+
+        let bearer = format!("Bearer {}", token("frank"));
+        let mut b = SseClient::open(&url, &[("Authorization", &bearer)]).await;
+        assert_eq!(b.status, 200, "bearer token");
+        assert_eq!(established(&mut b).await["username"], "frank");
+
+        assert_eq!(listed_users(&node).await, ["dana", "erin", "frank"]);
+
+        // Header mode's header means nothing here.
+        expect_envelope(
+            get(&url, &[("X-Remote-User", b"dana")]).await,
+            401,
+            "no token",
+        )
+        .await;
+    }
+
+    async fn token_auth_rejects_bad_tokens(env: Env) {
+        let (node, _dir) = token_node(&env).await;
+        let url = node.stream_url();
+        let t = now() as u64;
+
+        let expired = hs256(SECRET.as_bytes(), &json!({"sub": "dana", "exp": t - 120}));
+        let wrong_secret = hs256(b"not-the-secret", &json!({"sub": "dana", "exp": t + 600}));
+        let secret_with_newline = hs256(
+            format!("{SECRET}\n").as_bytes(),
+            &json!({"sub": "dana", "exp": t + 600}),
+        );
+        let no_exp = hs256(SECRET.as_bytes(), &json!({"sub": "dana"}));
+        let no_sub = hs256(SECRET.as_bytes(), &json!({"exp": t + 600}));
+        let alg_none = format!(
+            "{}.{}.",
+            b64url(br#"{"alg":"none","typ":"JWT"}"#),
+            b64url(
+                json!({"sub": "dana", "exp": t + 600})
+                    .to_string()
+                    .as_bytes()
+            )
+        );
+        let hs384 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+            &json!({"sub": "dana", "exp": t + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let garbage = "not.a.jwt".to_string();
+        for (what, tok) in [
+            ("expired", &expired),
+            ("wrong secret", &wrong_secret),
+            ("secret including the file's newline", &secret_with_newline),
+            ("missing exp", &no_exp),
+            ("missing sub", &no_sub),
+            ("alg none", &alg_none),
+            ("HS384 instead of HS256", &hs384),
+            ("garbage", &garbage),
+        ] {
+            expect_envelope(
+                get(&format!("{url}?token={tok}"), &[]).await,
+                401,
+                &format!("{what} (query)"),
+            )
+            .await;
+            let bearer = format!("Bearer {tok}");
+            expect_envelope(
+                get(&url, &[("Authorization", bearer.as_bytes())]).await,
+                401,
+                &format!("{what} (bearer)"),
+            )
+            .await;
+            let cookie = format!("sse_token={tok}");
+            expect_envelope(
+                get(&url, &[("Cookie", cookie.as_bytes())]).await,
+                401,
+                &format!("{what} (cookie)"),
+            )
+            .await;
+        }
+        expect_envelope(get(&url, &[]).await, 401, "no token").await;
+        // A valid token naming an invalid username.
+        let long = hs256(
+            SECRET.as_bytes(),
+            &json!({"sub": "a".repeat(151), "exp": t + 600}),
+        );
+        expect_envelope(
+            get(&format!("{url}?token={long}"), &[]).await,
+            400,
+            "151-character sub",
+        )
+        .await;
+        assert!(listed_ids(&node.admin_base()).await.is_empty());
+    }
 }
 
 #[test]
@@ -888,149 +753,153 @@ fn b64url_matches_rfc4648_vectors() {
     assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
 }
 
-#[tokio::test]
-async fn cors_for_listed_origins_only() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
-    c.stream.cors_origins = vec!["http://app.example".into()];
-    let node = TestNode::start(c).await;
-    let url = node.stream_url();
+on_both_engines! {
+    async fn cors_for_listed_origins_only(env: Env) {
+        let mut c = env.config();
+        c.stream.cors_origins = vec!["http://app.example".into()];
+        let node = TestNode::start(c).await;
+        let url = node.stream_url();
 
-    let resp = get(
-        &url,
-        &[
-            ("X-Remote-User", b"alice"),
-            ("Origin", b"http://app.example"),
-        ],
-    )
-    .await;
-    assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(
-        resp.headers().get("access-control-allow-origin"),
-        Some(&HeaderValue::from_static("http://app.example"))
-    );
-    assert_eq!(
-        resp.headers().get("access-control-allow-credentials"),
-        Some(&HeaderValue::from_static("true"))
-    );
-    drop(resp);
-
-    for other in ["http://evil.example", "http://app.example.evil", "null"] {
         let resp = get(
             &url,
-            &[("X-Remote-User", b"alice"), ("Origin", other.as_bytes())],
+            &[
+                ("X-Remote-User", b"alice"),
+                ("Origin", b"http://app.example"),
+            ],
         )
         .await;
-        assert_eq!(resp.status().as_u16(), 200, "{other}");
-        let acao = resp.headers().get("access-control-allow-origin");
-        assert!(acao.is_none(), "origin {other} got ACAO {acao:?}");
-        let acac = resp.headers().get("access-control-allow-credentials");
-        assert!(acac.is_none(), "origin {other} got ACAC {acac:?}");
-    }
-
-    // Preflight from the listed origin, as a browser sends it (no identity).
-    let resp = request(
-        reqwest::Method::OPTIONS,
-        &url,
-        &[
-            ("Origin", b"http://app.example"),
-            ("Access-Control-Request-Method", b"GET"),
-            (
-                "Access-Control-Request-Headers",
-                b"last-event-id,authorization",
-            ),
-        ],
-    )
-    .await;
-    assert!(
-        resp.status().is_success(),
-        "preflight status {}",
-        resp.status()
-    );
-    let h = resp.headers();
-    assert_eq!(
-        h.get("access-control-allow-origin"),
-        Some(&HeaderValue::from_static("http://app.example"))
-    );
-    let allow_headers = h
-        .get("access-control-allow-headers")
-        .map(|v| v.to_str().unwrap().to_ascii_lowercase())
-        .unwrap_or_default();
-    for needed in ["last-event-id", "authorization"] {
-        assert!(
-            allow_headers
-                .split(',')
-                .any(|x| x.trim() == needed || x.trim() == "*"),
-            "preflight allows {allow_headers:?}, missing {needed}"
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(
+            resp.headers().get("access-control-allow-origin"),
+            Some(&HeaderValue::from_static("http://app.example"))
         );
+        assert_eq!(
+            resp.headers().get("access-control-allow-credentials"),
+            Some(&HeaderValue::from_static("true"))
+        );
+        drop(resp);
+
+        for other in ["http://evil.example", "http://app.example.evil", "null"] {
+            let resp = get(
+                &url,
+                &[("X-Remote-User", b"alice"), ("Origin", other.as_bytes())],
+            )
+            .await;
+            assert_eq!(resp.status().as_u16(), 200, "{other}");
+            let acao = resp.headers().get("access-control-allow-origin");
+            assert!(acao.is_none(), "origin {other} got ACAO {acao:?}");
+            let acac = resp.headers().get("access-control-allow-credentials");
+            assert!(acac.is_none(), "origin {other} got ACAC {acac:?}");
+        }
+
+        // Preflight from the listed origin, as a browser sends it (no identity).
+        let resp = request(
+            reqwest::Method::OPTIONS,
+            &url,
+            &[
+                ("Origin", b"http://app.example"),
+                ("Access-Control-Request-Method", b"GET"),
+                (
+                    "Access-Control-Request-Headers",
+                    b"last-event-id,authorization",
+                ),
+            ],
+        )
+        .await;
+        assert!(
+            resp.status().is_success(),
+            "preflight status {}",
+            resp.status()
+        );
+        let h = resp.headers();
+        assert_eq!(
+            h.get("access-control-allow-origin"),
+            Some(&HeaderValue::from_static("http://app.example"))
+        );
+        let allow_headers = h
+            .get("access-control-allow-headers")
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            .unwrap_or_default();
+        for needed in ["last-event-id", "authorization"] {
+            assert!(
+                allow_headers
+                    .split(',')
+                    .any(|x| x.trim() == needed || x.trim() == "*"),
+                "preflight allows {allow_headers:?}, missing {needed}"
+            );
+        }
+        let methods = h
+            .get("access-control-allow-methods")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert!(methods.contains("GET"), "allow-methods {methods:?}");
+
+        // Preflight from another origin: no CORS grant.
+        let resp = request(
+            reqwest::Method::OPTIONS,
+            &url,
+            &[
+                ("Origin", b"http://evil.example"),
+                ("Access-Control-Request-Method", b"GET"),
+            ],
+        )
+        .await;
+        assert!(resp.headers().get("access-control-allow-origin").is_none());
     }
-    let methods = h
-        .get("access-control-allow-methods")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    assert!(methods.contains("GET"), "allow-methods {methods:?}");
 
-    // Preflight from another origin: no CORS grant.
-    let resp = request(
-        reqwest::Method::OPTIONS,
-        &url,
-        &[
-            ("Origin", b"http://evil.example"),
-            ("Access-Control-Request-Method", b"GET"),
-        ],
-    )
-    .await;
-    assert!(resp.headers().get("access-control-allow-origin").is_none());
-}
+    async fn node_cap_refuses_with_503_then_accepts_after_a_close(env: Env) {
+        let mut c = env.config();
+        c.limits.max_connections = 2;
+        let node = TestNode::start(c).await;
+        let admin = node.admin_base();
+        let (a, _) = SseClient::connect(&node, "u1").await;
+        let (_b, b_id) = SseClient::connect(&node, "u2").await;
 
-#[tokio::test]
-async fn node_cap_refuses_with_503_then_accepts_after_a_close() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
-    c.limits.max_connections = 2;
-    let node = TestNode::start(c).await;
-    let (a, a_id) = SseClient::connect(&node, "u1").await;
-    let (_b, _) = SseClient::connect(&node, "u2").await;
-
-    let resp = get(&node.stream_url(), &[("X-Remote-User", b"u3")]).await;
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    expect_envelope(resp, 503, "third stream").await;
-    let secs: u64 = retry_after
-        .as_deref()
-        .expect("503 has Retry-After")
-        .parse()
-        .expect("Retry-After in seconds");
-    assert!(secs >= 1, "Retry-After {secs}");
-    let mut conn = redis.conn();
-    assert!(
-        !exists(&mut conn, "sse:user:u3"),
-        "refused stream registered"
-    );
-    assert_eq!(registry_ids(&mut conn, "sse").len(), 2);
-
-    drop(a);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let accepted = loop {
-        let mut c = SseClient::open(&node.stream_url(), &[("X-Remote-User", "u3")]).await;
-        if c.status == 200 {
-            assert_eq!(established(&mut c).await["username"], "u3");
-            break Some(c);
+        let resp = get(&node.stream_url(), &[("X-Remote-User", b"u3")]).await;
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        expect_envelope(resp, 503, "third stream").await;
+        let secs: u64 = retry_after
+            .as_deref()
+            .expect("503 has Retry-After")
+            .parse()
+            .expect("Retry-After in seconds");
+        assert!(secs >= 1, "Retry-After {secs}");
+        assert_eq!(
+            listed_user(&admin, "u3").await["connection_count"],
+            0,
+            "refused stream registered"
+        );
+        assert_eq!(listed_ids(&admin).await.len(), 2);
+        if let Some(redis) = env.redis_server() {
+            assert!(!exists(&mut redis.conn(), "sse:user:u3"), "refused stream in Redis");
         }
-        assert_eq!(c.status, 503);
-        if Instant::now() >= deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(
-        accepted.is_some(),
-        "a closed stream did not free its slot within 3s"
-    );
-    assert!(gone(&mut conn, &a_id, "u1"));
-    assert_eq!(registry_ids(&mut conn, "sse").len(), 2);
+
+        drop(a);
+        let url = node.stream_url();
+        // The accepted stream stays open, holding its slot.
+        let kept = std::sync::Mutex::new(None);
+        let accepted = eventually(Duration::from_secs(3), || {
+            let (url, kept) = (url.clone(), &kept);
+            async move {
+                let mut c = SseClient::open(&url, &[("X-Remote-User", "u3")]).await;
+                if c.status != 200 {
+                    assert_eq!(c.status, 503);
+                    return false;
+                }
+                assert_eq!(established(&mut c).await["username"], "u3");
+                *kept.lock().expect("kept") = Some(c);
+                true
+            }
+        })
+        .await;
+        assert!(accepted, "a closed stream did not free its slot within 3s");
+        let ids = listed_ids(&admin).await;
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.contains(&b_id), "{ids:?}");
+    }
 }
 
 /// Opens a stream over a bare socket with a tiny receive buffer, reads up to
@@ -1088,23 +957,31 @@ fn collect(mut tab: SseClient, want: usize) -> tokio::task::JoinHandle<(Vec<i64>
     })
 }
 
+/// Four workers: the readers, the sender and the node all stay busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn slow_consumer_is_dropped_while_others_get_everything() {
-    let redis = RedisServer::start();
-    let mut c = test_config(&redis.url());
+async fn slow_consumer_is_dropped_while_others_get_everything_memory() {
+    slow_consumer_is_dropped_while_others_get_everything(Env::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_consumer_is_dropped_while_others_get_everything_redis() {
+    slow_consumer_is_dropped_while_others_get_everything(Env::redis()).await;
+}
+
+async fn slow_consumer_is_dropped_while_others_get_everything(env: Env) {
+    let mut c = env.config();
     c.stream.queue_size = 4;
     let node = TestNode::start(c).await;
+    let admin = node.admin_base();
     let (slow, slow_id) = slow_reader(&node, "alice").await;
     let (alice2, alice2_id) = SseClient::connect(&node, "alice").await;
     let (carol, carol_id) = SseClient::connect(&node, "carol").await;
-    let mut conn = redis.conn();
-    assert_eq!(zmembers(&mut conn, "sse:user:alice").len(), 2);
+    assert_eq!(listed_user(&admin, "alice").await["connection_count"], 2);
 
     const N: i64 = 300;
     let pad = "x".repeat(16 * 1024);
     let alice_rx = collect(alice2, N as usize);
     let carol_rx = collect(carol, (N / 2) as usize);
-    let admin = node.admin_url("");
     let client = http();
     for i in 0..N {
         // Even: to alice (both tabs); odd: broadcast (everyone).
@@ -1123,15 +1000,14 @@ async fn slow_consumer_is_dropped_while_others_get_everything() {
         assert_eq!(resp.status().as_u16(), 200, "send {i}");
     }
 
-    let dropped = eventually(Duration::from_secs(5), || {
-        let ok = gone(&mut conn, &slow_id, "alice");
-        async move { ok }
-    })
-    .await;
-    assert!(
-        dropped,
-        "slow consumer {slow_id} still registered 5s after {N} messages of 16 KB"
-    );
+    // The slow consumer is dropped; the readers stay.
+    listed_ids_become(&admin, &[&alice2_id, &carol_id]).await;
+    if let Some(redis) = env.redis_server() {
+        assert!(
+            gone(&mut redis.conn(), &slow_id, "alice"),
+            "{slow_id} left keys"
+        );
+    }
     let (alice_got, _alice2) = tokio::time::timeout(Duration::from_secs(20), alice_rx)
         .await
         .expect("alice's reader finishes")
@@ -1151,10 +1027,16 @@ async fn slow_consumer_is_dropped_while_others_get_everything() {
         "carol gets every broadcast in order"
     );
     // The readers are still connected and registered.
-    assert_eq!(zmembers(&mut conn, "sse:user:alice"), [alice2_id]);
-    assert_eq!(zmembers(&mut conn, "sse:user:carol"), [carol_id]);
+    assert_eq!(
+        listed_user(&admin, "alice").await["connection_ids"],
+        json!([alice2_id])
+    );
+    assert_eq!(
+        listed_user(&admin, "carol").await["connection_ids"],
+        json!([carol_id])
+    );
 
-    let text = metrics_text(&node.admin_url("")).await;
+    let text = metrics_text(&admin).await;
     let drops = metric_value(&text, "sse_notify_slow_consumer_drops_total");
     assert!(
         drops.is_some_and(|d| d >= 1.0),
@@ -1185,45 +1067,47 @@ async fn slow_consumer_is_dropped_while_others_get_everything() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_ends_streams_and_removes_their_records() {
-    let redis = RedisServer::start();
-    let c = test_config(&redis.url());
-    let grace = Duration::from_secs(c.server.shutdown_grace_secs);
-    let mut node = TestNode::start(c).await;
-    let (mut a1, _) = SseClient::connect(&node, "alice").await;
-    let (mut a2, _) = SseClient::connect(&node, "alice").await;
-    let (mut b, _) = SseClient::connect(&node, "bob").await;
-    let mut conn = redis.conn();
-    assert_eq!(registry_ids(&mut conn, "sse").len(), 3);
+on_both_engines! {
+    async fn shutdown_ends_streams_and_removes_their_records(env: Env) {
+        let c = env.config();
+        let grace = Duration::from_secs(c.server.shutdown_grace_secs);
+        let mut node = TestNode::start(c).await;
+        let (mut a1, a1_id) = SseClient::connect(&node, "alice").await;
+        let (mut a2, a2_id) = SseClient::connect(&node, "alice").await;
+        let (mut b, b_id) = SseClient::connect(&node, "bob").await;
+        assert_eq!(
+            listed_ids(&node.admin_base()).await,
+            sorted(&[&a1_id, &a2_id, &b_id])
+        );
 
-    let started = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), node.stop())
-        .await
-        .expect("stop returns within 5s with streams open");
-    let took = started.elapsed();
-    assert!(
-        took < grace,
-        "stop took {took:?}, more than server.shutdown_grace_secs ({grace:?})"
-    );
-    for (name, c) in [("alice 1", &mut a1), ("alice 2", &mut a2), ("bob", &mut b)] {
-        assert!(c.ends_within(Duration::from_secs(2)).await, "{name} ended");
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), node.stop())
+            .await
+            .expect("stop returns within 5s with streams open");
+        let took = started.elapsed();
+        assert!(
+            took < grace,
+            "stop took {took:?}, more than server.shutdown_grace_secs ({grace:?})"
+        );
+        for (name, c) in [("alice 1", &mut a1), ("alice 2", &mut a2), ("bob", &mut b)] {
+            assert!(c.ends_within(Duration::from_secs(2)).await, "{name} ended");
+        }
+        assert_eq!(node.daemon.live_streams(), 0, "streams left in the hub");
+        if let Some(redis) = env.redis_server() {
+            assert!(redis.registry_keys().is_empty(), "{:?}", redis.registry_keys());
+        }
+        // Not accepting any more.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(2),
+            stream_client()
+                .get(node.stream_url())
+                .header("X-Remote-User", "late")
+                .send(),
+        )
+        .await;
+        assert!(
+            matches!(refused, Ok(Err(_))),
+            "a new stream after stop must fail to connect"
+        );
     }
-    assert!(registry_ids(&mut conn, "sse").is_empty());
-    assert!(keys(&mut conn, "sse:conn:*").is_empty());
-    assert!(keys(&mut conn, "sse:user:*").is_empty());
-    assert!(smembers(&mut conn, "sse:users").is_empty());
-    // Not accepting any more.
-    let refused = tokio::time::timeout(
-        Duration::from_secs(2),
-        stream_client()
-            .get(node.stream_url())
-            .header("X-Remote-User", "late")
-            .send(),
-    )
-    .await;
-    assert!(
-        matches!(refused, Ok(Err(_))),
-        "a new stream after stop must fail to connect"
-    );
 }

@@ -31,7 +31,9 @@ fn wait_for(sock: &UnixDatagram, want: &str, within: Duration, seen: &mut Vec<St
 async fn notify_socket_sees_ready_reloading_watchdog_and_stopping() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let (config, _public, admin) = write_config(dir.path(), &redis.url(), "");
+    let config = write_config(dir.path(), &redis.url(), "");
+    let log = dir.path().join("log.txt");
+    let log_file = std::fs::File::create(&log).unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut child = Command::new(bin())
@@ -40,7 +42,7 @@ async fn notify_socket_sees_ready_reloading_watchdog_and_stopping() {
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file)
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
@@ -49,6 +51,9 @@ async fn notify_socket_sees_ready_reloading_watchdog_and_stopping() {
         "READY=1 never came: {seen:?}"
     );
     // READY=1 means serving: both listeners answer at once.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let (_, admin) = serving_addrs(&text)
+        .unwrap_or_else(|| panic!("READY=1 before the start log line; log:\n{text}"));
     let health = http()
         .get(format!("http://{admin}/healthz"))
         .send()
@@ -85,15 +90,8 @@ async fn notify_socket_sees_ready_reloading_watchdog_and_stopping() {
         wait_for(&sock, "STOPPING=1", Duration::from_secs(5), &mut seen),
         "STOPPING=1 on SIGTERM: {seen:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(0));
+    let code = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "exit 0 within 10 s after SIGTERM");
 }
 
 #[test]

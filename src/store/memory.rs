@@ -62,7 +62,10 @@ struct KeptStream {
 impl KeptStream {
     fn push(&mut self, k: Kept, size: usize, ttl_ms: u64, now_ms: u64) {
         self.entries.push_back(k);
-        while self.entries.len() > size {
+        // One more than is served, as the Redis engine keeps (append.lua
+        // trims to at least size + 1): the id just before the served window
+        // stays known, so a client that saw it missed nothing (no gap).
+        while self.entries.len() > size.saturating_add(1) {
             if let Some(old) = self.entries.pop_front() {
                 self.trimmed = self.trimmed.max(Some(old.id));
             }
@@ -471,5 +474,20 @@ mod tests {
         // Expired as a whole.
         let (served, lost) = s.window(3, 0, MsgId { ms: 102, seq: 0 }, 20_000);
         assert!(served.is_empty() && !lost);
+    }
+
+    #[test]
+    fn the_id_just_before_the_served_window_is_still_known() {
+        let mut s = KeptStream::default();
+        for i in 1..=5 {
+            s.push(kept(100 + i, 0), 3, 10_000, 100);
+        }
+        // 103..105 are served; 102 saw everything before them: no gap,
+        // as with the Redis engine.
+        assert!(s.contains(MsgId { ms: 102, seq: 0 }, 200));
+        let (served, lost) = s.window(3, 0, MsgId { ms: 102, seq: 0 }, 200);
+        assert_eq!(served.len(), 3);
+        assert!(!lost);
+        assert!(!s.contains(MsgId { ms: 101, seq: 0 }, 200));
     }
 }

@@ -1,16 +1,28 @@
-//! Test harness: a private `redis-server` on a free port, nodes started
-//! in-process or as the real binary, an SSE client built on a real parser
-//! (`eventsource-stream`), and admin API helpers.
+//! The one test harness: the engine a scenario runs on (embedded, or
+//! Redis on a `redis-server` of the test's own), nodes started in-process
+//! or as the real binary, SSE clients, admin API helpers, polling.
+//! Test files hold scenarios; what they share lives here.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod binary;
+mod poll;
+mod redis_server;
+mod sse;
 
-use eventsource_stream::{Event, Eventsource};
-use futures_util::{Stream, StreamExt};
+// Each test crate uses a part of the harness.
+#[allow(unused_imports)]
+pub use binary::*;
+#[allow(unused_imports)]
+pub use poll::*;
+#[allow(unused_imports)]
+pub use redis_server::*;
+#[allow(unused_imports)]
+pub use sse::*;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde_json::Value;
 use sse_notify::config::Config;
 use sse_notify::lifecycle::{self, Daemon, Listeners};
@@ -21,93 +33,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-/// A `redis-server` of the test's own, never the shared one on 6379.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut r = RedisServer {
-            port: free_port(),
-            child: None,
-            dir,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not come up", self.port);
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub fn ping(&self) -> bool {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
-    }
-
-    /// A blocking connection for assertions on the keys.
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("redis connection")
-    }
-
-    /// SIGKILL: an outage, not a clean stop.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port, empty (no persistence).
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// The engine a contract test runs on: the embedded one, or Redis on a
@@ -168,12 +93,14 @@ macro_rules! on_both_engines {
 
             async fn scenario($env: $crate::common::Env) $body
 
-            #[tokio::test]
+            // Two workers: scenarios may block a thread (the CLI, a child's
+            // exit) while streams must stay polled.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
                 scenario($crate::common::Env::memory()).await
             }
 
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 scenario($crate::common::Env::redis()).await
             }
@@ -184,14 +111,8 @@ macro_rules! on_both_engines {
 /// The connection ids the registry holds, as the admin API lists them
 /// (what a user checks, whichever the engine); sorted.
 pub async fn listed_ids(admin_base: &str) -> Vec<String> {
-    let (status, body) = admin(
-        reqwest::Method::GET,
-        &format!("{admin_base}/notifications/connections/"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "listing: {body}");
-    let mut ids: Vec<String> = body["data"]["connection_details"]
+    let data = listing(admin_base).await;
+    let mut ids: Vec<String> = data["connection_details"]
         .as_object()
         .expect("connection_details")
         .values()
@@ -200,6 +121,60 @@ pub async fn listed_ids(admin_base: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// The listing of one user (`/notifications/connections/{user}/` data).
+pub async fn listed_user(admin_base: &str, user: &str) -> Value {
+    let (status, body) = admin(
+        reqwest::Method::GET,
+        &format!("{admin_base}/notifications/connections/{user}/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "listing of {user}: {body}");
+    body["data"].clone()
+}
+
+/// The full listing (`/notifications/connections/` data).
+pub async fn listing(admin_base: &str) -> Value {
+    let (status, body) = admin(
+        reqwest::Method::GET,
+        &format!("{admin_base}/notifications/connections/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "listing: {body}");
+    body["data"].clone()
+}
+
+/// Waits until the node has written `n` more heartbeat rounds to the
+/// registry, as seen in the listed `last_heartbeat` of `user`'s oldest
+/// connection (every round rewrites it): "still so later" checks wait for
+/// the writes that could undo them, not for a time.
+pub async fn wait_for_heartbeat_rounds(admin_base: &str, user: &str, n: u32) {
+    let beat = |data: Value| data["connections"][0]["last_heartbeat"].as_f64();
+    let first = beat(listed_user(admin_base, user).await)
+        .unwrap_or_else(|| panic!("{user} has no listed connection to watch heartbeats on"));
+    let (last, rounds) = (std::cell::Cell::new(first), std::cell::Cell::new(0));
+    let done = eventually(Duration::from_secs(5 + 3 * u64::from(n)), || {
+        let (last, rounds) = (&last, &rounds);
+        async move {
+            if let Some(hb) = beat(listed_user(admin_base, user).await) {
+                if hb > last.get() {
+                    last.set(hb);
+                    rounds.set(rounds.get() + 1);
+                }
+            }
+            rounds.get() >= n
+        }
+    })
+    .await;
+    assert!(
+        done,
+        "{n} heartbeat rounds never reached the registry: {user}'s last_heartbeat moved {} times from {first} to {}",
+        rounds.get(),
+        last.get()
+    );
 }
 
 /// A config for tests: ephemeral ports, short intervals.
@@ -215,6 +190,35 @@ pub fn test_config(redis_url: &str) -> Config {
     c.sweep.interval_secs = 1;
     c.sweep.stale_timeout_secs = 5;
     c
+}
+
+/// What every node (in-process or binary) answers on: its two listeners.
+pub trait Node {
+    fn public_addr(&self) -> SocketAddr;
+    fn admin_addr(&self) -> SocketAddr;
+
+    fn stream_url(&self) -> String {
+        format!("http://{}/notifications/stream/", self.public_addr())
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin_addr(), path)
+    }
+
+    /// `http://host:port` of the admin listener.
+    fn admin_base(&self) -> String {
+        self.admin_url("")
+    }
+}
+
+impl Node for TestNode {
+    fn public_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
 }
 
 /// A node running in this test process.
@@ -242,14 +246,6 @@ impl TestNode {
             daemon,
             waiter: Some(waiter),
         }
-    }
-
-    pub fn stream_url(&self) -> String {
-        format!("http://{}/notifications/stream/", self.public)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin, path)
     }
 
     /// Graceful stop; returns once every task is joined.
@@ -301,397 +297,46 @@ pub async fn send(node_admin: &str, body: Value) -> (u16, Value) {
     .await
 }
 
-/// One SSE stream, parsed by `eventsource-stream`.
-pub struct SseClient {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
-}
-
-impl SseClient {
-    /// Opens a stream with the given extra headers; panics on transport errors.
-    pub async fn open(url: &str, headers: &[(&str, &str)]) -> SseClient {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let mut req = client.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("stream request");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let events = resp
-            .bytes_stream()
-            .eventsource()
-            .map(|r| r.map_err(|e| e.to_string()));
-        SseClient {
-            status,
-            headers,
-            events: Box::pin(events),
-        }
-    }
-
-    /// Opens a stream as `user` (header auth from loopback) and returns it
-    /// with its connection id, after `connection_established`.
-    pub async fn connect(node: &TestNode, user: &str) -> (SseClient, String) {
-        Self::connect_url(&node.stream_url(), user).await
-    }
-
-    pub async fn connect_url(url: &str, user: &str) -> (SseClient, String) {
-        let mut c = SseClient::open(url, &[("X-Remote-User", user)]).await;
-        assert_eq!(c.status, 200, "stream for {user}");
-        let ev = c
-            .next_event(Duration::from_secs(5))
-            .await
-            .expect("first event");
-        assert_eq!(ev.event, "connection_established");
-        let data: Value = serde_json::from_str(&ev.data).unwrap();
-        let id = data["connection_id"].as_str().unwrap().to_string();
-        (c, id)
-    }
-
-    /// The next event, or None on timeout or end of stream.
-    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
-        match tokio::time::timeout(within, self.events.next()).await {
-            Ok(Some(Ok(ev))) => Some(ev),
-            _ => None,
-        }
-    }
-
-    /// The next event that is not `filter`ed out, or None.
-    pub async fn next_named(&mut self, name: &str, within: Duration) -> Option<Event> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ev = self.next_event(left).await?;
-            if ev.event == name {
-                return Some(ev);
-            }
-        }
-    }
-
-    /// True when the server ends the stream within `within`.
-    pub async fn ends_within(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.events.next()).await {
-                Ok(None) | Ok(Some(Err(_))) => return true,
-                Ok(Some(Ok(_))) => continue,
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
-/// Polls `f` until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The real binary, as a sysadmin runs it.
-pub struct BinaryNode {
-    pub child: Child,
-    pub public: SocketAddr,
-    pub admin: SocketAddr,
-    pub config_path: PathBuf,
-    pub log_path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sse-notify")
-}
-
-/// Writes a config file whose ports are free and whose Redis is `redis_url`;
-/// `extra` is appended (more TOML sections).
-pub fn write_config(dir: &Path, redis_url: &str, extra: &str) -> (PathBuf, SocketAddr, SocketAddr) {
-    let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let path = dir.join("sse-notify.toml");
-    let text = format!(
-        "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\nnode_id = \"bin-{}\"\nshutdown_grace_secs = 3\n\n[redis]\nurl = \"{redis_url}\"\nconnect_timeout_secs = 3\n\n{extra}\n",
-        uuid::Uuid::new_v4().simple()
-    );
-    std::fs::write(&path, text).unwrap();
-    (path, public, admin)
-}
-
-impl BinaryNode {
-    /// `sse-notify serve -c FILE`, waiting until /healthz answers.
-    pub async fn spawn(redis_url: &str, extra: &str) -> BinaryNode {
-        Self::spawn_in(Command::new(bin()), redis_url, extra).await
-    }
-
-    /// The same, with an open-file limit (soft and hard) of `nofile`
-    /// (through util-linux's `prlimit`, which execs the daemon in place).
-    pub async fn spawn_with_nofile(redis_url: &str, extra: &str, nofile: u32) -> BinaryNode {
-        let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--nofile={nofile}:{nofile}"))
-            .arg("--")
-            .arg(bin());
-        Self::spawn_in(cmd, redis_url, extra).await
-    }
-
-    async fn spawn_in(mut cmd: Command, redis_url: &str, extra: &str) -> BinaryNode {
-        let dir = tempfile::tempdir().unwrap();
-        let (config_path, public, admin) = write_config(dir.path(), redis_url, extra);
-        let log_path = dir.path().join("log.txt");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = cmd
-            .args(["serve", "-c"])
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sse-notify");
-        let node = BinaryNode {
-            child,
-            public,
-            admin,
-            config_path,
-            log_path,
-            _dir: dir,
-        };
-        let url = format!("http://{admin}/healthz");
-        let up = eventually(Duration::from_secs(15), || {
-            let url = url.clone();
-            async move { matches!(http().get(&url).send().await, Ok(r) if r.status().is_success()) }
-        })
-        .await;
-        assert!(up, "sse-notify did not come up; log:\n{}", node.log());
-        node
-    }
-
-    pub fn stream_url(&self) -> String {
-        format!("http://{}/notifications/stream/", self.public)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.admin, path)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY-free: kill(2) through the command line tool.
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit; returns its exit code.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for BinaryNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `/metrics` text of a node's admin listener at `admin_base`
-/// (`http://host:port`); panics unless it answers 200.
-pub async fn metrics_text(admin_base: &str) -> String {
-    let resp = http()
-        .get(format!("{admin_base}/metrics"))
-        .send()
+/// Asserts an error envelope (SPEC 3): that status, JSON content type,
+/// `{"code": status, "message": "..."}`.
+pub async fn expect_envelope(resp: reqwest::Response, status: u16, what: &str) -> Value {
+    let got = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
         .await
-        .expect("metrics");
-    assert_eq!(resp.status().as_u16(), 200);
-    resp.text().await.unwrap()
-}
-
-/// Runs a CLI subcommand of the real binary: (exit code, stdout, stderr).
-pub fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .env_remove("SSE_NOTIFY_CONFIG")
-        .output()
-        .expect("run sse-notify");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Every key of the registry (for zombie checks).
-pub fn registry_ids(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
-    let mut ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{prefix}:heartbeats"))
-        .arg(0)
-        .arg(-1)
-        .query(conn)
+        .unwrap_or_else(|_| panic!("{what}: body not complete within 5s"))
         .unwrap();
-    ids.sort();
-    ids
+    assert_eq!(got, status, "{what}: status; body {text:?}");
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content-type {ct:?}; body {text:?}"
+    );
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {text:?}"));
+    assert_eq!(
+        body["code"],
+        serde_json::json!(status),
+        "{what}: envelope {body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: envelope without message: {body}"
+    );
+    body
 }
 
-/// Writes one connection record the way SPEC 4 lays it out (all its keys).
-pub fn inject_record(
-    conn: &mut redis::Connection,
-    id: &str,
-    user: &str,
-    connection_time: f64,
-    last_heartbeat: f64,
-    node_id: &str,
-) {
-    let ct = format!("{connection_time:.6}");
-    let hb = format!("{last_heartbeat:.6}");
-    redis::pipe()
-        .atomic()
-        .hset_multiple(
-            format!("sse:conn:{id}"),
-            &[
-                ("connection_id", id),
-                ("username", user),
-                ("connection_time", ct.as_str()),
-                ("last_heartbeat", hb.as_str()),
-                ("node_id", node_id),
-            ],
-        )
-        .ignore()
-        .zadd(format!("sse:user:{user}"), id, ct.as_str())
-        .ignore()
-        .sadd("sse:users", user)
-        .ignore()
-        .zadd("sse:heartbeats", id, hb.as_str())
-        .ignore()
-        .query::<()>(conn)
-        .unwrap();
-}
-
-/// A raw SSE stream: every byte the server sends, comments included.
-pub struct RawStream {
-    pub text: String,
-    pub seen: usize,
-    pub ended: bool,
-    body: std::pin::Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>> + Send>>,
-}
-
-impl RawStream {
-    pub async fn open(url: &str, user: &str) -> RawStream {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let resp = client
-            .get(url)
-            .header("X-Remote-User", user)
-            .send()
-            .await
-            .expect("stream request");
-        assert_eq!(resp.status().as_u16(), 200, "stream for {user}");
-        let body = resp
-            .bytes_stream()
-            .map(|r| r.map(|b| b.to_vec()).map_err(|e| e.to_string()));
-        RawStream {
-            text: String::new(),
-            seen: 0,
-            ended: false,
-            body: Box::pin(body),
-        }
-    }
-
-    /// Reads until the unread text contains `needle` (then marks everything
-    /// up to and including it as read), or `within` passes.
-    pub async fn wait_for(&mut self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(pos) = self.text[self.seen..].find(needle) {
-                self.seen += pos + needle.len();
-                return true;
-            }
-            if self.ended {
-                return false;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            match tokio::time::timeout(left, self.body.next()).await {
-                Ok(Some(Ok(bytes))) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
-                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    /// Everything that arrives during `d` (unread text included).
-    pub async fn read_for(&mut self, d: Duration) -> String {
-        let deadline = Instant::now() + d;
-        while !self.ended {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(left, self.body.next()).await {
-                Ok(Some(Ok(bytes))) => self.text.push_str(&String::from_utf8_lossy(&bytes)),
-                Ok(Some(Err(_))) | Ok(None) => self.ended = true,
-                Err(_) => break,
-            }
-        }
-        let out = self.text[self.seen..].to_string();
-        self.seen = self.text.len();
-        out
-    }
-
-    /// The connection id of `connection_established`.
-    pub async fn established(&mut self) -> String {
-        assert!(
-            self.wait_for(
-                "event: connection_established\ndata: ",
-                Duration::from_secs(5)
-            )
-            .await,
-            "no connection_established in {:?}",
-            self.text
-        );
-        assert!(self.wait_for("\n", Duration::from_secs(5)).await);
-        let start = self.text[..self.seen - 1]
-            .rfind("data: ")
-            .expect("data line")
-            + 6;
-        let data: Value = serde_json::from_str(&self.text[start..self.seen - 1]).unwrap();
-        data["connection_id"].as_str().unwrap().to_string()
-    }
-
-    /// The value of the first `retry:` field.
-    pub fn retry_ms(&self) -> Option<u64> {
-        let line = self.text.lines().find(|l| l.starts_with("retry:"))?;
-        line["retry:".len()..].trim().parse().ok()
-    }
+/// A send that must succeed; its `message_id`.
+pub async fn send_ok(node_admin: &str, body: Value) -> String {
+    let (status, resp) = send(node_admin, body).await;
+    assert_eq!(status, 200, "{resp}");
+    resp["data"]["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message_id in {resp}"))
+        .to_string()
 }
 
 /// Waits until the registry, as the admin API lists it, holds exactly
