@@ -125,7 +125,7 @@ async fn cli_send_batch_posts_a_file_of_messages() {
         "{\"to\":\"alice\",\"data\":{\"n\":1}}\n\n{\"to\":\"bob\",\"data\":2,\"event\":\"news\"}\n",
     )
     .expect("write");
-    let cfg = node.config_path.to_str().expect("path").to_string();
+    let cfg = node.cli_config_path.to_str().expect("path").to_string();
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
