@@ -1,4 +1,4 @@
-//! The configuration file of SPEC section 9: schema, defaults, validation,
+//! The configuration file (README "Configuration"): schema, defaults, validation,
 //! and which changes a reload (SIGHUP) can apply live.
 //!
 //! Every key is optional; unknown keys are rejected by serde

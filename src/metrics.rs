@@ -1,4 +1,4 @@
-//! Counters and gauges of SPEC section 3, rendered as Prometheus text on
+//! Counters and gauges (README "Monitoring"), rendered as Prometheus text on
 //! `GET /metrics`.
 
 use prometheus_client::encoding::text::encode;

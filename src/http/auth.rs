@@ -1,5 +1,5 @@
-//! Who is opening a stream (SPEC 6: header, token or none), who may use the
-//! admin API (SPEC 3: bearer token), and what a username may be.
+//! Who is opening a stream (README "Auth": header, token or none), who may use the
+//! admin API (bearer token), and what a username may be.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1,4 +1,4 @@
-//! The JSON envelope of SPEC 3, and the one place where every HTTP error of
+//! The JSON envelope (README "HTTP API"), and the one place where every HTTP error of
 //! either listener (ours and warp's rejections) becomes that envelope.
 
 use std::convert::Infallible;

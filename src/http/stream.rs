@@ -1,4 +1,4 @@
-//! What the public listener answers: `GET {base}/stream/` (SPEC 2) and
+//! What the public listener answers: `GET {base}/stream/` (README "The stream") and
 //! its CORS preflight, independent of the HTTP server ([`super::public`]).
 //! A stream is authenticated, put in the hub and the registry (before its
 //! first frame, so a send right after reaches it), given what it missed

@@ -34,7 +34,7 @@ pub(crate) fn event(event: &str, data_json: &str) -> Bytes {
     b.freeze()
 }
 
-/// `event: evicted`: the connection is closed to make room (SPEC 7).
+/// `event: evicted`: the connection is closed to make room (README "Limits").
 pub(crate) fn evicted(connection_id: &str, reason: &str) -> Bytes {
     let data = serde_json::json!({"connection_id": connection_id, "reason": reason});
     event("evicted", &data.to_string())

@@ -55,7 +55,7 @@ impl Keys {
 
     /// The last message id issued (`{ms}-{seq}`): one sequence for every
     /// history stream, so that a user's messages and the broadcasts are
-    /// ordered among themselves. Not in SPEC 4's table: an addition.
+    /// ordered among themselves.
     pub(crate) fn history_seq(&self) -> String {
         format!("{}:history:seq", self.prefix)
     }

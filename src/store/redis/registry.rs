@@ -62,7 +62,7 @@ impl Registry {
     }
 
     /// A clone of the multiplexed connection, for modules that own other
-    /// keys of SPEC 4 (history, bus).
+    /// Redis keys (history, bus).
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.get()
     }
