@@ -291,6 +291,8 @@ on_both_engines! {
     async fn a_send_right_after_connection_established_reaches_the_stream(env: Env) {
         let node = TestNode::start(env.config()).await;
         for i in 0..5 {
+            // The previous tab is gone (its close is noticed asynchronously).
+            listed_ids_become(&node.admin_base(), &[]).await;
             let (mut tab, _) = SseClient::connect(&node, "quick").await;
             let (status, body) = send(&node.admin_base(), json!({"to": "quick", "data": i})).await;
             assert_eq!(status, 200, "{body}");
