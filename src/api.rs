@@ -151,12 +151,21 @@ where
     match (route, method) {
         (AdminRoute::Healthz, _) => Ok(healthz(app).await),
         (AdminRoute::Metrics, _) => {
-            let mut resp = Response::new(app.metrics.render().into());
+            let (text, content_type) = if wants_openmetrics(headers) {
+                (
+                    app.metrics.render(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            } else {
+                (
+                    app.metrics.render_classic(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            };
+            let mut resp = Response::new(text.into());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                warp::http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                warp::http::HeaderValue::from_static(content_type),
             );
             Ok(resp)
         }
@@ -193,6 +202,27 @@ where
             Ok(envelope::ok(&data))
         }
     }
+}
+
+/// True when `Accept` lists `application/openmetrics-text` with a non-zero
+/// quality (Prometheus does); curl, older scrapers and most agents do not
+/// and get the classic format.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("");
+            media.eq_ignore_ascii_case("application/openmetrics-text")
+                && !params.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                })
+        })
 }
 
 /// 200 only when Redis answers and the bus subscription is up: a node
@@ -402,6 +432,23 @@ mod tests {
         assert_eq!(parse_route(b, "/notificationsx/send"), None);
         assert_eq!(parse_route(b, "/notifications/stream/"), None);
         assert_eq!(parse_route("", "/send/"), Some(AdminRoute::Send));
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            wants_openmetrics(&h)
+        };
+        assert!(accept(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(accept("text/plain, Application/OpenMetrics-Text; q=0.9"));
+        assert!(!accept("application/openmetrics-text; q=0"));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics(&HeaderMap::new()));
     }
 
     #[test]
