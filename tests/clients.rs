@@ -15,6 +15,7 @@
 //! `requests-sse`, `aiohttp-sse-client2`, and curl with `--http1.0` and
 //! `--http1.1`; and in this process `reqwest-eventsource`. Each must get
 //! `connection_established` within 100 ms of the stream opening.
+//! (`reqwest-eventsource` runs in the test process.)
 //!
 //! Needs node with `npm ci --prefix tests/browser`, curl, and python3 with
 //! httpx, httpx-sse, requests, sseclient-py, requests-sse, aiohttp and
@@ -492,4 +493,51 @@ async fn curl_http10_reads_every_frame() {
 async fn curl_http11_reads_every_frame() {
     require_tool("curl", "this test needs curl");
     python_client("curl-1.1", "json", "curl --http1.1").await;
+}
+
+/// `reqwest-eventsource` (reconnects by itself, with `Last-Event-ID`), in
+/// this process: what it yields goes through the same scenario.
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_reqwest_eventsource_parses_every_frame() {
+    use futures_util::StreamExt;
+    use reqwest_eventsource::{Event, EventSource};
+
+    let redis = RedisServer::start();
+    let node = BinaryNode::spawn(&redis.url(), NODE_CONFIG).await;
+    let user = "carol.client";
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let request = reqwest::Client::new()
+        .get(node.stream_url())
+        .header("X-Remote-User", user);
+    let mut source = EventSource::new(request).expect("a GET can be cloned");
+    let task = tokio::spawn(async move {
+        let mut opened = std::time::Instant::now();
+        while let Some(ev) = source.next().await {
+            let line = match ev {
+                Ok(Event::Open) => {
+                    opened = std::time::Instant::now();
+                    json!({"type": "open", "status": 200})
+                }
+                Ok(Event::Message(m)) => json!({
+                    "type": m.event, "data": m.data, "id": m.id,
+                    "ms": opened.elapsed().as_secs_f64() * 1000.0,
+                }),
+                // The end of a stream the daemon closed: it reconnects.
+                Err(reqwest_eventsource::Error::StreamEnded) => json!({"type": "closed"}),
+                Err(e) => json!({"type": "fatal", "message": e.to_string()}),
+            };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let c = JsonChild::in_process("reqwest-eventsource", task, rx, TIME_LIMIT);
+    let kind = Kind {
+        label: "reqwest-eventsource",
+        id_field: "id",
+        dispatches_empty: false,
+    };
+    tokio::time::timeout(TIME_LIMIT, exercise(kind, c, &node, user))
+        .await
+        .expect("reqwest-eventsource test: time limit");
 }
