@@ -351,7 +351,9 @@ async fn respond(
 /// of bytes, or [`LINGER`].
 async fn linger(socket: &mut TcpStream) {
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: a buffer in the future would make every stream's
+        // task (the same future type) that much larger.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
             match socket.read(&mut buf).await {
