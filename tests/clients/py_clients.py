@@ -7,12 +7,13 @@ CLIENT is one of:
   requests-sse     requests-sse's EventSource (reconnects by itself)
   aiohttp          aiohttp-sse-client2's EventSource (reconnects by itself)
   curl-1.0, curl-1.1
-                   curl -N with --http1.0 / --http1.1; its output parsed here
-                   the WHATWG way (curl is the client, this is the reader)
+                   curl -N -i with --http1.0 / --http1.1; its output parsed
+                   here the WHATWG way (curl is the client, this is the
+                   reader); the "open" line tells the transfer coding
 
 Identity: ``X-Remote-User: USER``. Prints one JSON line per event the client
 yields: {"type": event, "data": data, "id": id, "ms": milliseconds since the
-stream opened (response head received; for curl, since curl started)}, plus
+stream opened (its response head received)}, plus
 "open" and "closed" lines per connection and "fatal" on anything wrong
 (a status other than 200, curl exiting with an error).
 
@@ -140,13 +141,33 @@ def run_curl(url, user, version):
     last_id = ""
     retry_ms = 3000
     while True:
-        args = ["curl", "-sS", "-N", "--fail", version, "-H", f"X-Remote-User: {user}"]
+        # -i: the response head on stdout too, so that the stream's opening
+        # is when its blank line arrives.
+        args = ["curl", "-sS", "-N", "-i", "--fail", version, "-H", f"X-Remote-User: {user}"]
         if last_id:
             args += ["-H", f"Last-Event-ID: {last_id}"]
-        t0 = time.monotonic()
         proc = subprocess.Popen(args + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         CHILDREN[:] = [proc]
-        out({"type": "open", "status": 200, "last_event_id_sent": last_id})
+        head = []
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if line == "":
+                break
+            head.append(line)
+        t0 = time.monotonic()
+        status = head[0].split(" ")[1] if head and " " in head[0] else "?"
+        fields = {h.split(":", 1)[0].lower(): h.split(":", 1)[1].strip() for h in head[1:] if ":" in h}
+        out({"type": "open", "status": int(status) if status.isdigit() else status,
+             "status_line": head[0] if head else "",
+             "transfer_encoding": fields.get("transfer-encoding"),
+             "last_event_id_sent": last_id})
+        if status != "200":
+            fatal(f"curl {version}: response head {head!r}")
+        # HTTP/1.1: chunked; HTTP/1.0: delimited by the close.
+        wanted = "chunked" if version == "--http1.1" else None
+        if fields.get("transfer-encoding") != wanted:
+            fatal(f"curl {version}: transfer-encoding {fields.get('transfer-encoding')!r}, "
+                  f"expected {wanted!r}: {head!r}")
         # WHATWG event stream interpretation (UTF-8, LF line ends here).
         event, data, have_data = "", [], False
         for raw in iter(proc.stdout.readline, b""):
