@@ -262,6 +262,7 @@ fn parse_query(q: &str) -> HashMap<String, String> {
 enum Length {
     Content(usize),
     Chunked,
+    /// No length header: the body ends at the close (or there is none).
     Close,
 }
 
@@ -295,7 +296,13 @@ async fn respond(
 ) -> std::io::Result<()> {
     match reply.body {
         ReplyBody::Full(body) => {
-            let head = head_bytes(reply.status, &reply.headers, Length::Content(body.len()));
+            // A 204 has no body and must not announce one (RFC 9110 8.6).
+            let length = if reply.status == StatusCode::NO_CONTENT {
+                Length::Close
+            } else {
+                Length::Content(body.len())
+            };
+            let head = head_bytes(reply.status, &reply.headers, length);
             // A reply to HEAD announces the length of the body it omits.
             let body = if is_head { Bytes::new() } else { body };
             write_all(&mut socket, &[&head, &body]).await?;

@@ -340,6 +340,11 @@ async fn cors_preflight_only_for_listed_origins() {
     )
     .await;
     assert_eq!(r.status, 204, "{r:?}");
+    assert!(r.body.is_empty(), "{r:?}");
+    assert!(
+        r.header("content-length").is_none() && r.header("transfer-encoding").is_none(),
+        "a 204 announces no body: {r:?}"
+    );
     assert_eq!(
         r.header("access-control-allow-origin"),
         Some("http://app.example")
@@ -428,6 +433,9 @@ async fn http11_stream_is_chunked_http10_is_close_delimited() {
         .await;
         assert_eq!(status, 200);
     }
+    // Delivered (through the bus) before the shutdown closes the streams.
+    raw11.extend(read_until(&mut s11, b"event: x\ndata: ", Duration::from_secs(5)).await);
+    raw10.extend(read_until(&mut s10, b"event: x\ndata: ", Duration::from_secs(5)).await);
     node.stop().await;
     raw11.extend(read_to_end(&mut s11, Duration::from_secs(10)).await);
     raw10.extend(read_to_end(&mut s10, Duration::from_secs(10)).await);
@@ -497,6 +505,12 @@ async fn h11_accepts_a_whole_stream() {
         let id = body["data"]["message_id"].as_str().expect("id").to_string();
         expected.push(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"));
     }
+    let last_id = expected[expected.len() - 1]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    raw.extend(read_until(&mut s, last_id.as_bytes(), Duration::from_secs(5)).await);
     raw.extend(read_until(&mut s, b": heartbeat ", Duration::from_secs(5)).await);
     node.stop().await;
     raw.extend(read_to_end(&mut s, Duration::from_secs(10)).await);
