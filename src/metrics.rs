@@ -1,5 +1,8 @@
-//! Counters and gauges (README "Monitoring"), rendered as Prometheus text on
-//! `GET /metrics`.
+//! Counters and gauges (README "Monitoring"), rendered on `GET /metrics` as
+//! OpenMetrics for scrapers that ask for it, else as the classic Prometheus
+//! text format.
+
+use std::collections::HashSet;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -118,10 +121,83 @@ impl Metrics {
             .inc();
     }
 
+    /// OpenMetrics 1.0 text.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The classic Prometheus text format (0.0.4), as the Prometheus Go
+    /// client writes it, with the same series as [`Metrics::render`].
+    pub(crate) fn render_classic(&self) -> String {
+        classic(&self.render())
+    }
+}
+
+/// OpenMetrics text to the classic format. OpenMetrics names a counter's
+/// family without `_total` and its sample with it; the classic format has
+/// one name for both (the sample's, which is the series Prometheus stores
+/// either way). No `# UNIT`, no `# EOF`.
+pub(crate) fn classic(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|p| line.starts_with(p));
+        match meta {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_names_counters_like_their_samples() {
+        let m = Metrics::new();
+        m.connects.inc();
+        m.http("stream", 200);
+        let text = m.render_classic();
+        assert!(
+            text.contains("# TYPE sse_notify_connects_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP sse_notify_connects_total Streams opened"),
+            "{text}"
+        );
+        assert!(text.contains("\nsse_notify_connects_total 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE sse_notify_live_connections gauge\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }

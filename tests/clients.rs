@@ -11,8 +11,15 @@
 //! message is sent while the client is away, and after the client reconnects
 //! with `Last-Event-ID` it arrives exactly once.
 //!
-//! Needs node with `npm ci --prefix tests/browser`, and python3 with httpx
-//! and httpx-sse; `.ci/run` installs them. Without them the tests fail.
+//! Also `tests/clients/py_clients.py`: `sseclient-py` over `requests`,
+//! `requests-sse`, `aiohttp-sse-client2`, and curl with `--http1.0` and
+//! `--http1.1`; and in this process `reqwest-eventsource`. Each must get
+//! `connection_established` within 100 ms of the stream opening.
+//! (`reqwest-eventsource` runs in the test process.)
+//!
+//! Needs node with `npm ci --prefix tests/browser`, curl, and python3 with
+//! httpx, httpx-sse, requests, sseclient-py, requests-sse, aiohttp and
+//! aiohttp-sse-client2; `.ci/run` installs them. Without them the tests fail.
 #[path = "clients/child.rs"]
 mod child;
 mod common;
@@ -152,6 +159,22 @@ async fn send_raw(node: &BinaryNode, user: &str, event: Option<&str>, data: &str
     resp["data"]["message_id"].as_str().unwrap().to_string()
 }
 
+/// Clients that say when their stream opened (`ms`: since the response head
+/// came) must have `connection_established` within 100 ms of it: a body the
+/// client buffers until a block is full would hold it back.
+fn first_event_in_time(c: &JsonChild, kind: Kind) {
+    for e in established(&c.seen, kind) {
+        if let Some(ms) = c.seen[e.index]["ms"].as_f64() {
+            assert!(
+                ms < 100.0,
+                "{}: connection_established {ms} ms after the stream opened\n{}",
+                kind.label,
+                c.report()
+            );
+        }
+    }
+}
+
 /// The whole scenario against one client, already started as `user`.
 async fn exercise(kind: Kind, mut c: JsonChild, node: &BinaryNode, user: &str) {
     let logs = |c: &JsonChild| format!("{}\n--- sse-notify log\n{}", c.report(), node.log());
@@ -168,6 +191,7 @@ async fn exercise(kind: Kind, mut c: JsonChild, node: &BinaryNode, user: &str) {
         kind.label,
         logs(&c)
     );
+    first_event_in_time(&c, kind);
     let est: Value = serde_json::from_str(&established(&c.seen, kind)[0].data).unwrap();
     assert_eq!(est["username"], user);
     let conn_id = est["connection_id"].as_str().unwrap().to_string();
@@ -288,6 +312,7 @@ async fn exercise(kind: Kind, mut c: JsonChild, node: &BinaryNode, user: &str) {
         logs(&c)
     );
     c.settle(Duration::from_millis(1000)).await;
+    first_event_in_time(&c, kind);
     let est = established(&c.seen, kind);
     assert_eq!(
         est.len(),
@@ -402,4 +427,117 @@ async fn python_httpx_sse_parses_every_frame() {
     tokio::time::timeout(TIME_LIMIT, exercise(kind, c, &node, user))
         .await
         .expect("httpx-sse test: time limit");
+}
+
+/// Runs `tests/clients/py_clients.py CLIENT` through the whole scenario.
+async fn python_client(client: &str, modules: &str, label: &'static str) {
+    require_tool("python3", "this test needs python3");
+    let probe = std::process::Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .expect("python3");
+    assert!(
+        probe.status.success(),
+        "python3 lacks {modules} (.ci/run pip-installs them)\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let redis = RedisServer::start();
+    let node = BinaryNode::spawn(&redis.url(), NODE_CONFIG).await;
+    let user = "carol.client";
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(root().join("tests/clients/py_clients.py"))
+        .arg(client)
+        .arg(node.stream_url())
+        .arg(user)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .current_dir(root());
+    let c = JsonChild::spawn(label, cmd, TIME_LIMIT);
+    let kind = Kind {
+        label,
+        id_field: "id",
+        dispatches_empty: false,
+    };
+    tokio::time::timeout(TIME_LIMIT, exercise(kind, c, &node, user))
+        .await
+        .unwrap_or_else(|_| panic!("{label} test: time limit"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_sseclient_over_requests_parses_every_frame() {
+    python_client("sseclient", "requests, sseclient", "sseclient-py").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_requests_sse_parses_every_frame() {
+    python_client("requests-sse", "requests_sse", "requests-sse").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_aiohttp_sse_client2_parses_every_frame() {
+    python_client(
+        "aiohttp",
+        "aiohttp, aiohttp_sse_client2",
+        "aiohttp-sse-client2",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http10_reads_every_frame() {
+    require_tool("curl", "this test needs curl");
+    python_client("curl-1.0", "json", "curl --http1.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_http11_reads_every_frame() {
+    require_tool("curl", "this test needs curl");
+    python_client("curl-1.1", "json", "curl --http1.1").await;
+}
+
+/// `reqwest-eventsource` (reconnects by itself, with `Last-Event-ID`), in
+/// this process: what it yields goes through the same scenario.
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_reqwest_eventsource_parses_every_frame() {
+    use futures_util::StreamExt;
+    use reqwest_eventsource::{Event, EventSource};
+
+    let redis = RedisServer::start();
+    let node = BinaryNode::spawn(&redis.url(), NODE_CONFIG).await;
+    let user = "carol.client";
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let request = reqwest::Client::new()
+        .get(node.stream_url())
+        .header("X-Remote-User", user);
+    let mut source = EventSource::new(request).expect("a GET can be cloned");
+    let task = tokio::spawn(async move {
+        let mut opened = std::time::Instant::now();
+        while let Some(ev) = source.next().await {
+            let line = match ev {
+                Ok(Event::Open) => {
+                    opened = std::time::Instant::now();
+                    json!({"type": "open", "status": 200})
+                }
+                Ok(Event::Message(m)) => json!({
+                    "type": m.event, "data": m.data, "id": m.id,
+                    "ms": opened.elapsed().as_secs_f64() * 1000.0,
+                }),
+                // The end of a stream the daemon closed: it reconnects.
+                Err(reqwest_eventsource::Error::StreamEnded) => json!({"type": "closed"}),
+                Err(e) => json!({"type": "fatal", "message": e.to_string()}),
+            };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let c = JsonChild::in_process("reqwest-eventsource", task, rx, TIME_LIMIT);
+    let kind = Kind {
+        label: "reqwest-eventsource",
+        id_field: "id",
+        dispatches_empty: false,
+    };
+    tokio::time::timeout(TIME_LIMIT, exercise(kind, c, &node, user))
+        .await
+        .expect("reqwest-eventsource test: time limit");
 }

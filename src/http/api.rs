@@ -158,12 +158,21 @@ where
     match (route, method) {
         (AdminRoute::Healthz, _) => Ok(healthz(app).await),
         (AdminRoute::Metrics, _) => {
-            let mut resp = Response::new(app.metrics.render().into());
+            let (text, content_type) = if wants_openmetrics(headers) {
+                (
+                    app.metrics.render(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+            } else {
+                (
+                    app.metrics.render_classic(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            };
+            let mut resp = Response::new(text.into());
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                warp::http::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+                warp::http::HeaderValue::from_static(content_type),
             );
             Ok(resp)
         }
@@ -330,6 +339,27 @@ fn announces_body(headers: &HeaderMap) -> bool {
         Some(_) => true,
     };
     sized || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// True when `Accept` lists `application/openmetrics-text` with a non-zero
+/// quality (Prometheus does); curl, older scrapers and most agents do not
+/// and get the classic format.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("");
+            media.eq_ignore_ascii_case("application/openmetrics-text")
+                && !params.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                })
+        })
 }
 
 /// 200 only when the store answers (Redis engine: Redis answers and the
@@ -685,6 +715,23 @@ mod tests {
         assert_eq!(ok.len(), 2);
         assert_eq!(ok[0].data, r#"{"n":12345678901234567890123}"#);
         assert_eq!(ok[1].to, None);
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            wants_openmetrics(&h)
+        };
+        assert!(accept(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(accept("text/plain, Application/OpenMetrics-Text; q=0.9"));
+        assert!(!accept("application/openmetrics-text; q=0"));
+        assert!(!accept("*/*"));
+        assert!(!accept("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics(&HeaderMap::new()));
     }
 
     #[test]

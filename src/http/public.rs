@@ -6,9 +6,12 @@
 //! future alive for every open response, about 18 KiB a stream. Here a
 //! stream holds only its socket, its queue and a small task: the request
 //! head is read into a buffer dropped once parsed, frames are written
-//! straight from the shared [`Bytes`] (vectored), and the response is
-//! delimited by closing the connection (`Connection: close`), which every
-//! SSE client and nginx handle. The admin listener stays on warp/hyper.
+//! straight from the shared [`Bytes`] (vectored, the chunk framing around
+//! them from the stack). An HTTP/1.1 request gets a chunked body: clients
+//! that read a close-delimited body in blocks would otherwise sit on the
+//! first frames; HTTP/1.0 gets the body delimited by closing the
+//! connection. Either way one request per connection (`Connection:
+//! close`). The admin listener stays on warp/hyper.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -37,6 +40,12 @@ const MAX_HEADERS: usize = 64;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written in one vectored write when several are queued.
 const BATCH: usize = 32;
+/// After an error reply, how long the client may keep sending what we
+/// will not read (the rest of a head over the limit, a body) before the
+/// socket is closed: closing with unread bytes makes the kernel send a
+/// reset, which can destroy the reply before the client reads it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serves the stream route on `listener` until `shutdown`; then stops
 /// accepting and waits for open streams (closed by the node's shutdown)
@@ -128,6 +137,15 @@ impl Drop for Pending {
     }
 }
 
+/// The request line and headers, as parsed.
+struct Head {
+    method: Method,
+    target: String,
+    headers: HeaderMap,
+    /// HTTP/1.1 or later: the stream body is chunked.
+    chunked: bool,
+}
+
 enum HeadError {
     /// The client left or sent nothing in time: nothing to answer.
     Gone,
@@ -146,8 +164,17 @@ async fn connection(
         Ok(r) => r,
         Err(_) => Err(HeadError::Gone),
     };
+    let mut chunked = false;
+    let mut is_head = false;
     let reply = match head {
-        Ok((method, target, headers)) => {
+        Ok(Head {
+            method,
+            target,
+            headers,
+            chunked: c,
+        }) => {
+            chunked = c;
+            is_head = method == Method::HEAD;
             let (path, query) = match target.split_once('?') {
                 Some((p, q)) => (p.to_string(), parse_query(q)),
                 None => (target, HashMap::new()),
@@ -172,7 +199,7 @@ async fn connection(
     if matches!(reply.body, ReplyBody::Events(_)) {
         pending.done();
     }
-    let _ = respond(socket, reply).await;
+    let _ = respond(socket, reply, chunked, is_head).await;
 }
 
 fn error_reply(e: ApiError) -> Reply {
@@ -185,7 +212,7 @@ fn error_reply(e: ApiError) -> Reply {
 }
 
 /// Reads and parses the request line and headers.
-async fn read_head(socket: &mut TcpStream) -> Result<(Method, String, HeaderMap), HeadError> {
+async fn read_head(socket: &mut TcpStream) -> Result<Head, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if buf.len() >= MAX_HEAD {
@@ -214,7 +241,12 @@ async fn read_head(socket: &mut TcpStream) -> Result<(Method, String, HeaderMap)
                         .map_err(|_| HeadError::Malformed(format!("bad value of header {name}")))?;
                     headers.append(name, value);
                 }
-                return Ok((method, target, headers));
+                return Ok(Head {
+                    method,
+                    target,
+                    headers,
+                    chunked: req.version.is_some_and(|v| v >= 1),
+                });
             }
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Malformed(format!("bad request: {e}"))),
@@ -226,7 +258,15 @@ fn parse_query(q: &str) -> HashMap<String, String> {
     serde_urlencoded::from_str(q).unwrap_or_default()
 }
 
-fn head_bytes(status: StatusCode, headers: &HeaderMap, content_length: Option<usize>) -> Vec<u8> {
+/// How the body is delimited.
+enum Length {
+    Content(usize),
+    Chunked,
+    /// No length header: the body ends at the close (or there is none).
+    Close,
+}
+
+fn head_bytes(status: StatusCode, headers: &HeaderMap, length: Length) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -239,25 +279,48 @@ fn head_bytes(status: StatusCode, headers: &HeaderMap, content_length: Option<us
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(n) = content_length {
-        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    match length {
+        Length::Content(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
+        Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Length::Close => {}
     }
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out
 }
 
-async fn respond(mut socket: TcpStream, reply: Reply) -> std::io::Result<()> {
+async fn respond(
+    mut socket: TcpStream,
+    reply: Reply,
+    chunked: bool,
+    is_head: bool,
+) -> std::io::Result<()> {
     match reply.body {
         ReplyBody::Full(body) => {
-            let head = head_bytes(reply.status, &reply.headers, Some(body.len()));
-            write_all(&mut socket, &[Bytes::from(head), body]).await?;
-            socket.shutdown().await
+            // A 204 has no body and must not announce one (RFC 9110 8.6).
+            let length = if reply.status == StatusCode::NO_CONTENT {
+                Length::Close
+            } else {
+                Length::Content(body.len())
+            };
+            let head = head_bytes(reply.status, &reply.headers, length);
+            // A reply to HEAD announces the length of the body it omits.
+            let body = if is_head { Bytes::new() } else { body };
+            write_all(&mut socket, &[&head, &body]).await?;
+            socket.shutdown().await?;
+            linger(&mut socket).await;
+            Ok(())
         }
         ReplyBody::Events(mut events) => {
-            let head = Bytes::from(head_bytes(reply.status, &reply.headers, None));
+            let length = if chunked {
+                Length::Chunked
+            } else {
+                Length::Close
+            };
+            let head = head_bytes(reply.status, &reply.headers, length);
             drop(reply.headers);
+            let mut head = Some(head);
             let (mut rd, mut wr) = socket.split();
-            let mut batch: Vec<Bytes> = vec![head];
+            let mut batch: Vec<Bytes> = Vec::new();
             let mut sink = [0u8; 64];
             loop {
                 while batch.len() < BATCH {
@@ -266,8 +329,8 @@ async fn respond(mut socket: TcpStream, reply: Reply) -> std::io::Result<()> {
                         None => break,
                     }
                 }
-                if !batch.is_empty() {
-                    write_all(&mut wr, &batch).await?;
+                if !batch.is_empty() || head.is_some() {
+                    write_frames(&mut wr, head.take().as_deref(), &batch, chunked).await?;
                     batch.clear();
                 }
                 tokio::select! {
@@ -283,13 +346,74 @@ async fn respond(mut socket: TcpStream, reply: Reply) -> std::io::Result<()> {
                     },
                 }
             }
+            if chunked {
+                write_all(&mut wr, &[b"0\r\n\r\n"]).await?;
+            }
             wr.shutdown().await
         }
     }
 }
 
+/// Reads and drops what the client still sends, until it closes, a limit
+/// of bytes, or [`LINGER`].
+async fn linger(socket: &mut TcpStream) {
+    let drain = async {
+        // On the heap: a buffer in the future would make every stream's
+        // task (the same future type) that much larger.
+        let mut buf = vec![0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Writes the response head (first time only) and `frames`: as one chunk
+/// when `chunked`, else as they are.
+async fn write_frames<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    head: Option<&[u8]>,
+    frames: &[Bytes],
+    chunked: bool,
+) -> std::io::Result<()> {
+    let mut size = [0u8; 20];
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() + 3);
+    if let Some(h) = head {
+        parts.push(h);
+    }
+    let len: usize = frames.iter().map(Bytes::len).sum();
+    if chunked && len > 0 {
+        parts.push(chunk_size(len, &mut size));
+    }
+    parts.extend(frames.iter().map(|f| &f[..]));
+    if chunked && len > 0 {
+        parts.push(b"\r\n");
+    }
+    write_all(w, &parts).await
+}
+
+/// `{len:x}\r\n` into `buf`, without allocating.
+fn chunk_size(len: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len() - 2;
+    buf[i..].copy_from_slice(b"\r\n");
+    let mut n = len;
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// Writes every buffer, vectored.
-async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[Bytes]) -> std::io::Result<()> {
+async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[&[u8]]) -> std::io::Result<()> {
     let mut idx = 0;
     let mut offset = 0;
     loop {
@@ -313,5 +437,18 @@ async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[Bytes]) -> std::
             offset = 0;
         }
         offset += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_in_hex() {
+        let mut buf = [0u8; 20];
+        assert_eq!(chunk_size(1, &mut buf), b"1\r\n");
+        assert_eq!(chunk_size(0x9c40, &mut buf), b"9c40\r\n");
+        assert_eq!(chunk_size(usize::MAX, &mut buf), b"ffffffffffffffff\r\n");
     }
 }

@@ -58,7 +58,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request) -> Reply {
     } else if req.method == Method::GET {
         open(app, &config, &req).await
     } else if req.method == Method::OPTIONS {
-        Ok(preflight())
+        preflight(&config, &req.headers)
     } else {
         Err(ApiError::method_not_allowed("GET, OPTIONS"))
     };
@@ -78,7 +78,14 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request) -> Reply {
     reply
 }
 
-fn preflight() -> Reply {
+/// Only a listed origin learns what the stream allows: any other (or none)
+/// gets a 403 without any `Access-Control-*` header (SPEC 6).
+fn preflight(config: &Config, headers: &HeaderMap) -> Result<Reply, ApiError> {
+    if !origin_listed(config, headers) {
+        return Err(ApiError::forbidden(
+            "CORS preflight from an origin not in stream.cors_origins",
+        ));
+    }
     let mut h = HeaderMap::new();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -92,11 +99,19 @@ fn preflight() -> Reply {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    Reply {
+    Ok(Reply {
         status: StatusCode::NO_CONTENT,
         headers: h,
         body: ReplyBody::Full(Bytes::new()),
-    }
+    })
+}
+
+fn origin_listed(config: &Config, headers: &HeaderMap) -> bool {
+    headers.get(header::ORIGIN).is_some_and(|origin| {
+        origin
+            .to_str()
+            .is_ok_and(|o| config.stream.cors_origins.iter().any(|a| a == o))
+    })
 }
 
 /// Listed origins get their own origin back with credentials; others get
@@ -109,10 +124,7 @@ fn cors(config: &Config, headers: &HeaderMap, h: &mut HeaderMap) {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return;
     };
-    let allowed = origin
-        .to_str()
-        .is_ok_and(|o| config.stream.cors_origins.iter().any(|a| a == o));
-    if allowed {
+    if origin_listed(config, headers) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,

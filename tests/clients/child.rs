@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 
 pub struct JsonChild {
     label: String,
-    child: Child,
+    /// None for a client running in this process ([`JsonChild::in_process`]).
+    child: Option<Child>,
+    task: Option<tokio::task::JoinHandle<()>>,
     stdin: Option<ChildStdin>,
     rx: mpsc::UnboundedReceiver<Value>,
     /// Every line printed so far, in order (non-JSON lines as strings).
@@ -92,11 +94,34 @@ impl JsonChild {
         let started = Instant::now();
         JsonChild {
             label: label.to_string(),
-            child,
+            child: Some(child),
+            task: None,
             stdin,
             rx,
             seen: Vec::new(),
             stderr,
+            started,
+            deadline: started + limit,
+        }
+    }
+
+    /// A client running in this process as `task`, sending what it decodes
+    /// (the same JSON objects a script prints) to `rx`; finishing aborts it.
+    pub fn in_process(
+        label: &str,
+        task: tokio::task::JoinHandle<()>,
+        rx: mpsc::UnboundedReceiver<Value>,
+        limit: Duration,
+    ) -> JsonChild {
+        let started = Instant::now();
+        JsonChild {
+            label: label.to_string(),
+            child: None,
+            task: Some(task),
+            stdin: None,
+            rx,
+            seen: Vec::new(),
+            stderr: Arc::new(Mutex::new(String::new())),
             started,
             deadline: started + limit,
         }
@@ -162,11 +187,24 @@ impl JsonChild {
     /// Closes stdin (the scripts' signal to stop) and waits for the exit
     /// status, at most `within`; None if it did not exit by then.
     pub async fn finish(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
         self.stdin.take();
-        let status = tokio::time::timeout(within, self.child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let status = match (&mut self.child, self.task.take()) {
+            (Some(child), _) => tokio::time::timeout(within, child.wait())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            (None, Some(task)) => {
+                task.abort();
+                // A task that ended by itself (panic, early return) failed.
+                match tokio::time::timeout(within, task).await {
+                    Ok(Err(e)) if e.is_cancelled() => Some(std::process::ExitStatus::from_raw(0)),
+                    Ok(_) => Some(std::process::ExitStatus::from_raw(1 << 8)),
+                    Err(_) => None,
+                }
+            }
+            (None, None) => None,
+        };
         // Whatever it printed last.
         while let Ok(v) = self.rx.try_recv() {
             self.seen.push(v);
@@ -177,21 +215,27 @@ impl JsonChild {
 
 impl Drop for JsonChild {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
             // SIGTERM first: the browser script closes Chromium on it.
-            if let Some(pid) = self.child.id() {
+            if let Some(pid) = child.id() {
                 let _ = std::process::Command::new("kill")
                     .args(["-TERM", &pid.to_string()])
                     .status();
                 let until = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < until {
-                    if !matches!(self.child.try_wait(), Ok(None)) {
+                    if !matches!(child.try_wait(), Ok(None)) {
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            let _ = self.child.start_kill();
+            let _ = child.start_kill();
         }
     }
 }
