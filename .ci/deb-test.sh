@@ -227,7 +227,7 @@ until grep -qx 'event: connection_established' "$work/stream.out"; do
         fail "no connection_established within 10 s: $(cat "$work/stream.out")"
     sleep 0.1
 done
-sed -n '1,/^$/p' "$work/stream.out" | sed -n '/connection_established/,/^$/p'
+head -n 6 "$work/stream.out"
 kill "$curl_pid"
 wait "$curl_pid" 2>/dev/null || true
 curl_pid=
