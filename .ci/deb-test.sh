@@ -81,10 +81,16 @@ cleanup() {
         echo "deb-test: purging $pkg"
         dpkg -P "$pkg" >/dev/null
     fi
-    rm -rf "$work"
     if [ "$rc" != 0 ]; then
+        for log in daemon.log redis.log; do
+            if [ -s "$work/$log" ]; then
+                echo "deb-test: last lines of $log:" >&2
+                tail -n 30 "$work/$log" >&2
+            fi
+        done
         echo "deb-test: failed (exit $rc); machine cleaned" >&2
     fi
+    rm -rf "$work"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -215,6 +221,11 @@ else
 fi
 
 step "start /usr/bin/sse-notify serve as user sse-notify"
+for addr in "$public_addr" "$admin_addr"; do
+    if port_in_use "$addr"; then
+        fail "$addr is in use (taken since the start of this test): the installed daemon listens there"
+    fi
+done
 setpriv --reuid sse-notify --regid sse-notify --init-groups \
     /usr/bin/sse-notify serve -c "$run_conf" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
@@ -225,7 +236,9 @@ until curl -fsS -o /dev/null "http://$admin_addr/healthz" 2>/dev/null; do
         fail "http://$admin_addr/healthz never answered 200: $(tail -n 20 "$work/daemon.log")"
     sleep 0.1
 done
-[ "$(stat -c %U "/proc/$daemon_pid")" = sse-notify ] || fail "the daemon does not run as sse-notify"
+daemon_user=$(ps -o user= -p "$daemon_pid" || true)
+[ "$daemon_user" = sse-notify ] ||
+    fail "the daemon (pid $daemon_pid) runs as '${daemon_user:-nobody: it exited}', not sse-notify"
 echo "healthz: $(curl -fsS "http://$admin_addr/healthz")"
 
 step "open a stream as alice on http://$public_addr/notifications/stream/"
