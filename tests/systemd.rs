@@ -119,7 +119,7 @@ fn unit_file_passes_systemd_analyze_verify() {
     // The binary path of the unit does not exist here; point it at ours.
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("sse-notify.service");
-    std::fs::write(&local, text.replace("/usr/local/bin/sse-notify", bin())).unwrap();
+    std::fs::write(&local, text.replace("/usr/bin/sse-notify", bin())).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&local)
