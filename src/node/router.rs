@@ -120,27 +120,33 @@ impl Router {
         kept: &HistoryConfig,
     ) -> Result<Vec<Sent>> {
         self.store.ready()?;
-        let taken: Vec<Message> = msgs
-            .iter()
-            .map(|m| Message {
-                to: m.to.clone(),
-                first_only: m.to.is_some() && !m.all_connections,
-                event: m.event.clone(),
-                data: m.data.clone(),
+        // The payload moves into the store; the answer keeps the rest.
+        let (heads, taken): (Vec<_>, Vec<Message>) = msgs
+            .into_iter()
+            .map(|m| {
+                let first_only = m.to.is_some() && !m.all_connections;
+                let head = (m.to.clone(), m.event.clone(), m.all_connections);
+                let msg = Message {
+                    to: m.to,
+                    first_only,
+                    event: m.event,
+                    data: m.data,
+                };
+                (head, msg)
             })
-            .collect();
+            .unzip();
         let accepted = self.store.send(taken, kept).await?;
-        Ok(msgs
+        Ok(heads
             .into_iter()
             .zip(accepted)
-            .map(|(m, a)| {
+            .map(|((to, event, all_connections), a)| {
                 self.metrics.messages_sent.inc();
-                tracing::debug!(message_id = %a.id, to = m.to.as_deref(), event = %m.event, connections = a.connections, "message routed");
+                tracing::debug!(message_id = %a.id, to = to.as_deref(), event = %event, connections = a.connections, "message routed");
                 Sent {
                     message_id: a.id,
-                    all_connections: m.to.is_none() || m.all_connections,
-                    to: m.to,
-                    event: m.event,
+                    all_connections: to.is_none() || all_connections,
+                    to,
+                    event,
                     connections: a.connections,
                 }
             })
