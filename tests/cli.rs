@@ -80,12 +80,6 @@ fn users_set(conn: &mut redis::Connection) -> Vec<String> {
     u
 }
 
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
 fn parse_json(stdout: &str, what: &str) -> Value {
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON document ({e}):\n{stdout}"))
@@ -400,64 +394,133 @@ fn connections_reads_redis_directly_without_a_node() {
     assert!(stdout.contains("0 connections"), "{stdout}");
 }
 
-/// `--json` prints exactly the `data` of the API answer, read while a node
-/// serves live streams.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_json_equals_the_api_data_of_a_running_node() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let cfg = node.cli_config();
+/// The `server.node_id` a node was started with (its config file).
+fn node_id_of(node: &BinaryNode) -> String {
+    let text = std::fs::read_to_string(&node.config_path).expect("config");
+    let t = parse_toml(&text, "node config");
+    toml_get(&t, "server", "node_id")
+        .as_str()
+        .expect("node_id")
+        .to_string()
+}
 
-    let get = |path: &str| {
-        let url = node.admin_url(path);
-        async move { admin(reqwest::Method::GET, &url, None).await }
-    };
-    let mut matched = false;
-    for _ in 0..5 {
-        let (s1, api1) = get("/notifications/connections/").await;
-        let (_, cli_out, _) = cli_async(&["connections", "--json", "-c", &cfg]).await;
-        let (s2, api2) = get("/notifications/connections/").await;
-        assert_eq!((s1, s2), (200, 200));
-        if api1 != api2 {
-            continue; // a heartbeat landed in between; read again
+on_both_engines! {
+    /// `--json` prints exactly the `data` of the API answer, read while a
+    /// node serves live streams; the words and the table are the same in
+    /// both engines (the NODE column names the node that holds the stream).
+    async fn connections_json_equals_the_api_data_of_a_running_node(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let cfg = node.cli_config();
+
+        // Empty registry.
+        let (rc, stdout, stderr) = cli_async(&["connections", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(stdout.trim(), "0 connections of 0 users", "empty registry in words");
+        let (rc, stdout, stderr) = cli_async(&["connections", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        assert_eq!(
+            parse_json(&stdout, "empty --json"),
+            json!({"active_users": [], "user_count": 0, "total_connections": 0, "connection_details": {}})
+        );
+
+        let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
+
+        let get = |path: &str| {
+            let url = node.admin_url(path);
+            async move { admin(reqwest::Method::GET, &url, None).await }
+        };
+        let mut matched = false;
+        for _ in 0..5 {
+            let (s1, api1) = get("/notifications/connections/").await;
+            let (_, cli_out, _) = cli_async(&["connections", "--json", "-c", &cfg]).await;
+            let (s2, api2) = get("/notifications/connections/").await;
+            assert_eq!((s1, s2), (200, 200));
+            if api1 != api2 {
+                continue; // a heartbeat landed in between; read again
+            }
+            let data = &api1["data"];
+            assert_eq!(data["total_connections"], 3);
+            assert_eq!(data["active_users"], json!(["alice", "bob"]));
+            let alice_ids: Vec<&str> = data["connection_details"]["alice"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["connection_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(alice_ids, vec![a1.as_str(), a2.as_str()]);
+            assert_eq!(
+                data["connection_details"]["bob"][0]["connection_id"],
+                b1.as_str()
+            );
+            assert_eq!(parse_json(&cli_out, "connections --json"), *data);
+
+            let (_, u1) = get("/notifications/connections/alice/").await;
+            let (_, cli_user, _) = cli_async(&["connections", "alice", "--json", "-c", &cfg]).await;
+            let (_, u2) = get("/notifications/connections/alice/").await;
+            if u1 != u2 {
+                continue;
+            }
+            assert_eq!(
+                parse_json(&cli_user, "connections alice --json"),
+                u1["data"]
+            );
+            matched = true;
+            break;
         }
-        let data = &api1["data"];
-        assert_eq!(data["total_connections"], 3);
-        assert_eq!(data["active_users"], json!(["alice", "bob"]));
-        let alice_ids: Vec<&str> = data["connection_details"]["alice"]
-            .as_array()
-            .unwrap()
+        assert!(matched, "registry never stable long enough to compare");
+
+        // Words: the counts, then one table row per connection.
+        let node_id = node_id_of(&node);
+        let (rc, stdout, _) = cli_async(&["connections", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.first(), Some(&"3 connections of 2 users"), "{stdout}");
+        let header: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["USER", "CONNECTION_ID", "CONNECTED", "LAST_HEARTBEAT", "NODE"],
+            "{stdout}"
+        );
+        let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
+        let got: Vec<(&str, &str, &str)> = rows
             .iter()
-            .map(|c| c["connection_id"].as_str().unwrap())
+            .map(|r| (r[0], r[1], *r.last().unwrap()))
             .collect();
-        assert_eq!(alice_ids, vec![a1.as_str(), a2.as_str()]);
         assert_eq!(
-            data["connection_details"]["bob"][0]["connection_id"],
-            b1.as_str()
+            got,
+            vec![
+                ("alice", a1.as_str(), node_id.as_str()),
+                ("alice", a2.as_str(), node_id.as_str()),
+                ("bob", b1.as_str(), node_id.as_str()),
+            ],
+            "{stdout}"
         );
-        assert_eq!(parse_json(&cli_out, "connections --json"), *data);
 
-        let (_, u1) = get("/notifications/connections/alice/").await;
-        let (_, cli_user, _) = cli_async(&["connections", "alice", "--json", "-c", &cfg]).await;
-        let (_, u2) = get("/notifications/connections/alice/").await;
-        if u1 != u2 {
-            continue;
-        }
+        // One user, in words; an unknown one is a count of 0, not an error.
+        let (rc, stdout, _) = cli_async(&["connections", "bob", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(stdout.lines().next(), Some("bob: 1 connection"), "{stdout}");
+        let (rc, stdout, _) = cli_async(&["connections", "carol", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
         assert_eq!(
-            parse_json(&cli_user, "connections alice --json"),
-            u1["data"]
+            parse_json(&stdout, "connections carol --json"),
+            json!({"username": "carol", "connection_count": 0, "connection_ids": [], "connections": []})
         );
-        matched = true;
-        break;
+        let (rc, stdout, _) = cli_async(&["connections", "carol", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(stdout.trim(), "carol: 0 connections");
+
+        // Any username reaches the node intact (the path is encoded); one
+        // that no stream could have is a usage error, asked of nobody.
+        let (rc, stdout, _) = cli_async(&["connections", "döra k/l?#%", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(stdout.trim(), "döra k/l?#%: 0 connections");
+        let long = "x".repeat(151);
+        let out = cli_async(&["connections", &long, "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["USER"], "151-character username");
     }
-    assert!(matched, "registry never stable long enough to compare");
-
-    let (rc, stdout, _) = cli_async(&["connections", "-c", &cfg]).await;
-    assert_eq!(rc, 0);
-    assert!(stdout.contains("3 connections of 2 users"), "{stdout}");
 }
 
 // ---------------------------------------------------------------- cleanup
@@ -597,6 +660,55 @@ fn cleanup_timeout_defaults_to_the_configured_stale_timeout() {
     );
 }
 
+on_both_engines! {
+    /// `cleanup` against the records of a running node: a timeout longer
+    /// than their age removes nothing, a timeout of 0 removes them all and
+    /// `--json` names them.
+    async fn cleanup_with_a_running_node_counts_what_it_removes(env: Env) {
+        // Heartbeats every 15 s (the default): no heartbeat rewrites a record
+        // while the scenario runs.
+        let node = BinaryNode::on(&env, "").await;
+        let cfg = node.cli_config();
+        let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
+
+        let (rc, stdout, stderr) = cli_async(&["cleanup", "--timeout", "3600", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(stdout.trim(), "removed 0 connections of 0 users");
+        let (rc, stdout, stderr) =
+            cli_async(&["cleanup", "--timeout", "3600", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        assert_eq!(
+            parse_json(&stdout, "cleanup --json, nothing stale"),
+            json!({"connection_count": 0, "user_count": 0, "connection_ids": []})
+        );
+        assert_eq!(listed_ids(&node.admin_base()).await, sorted(&[&a1, &a2, &b1]));
+
+        let (rc, stdout, stderr) =
+            cli_async(&["cleanup", "--timeout", "0", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        let v = parse_json(&stdout, "cleanup --timeout 0 --json");
+        assert_eq!(v["connection_count"], 3, "{v}");
+        assert_eq!(v["user_count"], 2, "{v}");
+        let ids: BTreeSet<&str> = v["connection_ids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("connection_ids list: {v}"))
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(ids, BTreeSet::from([a1.as_str(), a2.as_str(), b1.as_str()]));
+        assert_eq!(v.as_object().unwrap().len(), 3, "exactly the API data fields: {v}");
+        assert!(
+            listed_ids(&node.admin_base()).await.is_empty(),
+            "cleanup removed the records from the registry"
+        );
+
+        let out = cli_async(&["cleanup", "--timeout=-5", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["--timeout"], "negative --timeout");
+    }
+}
+
 // ------------------------------------------------------------------ clear
 
 #[test]
@@ -654,55 +766,208 @@ fn clear_force_removes_every_record() {
     assert!(registry_ids(&mut conn, "sse").is_empty());
 }
 
+on_both_engines! {
+    /// `clear --force` while a node serves: every record goes (with Redis,
+    /// a dead node's zombie too), the node lists its live streams again,
+    /// and they still receive.
+    async fn clear_force_with_a_running_node_leaves_exactly_its_live_connections(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
+        let cfg = node.cli_config();
+        let live = [a_id.as_str(), b_id.as_str()];
+
+        let out = cli_async(&["clear", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["--force"], "clear without --force");
+        assert_eq!(listed_ids(&node.admin_base()).await, sorted(&live));
+
+        // Only Redis can hold a record no node serves.
+        if let Some(redis) = env.redis_server() {
+            let t = now();
+            inject_record(&mut redis.conn(), "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
+        }
+        let (rc, stdout, stderr) = cli_async(&["clear", "--force", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let want = match env.redis_server() {
+            Some(_) => "removed 3 connections of 3 users",
+            None => "removed 2 connections of 2 users",
+        };
+        assert_eq!(stdout.trim(), want, "live (and zombie) records counted");
+        listed_ids_become(&node.admin_base(), &live).await;
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            assert_eq!(registry_ids(&mut conn, "sse"), sorted(&live));
+            assert!(keys(&mut conn, "sse:conn:zombie-1").is_empty());
+            assert!(keys(&mut conn, "sse:user:zed").is_empty());
+            assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
+        }
+
+        // --json: the counts, the same fields in both engines.
+        let (rc, stdout, stderr) = cli_async(&["clear", "--force", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        assert_eq!(
+            parse_json(&stdout, "clear --force --json"),
+            json!({"connection_count": 2, "user_count": 2})
+        );
+        listed_ids_become(&node.admin_base(), &live).await;
+
+        // And messages reach them.
+        let (status, body) = send(
+            &node.admin_url(""),
+            json!({"to": "alice", "data": "after-clear"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["connections"], 1, "{body}");
+        let ev = a.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"after-clear\"".to_string()));
+        let (status, _) = send(&node.admin_url(""), json!({"data": "all"})).await;
+        assert_eq!(status, 200);
+        let ev = b.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"all\"".to_string()));
+    }
+}
+
+// ------------------------------------------------- embedded engine, no node
+
+/// A CLI config of the embedded engine whose admin address nobody
+/// listens on.
+fn memory_config_without_node(dir: &Path, extra: &str) -> PathBuf {
+    let addr = || format!("127.0.0.1:{}", free_port());
+    write_config_at(dir, &addr(), &addr(), "", 3, extra)
+}
+
+/// The registry commands of the embedded engine, as the CLI runs them.
+const REGISTRY_COMMANDS: &[&[&str]] = &[
+    &["connections"],
+    &["connections", "--json"],
+    &["connections", "alice"],
+    &["cleanup"],
+    &["cleanup", "--timeout", "10", "--json"],
+    &["clear", "--force"],
+    &["clear", "--force", "--json"],
+];
+
+#[test]
+fn embedded_engine_without_a_running_node_is_exit_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = memory_config_without_node(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    for args in REGISTRY_COMMANDS {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["-c", cfg]);
+        let started = Instant::now();
+        let out = cli(&full);
+        assert_one_line_error(
+            &out,
+            1,
+            &["no sse-notify node answers", "admin_listen"],
+            &format!("{args:?} with no node"),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clear_force_with_a_running_node_leaves_exactly_its_live_connections() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let mut conn = redis.conn();
-    let t = now();
-    inject_record(&mut conn, "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
+async fn embedded_engine_commands_send_the_configured_api_token() {
+    const TOKEN: &str = "t0ken-for-admin";
+    let node = BinaryNode::spawn("", &format!("[api]\ntoken = \"{TOKEN}\"\n")).await;
+    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let cfg = node.cli_config();
 
+    // The API really wants the token.
+    let (status, body) = admin(
+        reqwest::Method::GET,
+        &node.admin_url("/notifications/connections/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
+    // With it, the three commands work.
+    let (rc, stdout, stderr) = cli_async(&["connections", "--json", "-c", &cfg]).await;
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let v = parse_json(&stdout, "connections --json with the token");
+    assert_eq!(
+        v["connection_details"]["alice"][0]["connection_id"],
+        id.as_str(),
+        "{v}"
+    );
+    let (rc, stdout, stderr) = cli_async(&["cleanup", "--timeout", "3600", "-c", &cfg]).await;
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout.trim(), "removed 0 connections of 0 users");
     let (rc, stdout, stderr) = cli_async(&["clear", "--force", "-c", &cfg]).await;
     assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("removed 3 connections of 3 users"),
-        "live and zombie records counted:\n{stdout}"
-    );
+    assert_eq!(stdout.trim(), "removed 1 connection of 1 user");
+    listed_ids_become_with_token(&node, TOKEN, &[id.as_str()]).await;
 
-    let live = sorted(&[&a_id, &b_id]);
-    let ok = eventually(Duration::from_secs(5), || {
-        let ids = registry_ids(&mut redis.conn(), "sse");
-        let live = live.clone();
-        async move { ids == live }
+    // A wrong token, or none, is refused: exit 1, one line, no token shown.
+    let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = config_file(
+        dir.path(),
+        "wrong.toml",
+        &text.replace(TOKEN, "wr0ng-token"),
+    );
+    let none = config_file(
+        dir.path(),
+        "none.toml",
+        &text.replace(&format!("token = \"{TOKEN}\""), ""),
+    );
+    for (what, file) in [("wrong token", &wrong), ("no token", &none)] {
+        for args in REGISTRY_COMMANDS {
+            let mut full: Vec<&str> = args.to_vec();
+            full.extend(["-c", file.to_str().unwrap()]);
+            let out = cli_async(&full).await;
+            assert_one_line_error(&out, 1, &["401"], &format!("{args:?} with {what}"));
+            assert!(
+                !out.2.contains("t0ken") && !out.2.contains("wr0ng"),
+                "{args:?} with {what}: the token is not shown: {}",
+                out.2
+            );
+        }
+    }
+    // Nothing was removed by the refused commands.
+    listed_ids_become_with_token(&node, TOKEN, &[id.as_str()]).await;
+}
+
+/// [`listed_ids_become`] for a node whose admin API wants `token`.
+async fn listed_ids_become_with_token(node: &BinaryNode, token: &str, want: &[&str]) {
+    let url = node.admin_url("/notifications/connections/");
+    let want = sorted(want);
+    let ids = || async {
+        let resp = http()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("listing");
+        assert_eq!(resp.status().as_u16(), 200, "listing with the token");
+        let data: Value = resp.json().await.expect("listing JSON");
+        let mut ids: Vec<String> = data["data"]["connection_details"]
+            .as_object()
+            .expect("connection_details")
+            .values()
+            .flat_map(|l| l.as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["connection_id"].as_str().map(String::from))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let ok = eventually(Duration::from_secs(10), || {
+        let want = want.clone();
+        async move { ids().await == want }
     })
     .await;
     assert!(
         ok,
-        "after clear --force the registry must hold the live connections again, got {:?}; log:\n{}",
-        registry_ids(&mut conn, "sse"),
-        node.log()
+        "the node never listed exactly {want:?}; it lists {:?}",
+        ids().await
     );
-    assert!(keys(&mut conn, "sse:conn:zombie-1").is_empty());
-    assert!(keys(&mut conn, "sse:user:zed").is_empty());
-    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
-
-    // And messages reach them.
-    let (status, body) = send(
-        &node.admin_url(""),
-        json!({"to": "alice", "data": "after-clear"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["connections"], 1, "{body}");
-    let ev = a.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some("\"after-clear\"".to_string()));
-    let (status, _) = send(&node.admin_url(""), json!({"data": "all"})).await;
-    assert_eq!(status, 200);
-    let ev = b.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some("\"all\"".to_string()));
 }
 
 // ------------------------------------------------------------------- send
