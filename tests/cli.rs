@@ -1,6 +1,9 @@
 //! The command line as a sysadmin uses it (SPEC 8, 9): the real binary,
-//! a private redis-server, and, where the command talks to a node, a real
-//! `sse-notify serve`.
+//! and, where the command talks to a node, a real `sse-notify serve`.
+//! What a node answers runs on both engines (the embedded engine's
+//! `cleanup`, `clear` and `connections` go through the node's admin API);
+//! reading and writing Redis with no node running is Redis-only, on a
+//! private redis-server.
 mod common;
 
 use std::collections::BTreeSet;
@@ -972,157 +975,157 @@ async fn listed_ids_become_with_token(node: &BinaryNode, token: &str, want: &[&s
 
 // ------------------------------------------------------------------- send
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_reaches_the_users_tabs_through_the_admin_api() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut tab1, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut tab2, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut other, _) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_reaches_the_users_tabs_through_the_admin_api(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut tab1, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut tab2, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut other, _) = SseClient::connect_url(&node.stream_url(), "bob").await;
+        let cfg = node.cli_config();
 
-    let (rc, stdout, stderr) =
-        cli_async(&["send", "--to", "alice", r#"{"n":1}"#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("2 connections"),
-        "counts in words:\n{stdout}"
-    );
-    for tab in [&mut tab1, &mut tab2] {
-        let ev = tab
-            .next_named("message", Duration::from_secs(5))
-            .await
-            .expect("alice's tab receives the message");
-        assert_eq!(ev.data, r#"{"n":1}"#);
-    }
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--to", "alice", r#"{"n":1}"#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains("2 connections"),
+            "counts in words:\n{stdout}"
+        );
+        for tab in [&mut tab1, &mut tab2] {
+            let ev = tab
+                .next_named("message", Duration::from_secs(5))
+                .await
+                .expect("alice's tab receives the message");
+            assert_eq!(ev.data, r#"{"n":1}"#);
+        }
 
-    // --json prints the response data; --event names the SSE event.
-    let (rc, stdout, stderr) = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        "--event",
-        "news",
-        "--json",
-        r#"[1,"two"]"#,
-        "-c",
-        &cfg,
-    ])
-    .await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let v = parse_json(&stdout, "send --json");
-    assert_eq!(v["to"], "alice", "{v}");
-    assert_eq!(v["event"], "news", "{v}");
-    assert_eq!(v["connections"], 2, "{v}");
-    assert_eq!(v["all_connections"], true, "{v}");
-    let ev = tab1
-        .next_named("news", Duration::from_secs(5))
-        .await
-        .expect("news event");
-    assert_eq!(ev.data, r#"[1,"two"]"#);
-    assert_eq!(ev.id, v["message_id"].as_str().unwrap());
-
-    // Bob got none of alice's messages: his next message is the broadcast.
-    let (rc, stdout, stderr) =
-        cli_async(&["send", "--event", "news", r#""hello all""#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("3 connections"),
-        "broadcast counts:\n{stdout}"
-    );
-    let ev = other
-        .next_event(Duration::from_secs(5))
-        .await
-        .expect("bob receives the broadcast");
-    assert_eq!(
-        (ev.event.as_str(), ev.data.as_str()),
-        ("news", r#""hello all""#)
-    );
-    for tab in [&mut tab1, &mut tab2] {
-        let ev = tab
+        // --json prints the response data; --event names the SSE event.
+        let (rc, stdout, stderr) = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            "--event",
+            "news",
+            "--json",
+            r#"[1,"two"]"#,
+            "-c",
+            &cfg,
+        ])
+        .await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let v = parse_json(&stdout, "send --json");
+        assert_eq!(v["to"], "alice", "{v}");
+        assert_eq!(v["event"], "news", "{v}");
+        assert_eq!(v["connections"], 2, "{v}");
+        assert_eq!(v["all_connections"], true, "{v}");
+        let ev = tab1
             .next_named("news", Duration::from_secs(5))
             .await
-            .expect("broadcast reaches every tab");
-        if ev.data == r#"[1,"two"]"# {
-            // tab2 still had the earlier one queued
+            .expect("news event");
+        assert_eq!(ev.data, r#"[1,"two"]"#);
+        assert_eq!(ev.id, v["message_id"].as_str().unwrap());
+
+        // Bob got none of alice's messages: his next message is the broadcast.
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--event", "news", r#""hello all""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains("3 connections"),
+            "broadcast counts:\n{stdout}"
+        );
+        let ev = other
+            .next_event(Duration::from_secs(5))
+            .await
+            .expect("bob receives the broadcast");
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("news", r#""hello all""#)
+        );
+        for tab in [&mut tab1, &mut tab2] {
             let ev = tab
                 .next_named("news", Duration::from_secs(5))
                 .await
-                .unwrap();
-            assert_eq!(ev.data, r#""hello all""#);
-        } else {
-            assert_eq!(ev.data, r#""hello all""#);
+                .expect("broadcast reaches every tab");
+            if ev.data == r#"[1,"two"]"# {
+                // tab2 still had the earlier one queued
+                let ev = tab
+                    .next_named("news", Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert_eq!(ev.data, r#""hello all""#);
+            } else {
+                assert_eq!(ev.data, r#""hello all""#);
+            }
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_first_reaches_only_the_oldest_tab() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut oldest, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut newer, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_first_reaches_only_the_oldest_tab(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut oldest, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut newer, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let cfg = node.cli_config();
 
-    let (rc, stdout, stderr) = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        "--first",
-        "--json",
-        r#"{"k":"first"}"#,
-        "-c",
-        &cfg,
-    ])
-    .await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let v = parse_json(&stdout, "send --first --json");
-    assert_eq!(v["connections"], 1, "{v}");
-    assert_eq!(v["all_connections"], false, "{v}");
-    let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#"{"k":"all"}"#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "{stderr}");
+        let (rc, stdout, stderr) = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            "--first",
+            "--json",
+            r#"{"k":"first"}"#,
+            "-c",
+            &cfg,
+        ])
+        .await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let v = parse_json(&stdout, "send --first --json");
+        assert_eq!(v["connections"], 1, "{v}");
+        assert_eq!(v["all_connections"], false, "{v}");
+        let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#"{"k":"all"}"#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "{stderr}");
 
-    let ev = oldest.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"first"}"#.to_string()));
-    let ev = oldest.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
-    // The newer tab's first message is the one sent to all.
-    let ev = newer.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
+        let ev = oldest.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"first"}"#.to_string()));
+        let ev = oldest.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
+        // The newer tab's first message is the one sent to all.
+        let ev = newer.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_with_invalid_json_is_a_usage_error_and_sends_nothing() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_with_invalid_json_is_a_usage_error_and_sends_nothing(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let cfg = node.cli_config();
 
-    let out = cli_async(&["send", "--to", "alice", "{not json", "-c", &cfg]).await;
-    assert_one_line_error(&out, 2, &["DATA_JSON"], "invalid DATA_JSON");
-    // A bad event name is refused by the API: usage error too, nothing sent.
-    let out = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        "--event",
-        "bad event!",
-        "1",
-        "-c",
-        &cfg,
-    ])
-    .await;
-    assert_eq!(out.0, 2, "bad event name: {out:?}");
-    assert!(out.2.contains("event"), "names the field: {}", out.2);
+        let out = cli_async(&["send", "--to", "alice", "{not json", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["DATA_JSON"], "invalid DATA_JSON");
+        // A bad event name is refused by the API: usage error too, nothing sent.
+        let out = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            "--event",
+            "bad event!",
+            "1",
+            "-c",
+            &cfg,
+        ])
+        .await;
+        assert_eq!(out.0, 2, "bad event name: {out:?}");
+        assert!(out.2.contains("event"), "names the field: {}", out.2);
 
-    let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#""marker""#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "{stderr}");
-    let ev = tab.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(
-        ev.map(|e| e.data),
-        Some(r#""marker""#.to_string()),
-        "nothing was sent before the marker"
-    );
+        let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#""marker""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "{stderr}");
+        let ev = tab.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(
+            ev.map(|e| e.data),
+            Some(r#""marker""#.to_string()),
+            "nothing was sent before the marker"
+        );
+    }
 }
 
 #[test]
@@ -1136,43 +1139,43 @@ fn send_without_a_running_node_is_exit_1() {
     assert!(started.elapsed() < Duration::from_secs(12));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_authenticates_with_the_configured_api_token() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "[api]\ntoken = \"t0ken-for-admin\"\n").await;
-    let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_authenticates_with_the_configured_api_token(env: Env) {
+        let node = BinaryNode::on(&env, "[api]\ntoken = \"t0ken-for-admin\"\n").await;
+        let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let cfg = node.cli_config();
 
-    // The API really wants the token.
-    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": 0})).await;
-    assert_eq!(status, 401, "{body}");
+        // The API really wants the token.
+        let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": 0})).await;
+        assert_eq!(status, 401, "{body}");
 
-    // A config without the token is refused, and nothing is delivered.
-    let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let no_token = config_file(
-        dir.path(),
-        "no-token.toml",
-        &text.replace("token = \"t0ken-for-admin\"", ""),
-    );
-    let (rc, stdout, stderr) = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        r#""no token""#,
-        "-c",
-        no_token.to_str().unwrap(),
-    ])
-    .await;
-    assert_ne!(rc, 0, "refused without the token; stdout:\n{stdout}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!stderr.contains("t0ken"), "{stderr}");
+        // A config without the token is refused, and nothing is delivered.
+        let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let no_token = config_file(
+            dir.path(),
+            "no-token.toml",
+            &text.replace("token = \"t0ken-for-admin\"", ""),
+        );
+        let (rc, stdout, stderr) = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            r#""no token""#,
+            "-c",
+            no_token.to_str().unwrap(),
+        ])
+        .await;
+        assert_ne!(rc, 0, "refused without the token; stdout:\n{stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("t0ken"), "{stderr}");
 
-    let (rc, stdout, stderr) =
-        cli_async(&["send", "--to", "alice", r#""with token""#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let ev = tab.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#""with token""#.to_string()));
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--to", "alice", r#""with token""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let ev = tab.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#""with token""#.to_string()));
+    }
 }
 
 // ------------------------------------------------------- redis unreachable

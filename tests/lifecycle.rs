@@ -1,5 +1,6 @@
 //! Lifecycle of the real binary as systemd and a sysadmin drive it
-//! (SPEC 5): start-up clear, signals, reload, sweeps, Redis failures.
+//! (SPEC 5): signals, reload, exit codes on both engines; start-up clear,
+//! sweeps of a dead node and Redis failures with the Redis engine only.
 mod common;
 
 use std::net::TcpListener;
