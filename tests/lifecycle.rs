@@ -293,8 +293,40 @@ async fn defaults_serve_streams_and_sends_with_nothing_installed() {
         (message_id.as_str(), r#"{"hello":"world"}"#)
     );
 
-    let _ = child.kill();
-    let _ = child.wait();
+    // The CLI needs only the admin address to send.
+    let cli_cfg = dir.path().join("cli.toml");
+    std::fs::write(
+        &cli_cfg,
+        format!("[server]\nadmin_listen = \"{admin_addr}\"\n"),
+    )
+    .unwrap();
+    let (rc, stdout, stderr) = cli_async(&[
+        "send",
+        "--to",
+        "alice",
+        "\"from the cli\"",
+        "-c",
+        cli_cfg.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ev = tab.next_named("message", Duration::from_secs(5)).await;
+    assert_eq!(ev.map(|e| e.data), Some("\"from the cli\"".to_string()));
+
+    // And it stops as systemd stops it.
+    let status = std::process::Command::new("kill")
+        .arg("-15")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = wait_exit(&mut child, Duration::from_secs(5));
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM: exit 0; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 // --------------------------------------------------------- SIGTERM/SIGINT
