@@ -474,32 +474,43 @@ on_both_engines! {
         }
         assert!(matched, "registry never stable long enough to compare");
 
-        // Words: the counts, then one table row per connection.
+        // Words: the counts, then one table row per connection; NODE names
+        // the node that holds the stream, also when the CLI's config does
+        // not say which node it is (a sysadmin's own file).
         let node_id = node_id_of(&node);
-        let (rc, stdout, _) = cli_async(&["connections", "-c", &cfg]).await;
-        assert_eq!(rc, 0);
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.first(), Some(&"3 connections of 2 users"), "{stdout}");
-        let header: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(
-            header,
-            ["USER", "CONNECTION_ID", "CONNECTED", "LAST_HEARTBEAT", "NODE"],
-            "{stdout}"
+        let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let anonymous = config_file(
+            dir.path(),
+            "anonymous.toml",
+            &text.replace(&format!("node_id = \"{node_id}\""), ""),
         );
-        let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
-        let got: Vec<(&str, &str, &str)> = rows
-            .iter()
-            .map(|r| (r[0], r[1], *r.last().unwrap()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("alice", a1.as_str(), node_id.as_str()),
-                ("alice", a2.as_str(), node_id.as_str()),
-                ("bob", b1.as_str(), node_id.as_str()),
-            ],
-            "{stdout}"
-        );
+        for file in [cfg.as_str(), anonymous.to_str().unwrap()] {
+            let (rc, stdout, stderr) = cli_async(&["connections", "-c", file]).await;
+            assert_eq!(rc, 0, "stderr:\n{stderr}");
+            let lines: Vec<&str> = stdout.lines().collect();
+            assert_eq!(lines.first(), Some(&"3 connections of 2 users"), "{stdout}");
+            let header: Vec<&str> = lines[1].split_whitespace().collect();
+            assert_eq!(
+                header,
+                ["USER", "CONNECTION_ID", "CONNECTED", "LAST_HEARTBEAT", "NODE"],
+                "{stdout}"
+            );
+            let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
+            let got: Vec<(&str, &str, &str)> = rows
+                .iter()
+                .map(|r| (r[0], r[1], *r.last().unwrap()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("alice", a1.as_str(), node_id.as_str()),
+                    ("alice", a2.as_str(), node_id.as_str()),
+                    ("bob", b1.as_str(), node_id.as_str()),
+                ],
+                "-c {file}:\n{stdout}"
+            );
+        }
 
         // One user, in words; an unknown one is a count of 0, not an error.
         let (rc, stdout, _) = cli_async(&["connections", "bob", "-c", &cfg]).await;
