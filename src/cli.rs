@@ -212,7 +212,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                     None => "/connections/".to_string(),
                 };
                 let data = admin_call(&config, Method::GET, &path, None).await?;
-                listing_from(&data, user.as_deref(), &config.node_id())?
+                listing_from(&data, user.as_deref(), &answering_node_id(&config).await?)?
             };
             match user {
                 Some(user) => {
@@ -452,14 +452,9 @@ async fn send_batch(config: &Config, file: &std::path::Path, json: bool) -> Resu
     Ok(())
 }
 
-/// Calls the node's admin API (with `api.token`); answers the response's
-/// `data`. A node that does not answer, or an error answer, is one line.
-async fn admin_call(
-    config: &Config,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, CliError> {
+/// `http://host:port` of the node's admin listener (an unspecified
+/// address is reached on loopback).
+fn admin_root(config: &Config) -> String {
     let mut addr = config.admin_addr();
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
@@ -468,12 +463,46 @@ async fn admin_call(
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
-    let url = format!("http://{addr}{}{path}", config.server.base_path);
-    let client = reqwest::Client::builder()
+    format!("http://{addr}")
+}
+
+fn admin_client() -> Result<reqwest::Client, CliError> {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
-    let mut req = client.request(method, &url);
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+/// The `node_id` the answering node reports on `/healthz`: the CLI's own
+/// config may not name it (or name another), and the NODE column must show
+/// the node that holds the streams, as the Redis records do.
+async fn answering_node_id(config: &Config) -> Result<String, CliError> {
+    let url = format!("{}/healthz", admin_root(config));
+    let resp = admin_client()?.get(&url).send().await.map_err(|e| {
+        CliError::Runtime(format!(
+            "no sse-notify node answers at {url} (server.admin_listen): {e}"
+        ))
+    })?;
+    let health: Value = resp
+        .json()
+        .await
+        .map_err(|e| CliError::Runtime(format!("bad answer from {url}: {e}")))?;
+    health["node_id"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| CliError::Runtime(format!("bad answer from {url}: no node_id")))
+}
+
+/// Calls the node's admin API (with `api.token`); answers the response's
+/// `data`. A node that does not answer, or an error answer, is one line.
+async fn admin_call(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let url = format!("{}{}{path}", admin_root(config), config.server.base_path);
+    let mut req = admin_client()?.request(method, &url);
     if let Some(body) = &body {
         req = req.json(body);
     }
@@ -525,7 +554,8 @@ fn removed_from(data: &Value) -> Removed {
 }
 
 /// A listing answer (`connections/` or `connections/{user}/`) back into
-/// records; the embedded engine has one node, the one that answered.
+/// records; the embedded engine has one node, the one that answered
+/// (`node_id` is its id).
 fn listing_from(data: &Value, user: Option<&str>, node_id: &str) -> Result<Listing, CliError> {
     let bad = |e: serde_json::Error| CliError::Runtime(format!("bad listing from the node: {e}"));
     #[derive(serde::Deserialize)]

@@ -1,6 +1,9 @@
 //! The command line as a sysadmin uses it (SPEC 8, 9): the real binary,
-//! a private redis-server, and, where the command talks to a node, a real
-//! `sse-notify serve`.
+//! and, where the command talks to a node, a real `sse-notify serve`.
+//! What a node answers runs on both engines (the embedded engine's
+//! `cleanup`, `clear` and `connections` go through the node's admin API);
+//! reading and writing Redis with no node running is Redis-only, on a
+//! private redis-server.
 mod common;
 
 use std::collections::BTreeSet;
@@ -78,12 +81,6 @@ fn users_set(conn: &mut redis::Connection) -> Vec<String> {
     let mut u: Vec<String> = redis::cmd("SMEMBERS").arg("sse:users").query(conn).unwrap();
     u.sort();
     u
-}
-
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
 }
 
 fn parse_json(stdout: &str, what: &str) -> Value {
@@ -400,64 +397,144 @@ fn connections_reads_redis_directly_without_a_node() {
     assert!(stdout.contains("0 connections"), "{stdout}");
 }
 
-/// `--json` prints exactly the `data` of the API answer, read while a node
-/// serves live streams.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_json_equals_the_api_data_of_a_running_node() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let cfg = node.cli_config();
+/// The `server.node_id` a node was started with (its config file).
+fn node_id_of(node: &BinaryNode) -> String {
+    let text = std::fs::read_to_string(&node.config_path).expect("config");
+    let t = parse_toml(&text, "node config");
+    toml_get(&t, "server", "node_id")
+        .as_str()
+        .expect("node_id")
+        .to_string()
+}
 
-    let get = |path: &str| {
-        let url = node.admin_url(path);
-        async move { admin(reqwest::Method::GET, &url, None).await }
-    };
-    let mut matched = false;
-    for _ in 0..5 {
-        let (s1, api1) = get("/notifications/connections/").await;
-        let (_, cli_out, _) = cli_async(&["connections", "--json", "-c", &cfg]).await;
-        let (s2, api2) = get("/notifications/connections/").await;
-        assert_eq!((s1, s2), (200, 200));
-        if api1 != api2 {
-            continue; // a heartbeat landed in between; read again
-        }
-        let data = &api1["data"];
-        assert_eq!(data["total_connections"], 3);
-        assert_eq!(data["active_users"], json!(["alice", "bob"]));
-        let alice_ids: Vec<&str> = data["connection_details"]["alice"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["connection_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(alice_ids, vec![a1.as_str(), a2.as_str()]);
-        assert_eq!(
-            data["connection_details"]["bob"][0]["connection_id"],
-            b1.as_str()
-        );
-        assert_eq!(parse_json(&cli_out, "connections --json"), *data);
+on_both_engines! {
+    /// `--json` prints exactly the `data` of the API answer, read while a
+    /// node serves live streams; the words and the table are the same in
+    /// both engines (the NODE column names the node that holds the stream).
+    async fn connections_json_equals_the_api_data_of_a_running_node(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let cfg = node.cli_config();
 
-        let (_, u1) = get("/notifications/connections/alice/").await;
-        let (_, cli_user, _) = cli_async(&["connections", "alice", "--json", "-c", &cfg]).await;
-        let (_, u2) = get("/notifications/connections/alice/").await;
-        if u1 != u2 {
-            continue;
-        }
+        // Empty registry.
+        let (rc, stdout, stderr) = cli_async(&["connections", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(stdout.trim(), "0 connections of 0 users", "empty registry in words");
+        let (rc, stdout, stderr) = cli_async(&["connections", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
         assert_eq!(
-            parse_json(&cli_user, "connections alice --json"),
-            u1["data"]
+            parse_json(&stdout, "empty --json"),
+            json!({"active_users": [], "user_count": 0, "total_connections": 0, "connection_details": {}})
         );
-        matched = true;
-        break;
+
+        let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
+
+        let get = |path: &str| {
+            let url = node.admin_url(path);
+            async move { admin(reqwest::Method::GET, &url, None).await }
+        };
+        let mut matched = false;
+        for _ in 0..5 {
+            let (s1, api1) = get("/notifications/connections/").await;
+            let (_, cli_out, _) = cli_async(&["connections", "--json", "-c", &cfg]).await;
+            let (s2, api2) = get("/notifications/connections/").await;
+            assert_eq!((s1, s2), (200, 200));
+            if api1 != api2 {
+                continue; // a heartbeat landed in between; read again
+            }
+            let data = &api1["data"];
+            assert_eq!(data["total_connections"], 3);
+            assert_eq!(data["active_users"], json!(["alice", "bob"]));
+            let alice_ids: Vec<&str> = data["connection_details"]["alice"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["connection_id"].as_str().unwrap())
+                .collect();
+            assert_eq!(alice_ids, vec![a1.as_str(), a2.as_str()]);
+            assert_eq!(
+                data["connection_details"]["bob"][0]["connection_id"],
+                b1.as_str()
+            );
+            assert_eq!(parse_json(&cli_out, "connections --json"), *data);
+
+            let (_, u1) = get("/notifications/connections/alice/").await;
+            let (_, cli_user, _) = cli_async(&["connections", "alice", "--json", "-c", &cfg]).await;
+            let (_, u2) = get("/notifications/connections/alice/").await;
+            if u1 != u2 {
+                continue;
+            }
+            assert_eq!(
+                parse_json(&cli_user, "connections alice --json"),
+                u1["data"]
+            );
+            matched = true;
+            break;
+        }
+        assert!(matched, "registry never stable long enough to compare");
+
+        // Words: the counts, then one table row per connection; NODE names
+        // the node that holds the stream, also when the CLI's config does
+        // not say which node it is (a sysadmin's own file).
+        let node_id = node_id_of(&node);
+        let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let anonymous = config_file(
+            dir.path(),
+            "anonymous.toml",
+            &text.replace(&format!("node_id = \"{node_id}\""), ""),
+        );
+        for file in [cfg.as_str(), anonymous.to_str().unwrap()] {
+            let (rc, stdout, stderr) = cli_async(&["connections", "-c", file]).await;
+            assert_eq!(rc, 0, "stderr:\n{stderr}");
+            let lines: Vec<&str> = stdout.lines().collect();
+            assert_eq!(lines.first(), Some(&"3 connections of 2 users"), "{stdout}");
+            let header: Vec<&str> = lines[1].split_whitespace().collect();
+            assert_eq!(
+                header,
+                ["USER", "CONNECTION_ID", "CONNECTED", "LAST_HEARTBEAT", "NODE"],
+                "{stdout}"
+            );
+            let rows: Vec<Vec<&str>> = lines[2..].iter().map(|l| l.split_whitespace().collect()).collect();
+            let got: Vec<(&str, &str, &str)> = rows
+                .iter()
+                .map(|r| (r[0], r[1], *r.last().unwrap()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    ("alice", a1.as_str(), node_id.as_str()),
+                    ("alice", a2.as_str(), node_id.as_str()),
+                    ("bob", b1.as_str(), node_id.as_str()),
+                ],
+                "-c {file}:\n{stdout}"
+            );
+        }
+
+        // One user, in words; an unknown one is a count of 0, not an error.
+        let (rc, stdout, _) = cli_async(&["connections", "bob", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(stdout.lines().next(), Some("bob: 1 connection"), "{stdout}");
+        let (rc, stdout, _) = cli_async(&["connections", "carol", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(
+            parse_json(&stdout, "connections carol --json"),
+            json!({"username": "carol", "connection_count": 0, "connection_ids": [], "connections": []})
+        );
+        let (rc, stdout, _) = cli_async(&["connections", "carol", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(stdout.trim(), "carol: 0 connections");
+
+        // Any username reaches the node intact (the path is encoded); one
+        // that no stream could have is a usage error, asked of nobody.
+        let (rc, stdout, _) = cli_async(&["connections", "döra k/l?#%", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(stdout.trim(), "döra k/l?#%: 0 connections");
+        let long = "x".repeat(151);
+        let out = cli_async(&["connections", &long, "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["USER"], "151-character username");
     }
-    assert!(matched, "registry never stable long enough to compare");
-
-    let (rc, stdout, _) = cli_async(&["connections", "-c", &cfg]).await;
-    assert_eq!(rc, 0);
-    assert!(stdout.contains("3 connections of 2 users"), "{stdout}");
 }
 
 // ---------------------------------------------------------------- cleanup
@@ -597,6 +674,55 @@ fn cleanup_timeout_defaults_to_the_configured_stale_timeout() {
     );
 }
 
+on_both_engines! {
+    /// `cleanup` against the records of a running node: a timeout longer
+    /// than their age removes nothing, a timeout of 0 removes them all and
+    /// `--json` names them.
+    async fn cleanup_with_a_running_node_counts_what_it_removes(env: Env) {
+        // Heartbeats every 15 s (the default): no heartbeat rewrites a record
+        // while the scenario runs.
+        let node = BinaryNode::on(&env, "").await;
+        let cfg = node.cli_config();
+        let (_a1, a1) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_a2, a2) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (_b1, b1) = SseClient::connect_url(&node.stream_url(), "bob").await;
+
+        let (rc, stdout, stderr) = cli_async(&["cleanup", "--timeout", "3600", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(stdout.trim(), "removed 0 connections of 0 users");
+        let (rc, stdout, stderr) =
+            cli_async(&["cleanup", "--timeout", "3600", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        assert_eq!(
+            parse_json(&stdout, "cleanup --json, nothing stale"),
+            json!({"connection_count": 0, "user_count": 0, "connection_ids": []})
+        );
+        assert_eq!(listed_ids(&node.admin_base()).await, sorted(&[&a1, &a2, &b1]));
+
+        let (rc, stdout, stderr) =
+            cli_async(&["cleanup", "--timeout", "0", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        let v = parse_json(&stdout, "cleanup --timeout 0 --json");
+        assert_eq!(v["connection_count"], 3, "{v}");
+        assert_eq!(v["user_count"], 2, "{v}");
+        let ids: BTreeSet<&str> = v["connection_ids"]
+            .as_array()
+            .unwrap_or_else(|| panic!("connection_ids list: {v}"))
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(ids, BTreeSet::from([a1.as_str(), a2.as_str(), b1.as_str()]));
+        assert_eq!(v.as_object().unwrap().len(), 3, "exactly the API data fields: {v}");
+        assert!(
+            listed_ids(&node.admin_base()).await.is_empty(),
+            "cleanup removed the records from the registry"
+        );
+
+        let out = cli_async(&["cleanup", "--timeout=-5", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["--timeout"], "negative --timeout");
+    }
+}
+
 // ------------------------------------------------------------------ clear
 
 #[test]
@@ -654,210 +780,363 @@ fn clear_force_removes_every_record() {
     assert!(registry_ids(&mut conn, "sse").is_empty());
 }
 
+on_both_engines! {
+    /// `clear --force` while a node serves: every record goes (with Redis,
+    /// a dead node's zombie too), the node lists its live streams again,
+    /// and they still receive.
+    async fn clear_force_with_a_running_node_leaves_exactly_its_live_connections(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
+        let cfg = node.cli_config();
+        let live = [a_id.as_str(), b_id.as_str()];
+
+        let out = cli_async(&["clear", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["--force"], "clear without --force");
+        assert_eq!(listed_ids(&node.admin_base()).await, sorted(&live));
+
+        // Only Redis can hold a record no node serves.
+        if let Some(redis) = env.redis_server() {
+            let t = now();
+            inject_record(&mut redis.conn(), "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
+        }
+        let (rc, stdout, stderr) = cli_async(&["clear", "--force", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let want = match env.redis_server() {
+            Some(_) => "removed 3 connections of 3 users",
+            None => "removed 2 connections of 2 users",
+        };
+        assert_eq!(stdout.trim(), want, "live (and zombie) records counted");
+        listed_ids_become(&node.admin_base(), &live).await;
+        if let Some(redis) = env.redis_server() {
+            let mut conn = redis.conn();
+            assert_eq!(registry_ids(&mut conn, "sse"), sorted(&live));
+            assert!(keys(&mut conn, "sse:conn:zombie-1").is_empty());
+            assert!(keys(&mut conn, "sse:user:zed").is_empty());
+            assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
+        }
+
+        // --json: the counts, the same fields in both engines.
+        let (rc, stdout, stderr) = cli_async(&["clear", "--force", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        assert_eq!(
+            parse_json(&stdout, "clear --force --json"),
+            json!({"connection_count": 2, "user_count": 2})
+        );
+        listed_ids_become(&node.admin_base(), &live).await;
+
+        // And messages reach them.
+        let (status, body) = send(
+            &node.admin_url(""),
+            json!({"to": "alice", "data": "after-clear"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["connections"], 1, "{body}");
+        let ev = a.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"after-clear\"".to_string()));
+        let (status, _) = send(&node.admin_url(""), json!({"data": "all"})).await;
+        assert_eq!(status, 200);
+        let ev = b.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"all\"".to_string()));
+    }
+}
+
+// ------------------------------------------------- embedded engine, no node
+
+/// A CLI config of the embedded engine whose admin address nobody
+/// listens on.
+fn memory_config_without_node(dir: &Path, extra: &str) -> PathBuf {
+    let addr = || format!("127.0.0.1:{}", free_port());
+    write_config_at(dir, &addr(), &addr(), "", 3, extra)
+}
+
+/// The registry commands of the embedded engine, as the CLI runs them.
+const REGISTRY_COMMANDS: &[&[&str]] = &[
+    &["connections"],
+    &["connections", "--json"],
+    &["connections", "alice"],
+    &["cleanup"],
+    &["cleanup", "--timeout", "10", "--json"],
+    &["clear", "--force"],
+    &["clear", "--force", "--json"],
+];
+
+#[test]
+fn embedded_engine_without_a_running_node_is_exit_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = memory_config_without_node(dir.path(), "");
+    let cfg = cfg.to_str().unwrap();
+    for args in REGISTRY_COMMANDS {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["-c", cfg]);
+        let started = Instant::now();
+        let out = cli(&full);
+        assert_one_line_error(
+            &out,
+            1,
+            &["no sse-notify node answers", "admin_listen"],
+            &format!("{args:?} with no node"),
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clear_force_with_a_running_node_leaves_exactly_its_live_connections() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let mut conn = redis.conn();
-    let t = now();
-    inject_record(&mut conn, "zombie-1", "zed", t - 10.0, t - 1.0, "dead-node");
+async fn embedded_engine_commands_send_the_configured_api_token() {
+    const TOKEN: &str = "t0ken-for-admin";
+    let node = BinaryNode::spawn("", &format!("[api]\ntoken = \"{TOKEN}\"\n")).await;
+    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let cfg = node.cli_config();
 
+    // The API really wants the token.
+    let (status, body) = admin(
+        reqwest::Method::GET,
+        &node.admin_url("/notifications/connections/"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
+    // With it, the three commands work.
+    let (rc, stdout, stderr) = cli_async(&["connections", "--json", "-c", &cfg]).await;
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let v = parse_json(&stdout, "connections --json with the token");
+    assert_eq!(
+        v["connection_details"]["alice"][0]["connection_id"],
+        id.as_str(),
+        "{v}"
+    );
+    let (rc, stdout, stderr) = cli_async(&["cleanup", "--timeout", "3600", "-c", &cfg]).await;
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout.trim(), "removed 0 connections of 0 users");
     let (rc, stdout, stderr) = cli_async(&["clear", "--force", "-c", &cfg]).await;
     assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("removed 3 connections of 3 users"),
-        "live and zombie records counted:\n{stdout}"
-    );
+    assert_eq!(stdout.trim(), "removed 1 connection of 1 user");
+    listed_ids_become_with_token(&node, TOKEN, &[id.as_str()]).await;
 
-    let live = sorted(&[&a_id, &b_id]);
-    let ok = eventually(Duration::from_secs(5), || {
-        let ids = registry_ids(&mut redis.conn(), "sse");
-        let live = live.clone();
-        async move { ids == live }
+    // A wrong token, or none, is refused: exit 1, one line, no token shown.
+    let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = config_file(
+        dir.path(),
+        "wrong.toml",
+        &text.replace(TOKEN, "wr0ng-token"),
+    );
+    let none = config_file(
+        dir.path(),
+        "none.toml",
+        &text.replace(&format!("token = \"{TOKEN}\""), ""),
+    );
+    for (what, file) in [("wrong token", &wrong), ("no token", &none)] {
+        for args in REGISTRY_COMMANDS {
+            let mut full: Vec<&str> = args.to_vec();
+            full.extend(["-c", file.to_str().unwrap()]);
+            let out = cli_async(&full).await;
+            assert_one_line_error(&out, 1, &["401"], &format!("{args:?} with {what}"));
+            assert!(
+                !out.2.contains("t0ken") && !out.2.contains("wr0ng"),
+                "{args:?} with {what}: the token is not shown: {}",
+                out.2
+            );
+        }
+    }
+    // Nothing was removed by the refused commands.
+    listed_ids_become_with_token(&node, TOKEN, &[id.as_str()]).await;
+}
+
+/// [`listed_ids_become`] for a node whose admin API wants `token`.
+async fn listed_ids_become_with_token(node: &BinaryNode, token: &str, want: &[&str]) {
+    let url = node.admin_url("/notifications/connections/");
+    let want = sorted(want);
+    let ids = || async {
+        let resp = http()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("listing");
+        assert_eq!(resp.status().as_u16(), 200, "listing with the token");
+        let data: Value = resp.json().await.expect("listing JSON");
+        let mut ids: Vec<String> = data["data"]["connection_details"]
+            .as_object()
+            .expect("connection_details")
+            .values()
+            .flat_map(|l| l.as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["connection_id"].as_str().map(String::from))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let ok = eventually(Duration::from_secs(10), || {
+        let want = want.clone();
+        async move { ids().await == want }
     })
     .await;
     assert!(
         ok,
-        "after clear --force the registry must hold the live connections again, got {:?}; log:\n{}",
-        registry_ids(&mut conn, "sse"),
-        node.log()
+        "the node never listed exactly {want:?}; it lists {:?}",
+        ids().await
     );
-    assert!(keys(&mut conn, "sse:conn:zombie-1").is_empty());
-    assert!(keys(&mut conn, "sse:user:zed").is_empty());
-    assert_eq!(users_set(&mut conn), sorted(&["alice", "bob"]));
-
-    // And messages reach them.
-    let (status, body) = send(
-        &node.admin_url(""),
-        json!({"to": "alice", "data": "after-clear"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["connections"], 1, "{body}");
-    let ev = a.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some("\"after-clear\"".to_string()));
-    let (status, _) = send(&node.admin_url(""), json!({"data": "all"})).await;
-    assert_eq!(status, 200);
-    let ev = b.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some("\"all\"".to_string()));
 }
 
 // ------------------------------------------------------------------- send
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_reaches_the_users_tabs_through_the_admin_api() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut tab1, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut tab2, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut other, _) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_reaches_the_users_tabs_through_the_admin_api(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut tab1, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut tab2, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut other, _) = SseClient::connect_url(&node.stream_url(), "bob").await;
+        let cfg = node.cli_config();
 
-    let (rc, stdout, stderr) =
-        cli_async(&["send", "--to", "alice", r#"{"n":1}"#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("2 connections"),
-        "counts in words:\n{stdout}"
-    );
-    for tab in [&mut tab1, &mut tab2] {
-        let ev = tab
-            .next_named("message", Duration::from_secs(5))
-            .await
-            .expect("alice's tab receives the message");
-        assert_eq!(ev.data, r#"{"n":1}"#);
-    }
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--to", "alice", r#"{"n":1}"#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains("2 connections"),
+            "counts in words:\n{stdout}"
+        );
+        for tab in [&mut tab1, &mut tab2] {
+            let ev = tab
+                .next_named("message", Duration::from_secs(5))
+                .await
+                .expect("alice's tab receives the message");
+            assert_eq!(ev.data, r#"{"n":1}"#);
+        }
 
-    // --json prints the response data; --event names the SSE event.
-    let (rc, stdout, stderr) = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        "--event",
-        "news",
-        "--json",
-        r#"[1,"two"]"#,
-        "-c",
-        &cfg,
-    ])
-    .await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let v = parse_json(&stdout, "send --json");
-    assert_eq!(v["to"], "alice", "{v}");
-    assert_eq!(v["event"], "news", "{v}");
-    assert_eq!(v["connections"], 2, "{v}");
-    assert_eq!(v["all_connections"], true, "{v}");
-    let ev = tab1
-        .next_named("news", Duration::from_secs(5))
-        .await
-        .expect("news event");
-    assert_eq!(ev.data, r#"[1,"two"]"#);
-    assert_eq!(ev.id, v["message_id"].as_str().unwrap());
-
-    // Bob got none of alice's messages: his next message is the broadcast.
-    let (rc, stdout, stderr) =
-        cli_async(&["send", "--event", "news", r#""hello all""#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("3 connections"),
-        "broadcast counts:\n{stdout}"
-    );
-    let ev = other
-        .next_event(Duration::from_secs(5))
-        .await
-        .expect("bob receives the broadcast");
-    assert_eq!(
-        (ev.event.as_str(), ev.data.as_str()),
-        ("news", r#""hello all""#)
-    );
-    for tab in [&mut tab1, &mut tab2] {
-        let ev = tab
+        // --json prints the response data; --event names the SSE event.
+        let (rc, stdout, stderr) = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            "--event",
+            "news",
+            "--json",
+            r#"[1,"two"]"#,
+            "-c",
+            &cfg,
+        ])
+        .await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let v = parse_json(&stdout, "send --json");
+        assert_eq!(v["to"], "alice", "{v}");
+        assert_eq!(v["event"], "news", "{v}");
+        assert_eq!(v["connections"], 2, "{v}");
+        assert_eq!(v["all_connections"], true, "{v}");
+        let ev = tab1
             .next_named("news", Duration::from_secs(5))
             .await
-            .expect("broadcast reaches every tab");
-        if ev.data == r#"[1,"two"]"# {
-            // tab2 still had the earlier one queued
+            .expect("news event");
+        assert_eq!(ev.data, r#"[1,"two"]"#);
+        assert_eq!(ev.id, v["message_id"].as_str().unwrap());
+
+        // Bob got none of alice's messages: his next message is the broadcast.
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--event", "news", r#""hello all""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains("3 connections"),
+            "broadcast counts:\n{stdout}"
+        );
+        let ev = other
+            .next_event(Duration::from_secs(5))
+            .await
+            .expect("bob receives the broadcast");
+        assert_eq!(
+            (ev.event.as_str(), ev.data.as_str()),
+            ("news", r#""hello all""#)
+        );
+        for tab in [&mut tab1, &mut tab2] {
             let ev = tab
                 .next_named("news", Duration::from_secs(5))
                 .await
-                .unwrap();
-            assert_eq!(ev.data, r#""hello all""#);
-        } else {
-            assert_eq!(ev.data, r#""hello all""#);
+                .expect("broadcast reaches every tab");
+            if ev.data == r#"[1,"two"]"# {
+                // tab2 still had the earlier one queued
+                let ev = tab
+                    .next_named("news", Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert_eq!(ev.data, r#""hello all""#);
+            } else {
+                assert_eq!(ev.data, r#""hello all""#);
+            }
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_first_reaches_only_the_oldest_tab() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut oldest, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut newer, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_first_reaches_only_the_oldest_tab(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut oldest, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut newer, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let cfg = node.cli_config();
 
-    let (rc, stdout, stderr) = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        "--first",
-        "--json",
-        r#"{"k":"first"}"#,
-        "-c",
-        &cfg,
-    ])
-    .await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let v = parse_json(&stdout, "send --first --json");
-    assert_eq!(v["connections"], 1, "{v}");
-    assert_eq!(v["all_connections"], false, "{v}");
-    let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#"{"k":"all"}"#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "{stderr}");
+        let (rc, stdout, stderr) = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            "--first",
+            "--json",
+            r#"{"k":"first"}"#,
+            "-c",
+            &cfg,
+        ])
+        .await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let v = parse_json(&stdout, "send --first --json");
+        assert_eq!(v["connections"], 1, "{v}");
+        assert_eq!(v["all_connections"], false, "{v}");
+        let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#"{"k":"all"}"#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "{stderr}");
 
-    let ev = oldest.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"first"}"#.to_string()));
-    let ev = oldest.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
-    // The newer tab's first message is the one sent to all.
-    let ev = newer.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
+        let ev = oldest.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"first"}"#.to_string()));
+        let ev = oldest.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
+        // The newer tab's first message is the one sent to all.
+        let ev = newer.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#"{"k":"all"}"#.to_string()));
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_with_invalid_json_is_a_usage_error_and_sends_nothing() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_with_invalid_json_is_a_usage_error_and_sends_nothing(env: Env) {
+        let node = BinaryNode::on(&env, "").await;
+        let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let cfg = node.cli_config();
 
-    let out = cli_async(&["send", "--to", "alice", "{not json", "-c", &cfg]).await;
-    assert_one_line_error(&out, 2, &["DATA_JSON"], "invalid DATA_JSON");
-    // A bad event name is refused by the API: usage error too, nothing sent.
-    let out = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        "--event",
-        "bad event!",
-        "1",
-        "-c",
-        &cfg,
-    ])
-    .await;
-    assert_eq!(out.0, 2, "bad event name: {out:?}");
-    assert!(out.2.contains("event"), "names the field: {}", out.2);
+        let out = cli_async(&["send", "--to", "alice", "{not json", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["DATA_JSON"], "invalid DATA_JSON");
+        // A bad event name is refused by the API: usage error too, nothing sent.
+        let out = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            "--event",
+            "bad event!",
+            "1",
+            "-c",
+            &cfg,
+        ])
+        .await;
+        assert_eq!(out.0, 2, "bad event name: {out:?}");
+        assert!(out.2.contains("event"), "names the field: {}", out.2);
 
-    let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#""marker""#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "{stderr}");
-    let ev = tab.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(
-        ev.map(|e| e.data),
-        Some(r#""marker""#.to_string()),
-        "nothing was sent before the marker"
-    );
+        let (rc, _, stderr) = cli_async(&["send", "--to", "alice", r#""marker""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "{stderr}");
+        let ev = tab.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(
+            ev.map(|e| e.data),
+            Some(r#""marker""#.to_string()),
+            "nothing was sent before the marker"
+        );
+    }
 }
 
 #[test]
@@ -871,43 +1150,43 @@ fn send_without_a_running_node_is_exit_1() {
     assert!(started.elapsed() < Duration::from_secs(12));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_authenticates_with_the_configured_api_token() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "[api]\ntoken = \"t0ken-for-admin\"\n").await;
-    let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let cfg = node.cli_config();
+on_both_engines! {
+    async fn send_authenticates_with_the_configured_api_token(env: Env) {
+        let node = BinaryNode::on(&env, "[api]\ntoken = \"t0ken-for-admin\"\n").await;
+        let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let cfg = node.cli_config();
 
-    // The API really wants the token.
-    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": 0})).await;
-    assert_eq!(status, 401, "{body}");
+        // The API really wants the token.
+        let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": 0})).await;
+        assert_eq!(status, 401, "{body}");
 
-    // A config without the token is refused, and nothing is delivered.
-    let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let no_token = config_file(
-        dir.path(),
-        "no-token.toml",
-        &text.replace("token = \"t0ken-for-admin\"", ""),
-    );
-    let (rc, stdout, stderr) = cli_async(&[
-        "send",
-        "--to",
-        "alice",
-        r#""no token""#,
-        "-c",
-        no_token.to_str().unwrap(),
-    ])
-    .await;
-    assert_ne!(rc, 0, "refused without the token; stdout:\n{stdout}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!stderr.contains("t0ken"), "{stderr}");
+        // A config without the token is refused, and nothing is delivered.
+        let text = std::fs::read_to_string(&node.cli_config_path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let no_token = config_file(
+            dir.path(),
+            "no-token.toml",
+            &text.replace("token = \"t0ken-for-admin\"", ""),
+        );
+        let (rc, stdout, stderr) = cli_async(&[
+            "send",
+            "--to",
+            "alice",
+            r#""no token""#,
+            "-c",
+            no_token.to_str().unwrap(),
+        ])
+        .await;
+        assert_ne!(rc, 0, "refused without the token; stdout:\n{stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stderr.contains("t0ken"), "{stderr}");
 
-    let (rc, stdout, stderr) =
-        cli_async(&["send", "--to", "alice", r#""with token""#, "-c", &cfg]).await;
-    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let ev = tab.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some(r#""with token""#.to_string()));
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--to", "alice", r#""with token""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let ev = tab.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#""with token""#.to_string()));
+    }
 }
 
 // ------------------------------------------------------- redis unreachable

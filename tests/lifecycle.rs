@@ -1,5 +1,6 @@
 //! Lifecycle of the real binary as systemd and a sysadmin drive it
-//! (SPEC 5): start-up clear, signals, reload, sweeps, Redis failures.
+//! (SPEC 5): signals, reload, exit codes on both engines; start-up clear,
+//! sweeps of a dead node and Redis failures with the Redis engine only.
 mod common;
 
 use std::net::TcpListener;
@@ -122,17 +123,19 @@ async fn start_with_startup_clear_false_keeps_records() {
     assert_eq!(redis.users(), sorted(&["alice", "bob", "carol"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_with_an_invalid_config_exits_2_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[stream]\nheartbeat_sec = 3\n").unwrap();
-    let log = dir.path().join("log.txt");
-    let mut child = spawn_serve(&path, &log);
-    let code = wait_exit(&mut child, Duration::from_secs(5));
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(code, Some(2), "log:\n{text}");
-    assert!(text.contains("heartbeat_sec"), "names the key:\n{text}");
+on_both_engines! {
+    async fn serve_with_an_invalid_config_exits_2_naming_the_key(env: Env) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        let text = format!("[redis]\nurl = \"{}\"\n[stream]\nheartbeat_sec = 3\n", env.url());
+        std::fs::write(&path, text).unwrap();
+        let log = dir.path().join("log.txt");
+        let mut child = spawn_serve(&path, &log);
+        let code = wait_exit(&mut child, Duration::from_secs(5));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(code, Some(2), "log:\n{text}");
+        assert!(text.contains("heartbeat_sec"), "names the key:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,56 +213,172 @@ async fn redis_coming_up_within_connect_timeout_lets_serve_start() {
     );
 }
 
+on_both_engines! {
+    async fn listen_address_in_use_exits_1_with_a_message(env: Env) {
+        for which in ["public", "admin"] {
+            let dir = tempfile::tempdir().unwrap();
+            let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+            let taken_addr = taken.local_addr().unwrap();
+            let (public, admin) = if which == "public" {
+                (taken_addr.to_string(), free_addr())
+            } else {
+                (free_addr(), taken_addr.to_string())
+            };
+            let cfg = write_config_at(dir.path(), &public, &admin, &env.url(), 3, "");
+            let log = dir.path().join("log.txt");
+            let mut child = spawn_serve(&cfg, &log);
+            let code = wait_exit(&mut child, Duration::from_secs(8));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert_eq!(code, Some(1), "{which} address in use; log:\n{text}");
+            assert!(
+                text.contains(&taken_addr.port().to_string()),
+                "the message names the address {taken_addr}:\n{text}"
+            );
+            drop(taken);
+        }
+    }
+}
+
+/// The quick start on a machine with nothing installed: a config file that
+/// only moves the listeners (to port 0), everything else the built-in
+/// defaults, which select the embedded engine: streams open and receive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_address_in_use_exits_1_with_a_message() {
-    let redis = RedisServer::start();
-    for which in ["public", "admin"] {
-        let dir = tempfile::tempdir().unwrap();
-        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let taken_addr = taken.local_addr().unwrap();
-        let (public, admin) = if which == "public" {
-            (taken_addr.to_string(), free_addr())
-        } else {
-            (free_addr(), taken_addr.to_string())
-        };
-        let cfg = write_config_at(dir.path(), &public, &admin, &redis.url(), 3, "");
-        let log = dir.path().join("log.txt");
-        let mut child = spawn_serve(&cfg, &log);
-        let code = wait_exit(&mut child, Duration::from_secs(8));
-        if code.is_none() {
+async fn defaults_serve_streams_and_sends_with_nothing_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sse-notify.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = spawn_serve(&cfg, &log);
+    let (public, admin_addr) = match wait_serving(&mut child, &log, Duration::from_secs(15)).await {
+        Ok(a) => a,
+        Err(why) => {
             let _ = child.kill();
             let _ = child.wait();
+            panic!("{why}");
         }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert_eq!(code, Some(1), "{which} address in use; log:\n{text}");
-        assert!(
-            text.contains(&taken_addr.port().to_string()),
-            "the message names the address {taken_addr}:\n{text}"
-        );
-        drop(taken);
-    }
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sse-notify serving") && l.contains("memory")),
+        "the defaults select the embedded engine; log:\n{text}"
+    );
+    let admin_base = format!("http://{admin_addr}");
+    let (status, body) = admin(reqwest::Method::GET, &format!("{admin_base}/healthz"), None).await;
+    assert_eq!((status, &body["engine"]), (200, &json!("memory")), "{body}");
+
+    let stream_url = format!("http://{public}/notifications/stream/");
+    let (mut tab, id) = SseClient::connect_url(&stream_url, "alice").await;
+    listed_ids_become(&admin_base, &[&id]).await;
+    let message_id = send_ok(
+        &admin_base,
+        json!({"to": "alice", "data": {"hello": "world"}}),
+    )
+    .await;
+    let ev = tab
+        .next_named("message", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the message never reached the stream; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+    assert_eq!(
+        (ev.id.as_str(), ev.data.as_str()),
+        (message_id.as_str(), r#"{"hello":"world"}"#)
+    );
+
+    // The CLI needs only the admin address to send.
+    let cli_cfg = dir.path().join("cli.toml");
+    std::fs::write(
+        &cli_cfg,
+        format!("[server]\nadmin_listen = \"{admin_addr}\"\n"),
+    )
+    .unwrap();
+    let (rc, stdout, stderr) = cli_async(&[
+        "send",
+        "--to",
+        "alice",
+        "\"from the cli\"",
+        "-c",
+        cli_cfg.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ev = tab.next_named("message", Duration::from_secs(5)).await;
+    assert_eq!(ev.map(|e| e.data), Some("\"from the cli\"".to_string()));
+
+    // And it stops as systemd stops it.
+    let status = std::process::Command::new("kill")
+        .arg("-15")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = wait_exit(&mut child, Duration::from_secs(5));
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM: exit 0; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 }
 
 // --------------------------------------------------------- SIGTERM/SIGINT
 
-async fn graceful_stop(sig: i32) {
-    let redis = RedisServer::start();
-    let mut node = BinaryNode::spawn(&redis.url(), "").await;
+/// The start line names the engine, and so does `/healthz` (with the
+/// state of Redis only when there is one).
+async fn engine_is_named(env: &Env, node: &BinaryNode) {
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("sse-notify serving"))
+        .unwrap_or_else(|| panic!("no start line; log:\n{log}"));
+    let engine = env.engine();
+    assert!(
+        line.contains(&format!("engine={engine}"))
+            || line.contains(&format!("engine=\"{engine}\"")),
+        "the start line names engine {engine}: {line}"
+    );
+    let (status, body) = admin(reqwest::Method::GET, &node.admin_url("/healthz"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["engine"], engine, "/healthz: {body}");
+    match env.redis_server() {
+        Some(_) => assert_eq!(body["redis"], "ok", "/healthz: {body}"),
+        None => assert!(
+            body.get("redis").is_none(),
+            "no redis field without Redis: {body}"
+        ),
+    }
+}
+
+async fn graceful_stop(env: Env, sig: i32) {
+    let mut node = BinaryNode::on(&env, "").await;
+    engine_is_named(&env, &node).await;
     let (mut a1, a1_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (mut a2, a2_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
     let (mut b1, b1_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    assert_eq!(ids_now(&redis), sorted(&[&a1_id, &a2_id, &b1_id]));
-    // A record of another (live) node: not this node's to remove.
-    let mut conn = redis.conn();
-    let t = now();
-    inject_record(
-        &mut conn,
-        "other-node-conn",
-        "carol",
-        t - 5.0,
-        t,
-        "other-node",
+    assert_eq!(
+        listed_ids(&node.admin_base()).await,
+        sorted(&[&a1_id, &a2_id, &b1_id])
     );
+    // With Redis, a record of another (live) node: not this node's to remove.
+    if let Some(redis) = env.redis_server() {
+        let t = now();
+        inject_record(
+            &mut redis.conn(),
+            "other-node-conn",
+            "carol",
+            t - 5.0,
+            t,
+            "other-node",
+        );
+    }
 
     let started = Instant::now();
     node.signal(sig);
@@ -282,36 +401,43 @@ async fn graceful_stop(sig: i32) {
         started.elapsed(),
         node.log()
     );
-    assert_eq!(
-        ids_now(&redis),
-        vec!["other-node-conn".to_string()],
-        "this node's records are removed, the other node's stay; log:\n{}",
-        node.log()
-    );
-    assert_eq!(redis.users(), vec!["carol".to_string()]);
-    assert!(
-        !redis
-            .registry_keys()
-            .iter()
-            .any(|k| k == "sse:user:alice" || k == "sse:user:bob"),
-        "no orphans: {:?}",
-        redis.registry_keys()
-    );
+    if let Some(redis) = env.redis_server() {
+        assert_eq!(
+            ids_now(redis),
+            vec!["other-node-conn".to_string()],
+            "this node's records are removed, the other node's stay; log:\n{}",
+            node.log()
+        );
+        assert_eq!(redis.users(), vec!["carol".to_string()]);
+        assert!(
+            !redis
+                .registry_keys()
+                .iter()
+                .any(|k| k == "sse:user:alice" || k == "sse:user:bob"),
+            "no orphans: {:?}",
+            redis.registry_keys()
+        );
+    }
     assert!(
         std::net::TcpStream::connect(node.public).is_err(),
         "public listener closed"
     );
+    assert!(
+        std::net::TcpStream::connect(node.admin).is_err(),
+        "admin listener closed"
+    );
+    assert!(node.log().contains("stopped"), "log:\n{}", node.log());
     assert!(!node.log().contains("panicked"), "log:\n{}", node.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_streams_removes_records_and_exits_0() {
-    graceful_stop(15).await;
-}
+on_both_engines! {
+    async fn sigterm_closes_streams_removes_records_and_exits_0(env: Env) {
+        graceful_stop(env, 15).await;
+    }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_closes_streams_removes_records_and_exits_0() {
-    graceful_stop(2).await;
+    async fn sigint_closes_streams_removes_records_and_exits_0(env: Env) {
+        graceful_stop(env, 2).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,189 +478,193 @@ async fn sigterm_during_a_redis_outage_still_exits_0_in_time() {
 
 // ----------------------------------------------------------------- SIGHUP
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_clears_zombies_and_live_streams_are_re_registered() {
-    let redis = RedisServer::start();
-    let mut node = BinaryNode::spawn(&redis.url(), "[stream]\nheartbeat_secs = 1\n").await;
-    let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
-    let mut conn = redis.conn();
-    let t = now();
-    // A zombie with a fresh heartbeat: only a clear removes it.
-    inject_record(&mut conn, "zombie-hup", "zed", t - 50.0, t, "dead-node");
-    assert_eq!(
-        ids_now(&redis),
-        sorted(&[&a_id, &b_id, &"zombie-hup".to_string()])
-    );
+on_both_engines! {
+    /// SIGHUP clears the registry and the node writes back its live
+    /// streams: with Redis a zombie of a dead node goes; in both engines
+    /// the clear is counted in the log and the live streams are listed
+    /// (and receive) again.
+    async fn sighup_clears_zombies_and_live_streams_are_re_registered(env: Env) {
+        let mut node = BinaryNode::on(&env, "[stream]\nheartbeat_secs = 1\n").await;
+        let (mut a, a_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        let (mut b, b_id) = SseClient::connect_url(&node.stream_url(), "bob").await;
+        let live = sorted(&[&a_id, &b_id]);
+        // A zombie with a fresh heartbeat: only a clear removes it.
+        let cleared = match env.redis_server() {
+            Some(redis) => {
+                let t = now();
+                inject_record(&mut redis.conn(), "zombie-hup", "zed", t - 50.0, t, "dead-node");
+                assert_eq!(ids_now(redis), sorted(&[&a_id, &b_id, &"zombie-hup".to_string()]));
+                "connections=3 users=3"
+            }
+            None => "connections=2 users=2",
+        };
 
-    node.signal(1);
-    let live = vec![a_id.clone(), b_id.clone()];
-    assert!(
-        registry_becomes(&redis, &live).await,
-        "after SIGHUP the registry must be exactly the live streams, got {:?}; log:\n{}",
-        ids_now(&redis),
-        node.log()
-    );
-    assert_eq!(redis.users(), sorted(&["alice", "bob"]));
-    assert!(!redis.registry_keys().iter().any(|k| k.contains("zed")));
-
-    // Still the same registry a few heartbeats later (no late zombie).
-    wait_for_heartbeat_rounds(&node.admin_base(), "alice", 2).await;
-    assert_eq!(ids_now(&redis), sorted(&live));
-
-    // The streams keep receiving, and the node keeps running.
-    assert!(node.still_running(), "SIGHUP must not stop the node");
-    let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "hup-a"})).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["connections"], 1);
-    let ev = a.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some("\"hup-a\"".to_string()));
-    let (status, _) = send(&node.admin_url(""), json!({"to": "bob", "data": "hup-b"})).await;
-    assert_eq!(status, 200);
-    let ev = b.next_named("message", Duration::from_secs(5)).await;
-    assert_eq!(ev.map(|e| e.data), Some("\"hup-b\"".to_string()));
-    assert_eq!(healthz(&node).await, Some(200));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_retry_ms_for_new_streams() {
-    let redis = RedisServer::start();
-    let mut node = BinaryNode::spawn(&redis.url(), "[stream]\nretry_ms = 1500\n").await;
-    let mut before = RawStream::open(&node.stream_url(), "alice").await;
-    let before_id = before.established().await;
-    assert_eq!(before.retry_ms(), Some(1500));
-
-    node.edit_config("retry_ms = 1500", "retry_ms = 2500");
-    node.signal(1);
-    let url = node.stream_url();
-    let applied = eventually(Duration::from_secs(5), || {
-        let url = url.clone();
-        async move {
-            let mut s = RawStream::open(&url, "bob").await;
-            s.established().await;
-            s.retry_ms() == Some(2500)
+        node.signal(1);
+        let counted = eventually(Duration::from_secs(5), || {
+            let log = node.log();
+            async move {
+                log.lines().any(|l| {
+                    l.contains("registry cleared") && cleared.split(' ').all(|f| l.contains(f))
+                })
+            }
+        })
+        .await;
+        assert!(
+            counted,
+            "SIGHUP clears the registry, logging {cleared}; log:\n{}",
+            node.log()
+        );
+        listed_ids_become(&node.admin_base(), &[&a_id, &b_id]).await;
+        if let Some(redis) = env.redis_server() {
+            assert!(
+                registry_becomes(redis, &live).await,
+                "after SIGHUP the registry must be exactly the live streams, got {:?}; log:\n{}",
+                ids_now(redis),
+                node.log()
+            );
+            assert_eq!(redis.users(), sorted(&["alice", "bob"]));
+            assert!(!redis.registry_keys().iter().any(|k| k.contains("zed")));
         }
-    })
-    .await;
-    assert!(
-        applied,
-        "new streams must get retry: 2500 after SIGHUP; log:\n{}",
-        node.log()
-    );
-    assert!(node.still_running());
-    // The old stream survived the reload and is registered.
-    assert!(ids_now(&redis).contains(&before_id));
-    let (status, _) = send(
-        &node.admin_url(""),
-        json!({"to": "alice", "data": "still-here"}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(
-        before
-            .wait_for("data: \"still-here\"", Duration::from_secs(5))
+
+        // Still the same registry a few heartbeats later (no late zombie).
+        wait_for_heartbeat_rounds(&node.admin_base(), "alice", 2).await;
+        assert_eq!(listed_ids(&node.admin_base()).await, live);
+        if let Some(redis) = env.redis_server() {
+            assert_eq!(ids_now(redis), live);
+        }
+
+        // The streams keep receiving, and the node keeps running.
+        assert!(node.still_running(), "SIGHUP must not stop the node");
+        let (status, body) = send(&node.admin_url(""), json!({"to": "alice", "data": "hup-a"})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["connections"], 1);
+        let ev = a.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"hup-a\"".to_string()));
+        let (status, _) = send(&node.admin_url(""), json!({"to": "bob", "data": "hup-b"})).await;
+        assert_eq!(status, 200);
+        let ev = b.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"hup-b\"".to_string()));
+        assert_eq!(healthz(&node).await, Some(200));
+    }
+
+    async fn sighup_reloads_retry_ms_for_new_streams(env: Env) {
+        let mut node = BinaryNode::on(&env, "[stream]\nretry_ms = 1500\n").await;
+        let mut before = RawStream::open(&node.stream_url(), "alice").await;
+        let before_id = before.established().await;
+        assert_eq!(before.retry_ms(), Some(1500));
+
+        node.edit_config("retry_ms = 1500", "retry_ms = 2500");
+        node.signal(1);
+        let url = node.stream_url();
+        let applied = eventually(Duration::from_secs(5), || {
+            let url = url.clone();
+            async move {
+                let mut s = RawStream::open(&url, "bob").await;
+                s.established().await;
+                s.retry_ms() == Some(2500)
+            }
+        })
+        .await;
+        assert!(
+            applied,
+            "new streams must get retry: 2500 after SIGHUP; log:\n{}",
+            node.log()
+        );
+        assert!(node.still_running());
+        // The old stream survived the reload and is registered.
+        assert!(listed_ids(&node.admin_base()).await.contains(&before_id));
+        let (status, _) = send(
+            &node.admin_url(""),
+            json!({"to": "alice", "data": "still-here"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            before
+                .wait_for("data: \"still-here\"", Duration::from_secs(5))
+                .await
+        );
+    }
+
+    async fn sighup_reloads_heartbeat_interval(env: Env) {
+        let node = BinaryNode::on(
+            &env,
+            "[stream]\nheartbeat_secs = 3\n[sweep]\nstale_timeout_secs = 10\n",
+        )
+        .await;
+        let mut s = RawStream::open(&node.stream_url(), "alice").await;
+        s.established().await;
+
+        node.edit_config("heartbeat_secs = 3", "heartbeat_secs = 1");
+        node.signal(1);
+        // Old cadence 3s: at most one old-interval wait, then one every second:
+        // 4 heartbeats in 6.5 s (3 + 3 * 1 + margin), 8 or more at 3 s would take 12 s.
+        let started = Instant::now();
+        s.wait_for_heartbeats(4, Duration::from_millis(6500)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(6500),
+            "4 heartbeats took {:?} after SIGHUP to heartbeat_secs = 1; log:\n{}",
+            started.elapsed(),
+            node.log()
+        );
+    }
+
+    async fn sighup_with_an_invalid_file_keeps_the_old_config(env: Env) {
+        let mut node = BinaryNode::on(&env, "[stream]\nretry_ms = 1500\n").await;
+        let (mut tab, tab_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+
+        // A typo, and a change that would otherwise apply.
+        node.edit_config("retry_ms = 1500", "retry_ms = 2500\nheartbeat_sec = 3");
+        node.signal(1);
+        assert!(
+            node.logged("heartbeat_sec", Duration::from_secs(5)).await,
+            "the invalid file is logged, naming the key; log:\n{}",
+            node.log()
+        );
+        assert_eq!(healthz(&node).await, Some(200));
+        assert!(
+            node.still_running(),
+            "an invalid file must not stop the node"
+        );
+
+        // The old config is in force.
+        let mut s = RawStream::open(&node.stream_url(), "bob").await;
+        let s_id = s.established().await;
+        assert_eq!(s.retry_ms(), Some(1500), "old retry_ms kept");
+
+        // Still serving: the live stream is registered and receives.
+        listed_ids_become(&node.admin_base(), &[&tab_id, &s_id]).await;
+        let (status, _) = send(&node.admin_url(""), json!({"to": "alice", "data": 1})).await;
+        assert_eq!(status, 200);
+        assert!(tab
+            .next_named("message", Duration::from_secs(5))
             .await
-    );
-}
+            .is_some());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_heartbeat_interval() {
-    let redis = RedisServer::start();
-    let node = BinaryNode::spawn(
-        &redis.url(),
-        "[stream]\nheartbeat_secs = 3\n[sweep]\nstale_timeout_secs = 10\n",
-    )
-    .await;
-    let mut s = RawStream::open(&node.stream_url(), "alice").await;
-    s.established().await;
+        // A later SIGTERM still stops it cleanly.
+        node.signal(15);
+        assert_eq!(node.wait_exit(Duration::from_secs(5)), Some(0));
+    }
 
-    node.edit_config("heartbeat_secs = 3", "heartbeat_secs = 1");
-    node.signal(1);
-    // Old cadence 3s: at most one old-interval wait, then one every second:
-    // 4 heartbeats in 6.5 s (3 + 3 * 1 + margin), 8 or more at 3 s would take 12 s.
-    let started = Instant::now();
-    s.wait_for_heartbeats(4, Duration::from_millis(6500)).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(6500),
-        "4 heartbeats took {:?} after SIGHUP to heartbeat_secs = 1; log:\n{}",
-        started.elapsed(),
-        node.log()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_with_an_invalid_file_keeps_the_old_config() {
-    let redis = RedisServer::start();
-    let mut node = BinaryNode::spawn(&redis.url(), "[stream]\nretry_ms = 1500\n").await;
-    let (mut tab, tab_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
-
-    // A typo, and a change that would otherwise apply.
-    node.edit_config("retry_ms = 1500", "retry_ms = 2500\nheartbeat_sec = 3");
-    node.signal(1);
-    let logged = eventually(Duration::from_secs(5), || {
-        let found = node.log().contains("heartbeat_sec");
-        async move { found }
-    })
-    .await;
-    assert!(
-        logged,
-        "the invalid file is logged, naming the key; log:\n{}",
-        node.log()
-    );
-    assert_eq!(healthz(&node).await, Some(200));
-    assert!(
-        node.still_running(),
-        "an invalid file must not stop the node"
-    );
-
-    // The old config is in force.
-    let mut s = RawStream::open(&node.stream_url(), "bob").await;
-    let s_id = s.established().await;
-    assert_eq!(s.retry_ms(), Some(1500), "old retry_ms kept");
-
-    // Still serving: the live stream is registered and receives.
-    assert!(
-        registry_becomes(&redis, &[tab_id.clone(), s_id]).await,
-        "{:?}",
-        ids_now(&redis)
-    );
-    let (status, _) = send(&node.admin_url(""), json!({"to": "alice", "data": 1})).await;
-    assert_eq!(status, 200);
-    assert!(tab
-        .next_named("message", Duration::from_secs(5))
-        .await
-        .is_some());
-
-    // A later SIGTERM still stops it cleanly.
-    node.signal(15);
-    assert_eq!(node.wait_exit(Duration::from_secs(5)), Some(0));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_logs_keys_that_need_a_restart_and_keeps_serving() {
-    let redis = RedisServer::start();
-    let mut node = BinaryNode::spawn(&redis.url(), "").await;
-    let new_public = free_addr();
-    // The line of server.listen only (admin_listen ends the same way).
-    node.edit_config(
-        "\nlisten = \"127.0.0.1:0\"",
-        &format!("\nlisten = \"{new_public}\""),
-    );
-    node.signal(1);
-    let logged = eventually(Duration::from_secs(5), || {
-        let found = node.log().contains("server.listen");
-        async move { found }
-    })
-    .await;
-    assert!(
-        logged,
-        "names server.listen as needing a restart; log:\n{}",
-        node.log()
-    );
-    assert!(node.still_running());
-    // Still on the old address.
-    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
-    assert!(ids_now(&redis).contains(&id));
+    async fn sighup_logs_keys_that_need_a_restart_and_keeps_serving(env: Env) {
+        let mut node = BinaryNode::on(&env, "").await;
+        let new_public = free_addr();
+        // The line of server.listen only (admin_listen ends the same way).
+        node.edit_config(
+            "\nlisten = \"127.0.0.1:0\"",
+            &format!("\nlisten = \"{new_public}\""),
+        );
+        node.signal(1);
+        assert!(
+            node.logged("server.listen", Duration::from_secs(5)).await,
+            "names server.listen as needing a restart; log:\n{}",
+            node.log()
+        );
+        assert!(node.still_running());
+        // Still on the old address.
+        let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+        assert!(listed_ids(&node.admin_base()).await.contains(&id));
+    }
 }
 
 // ------------------------------------------------------------------ sweep
