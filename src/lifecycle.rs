@@ -152,6 +152,7 @@ impl Daemon {
             shutdown: shutdown.clone(),
             fd_cap: admin::stream_fd_cap(),
         }));
+        app.publish_max_streams();
         if app.fd_cap < app.config().limits.max_connections {
             tracing::warn!(
                 max_connections = app.config().limits.max_connections,

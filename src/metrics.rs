@@ -20,6 +20,7 @@ pub(crate) struct HttpLabels {
 pub(crate) struct Metrics {
     registry: Registry,
     pub live_connections: Gauge,
+    pub max_streams: Gauge,
     pub connects: Counter,
     pub disconnects: Counter,
     pub messages_sent: Counter,
@@ -45,6 +46,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sse_notify");
         let m = Self {
             live_connections: Gauge::default(),
+            max_streams: Gauge::default(),
             connects: Counter::default(),
             disconnects: Counter::default(),
             messages_sent: Counter::default(),
@@ -63,6 +65,11 @@ impl Metrics {
             "live_connections",
             "Streams open on this node",
             m.live_connections.clone(),
+        );
+        registry.register(
+            "max_streams",
+            "Streams this node accepts before refusing (limits.max_connections, or less under the open-file limit)",
+            m.max_streams.clone(),
         );
         registry.register("connects", "Streams opened", m.connects.clone());
         registry.register("disconnects", "Streams closed", m.disconnects.clone());

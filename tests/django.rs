@@ -1,5 +1,6 @@
 //! The Django side: `etc/django/services.py` (the drop-in replacement of the
-//! old app's `apps/notifications/services.py`) driven by its Python tests
+//! old app's `apps/notifications/services.py`) and the management commands
+//! of `etc/django/management/commands/`, driven by their Python tests
 //! against the real binary and a real Redis.
 mod common;
 
@@ -29,6 +30,7 @@ async fn django_services_module_against_the_real_daemon() {
     let admin_url = node.admin_url("");
     let stream_url = node.stream_url();
     let token_url = guarded.admin_url("");
+    let cli_config = node.cli_config();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .args(["-m", "unittest", "-v", "tests/django/test_services.py"])
@@ -37,6 +39,9 @@ async fn django_services_module_against_the_real_daemon() {
             .env("SSE_STREAM_URL", stream_url)
             .env("SSE_TOKEN_NODE_URL", token_url)
             .env("SSE_TOKEN_NODE_TOKEN", token)
+            // The management commands' output is checked against the CLI's.
+            .env("SSE_NOTIFY_BIN", bin())
+            .env("SSE_NOTIFY_CLI_CONFIG", cli_config)
             .env_remove("SSE_NOTIFY_BASE_PATH")
             .env_remove("SSE_NOTIFY_TOKEN")
             .env_remove("SSE_NOTIFY_TIMEOUT")
@@ -71,7 +76,7 @@ async fn django_services_module_against_the_real_daemon() {
                 .ok()
         })
         .unwrap_or(0);
-    assert!(ran >= 10, "only {ran} Python tests ran\n{report}");
+    assert!(ran >= 20, "only {ran} Python tests ran\n{report}");
 
     drop(guarded);
 }

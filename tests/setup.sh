@@ -76,6 +76,15 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 systemd-analyze --version | head -n 1
 
+# tests/ops_files.rs runs `promtool check rules` on the Prometheus rules
+# in etc/prometheus/ and fails without it. Debian ships promtool in the
+# `prometheus` package (only the tool is used; no Prometheus is started).
+section "promtool (tests/ops_files.rs)"
+if ! command -v promtool >/dev/null 2>&1; then
+    apt_install --no-install-recommends prometheus
+fi
+promtool --version 2>&1 | head -n 1
+
 # tests/browser.rs drives Debian's Chromium (never a browser that a tool
 # downloads: playwright-core is only the driver).
 section "chromium (tests/browser.rs)"

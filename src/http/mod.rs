@@ -91,6 +91,16 @@ impl App {
 
     pub(crate) fn set_config(&self, config: Config) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        self.publish_max_streams();
+    }
+
+    /// Exports [`App::max_streams`] as `sse_notify_max_streams`, so that an
+    /// alert can compare live streams with the cap; called at start and on
+    /// every reload, the only times it changes.
+    pub(crate) fn publish_max_streams(&self) {
+        self.metrics
+            .max_streams
+            .set(i64::try_from(self.max_streams()).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn set_auth(&self, auth: Authenticator) {

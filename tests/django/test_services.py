@@ -1,4 +1,6 @@
-"""etc/django/services.py against a real sse-notify (stdlib unittest only).
+"""etc/django/services.py and the management commands of
+etc/django/management/commands/ against a real sse-notify (stdlib unittest
+only; Django is not needed: the commands' logic runs as plain functions).
 
 Needs a running daemon; `cargo test --test django` starts one (and its Redis)
 and runs this file with:
@@ -13,9 +15,12 @@ as nginx would after its auth_request; every assertion is on what the daemon
 really did (frames on the stream, the registry it reports).
 """
 
+import io
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
 import time
 import unittest
@@ -27,6 +32,10 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "etc" / "django"))
 
+sys.path.insert(0, str(ROOT / "etc" / "django" / "management" / "commands"))
+
+import cleanup_sse_connections  # noqa: E402
+import clear_all_sse_connections  # noqa: E402
 import services  # noqa: E402
 from services import (  # noqa: E402
     SSENotifyError,
@@ -449,6 +458,139 @@ class ServicesTest(unittest.TestCase):
                 with self.assertRaises(SSENotifyError) as cm:
                     send_notification("alice", 1)
                 self.assertEqual(cm.exception.status, 401)
+
+
+REMOVED = re.compile(r"removed (\d+) connections? of (\d+) users?\n\Z")
+
+
+def run_command(module, *argv):
+    """(exit code, stdout, stderr) of a management command's plain run()."""
+    out, err = io.StringIO(), io.StringIO()
+    code = module.run(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+class ManagementCommandsTest(unittest.TestCase):
+    """cleanup_sse_connections and clear_all_sse_connections: the wording and
+    exit codes of `sse-notify cleanup` / `sse-notify clear`."""
+
+    def open(self, username):
+        stream = Stream(username)
+        self.addCleanup(stream.close)
+        return stream
+
+    def removed(self, out):
+        m = REMOVED.match(out)
+        self.assertIsNotNone(m, "not the CLI's wording: %r" % out)
+        return int(m.group(1)), int(m.group(2))
+
+    def test_removed_line_is_worded_as_the_cli(self):
+        line = cleanup_sse_connections.common.removed_line
+        self.assertEqual(line({"connection_count": 1, "user_count": 1}), "removed 1 connection of 1 user")
+        self.assertEqual(line({"connection_count": 0, "user_count": 0}), "removed 0 connections of 0 users")
+        self.assertEqual(line({"connection_count": 3, "user_count": 2}), "removed 3 connections of 2 users")
+        cli = os.environ.get("SSE_NOTIFY_BIN")
+        cli_config = os.environ.get("SSE_NOTIFY_CLI_CONFIG")
+        if not cli or not cli_config:
+            raise RuntimeError("SSE_NOTIFY_BIN and SSE_NOTIFY_CLI_CONFIG must name the binary and a CLI config")
+        # The real CLI on the same deployment prints the same form.
+        done = subprocess.run(
+            [cli, "-c", cli_config, "cleanup", "--timeout", "300"],
+            capture_output=True, text=True, timeout=30,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.removed(done.stdout)
+
+    def test_cleanup_command(self):
+        ivan = unique("ivan")
+        tab = self.open(ivan)
+        # Default --timeout 300: a live, freshly heartbeated stream stays.
+        code, out, err = run_command(cleanup_sse_connections)
+        self.assertEqual((code, err), (0, ""))
+        self.removed(out)
+        self.assertTrue(connection_manager.has_active_connections(ivan))
+        code, out, err = run_command(cleanup_sse_connections, "--timeout", "300")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(connection_manager.has_active_connections(ivan))
+
+        # --timeout 0: every record is stale (the test node heartbeats every
+        # 60 s, so nothing writes it back meanwhile).
+        time.sleep(0.01)
+        code, out, err = run_command(cleanup_sse_connections, "--timeout", "0")
+        self.assertEqual((code, err), (0, ""))
+        connections, users = self.removed(out)
+        self.assertGreaterEqual(connections, 1)
+        self.assertGreaterEqual(users, 1)
+        self.assertFalse(connection_manager.has_active_connections(ivan))
+        # A full clear makes the node register its live stream again.
+        connection_manager.clear_all_connections()
+        self.assertTrue(eventually(lambda: connection_manager.get_user_connections(ivan) == [tab.connection_id]))
+
+    def test_cleanup_command_usage_errors_exit_2(self):
+        for argv in (["--timeout", "-1"], ["--timeout", "nan"], ["--timeout", "soon"], ["--nope"]):
+            with self.subTest(argv=argv):
+                with mock.patch("sys.stderr", io.StringIO()):
+                    code, out, _ = run_command(cleanup_sse_connections, *argv)
+                self.assertEqual(code, 2)
+                self.assertEqual(out, "")
+
+    def test_clear_command_refuses_without_force(self):
+        judy = unique("judy")
+        tab = self.open(judy)
+        code, out, err = run_command(clear_all_sse_connections)
+        self.assertEqual(code, 2)
+        self.assertEqual(out, "")
+        self.assertIn("--force", err)
+        # Nothing was removed.
+        self.assertEqual(connection_manager.get_user_connections(judy), [tab.connection_id])
+
+    def test_clear_command_with_force(self):
+        kate = unique("kate")
+        tab = self.open(kate)
+        code, out, err = run_command(clear_all_sse_connections, "--force")
+        self.assertEqual((code, err), (0, ""))
+        connections, users = self.removed(out)
+        self.assertGreaterEqual(connections, 1)
+        self.assertGreaterEqual(users, 1)
+        # Live streams stay open and are registered again; they still receive.
+        self.assertTrue(eventually(lambda: connection_manager.get_user_connections(kate) == [tab.connection_id]))
+        sent = send_notification(kate, {"after": "clear command"})
+        self.assertEqual(tab.next_named("message")["id"], sent["message_id"])
+
+    def test_commands_exit_1_when_no_node_answers(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        with mock.patch.dict(os.environ, {"SSE_NOTIFY_URL": "http://127.0.0.1:%d" % port}):
+            for module, argv in ((cleanup_sse_connections, []), (clear_all_sse_connections, ["--force"])):
+                with self.subTest(command=module.__name__):
+                    code, out, err = run_command(module, *argv)
+                    self.assertEqual(code, 1)
+                    self.assertEqual(out, "")
+                    self.assertIn("127.0.0.1:%d" % port, err)
+
+    def test_commands_send_the_token(self):
+        url = os.environ["SSE_TOKEN_NODE_URL"]
+        token = os.environ["SSE_TOKEN_NODE_TOKEN"]
+        with mock.patch.dict(os.environ, {"SSE_NOTIFY_URL": url, "SSE_NOTIFY_TOKEN": token}):
+            code, out, err = run_command(cleanup_sse_connections, "--timeout", "300")
+            self.assertEqual((code, err), (0, ""))
+            self.removed(out)
+        with mock.patch.dict(os.environ, {"SSE_NOTIFY_URL": url, "SSE_NOTIFY_TOKEN": "not-the-token"}):
+            code, out, err = run_command(cleanup_sse_connections)
+            self.assertEqual(code, 1)
+            self.assertIn("401", err)
+
+    def test_the_django_wrapper_is_absent_without_django(self):
+        try:
+            import django  # noqa: F401
+        except ImportError:
+            self.assertIsNone(cleanup_sse_connections.Command)
+            self.assertIsNone(clear_all_sse_connections.Command)
+        else:
+            self.assertTrue(hasattr(cleanup_sse_connections.Command, "handle"))
+            self.assertTrue(hasattr(clear_all_sse_connections.Command, "handle"))
 
 
 if __name__ == "__main__":
