@@ -17,7 +17,8 @@ const RULES: &str = "etc/prometheus/sse-notify.rules.yml";
 const DASHBOARD: &str = "etc/grafana/sse-notify.json";
 
 /// What Prometheus itself sends when it scrapes (OpenMetrics first).
-const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+const OPENMETRICS_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -46,8 +47,21 @@ async fn scrape(admin: &str, accept: Option<&str>) -> String {
     resp.text().await.expect("metrics body")
 }
 
-/// PromQL words that are not series names.
+/// PromQL words that are not series names (aggregations included: in
+/// `sum by (l) (...)` no `(` follows the word).
 const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
     "and",
     "or",
     "unless",
@@ -129,8 +143,15 @@ fn metric_names(expr: &str) -> Vec<String> {
                 label_list_next = false;
                 let next = chars[i..].iter().find(|c| !c.is_whitespace());
                 let lower = word.to_ascii_lowercase();
-                if ["by", "without", "on", "ignoring", "group_left", "group_right"]
-                    .contains(&lower.as_str())
+                if [
+                    "by",
+                    "without",
+                    "on",
+                    "ignoring",
+                    "group_left",
+                    "group_right",
+                ]
+                .contains(&lower.as_str())
                 {
                     label_list_next = true;
                 } else if braces == 0
@@ -197,7 +218,10 @@ fn rules_expressions(rules: &Value) -> Vec<(String, String)> {
 fn dashboard_expressions(dash: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut panels: Vec<&Value> = Vec::new();
-    for p in dash["panels"].as_array().expect("dashboard: panels is a list") {
+    for p in dash["panels"]
+        .as_array()
+        .expect("dashboard: panels is a list")
+    {
         panels.push(p);
         panels.extend(p["panels"].as_array().into_iter().flatten());
     }
