@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{Config, HistoryConfig};
 use crate::store::{
-    sort_records, unix_ms, unix_now, Accepted, ConnectionRecord, Inbound, Kept, Listing, Message,
-    MsgId, NodeLink, Removed, Replay, Target,
+    sort_records, unix_ms, unix_now, Accepted, ConnectionRecord, Inbound, Kept, Listing, LiveConn,
+    Message, MsgId, NodeLink, Removed, Replay, Target,
 };
 
 /// Age after which a stream's registration has surely been written: a
@@ -153,14 +153,7 @@ impl MemoryStore {
             } else if c.connection_time < settled {
                 // Someone removed a live stream's record (a cleanup with a
                 // short timeout): the registry must hold every live stream.
-                st.insert(
-                    c.connection_id,
-                    Rec {
-                        username: c.username,
-                        connection_time: c.connection_time,
-                        last_heartbeat: now,
-                    },
-                );
+                st.insert_live(c, now);
                 written_back += 1;
             }
         }
@@ -307,14 +300,7 @@ impl MemoryStore {
         }
         st.users.clear();
         for c in self.link.live() {
-            st.insert(
-                c.connection_id,
-                Rec {
-                    username: c.username,
-                    connection_time: c.connection_time,
-                    last_heartbeat: now,
-                },
-            );
+            st.insert_live(c, now);
         }
         removed
     }
@@ -376,6 +362,18 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Writes (back) the record of a stream the node holds.
+    fn insert_live(&mut self, c: LiveConn, heartbeat: f64) {
+        self.insert(
+            c.connection_id,
+            Rec {
+                username: c.username,
+                connection_time: c.connection_time,
+                last_heartbeat: heartbeat,
+            },
+        );
+    }
+
     fn insert(&mut self, id: String, r: Rec) {
         let user = r.username.clone();
         if let Some(old) = self.conns.insert(id.clone(), r) {

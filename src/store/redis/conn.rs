@@ -201,3 +201,15 @@ pub(crate) async fn connect_with_retry(config: &Config) -> Result<SharedConn, St
         }
     }
 }
+
+/// A Redis call that answers within `timeout`, or a [`StoreError`]: a
+/// caller never waits on a Redis that stopped answering.
+pub(crate) async fn bounded<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Timeout(timeout)),
+    }
+}

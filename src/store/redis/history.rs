@@ -130,10 +130,7 @@ impl History {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        super::conn::bounded(self.timeout, fut).await
     }
 
     /// Reads the targets of each message (as [`Targets`]) and keeps it,

@@ -71,10 +71,7 @@ impl Registry {
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
-        }
+        super::conn::bounded(self.timeout, fut).await
     }
 
     /// What every script that removes connections takes first: the users
