@@ -119,7 +119,6 @@ impl Router {
         msgs: Vec<Outgoing>,
         kept: &HistoryConfig,
     ) -> Result<Vec<Sent>> {
-        self.store.ready()?;
         // The payload moves into the store; the answer keeps the rest.
         let (heads, taken): (Vec<_>, Vec<Message>) = msgs
             .into_iter()

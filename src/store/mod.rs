@@ -324,7 +324,9 @@ impl Store {
 
     /// Keeps the messages (history on), reads their targets, and delivers
     /// them through every node's link (this one's too), in id order.
-    /// Either all of them are taken or none (an error).
+    /// Either all of them are taken or none (an error); the Redis engine
+    /// refuses while this node's bus subscription is down, as it could
+    /// deliver out of order.
     pub(crate) async fn send(
         &self,
         msgs: Vec<Message>,
@@ -411,15 +413,6 @@ impl Store {
         match self {
             Store::Memory(m) => Ok(m.list_user(user)),
             Store::Redis(r) => r.registry().list_user(user).await,
-        }
-    }
-
-    /// Refuses sends while this node could deliver out of order (Redis:
-    /// its bus subscription is down).
-    pub(crate) fn ready(&self) -> Result<()> {
-        match self {
-            Store::Memory(_) => Ok(()),
-            Store::Redis(r) => r.ready(),
         }
     }
 

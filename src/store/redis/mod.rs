@@ -136,7 +136,7 @@ impl RedisStore {
 
     /// Deaf to the bus, this node could give its streams a message before
     /// older ones it has not heard yet: refuse until it caught up.
-    pub(crate) fn ready(&self) -> Result<()> {
+    fn ready(&self) -> Result<()> {
         if *self.bus_up.borrow() {
             Ok(())
         } else {
