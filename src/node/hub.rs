@@ -206,7 +206,9 @@ impl Hub {
 
     fn finish(&self, push: Push<'_>) -> usize {
         self.drop_slow(push.failed);
-        self.metrics.messages_delivered.inc_by(push.delivered as u64);
+        self.metrics
+            .messages_delivered
+            .inc_by(push.delivered as u64);
         push.delivered
     }
 
