@@ -73,7 +73,7 @@ impl ListingSource for Registry {
         self.users_connections(users)
     }
     fn step(&self) -> usize {
-        50_000
+        100_000
     }
 }
 

@@ -25,14 +25,17 @@ fn fmt_time(t: f64) -> String {
 
 /// How many records one sweep script removes before yielding Redis to
 /// other clients.
-const SWEEP_BATCH: usize = 1000;
+const SWEEP_BATCH: usize = 250;
 
 /// Ids per script call, so one call never blocks Redis for long.
 const IDS_PER_CALL: usize = 2000;
 
+/// Records one registration MULTI writes.
+const REGISTER_PER_CALL: usize = 1000;
+
 /// Records one clear step removes (each some ten Redis writes): a step
 /// stays within a few milliseconds.
-const CLEAR_BATCH: usize = 500;
+const CLEAR_BATCH: usize = 250;
 
 /// Names one SSCAN call of a listing asks for.
 const SCAN_COUNT: usize = 1000;
@@ -101,13 +104,21 @@ impl Registry {
             .map(|_| ())
     }
 
-    /// Writes the records, each with all its keys, in one MULTI round trip.
-    /// Returns, for each record, how many connections its user has once it
-    /// is added (all nodes), so the per-user limit costs no extra round trip.
+    /// Writes the records, each with all its keys, in one MULTI round trip
+    /// per [`REGISTER_PER_CALL`] records (a node writing back a hundred
+    /// thousand streams after a clear must not hold Redis for the whole of
+    /// it). Returns, for each record, how many connections its user has
+    /// once it is added (all nodes), so the per-user limit costs no extra
+    /// round trip.
     pub(crate) async fn register(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
-        if records.is_empty() {
-            return Ok(Vec::new());
+        let mut counts = Vec::with_capacity(records.len());
+        for chunk in records.chunks(REGISTER_PER_CALL) {
+            counts.extend(self.register_chunk(chunk).await?);
         }
+        Ok(counts)
+    }
+
+    async fn register_chunk(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for r in records {
@@ -217,8 +228,15 @@ impl Registry {
     pub(crate) async fn clear(&self, began: f64) -> Result<Cleared> {
         let mut cleared = Cleared::default();
         // Users who lost a record but still had others at that step: they
-        // are counted once, when their last record goes or at the end.
-        let mut partly: HashSet<String> = HashSet::new();
+        // are counted once, when their last record goes or at the end. Kept
+        // as hashes of their names: a million records may leave half a
+        // million users here for a while.
+        let mut partly: HashSet<u64> = HashSet::new();
+        let key = |user: &str| {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(user, &mut h);
+            std::hash::Hasher::finish(&h)
+        };
         loop {
             let mut inv = self.clear.prepare_invoke();
             self.common_args(&mut inv);
@@ -231,10 +249,10 @@ impl Registry {
             while let (Some(user), Some(emptied)) = (it.next(), it.next()) {
                 cleared.connection_count += 1;
                 if emptied == "1" {
-                    partly.remove(&user);
+                    partly.remove(&key(&user));
                     cleared.user_count += 1;
                 } else {
-                    partly.insert(user);
+                    partly.insert(key(&user));
                 }
             }
             if seen < CLEAR_BATCH {
