@@ -39,43 +39,32 @@ pub(crate) trait ListingSource: Send + Sync + 'static {
     fn step(&self) -> usize;
 }
 
-impl ListingSource for Store {
-    fn names(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send {
-        self.user_names(after, limit)
-    }
-    fn details(
-        &self,
-        users: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send {
-        self.users_connections(users)
-    }
-    fn step(&self) -> usize {
-        self.listing_step()
-    }
+/// Both sources answer with the same methods of their own.
+macro_rules! listing_source {
+    ($source:ty, $step:expr) => {
+        impl ListingSource for $source {
+            fn names(
+                &self,
+                after: Option<&str>,
+                limit: usize,
+            ) -> impl Future<Output = Result<Vec<String>>> + Send {
+                self.user_names(after, limit)
+            }
+            fn details(
+                &self,
+                users: &[String],
+            ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send {
+                self.users_connections(users)
+            }
+            fn step(&self) -> usize {
+                $step(self)
+            }
+        }
+    };
 }
 
-impl ListingSource for Registry {
-    fn names(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send {
-        self.user_names(after, limit)
-    }
-    fn details(
-        &self,
-        users: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send {
-        self.users_connections(users)
-    }
-    fn step(&self) -> usize {
-        100_000
-    }
-}
+listing_source!(Store, Store::listing_step);
+listing_source!(Registry, |_: &Registry| 100_000);
 
 /// Names written per piece of `active_users`.
 const NAMES_PER_PIECE: usize = 2_000;

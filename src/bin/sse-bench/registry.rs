@@ -298,44 +298,29 @@ pub(crate) async fn run(c: Common, ask: Ask) -> Result<Value, String> {
     let old_len = config_set(&mut conn, "slowlog-max-len", "100000").await?;
     longest_call(&mut conn).await?;
 
+    let mut step = Step {
+        redis: &redis,
+        conn: &mut conn,
+        server_pid: c.server_pid,
+    };
     eprintln!("whole listing");
-    let watch = Watch::start(&redis, c.server_pid).await?;
-    let (bytes, tail, listing_s) = read_all(admin_request(
-        &http,
-        &c,
-        reqwest::Method::GET,
-        "/connections/",
-    ))
-    .await?;
-    let (listing_ping, listing_rss) = watch.finish().await;
-    let listing_call = longest_call(&mut conn).await?;
-    let listed = number_in(&tail, "total_connections");
-
-    let rss_before_page = c.server_pid.and_then(vmrss_kb);
+    let get = reqwest::Method::GET;
+    let (mut listing, tail) = step
+        .timed(admin_request(&http, &c, get.clone(), "/connections/"))
+        .await?;
+    listing["total_connections"] = json!(number_in(&tail, "total_connections"));
     eprintln!("one page of {} users", ask.page_limit);
-    let watch = Watch::start(&redis, c.server_pid).await?;
-    let (page_bytes, _, page_s) = read_all(admin_request(
-        &http,
-        &c,
-        reqwest::Method::GET,
-        &format!("/connections/?limit={}", ask.page_limit),
-    ))
-    .await?;
-    let (page_ping, page_rss) = watch.finish().await;
-    let page_call = longest_call(&mut conn).await?;
-
-    let rss_before_clear = c.server_pid.and_then(vmrss_kb);
+    let page_path = format!("/connections/?limit={}", ask.page_limit);
+    let (mut page, _) = step
+        .timed(admin_request(&http, &c, get, &page_path))
+        .await?;
+    page["limit"] = json!(ask.page_limit);
     eprintln!("full clear");
-    let watch = Watch::start(&redis, c.server_pid).await?;
-    let (_, clear_tail, clear_s) = read_all(admin_request(
-        &http,
-        &c,
-        reqwest::Method::POST,
-        "/connections/",
-    ))
-    .await?;
-    let (clear_ping, clear_rss) = watch.finish().await;
-    let clear_call = longest_call(&mut conn).await?;
+    let post = reqwest::Method::POST;
+    let (mut clear, tail) = step
+        .timed(admin_request(&http, &c, post, "/connections/"))
+        .await?;
+    clear["connection_count"] = json!(number_in(&tail, "connection_count"));
     config_set(&mut conn, "slowlog-log-slower-than", &old_slower).await?;
     config_set(&mut conn, "slowlog-max-len", &old_len).await?;
 
@@ -347,33 +332,38 @@ pub(crate) async fn run(c: Common, ask: Ask) -> Result<Value, String> {
         "stale_pct": ask.stale_pct,
         "inject_s": r3(inject_s),
         "server_rss_before_mb": rss_base.map(|kb| r3(kb as f64 / 1024.0)),
-        "listing": {
-            "seconds": r3(listing_s),
-            "bytes": bytes,
-            "total_connections": listed,
-            "longest_ping_ms": r3(listing_ping),
-            "longest_call_ms": r3(listing_call.0),
-            "longest_call": listing_call.1,
-            "rss_growth_mb": growth_mb(listing_rss, rss_base),
-        },
-        "page": {
-            "limit": ask.page_limit,
-            "seconds": r3(page_s),
-            "bytes": page_bytes,
-            "longest_ping_ms": r3(page_ping),
-            "longest_call_ms": r3(page_call.0),
-            "longest_call": page_call.1,
-            "rss_growth_mb": growth_mb(page_rss, rss_before_page),
-        },
-        "clear": {
-            "seconds": r3(clear_s),
-            "connection_count": number_in(&clear_tail, "connection_count"),
-            "longest_ping_ms": r3(clear_ping),
-            "longest_call_ms": r3(clear_call.0),
-            "longest_call": clear_call.1,
-            "rss_growth_mb": growth_mb(clear_rss, rss_before_clear),
-        },
+        "listing": listing,
+        "page": page,
+        "clear": clear,
     }))
+}
+
+/// What every timed step needs.
+struct Step<'a> {
+    redis: &'a redis::Client,
+    conn: &'a mut redis::aio::MultiplexedConnection,
+    server_pid: Option<u32>,
+}
+
+impl Step<'_> {
+    /// Sends `req` and reads its whole answer while watching Redis and the
+    /// server: the step's figures, and the answer's last bytes.
+    async fn timed(&mut self, req: reqwest::RequestBuilder) -> Result<(Value, Vec<u8>), String> {
+        let rss_before = self.server_pid.and_then(vmrss_kb);
+        let watch = Watch::start(self.redis, self.server_pid).await?;
+        let (bytes, tail, seconds) = read_all(req).await?;
+        let (ping, rss) = watch.finish().await;
+        let (call_ms, call) = longest_call(self.conn).await?;
+        let figures = json!({
+            "seconds": r3(seconds),
+            "bytes": bytes,
+            "longest_ping_ms": r3(ping),
+            "longest_call_ms": r3(call_ms),
+            "longest_call": call,
+            "rss_growth_mb": growth_mb(rss, rss_before),
+        });
+        Ok((figures, tail))
+    }
 }
 
 /// The summary lines of a registry run.
