@@ -532,6 +532,76 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    /// A node that holds these streams.
+    struct Holds(Vec<LiveConn>);
+
+    impl NodeLink for Holds {
+        fn receive(&self, _: Inbound) {}
+        fn live(&self) -> Vec<LiveConn> {
+            self.0.clone()
+        }
+        fn holds(&self, connection_id: &str) -> bool {
+            self.0.iter().any(|c| c.connection_id == connection_id)
+        }
+        fn live_count(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clear_of_many_steps_keeps_held_streams_and_counts_like_redis() {
+        let t = unix_now() - 60.0;
+        let rec = |i: usize| ConnectionRecord {
+            connection_id: format!("c{i}"),
+            username: format!("user{}", i % 900),
+            connection_time: t,
+            last_heartbeat: t,
+            node_id: String::new(),
+        };
+        let live = |i: usize| LiveConn {
+            connection_id: format!("c{i}"),
+            username: format!("user{}", i % 900),
+            connection_time: t,
+        };
+        // Every third stream is held; one held stream lost its record.
+        let mut held: Vec<LiveConn> = (0..2500).step_by(3).map(live).collect();
+        held.push(live(9999));
+        let store = MemoryStore::new(&Config::default(), Arc::new(Holds(held)));
+        for i in 0..2500 {
+            store.register(rec(i));
+        }
+        let cleared = store.clear().await;
+        // Three steps' worth, each user once, as the Redis engine counts.
+        assert_eq!(
+            cleared,
+            Cleared {
+                connection_count: 2500,
+                user_count: 900
+            }
+        );
+        let (_, total) = store.totals();
+        assert_eq!(total, (0..2500).step_by(3).count() + 1, "held streams only");
+        let names = store.user_names(None, usize::MAX);
+        let listed: HashSet<String> = store
+            .users_connections(&names)
+            .into_iter()
+            .flat_map(|(_, list)| list)
+            .map(|r| {
+                assert!(r.last_heartbeat > t, "a kept record is written back fresh");
+                r.connection_id
+            })
+            .collect();
+        let want: HashSet<String> = (0..2500)
+            .step_by(3)
+            .chain([9999])
+            .map(|i| format!("c{i}"))
+            .collect();
+        assert_eq!(listed, want);
+        // A second clear counts the written-back records: they predate it.
+        assert_eq!(store.clear().await.connection_count, want.len());
+    }
 
     fn kept(ms: u64, seq: u64) -> Kept {
         Kept {
