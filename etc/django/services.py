@@ -232,6 +232,29 @@ class SSEConnectionManager:
         ``total_connections``, ``connection_details`` (per user)."""
         return _request("GET", "/connections/")
 
+    def iter_connection_pages(self, page_size=1000):
+        """The whole registry a page at a time, users in name order, so that
+        memory stays small however many users are connected. Yields the
+        ``data`` of each page: ``active_users`` and ``connection_details``
+        of up to ``page_size`` users (1 to 10000), each with all its
+        connections; ``user_count`` and ``total_connections`` of the whole
+        registry; ``next_cursor`` (None on the last page)."""
+        cursor = ""
+        while True:
+            query = urllib.parse.urlencode({"limit": page_size, "cursor": cursor})
+            page = _request("GET", "/connections/?" + query)
+            yield page
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def iter_all_connections(self, page_size=1000):
+        """``(username, [connection details, oldest first])`` for every user,
+        in name order, read a page at a time."""
+        for page in self.iter_connection_pages(page_size):
+            for user in page["active_users"]:
+                yield user, page["connection_details"].get(user, [])
+
     def disconnect_user(self, user):
         """Closes every stream of ``user`` on every node (e.g. at logout).
         Returns ``{"connection_count": N, "user_count": M}``."""

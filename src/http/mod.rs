@@ -20,6 +20,7 @@ pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod envelope;
+pub(crate) mod listing;
 pub(crate) mod public;
 pub(crate) mod stream;
 

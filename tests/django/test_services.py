@@ -324,6 +324,37 @@ class ServicesTest(unittest.TestCase):
         second.close()
         self.assertTrue(eventually(lambda: not connection_manager.has_active_connections(erin)))
 
+    def test_connection_pages_list_every_user_once_in_name_order(self):
+        prefix = unique("pager")
+        names = [prefix + "-c", prefix + "-a", prefix + "-b"]
+        tabs = {name: self.open(name) for name in names}
+        self.open(prefix + "-a")  # a second tab of the same user
+        pages = list(connection_manager.iter_connection_pages(page_size=1))
+        self.assertGreaterEqual(len(pages), 3)
+        listed = []
+        for page in pages:
+            self.assertLessEqual(len(page["active_users"]), 1, page)
+            self.assertEqual(sorted(page["connection_details"]), page["active_users"], page)
+            self.assertIsInstance(page["user_count"], int)
+            self.assertGreaterEqual(page["total_connections"], 4)
+            listed.extend(page["active_users"])
+        self.assertIsNone(pages[-1]["next_cursor"])
+        self.assertEqual(listed, sorted(set(listed)), "name order, each user once")
+        ours = [u for u in listed if u.startswith(prefix)]
+        self.assertEqual(ours, sorted(names))
+
+        by_user = dict(connection_manager.iter_all_connections(page_size=2))
+        self.assertEqual(
+            [c["connection_id"] for c in by_user[prefix + "-b"]],
+            [tabs[prefix + "-b"].connection_id],
+        )
+        self.assertEqual(len(by_user[prefix + "-a"]), 2)
+
+        with self.assertRaises(SSENotifyError) as caught:
+            next(connection_manager.iter_connection_pages(page_size=0))
+        self.assertEqual(caught.exception.status, 400)
+        self.assertIn("limit", caught.exception.message)
+
     def test_clear_all_connections_keeps_live_streams(self):
         frank = unique("frank")
         tab = self.open(frank)

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "sse-bench",
     version,
-    about = "Load test an sse-notify deployment: hold, unicast, broadcast, churn",
+    about = "Load test an sse-notify deployment: hold, unicast, broadcast, churn, registry",
     after_help = "Prints progress and a summary on stderr and one JSON line on stdout.\n\
                   Streams connect as u0..u{users-1} (connection i is user i % users) through\n\
                   the --user-header; messages are posted to the admin API.\n\
@@ -73,6 +73,31 @@ pub(crate) enum Mode {
         #[arg(long, default_value_t = 1000)]
         grace_ms: u64,
     },
+    /// Write --records connection records into the deployment's Redis (as
+    /// a crash leaves them, --stale-pct of them stale), then time the whole
+    /// listing, one page and a full clear through the admin API, with
+    /// Redis's longest PING and the server's peak RSS (--server-pid) during
+    /// each. Streams are not opened; --users defaults to records / 2.
+    /// The clear removes every record: run it on a test deployment.
+    Registry {
+        #[command(flatten)]
+        c: Common,
+        /// The deployment's Redis (redis.url)
+        #[arg(long)]
+        redis_url: String,
+        /// The deployment's redis.key_prefix
+        #[arg(long, default_value = "sse")]
+        key_prefix: String,
+        /// Records to write
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Percent of them with an hour-old heartbeat
+        #[arg(long, default_value_t = 50.0)]
+        stale_pct: f64,
+        /// Users of the timed page
+        #[arg(long, default_value_t = 1000)]
+        page_limit: usize,
+    },
 }
 
 impl Mode {
@@ -83,6 +108,7 @@ impl Mode {
             Mode::Unicast { c, .. } => ("unicast", c),
             Mode::Broadcast { c, .. } => ("broadcast", c),
             Mode::Churn { c, .. } => ("churn", c),
+            Mode::Registry { c, .. } => ("registry", c),
         }
     }
 }

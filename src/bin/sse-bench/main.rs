@@ -2,7 +2,8 @@
 //!
 //! Modes: `hold` (open N streams, hold them), `unicast` (send M messages to
 //! random users), `broadcast` (K broadcasts), `churn` (a share of the streams
-//! closed and reopened every second while messages flow). Streams are opened
+//! closed and reopened every second while messages flow), `registry` (a
+//! large registry written into Redis, then its listing and clear timed). Streams are opened
 //! on the public listener as `u{i % users}` (header auth); messages go through
 //! the admin API (`POST {base}/send/`) with the payload
 //! `{"seq":n,"ts_ns":t}`, `t` being nanoseconds on a monotonic clock shared by
@@ -18,6 +19,7 @@ mod cli;
 mod clock;
 mod figures;
 mod modes;
+mod registry;
 mod report;
 mod run;
 mod sampling;

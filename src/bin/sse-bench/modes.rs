@@ -40,6 +40,23 @@ pub(crate) async fn run(mode: Mode) -> Result<Value, String> {
             publishers,
             grace_ms,
         } => churn(c, reconnect_pct, send_rate, publishers, grace_ms).await,
+        Mode::Registry {
+            c,
+            redis_url,
+            key_prefix,
+            records,
+            stale_pct,
+            page_limit,
+        } => {
+            let ask = crate::registry::Ask {
+                redis_url,
+                key_prefix,
+                records,
+                stale_pct,
+                page_limit,
+            };
+            crate::registry::run(c, ask).await
+        }
     }
 }
 

@@ -20,6 +20,9 @@ pub(crate) fn human(v: &Value) {
 
 /// The lines of the summary: those of the mode's own sections only.
 fn summary(v: &Value) -> Vec<String> {
+    if v["mode"] == "registry" {
+        return crate::registry::summary(v);
+    }
     let mut out = Vec::new();
     out.push(format!(
         "=== sse-bench {} ===",
