@@ -13,6 +13,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::auth::{admin_allowed, validate_username};
+use super::console::{self, ConsoleRoute};
 use super::envelope::{self, ApiError};
 use super::App;
 use crate::node::router::Outgoing;
@@ -28,6 +29,8 @@ pub(crate) enum AdminRoute {
     Cleanup,
     Healthz,
     Metrics,
+    /// `{base}/admin/...`: the console ([`console`]).
+    Console(ConsoleRoute),
 }
 
 impl AdminRoute {
@@ -41,6 +44,9 @@ impl AdminRoute {
             AdminRoute::Cleanup => "cleanup",
             AdminRoute::Healthz => "healthz",
             AdminRoute::Metrics => "metrics",
+            AdminRoute::Console(ConsoleRoute::Asset(_)) => "console",
+            AdminRoute::Console(ConsoleRoute::Events) => "console_events",
+            AdminRoute::Console(ConsoleRoute::User(_)) => "console_user",
         }
     }
 
@@ -49,7 +55,7 @@ impl AdminRoute {
             AdminRoute::Send | AdminRoute::SendBatch | AdminRoute::Cleanup => &[Method::POST],
             AdminRoute::Connections => &[Method::GET, Method::POST],
             AdminRoute::UserConnections(_) => &[Method::GET, Method::DELETE],
-            AdminRoute::Healthz | AdminRoute::Metrics => &[Method::GET],
+            AdminRoute::Healthz | AdminRoute::Metrics | AdminRoute::Console(_) => &[Method::GET],
         }
     }
 }
@@ -80,6 +86,9 @@ pub(crate) fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
         "/send/batch" => Some(AdminRoute::SendBatch),
         "/connections" => Some(AdminRoute::Connections),
         "/cleanup" => Some(AdminRoute::Cleanup),
+        _ if rest == "/admin" || rest.starts_with("/admin/") => {
+            console::parse(&rest["/admin".len()..]).map(AdminRoute::Console)
+        }
         _ => {
             let user = rest.strip_prefix("/connections/")?;
             if user.is_empty() || user.contains('/') {
@@ -123,7 +132,7 @@ pub(crate) fn routes(
 }
 
 async fn dispatch<S, B>(
-    app: &App,
+    app: &Arc<App>,
     route: Option<AdminRoute>,
     method: Method,
     headers: &HeaderMap,
@@ -138,9 +147,14 @@ where
     // not even a 401 that tells it the listener exists behind that name.
     check_host(&config.api.allowed_hosts, headers)?;
     check_origin(&config.api.allowed_origins, headers)?;
-    // The token guards every request but /healthz, unknown routes too, so
+    // The token guards every request but /healthz and the console's page
+    // (which holds no data and asks for the token), unknown routes too, so
     // an anonymous caller learns nothing about what exists.
-    if route != Some(AdminRoute::Healthz) && !admin_allowed(config.api.token.expose(), headers) {
+    let open = matches!(
+        route,
+        Some(AdminRoute::Healthz | AdminRoute::Console(ConsoleRoute::Asset(_)))
+    );
+    if !open && !admin_allowed(config.api.token.expose(), headers) {
         let mut resp =
             ApiError::unauthorized("missing or wrong bearer token (api.token)").into_response();
         resp.headers_mut().insert(
@@ -157,6 +171,15 @@ where
     }
     match (route, method) {
         (AdminRoute::Healthz, _) => Ok(healthz(app).await),
+        (AdminRoute::Console(ConsoleRoute::Asset(which)), _) => {
+            Ok(console::asset(which, &config.server.base_path))
+        }
+        (AdminRoute::Console(ConsoleRoute::Events), _) => Ok(console::events(app.clone())),
+        (AdminRoute::Console(ConsoleRoute::User(user)), _) => {
+            validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
+            let list = app.router.list_user(&user).await?;
+            Ok(envelope::ok(&console::user_json(&user, &list)))
+        }
         (AdminRoute::Metrics, _) => {
             let (text, content_type) = if wants_openmetrics(headers) {
                 (
@@ -618,6 +641,24 @@ mod tests {
         assert_eq!(parse_route(b, "/notificationsx/send"), None);
         assert_eq!(parse_route(b, "/notifications/stream/"), None);
         assert_eq!(parse_route("", "/send/"), Some(AdminRoute::Send));
+        assert_eq!(
+            parse_route(b, "/notifications/admin/"),
+            Some(AdminRoute::Console(ConsoleRoute::Asset(
+                console::Asset::Page
+            )))
+        );
+        assert_eq!(
+            parse_route(b, "/notifications/admin"),
+            Some(AdminRoute::Console(ConsoleRoute::Asset(
+                console::Asset::Page
+            )))
+        );
+        assert_eq!(
+            parse_route(b, "/notifications/admin/events"),
+            Some(AdminRoute::Console(ConsoleRoute::Events))
+        );
+        assert_eq!(parse_route(b, "/notifications/administrator"), None);
+        assert_eq!(parse_route(b, "/admin/"), None);
     }
 
     #[test]

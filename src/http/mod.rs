@@ -19,6 +19,7 @@ use auth::Authenticator;
 pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;
+pub(crate) mod console;
 pub(crate) mod envelope;
 pub(crate) mod public;
 pub(crate) mod stream;
@@ -39,6 +40,8 @@ pub(crate) struct App {
     pub fd_cap: usize,
     /// One log line per interval for refused streams, however many.
     pub refusals: std::sync::Mutex<crate::throttle::LogThrottle>,
+    /// The admin console's samples and live ticks.
+    pub console: console::Console,
 }
 
 pub(crate) struct AppParts {
@@ -68,6 +71,7 @@ impl App {
             refusals: std::sync::Mutex::new(crate::throttle::LogThrottle::new(
                 std::time::Duration::from_secs(10),
             )),
+            console: console::Console::default(),
         }
     }
 

@@ -340,6 +340,12 @@ impl MemoryStore {
         out
     }
 
+    /// (users, connections) in the registry.
+    pub(crate) fn totals(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.users.len(), st.conns.len())
+    }
+
     pub(crate) fn list_user(&self, user: &str) -> Vec<ConnectionRecord> {
         let st = self.lock();
         let mut list: Vec<ConnectionRecord> = st
