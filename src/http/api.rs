@@ -47,6 +47,7 @@ impl AdminRoute {
             AdminRoute::Console(ConsoleRoute::Asset(_)) => "console",
             AdminRoute::Console(ConsoleRoute::Events) => "console_events",
             AdminRoute::Console(ConsoleRoute::User(_)) => "console_user",
+            AdminRoute::Console(ConsoleRoute::Users) => "console_users",
         }
     }
 
@@ -112,17 +113,20 @@ pub(crate) fn routes(
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::body::stream())
         .then(
             |app: Arc<App>,
              method: Method,
              path: warp::path::FullPath,
              headers: HeaderMap,
+             query: String,
              body| async move {
                 let config = app.config();
                 let route = parse_route(&config.server.base_path, path.as_str());
                 let label = route.as_ref().map_or("unknown", AdminRoute::label);
-                let resp = envelope::respond(dispatch(&app, route, method, &headers, body).await);
+                let resp =
+                    envelope::respond(dispatch(&app, route, method, &headers, &query, body).await);
                 app.metrics.http(label, resp.status().as_u16());
                 resp
             },
@@ -136,6 +140,7 @@ async fn dispatch<S, B>(
     route: Option<AdminRoute>,
     method: Method,
     headers: &HeaderMap,
+    query: &str,
     body: S,
 ) -> Result<Response, ApiError>
 where
@@ -175,6 +180,10 @@ where
             Ok(console::asset(which, &config.server.base_path))
         }
         (AdminRoute::Console(ConsoleRoute::Events), _) => Ok(console::events(app.clone())),
+        (AdminRoute::Console(ConsoleRoute::Users), _) => {
+            let asked = console::UsersQuery::parse(query)?;
+            Ok(envelope::ok(&console::users(app, &asked).await?))
+        }
         (AdminRoute::Console(ConsoleRoute::User(user)), _) => {
             validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
             let list = app.router.list_user(&user).await?;

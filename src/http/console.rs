@@ -20,6 +20,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
+use super::envelope::ApiError;
 use super::App;
 use crate::store::nodes::NodeStatus;
 use crate::store::{unix_now, ConnectionRecord};
@@ -47,6 +48,9 @@ pub(crate) enum Asset {
 pub(crate) enum ConsoleRoute {
     Asset(Asset),
     Events,
+    /// One page of users with their connection counts, by name, optionally
+    /// only the names that start with a prefix (the console's search).
+    Users,
     /// A user's connections with the node holding each (the API's listing
     /// leaves the node out: its shape is fixed).
     User(String),
@@ -58,6 +62,7 @@ pub(crate) fn parse(rest: &str) -> Option<ConsoleRoute> {
         "/console.js" => Some(ConsoleRoute::Asset(Asset::Script)),
         "/console.css" => Some(ConsoleRoute::Asset(Asset::Style)),
         "/events" => Some(ConsoleRoute::Events),
+        "/users" => Some(ConsoleRoute::Users),
         _ => {
             let user = rest.strip_prefix("/connections/")?;
             if user.is_empty() || user.contains('/') {
@@ -335,6 +340,92 @@ pub(crate) fn user_json(user: &str, list: &[ConnectionRecord]) -> serde_json::Va
     json!({"username": user, "connection_count": list.len(), "connections": connections})
 }
 
+/// Users per page when the page does not say.
+const USERS_PAGE: usize = 50;
+const USERS_PAGE_MAX: usize = 500;
+
+/// `?prefix=P&cursor=C&limit=N` of the console's user list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct UsersQuery {
+    pub prefix: String,
+    /// The page starts after this username (the cursor, decoded).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl UsersQuery {
+    pub(crate) fn parse(query: &str) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+        let mut q = UsersQuery {
+            limit: USERS_PAGE,
+            ..Default::default()
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "prefix" => q.prefix = value,
+                "cursor" if value.is_empty() => q.after = None,
+                "cursor" => {
+                    q.after =
+                        Some(unhex(&value).ok_or_else(|| {
+                            ApiError::bad_request("cursor: not one this list gave")
+                        })?)
+                }
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=USERS_PAGE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit: a whole number from 1 to {USERS_PAGE_MAX}"
+                            ))
+                        })?
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// One page of users (name, connection count) after the cursor whose
+/// names start with the prefix, and the next page's cursor.
+pub(crate) async fn users(app: &App, q: &UsersQuery) -> Result<serde_json::Value, ApiError> {
+    let all = app.router.list_all().await?;
+    let mut page: Vec<(String, usize)> = all
+        .iter()
+        .filter(|(u, _)| q.after.as_ref().is_none_or(|a| *u > a))
+        .filter(|(u, _)| u.starts_with(&q.prefix))
+        .take(q.limit + 1)
+        .map(|(u, list)| (u.clone(), list.len()))
+        .collect();
+    let next = (page.len() > q.limit).then(|| {
+        page.truncate(q.limit);
+        page.last().map(|(u, _)| hex(u))
+    });
+    let users: Vec<_> = page
+        .iter()
+        .map(|(u, n)| json!({"username": u, "connection_count": n}))
+        .collect();
+    Ok(json!({"users": users, "next_cursor": next.flatten()}))
+}
+
 fn frame(event: &str, data: &str) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
@@ -429,6 +520,23 @@ mod tests {
             live_streams: live,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn users_query() {
+        let q = UsersQuery::parse("prefix=al&cursor=616c&limit=20").unwrap();
+        assert_eq!(
+            q,
+            UsersQuery {
+                prefix: "al".into(),
+                after: Some("al".into()),
+                limit: 20
+            }
+        );
+        assert_eq!(UsersQuery::parse("").unwrap().limit, USERS_PAGE);
+        assert!(UsersQuery::parse("limit=0").is_err());
+        assert!(UsersQuery::parse("cursor=zz").is_err());
+        assert_eq!(unhex(&hex("alé")), Some("alé".into()));
     }
 
     #[test]
