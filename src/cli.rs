@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::config::{self, Config};
+use crate::http::listing::{ListingJson, ListingSource};
 use crate::store::redis::{publish_resync, Keys, Registry, SharedConn};
-use crate::store::{unix_now, ConnectionRecord, Listing, Removed, StoreError};
+use crate::store::{unix_now, Cleared, ConnectionRecord, Removed, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -161,7 +162,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 let body = serde_json::json!({ "timeout": timeout });
                 removed_from(&admin_call(&config, Method::POST, "/cleanup/", Some(body)).await?)
             };
-            print_removed(&removed, json, true);
+            print_removed(&removed, json);
             Ok(())
         }
         Command::Clear { force, json } => {
@@ -171,76 +172,36 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                         .into(),
                 ));
             }
-            let removed = if config.uses_redis() {
+            let cleared = if config.uses_redis() {
                 let registry = connect(&config).await?;
-                let removed = registry.clear().await?;
+                let cleared = registry.clear(unix_now()).await?;
                 publish_resync(&registry).await.map_err(|e| {
                     CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))
                 })?;
-                removed
+                cleared
             } else {
-                removed_from(&admin_call(&config, Method::POST, "/connections/", None).await?)
+                let data = admin_call(&config, Method::POST, "/connections/", None).await?;
+                Cleared {
+                    connection_count: data["connection_count"].as_u64().unwrap_or(0) as usize,
+                    user_count: data["user_count"].as_u64().unwrap_or(0) as usize,
+                }
             };
-            print_removed(&removed, json, false);
+            print_counts(cleared.connection_count, cleared.user_count, None, json);
             Ok(())
         }
-        Command::Connections { user, json } => {
-            if let Some(user) = &user {
-                crate::http::auth::validate_username(user)
-                    .map_err(|e| CliError::Usage(format!("USER: {e}")))?;
-            }
-            let all = if config.uses_redis() {
+        Command::Connections { user, json } => match user {
+            Some(user) => connections_of(&config, &user, json).await,
+            None if config.uses_redis() => {
                 let registry = connect(&config).await?;
-                match &user {
-                    Some(u) => {
-                        let list = registry.list_user(u).await?;
-                        let mut one = Listing::new();
-                        one.insert(u.clone(), list);
-                        one
-                    }
-                    None => registry.list_all().await?,
-                }
-            } else {
-                let path = match &user {
-                    Some(u) => format!(
-                        "/connections/{}/",
-                        percent_encoding::utf8_percent_encode(
-                            u,
-                            percent_encoding::NON_ALPHANUMERIC
-                        )
-                    ),
-                    None => "/connections/".to_string(),
-                };
-                let data = admin_call(&config, Method::GET, &path, None).await?;
-                listing_from(&data, user.as_deref(), &answering_node_id(&config).await?)?
-            };
-            match user {
-                Some(user) => {
-                    let list = all.get(&user).map(Vec::as_slice).unwrap_or_default();
-                    if json {
-                        println!("{}", crate::http::api::user_json(&user, list));
-                    } else {
-                        println!("{user}: {} connection{}", list.len(), plural(list.len()));
-                        print_table(list.iter());
-                    }
-                }
-                None => {
-                    if json {
-                        println!("{}", crate::http::api::connections_json(&all));
-                    } else {
-                        let total: usize = all.values().map(Vec::len).sum();
-                        println!(
-                            "{total} connection{} of {} user{}",
-                            plural(total),
-                            all.len(),
-                            plural(all.len())
-                        );
-                        print_table(all.values().flatten());
-                    }
+                if json {
+                    print_listing_json(ListingJson::new(registry)).await
+                } else {
+                    print_pages_from_redis(&registry).await
                 }
             }
-            Ok(())
-        }
+            None if json => print_listing_json_from_node(&config).await,
+            None => print_pages_from_node(&config).await,
+        },
         Command::Send {
             batch: Some(file),
             json,
@@ -294,28 +255,37 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-fn print_removed(removed: &Removed, json: bool, with_ids: bool) {
+fn print_removed(removed: &Removed, json: bool) {
+    print_counts(
+        removed.connection_count(),
+        removed.user_count(),
+        Some(&removed.connection_ids),
+        json,
+    );
+}
+
+fn print_counts(connections: usize, users: usize, ids: Option<&[String]>, json: bool) {
     if json {
         let mut v = serde_json::json!({
-            "connection_count": removed.connection_count(),
-            "user_count": removed.user_count(),
+            "connection_count": connections,
+            "user_count": users,
         });
-        if with_ids {
-            v["connection_ids"] = serde_json::json!(removed.connection_ids);
+        if let Some(ids) = ids {
+            v["connection_ids"] = serde_json::json!(ids);
         }
         println!("{v}");
     } else {
         println!(
-            "removed {} connection{} of {} user{}",
-            removed.connection_count(),
-            plural(removed.connection_count()),
-            removed.user_count(),
-            plural(removed.user_count())
+            "removed {connections} connection{} of {users} user{}",
+            plural(connections),
+            plural(users)
         );
     }
 }
 
-fn print_table<'a>(records: impl Iterator<Item = &'a ConnectionRecord>) {
+/// Prints the records as a table; with `header_too`, the column names
+/// first (a listing printed page by page names them once).
+fn print_table<'a>(records: impl Iterator<Item = &'a ConnectionRecord>, header_too: bool) {
     let now = unix_now();
     let rows: Vec<[String; 5]> = records
         .map(|r| {
@@ -352,10 +322,160 @@ fn print_table<'a>(records: impl Iterator<Item = &'a ConnectionRecord>) {
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(header);
+    if header_too {
+        line(header);
+    }
     for row in &rows {
         line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
     }
+}
+
+/// `connections USER`: one user's records.
+async fn connections_of(config: &Config, user: &str, json: bool) -> Result<(), CliError> {
+    crate::http::auth::validate_username(user)
+        .map_err(|e| CliError::Usage(format!("USER: {e}")))?;
+    let list = if config.uses_redis() {
+        connect(config).await?.list_user(user).await?
+    } else {
+        let path = format!(
+            "/connections/{}/",
+            percent_encoding::utf8_percent_encode(user, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let data = admin_call(config, Method::GET, &path, None).await?;
+        records_from(&data["connections"], &answering_node_id(config).await?)?
+    };
+    if json {
+        println!("{}", crate::http::api::user_json(user, &list));
+    } else {
+        println!("{user}: {} connection{}", list.len(), plural(list.len()));
+        print_table(list.iter(), true);
+    }
+    Ok(())
+}
+
+/// Users per page the CLI reads and prints at a time.
+const CLI_PAGE: usize = 1_000;
+
+fn print_totals(users: usize, total: usize) {
+    println!(
+        "{total} connection{} of {users} user{}",
+        plural(total),
+        plural(users)
+    );
+}
+
+/// The whole registry from Redis, a page of users at a time, each page
+/// printed as soon as it is read.
+async fn print_pages_from_redis(registry: &Registry) -> Result<(), CliError> {
+    let (users, total) = registry.totals().await?;
+    print_totals(users, total);
+    let mut after: Option<String> = None;
+    let mut header = true;
+    loop {
+        let names = registry.user_names(after.as_deref(), CLI_PAGE).await?;
+        let page = registry.users_connections(&names).await?;
+        print_table(page.iter().flat_map(|(_, list)| list), header);
+        header &= page.is_empty();
+        if names.len() < CLI_PAGE {
+            return Ok(());
+        }
+        after = names.last().cloned();
+    }
+}
+
+/// The whole registry from the node's paged listing, each page printed
+/// as soon as it arrives.
+async fn print_pages_from_node(config: &Config) -> Result<(), CliError> {
+    let node_id = answering_node_id(config).await?;
+    let mut cursor = String::new();
+    let mut header = true;
+    loop {
+        let path = format!("/connections/?limit={CLI_PAGE}&cursor={cursor}");
+        let data = admin_call(config, Method::GET, &path, None).await?;
+        if header {
+            print_totals(
+                data["user_count"].as_u64().unwrap_or(0) as usize,
+                data["total_connections"].as_u64().unwrap_or(0) as usize,
+            );
+        }
+        let mut records = Vec::new();
+        if let Some(details) = data["connection_details"].as_object() {
+            for list in details.values() {
+                records.extend(records_from(list, &node_id)?);
+            }
+        }
+        print_table(records.iter(), header);
+        header &= records.is_empty();
+        match data["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => return Ok(()),
+        }
+    }
+}
+
+async fn print_listing_json<S: ListingSource>(mut json: ListingJson<S>) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(piece) = json.next_piece().await? {
+        out.write_all(piece.as_bytes())
+            .map_err(|e| CliError::Runtime(format!("stdout: {e}")))?;
+    }
+    writeln!(out).map_err(|e| CliError::Runtime(format!("stdout: {e}")))
+}
+
+/// `connections --json` through the node: its streamed listing, copied
+/// to stdout as it arrives without the envelope around the `data` object.
+async fn print_listing_json_from_node(config: &Config) -> Result<(), CliError> {
+    use std::io::Write;
+    const HEAD: &[u8] = b"{\"code\":200,\"data\":";
+    let url = format!(
+        "{}{}/connections/",
+        admin_root(config),
+        config.server.base_path
+    );
+    let mut req = admin_client()?.get(&url);
+    if !config.api.token.is_empty() {
+        req = req.bearer_auth(config.api.token.expose());
+    }
+    let mut resp = req.send().await.map_err(|e| {
+        CliError::Runtime(format!(
+            "no sse-notify node answers at {url} (server.admin_listen): {e}"
+        ))
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let answer: Value = resp.json().await.unwrap_or_default();
+        return Err(error_answer(status, &answer, "/connections/"));
+    }
+    let cut = |e: &dyn std::fmt::Display| CliError::Runtime(format!("listing from {url}: {e}"));
+    let mut out = std::io::stdout().lock();
+    // The envelope's head is skipped and its last byte (the envelope's
+    // closing brace) held back until the body ends.
+    let mut head = Vec::new();
+    let mut held: Option<u8> = None;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| cut(&e))? {
+        let mut chunk = &chunk[..];
+        if head.len() < HEAD.len() {
+            let take = (HEAD.len() - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if head.len() == HEAD.len() && head != HEAD {
+                return Err(cut(&"not a listing"));
+            }
+        }
+        let Some((&last, body)) = chunk.split_last() else {
+            continue;
+        };
+        if let Some(b) = held.take() {
+            out.write_all(&[b]).map_err(|e| cut(&e))?;
+        }
+        out.write_all(body).map_err(|e| cut(&e))?;
+        held = Some(last);
+    }
+    if held != Some(b'}') {
+        return Err(cut(&"the answer ended early"));
+    }
+    writeln!(out).map_err(|e| cut(&e))
 }
 
 async fn send(
@@ -520,19 +640,21 @@ async fn admin_call(
         .await
         .map_err(|e| CliError::Runtime(format!("bad answer from {url}: {e}")))?;
     if !status.is_success() {
-        let message = answer["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .to_string();
-        let what = path.trim_matches('/').split('/').next().unwrap_or(path);
-        let message = format!("{what} failed ({}): {message}", status.as_u16());
-        return Err(if status.is_client_error() && status.as_u16() != 401 {
-            CliError::Usage(message)
-        } else {
-            CliError::Runtime(message)
-        });
+        return Err(error_answer(status, &answer, path));
     }
     Ok(answer["data"].take())
+}
+
+/// An error envelope as one line, with the exit code it leads to.
+fn error_answer(status: reqwest::StatusCode, answer: &Value, path: &str) -> CliError {
+    let message = answer["message"].as_str().unwrap_or("no message");
+    let what = path.trim_matches('/').split('/').next().unwrap_or(path);
+    let message = format!("{what} failed ({}): {message}", status.as_u16());
+    if status.is_client_error() && status.as_u16() != 401 {
+        CliError::Usage(message)
+    } else {
+        CliError::Runtime(message)
+    }
 }
 
 /// The counts of a clear or cleanup answer.
@@ -553,11 +675,10 @@ fn removed_from(data: &Value) -> Removed {
     removed
 }
 
-/// A listing answer (`connections/` or `connections/{user}/`) back into
+/// Records of a listing answer (a user's `connections` list) back into
 /// records; the embedded engine has one node, the one that answered
 /// (`node_id` is its id).
-fn listing_from(data: &Value, user: Option<&str>, node_id: &str) -> Result<Listing, CliError> {
-    let bad = |e: serde_json::Error| CliError::Runtime(format!("bad listing from the node: {e}"));
+fn records_from(list: &Value, node_id: &str) -> Result<Vec<ConnectionRecord>, CliError> {
     #[derive(serde::Deserialize)]
     struct Row {
         connection_id: String,
@@ -565,31 +686,16 @@ fn listing_from(data: &Value, user: Option<&str>, node_id: &str) -> Result<Listi
         connection_time: f64,
         last_heartbeat: f64,
     }
-    let to_records = |rows: Vec<Row>| -> Vec<ConnectionRecord> {
-        rows.into_iter()
-            .map(|r| ConnectionRecord {
-                connection_id: r.connection_id,
-                username: r.username,
-                connection_time: r.connection_time,
-                last_heartbeat: r.last_heartbeat,
-                node_id: node_id.to_string(),
-            })
-            .collect()
-    };
-    let mut all = Listing::new();
-    match user {
-        Some(u) => {
-            let rows: Vec<Row> =
-                serde_json::from_value(data["connections"].clone()).map_err(bad)?;
-            all.insert(u.to_string(), to_records(rows));
-        }
-        None => {
-            let details: std::collections::BTreeMap<String, Vec<Row>> =
-                serde_json::from_value(data["connection_details"].clone()).map_err(bad)?;
-            for (u, rows) in details {
-                all.insert(u, to_records(rows));
-            }
-        }
-    }
-    Ok(all)
+    let rows: Vec<Row> = serde_json::from_value(list.clone())
+        .map_err(|e| CliError::Runtime(format!("bad listing from the node: {e}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ConnectionRecord {
+            connection_id: r.connection_id,
+            username: r.username,
+            connection_time: r.connection_time,
+            last_heartbeat: r.last_heartbeat,
+            node_id: node_id.to_string(),
+        })
+        .collect())
 }

@@ -163,8 +163,8 @@ impl Daemon {
         if startup_clear {
             let removed = app.router.clear().await?;
             tracing::info!(
-                connections = removed.connection_count(),
-                users = removed.user_count(),
+                connections = removed.connection_count,
+                users = removed.user_count,
                 "startup clear"
             );
         }

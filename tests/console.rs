@@ -552,6 +552,49 @@ on_both_engines! {
         assert_eq!(body["data"]["users"], json!([{"username": "carol", "connection_count": 1}]), "{body}");
     }
 
+    async fn console_user_search_pages_by_prefix(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let mut tabs = Vec::new();
+        for user in ["al", "albert", "alice", "alina", "bob", "ak"] {
+            tabs.push(SseClient::connect(&node, user).await);
+        }
+        let (_second_tab, _) = SseClient::connect(&node, "alice").await;
+        // Every page of a search, by the cursors the console is given.
+        let search = |prefix: &'static str, limit: usize| {
+            let base = node.admin_url("/notifications/admin/users");
+            async move {
+                let mut pages = Vec::new();
+                let mut cursor = String::new();
+                loop {
+                    let url = format!("{base}?prefix={prefix}&limit={limit}&cursor={cursor}");
+                    let resp = with_token(reqwest::Method::GET, &url, None, None).await;
+                    let data = ok_json(resp, &url).await["data"].clone();
+                    let page: Vec<(String, u64)> = data["users"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|u| (u["username"].as_str().unwrap().to_string(), u["connection_count"].as_u64().unwrap()))
+                        .collect();
+                    pages.push(page);
+                    match data["next_cursor"].as_str() {
+                        Some(next) => cursor = next.to_string(),
+                        None => return pages,
+                    }
+                    assert!(pages.len() < 10, "no end to the pages of {prefix}: {pages:?}");
+                }
+            }
+        };
+        let pages = search("al", 2).await;
+        let names: Vec<Vec<&str>> = pages.iter().map(|p| p.iter().map(|(u, _)| u.as_str()).collect()).collect();
+        assert_eq!(names, vec![vec!["al", "albert"], vec!["alice", "alina"]], "{pages:?}");
+        assert_eq!(pages[1][0].1, 2, "alice's two connections: {pages:?}");
+        let pages = search("", 4).await;
+        let all: Vec<&str> = pages.iter().flatten().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(all, ["ak", "al", "albert", "alice", "alina", "bob"], "{pages:?}");
+        assert_eq!(search("zed", 3).await, vec![Vec::new()]);
+        assert_eq!(search("b", 1).await.concat(), [("bob".to_string(), 1)]);
+    }
+
     async fn console_is_not_on_the_public_listener(env: Env) {
         let node = TestNode::start(env.config()).await;
         for path in ["/notifications/admin/", "/notifications/admin/events", "/notifications/admin/console.js"] {

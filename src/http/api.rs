@@ -15,9 +15,10 @@ use warp::Filter;
 use super::auth::{admin_allowed, validate_username};
 use super::console::{self, ConsoleRoute};
 use super::envelope::{self, ApiError};
+use super::listing;
 use super::App;
 use crate::node::router::Outgoing;
-use crate::store::{ConnectionRecord, Listing, Removed};
+use crate::store::{Cleared, ConnectionRecord, Cursor, Page, Removed, MAX_PAGE};
 
 /// The admin routes, relative to `server.base_path`.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,8 +126,13 @@ pub(crate) fn routes(
                 let config = app.config();
                 let route = parse_route(&config.server.base_path, path.as_str());
                 let label = route.as_ref().map_or("unknown", AdminRoute::label);
-                let resp =
-                    envelope::respond(dispatch(&app, route, method, &headers, &query, body).await);
+                let req = Req {
+                    route,
+                    method,
+                    headers: &headers,
+                    query: &query,
+                };
+                let resp = envelope::respond(dispatch(&app, req, body).await);
                 app.metrics.http(label, resp.status().as_u16());
                 resp
             },
@@ -135,18 +141,26 @@ pub(crate) fn routes(
         .unify()
 }
 
-async fn dispatch<S, B>(
-    app: &Arc<App>,
+/// What a request asks, but its body.
+struct Req<'a> {
     route: Option<AdminRoute>,
     method: Method,
-    headers: &HeaderMap,
-    query: &str,
-    body: S,
-) -> Result<Response, ApiError>
+    headers: &'a HeaderMap,
+    /// The raw query string ("" when there is none).
+    query: &'a str,
+}
+
+async fn dispatch<S, B>(app: &Arc<App>, req: Req<'_>, body: S) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
 {
+    let Req {
+        route,
+        method,
+        headers,
+        query,
+    } = req;
     let config = app.config();
     // Before the token: a page in the operator's browser must get nothing,
     // not even a 401 that tells it the listener exists behind that name.
@@ -227,13 +241,24 @@ where
             let results = app.router.send(msgs, &config.history).await?;
             Ok(envelope::ok(&json!({ "results": results })))
         }
-        (AdminRoute::Connections, Method::GET) => {
-            let all = app.router.list_all().await?;
-            Ok(envelope::ok(&connections_json(&all)))
-        }
+        (AdminRoute::Connections, Method::GET) => match parse_paging(query)? {
+            Some((cursor, limit)) => {
+                let page = app.router.list_page(cursor.as_ref(), limit).await?;
+                Ok(envelope::ok(&page_json(&page)))
+            }
+            None => {
+                let body = listing::body(app.router.store().clone()).await?;
+                let mut resp = warp::Reply::into_response(warp::reply::stream(body));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    warp::http::HeaderValue::from_static("application/json"),
+                );
+                Ok(resp)
+            }
+        },
         (AdminRoute::Connections, _) => {
-            let removed = app.router.clear().await?;
-            Ok(envelope::ok(&counts(&removed)))
+            let cleared: Cleared = app.router.clear().await?;
+            Ok(envelope::ok(&cleared))
         }
         (AdminRoute::UserConnections(user), Method::GET) => {
             validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
@@ -608,13 +633,62 @@ fn counts(removed: &Removed) -> Value {
     json!({"connection_count": removed.connection_count(), "user_count": removed.user_count()})
 }
 
-pub(crate) fn connections_json(all: &Listing) -> Value {
-    let total: usize = all.values().map(Vec::len).sum();
+/// Users per page when a cursor comes without a `limit`.
+const DEFAULT_PAGE: usize = 1_000;
+
+/// `?limit=N&cursor=C`: `None` when neither is given (the whole listing);
+/// an empty cursor is the first page.
+pub(crate) fn parse_paging(query: &str) -> Result<Option<(Option<Cursor>, usize)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+    let mut limit = None;
+    let mut cursor = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "limit" => limit = Some(value),
+            "cursor" => cursor = Some(value),
+            _ => {}
+        }
+    }
+    if limit.is_none() && cursor.is_none() {
+        return Ok(None);
+    }
+    let limit = match limit {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit: must be a whole number from 1 to {MAX_PAGE}"
+                ))
+            })?,
+    };
+    let cursor = match cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(
+            text.parse::<Cursor>()
+                .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?,
+        ),
+    };
+    Ok(Some((cursor, limit)))
+}
+
+/// The `data` of one page: the unpaged shape for the page's users, the
+/// registry-wide counts, and `next_cursor`.
+pub(crate) fn page_json(page: &Page) -> Value {
+    let details: Map<String, Value> = page
+        .users
+        .iter()
+        .map(|(user, list)| (user.clone(), json!(list)))
+        .collect();
     json!({
-        "active_users": all.keys().collect::<Vec<_>>(),
-        "user_count": all.len(),
-        "total_connections": total,
-        "connection_details": all,
+        "active_users": page.users.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+        "user_count": page.user_count,
+        "total_connections": page.total_connections,
+        "connection_details": details,
+        "next_cursor": page.next.as_ref().map(ToString::to_string),
     })
 }
 

@@ -23,7 +23,7 @@ use warp::Reply;
 use super::envelope::ApiError;
 use super::App;
 use crate::store::nodes::NodeStatus;
-use crate::store::{unix_now, ConnectionRecord};
+use crate::store::{unix_now, ConnectionRecord, Cursor};
 
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/console.js");
@@ -348,8 +348,8 @@ const USERS_PAGE_MAX: usize = 500;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct UsersQuery {
     pub prefix: String,
-    /// The page starts after this username (the cursor, decoded).
-    pub after: Option<String>,
+    /// The page starts after this username.
+    pub after: Option<Cursor>,
     pub limit: usize,
 }
 
@@ -366,10 +366,11 @@ impl UsersQuery {
                 "prefix" => q.prefix = value,
                 "cursor" if value.is_empty() => q.after = None,
                 "cursor" => {
-                    q.after =
-                        Some(unhex(&value).ok_or_else(|| {
-                            ApiError::bad_request("cursor: not one this list gave")
-                        })?)
+                    q.after = Some(
+                        value
+                            .parse::<Cursor>()
+                            .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?,
+                    )
                 }
                 "limit" => {
                     q.limit = value
@@ -389,41 +390,55 @@ impl UsersQuery {
     }
 }
 
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes = (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
-
-/// One page of users (name, connection count) after the cursor whose
-/// names start with the prefix, and the next page's cursor.
+/// One page of users (name, connection count) whose names start with the
+/// prefix, after the cursor, through the registry's paged listing; and the
+/// next page's cursor. Names are in order, so the ones with a prefix are
+/// one run: the exact name first, then the names after it, until one does
+/// not start with it.
 pub(crate) async fn users(app: &App, q: &UsersQuery) -> Result<serde_json::Value, ApiError> {
-    let all = app.router.list_all().await?;
-    let mut page: Vec<(String, usize)> = all
-        .iter()
-        .filter(|(u, _)| q.after.as_ref().is_none_or(|a| *u > a))
-        .filter(|(u, _)| u.starts_with(&q.prefix))
-        .take(q.limit + 1)
-        .map(|(u, list)| (u.clone(), list.len()))
-        .collect();
-    let next = (page.len() > q.limit).then(|| {
-        page.truncate(q.limit);
-        page.last().map(|(u, _)| hex(u))
-    });
-    let users: Vec<_> = page
+    let mut users: Vec<(String, usize)> = Vec::new();
+    let mut after = q.after.clone();
+    if after.is_none() && !q.prefix.is_empty() {
+        let exact = app.router.list_user(&q.prefix).await?;
+        if !exact.is_empty() {
+            users.push((q.prefix.clone(), exact.len()));
+        }
+        after = Some(Cursor(q.prefix.clone()));
+    }
+    let want = q.limit - users.len();
+    let mut more = want == 0;
+    let mut totals = None;
+    if want > 0 {
+        // One more than shown, to know whether a next page holds any.
+        let page = app.router.list_page(after.as_ref(), want + 1).await?;
+        totals = Some((page.user_count, page.total_connections));
+        more = page.next.is_some();
+        for (user, list) in page.users {
+            if !user.starts_with(&q.prefix) {
+                more = false;
+                break;
+            }
+            if users.len() == q.limit {
+                more = true;
+                break;
+            }
+            users.push((user, list.len()));
+        }
+    }
+    let next = match users.last() {
+        Some((last, _)) if more => Some(Cursor(last.clone())),
+        _ => None,
+    };
+    let listed: Vec<_> = users
         .iter()
         .map(|(u, n)| json!({"username": u, "connection_count": n}))
         .collect();
-    Ok(json!({"users": users, "next_cursor": next.flatten()}))
+    Ok(json!({
+        "users": listed,
+        "next_cursor": next.map(|c| c.to_string()),
+        "user_count": totals.map(|t| t.0),
+        "total_connections": totals.map(|t| t.1),
+    }))
 }
 
 fn frame(event: &str, data: &str) -> Bytes {
@@ -529,14 +544,13 @@ mod tests {
             q,
             UsersQuery {
                 prefix: "al".into(),
-                after: Some("al".into()),
+                after: Some(Cursor("al".into())),
                 limit: 20
             }
         );
         assert_eq!(UsersQuery::parse("").unwrap().limit, USERS_PAGE);
         assert!(UsersQuery::parse("limit=0").is_err());
         assert!(UsersQuery::parse("cursor=zz").is_err());
-        assert_eq!(unhex(&hex("alé")), Some("alé".into()));
     }
 
     #[test]

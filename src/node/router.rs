@@ -14,8 +14,8 @@ use super::hub::Hub;
 use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::store::{
-    unix_now, ConnectionRecord, Inbound, Listing, LiveConn, Message, MsgId, NodeLink, Removed,
-    Replay, Result, Store, Target,
+    unix_now, Cleared, ConnectionRecord, Cursor, Inbound, LiveConn, Message, MsgId, NodeLink, Page,
+    Removed, Replay, Result, Store, Target,
 };
 
 const EVICTED_REASON: &str = "max_connections_per_user";
@@ -87,6 +87,10 @@ impl NodeLink for Delivery {
 
     fn holds(&self, connection_id: &str) -> bool {
         self.hub.contains(connection_id)
+    }
+
+    fn live_count(&self) -> usize {
+        self.hub.len()
     }
 }
 
@@ -233,11 +237,11 @@ impl Router {
 
     /// Full clear: every record goes, then every node re-registers the
     /// connections it holds, so only zombies stay gone.
-    pub(crate) async fn clear(&self) -> Result<Removed> {
+    pub(crate) async fn clear(&self) -> Result<Cleared> {
         let removed = self.store.clear().await?;
         tracing::info!(
-            connections = removed.connection_count(),
-            users = removed.user_count(),
+            connections = removed.connection_count,
+            users = removed.user_count,
             "registry cleared; live connections re-registering"
         );
         Ok(removed)
@@ -260,8 +264,11 @@ impl Router {
         Ok(removed)
     }
 
-    pub(crate) async fn list_all(&self) -> Result<Listing> {
-        self.store.list_all().await
+    /// One page of the listing: up to `limit` (1 to `MAX_PAGE`) users
+    /// after `after` in name order, each with all its connections, the
+    /// registry-wide counts, and the next page's cursor.
+    pub(crate) async fn list_page(&self, after: Option<&Cursor>, limit: usize) -> Result<Page> {
+        self.store.list_page(after, limit).await
     }
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {

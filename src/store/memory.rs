@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{Config, HistoryConfig};
 use crate::store::{
-    sort_records, unix_ms, unix_now, Accepted, ConnectionRecord, Inbound, Kept, Listing, LiveConn,
+    sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, LiveConn,
     Message, MsgId, NodeLink, Removed, Replay, Target,
 };
 
@@ -23,6 +23,9 @@ use crate::store::{
 /// heartbeat writes back only records missing for longer (as the Redis
 /// engine does).
 const REGISTRATION_SETTLE_SECS: f64 = 10.0;
+
+/// Records a clear handles per hold of the lock.
+const CLEAR_STEP: usize = 1_000;
 
 pub(crate) struct MemoryStore {
     state: Mutex<State>,
@@ -288,21 +291,90 @@ impl MemoryStore {
         removed
     }
 
-    /// Counts every record as removed, as the Redis engine does, then
-    /// writes back the streams this node holds: nothing stale can exist
-    /// in one process, but the answer means the same in both engines.
-    pub(crate) fn clear(&self) -> Removed {
+    /// Counts every record whose heartbeat is not after the clear's start
+    /// as removed, as the Redis engine does, but keeps (with a fresh
+    /// heartbeat) those of streams this node holds: the end state of the
+    /// Redis engine's clear and write-back, without the moment in which a
+    /// live stream has no record. Nothing stale can exist in one process;
+    /// the answer means the same in both engines. The lock is taken for
+    /// [`CLEAR_STEP`] records at a time, so delivery goes on meanwhile.
+    pub(crate) async fn clear(&self) -> Cleared {
+        let began = unix_now();
+        let mut cleared = Cleared::default();
+        let mut after: Option<String> = None;
+        while let Some(last) = self.clear_step(after.as_deref(), began, &mut cleared) {
+            after = Some(last);
+            tokio::task::yield_now().await;
+        }
+        self.write_back_missing().await;
+        cleared
+    }
+
+    /// One hold of the lock: the users after `after` up to some
+    /// [`CLEAR_STEP`] records; returns the last of them (none: done).
+    fn clear_step(&self, after: Option<&str>, began: f64, cleared: &mut Cleared) -> Option<String> {
+        let mut st = self.lock();
+        let now = unix_now();
+        let users: Vec<String> = {
+            let mut seen = 0;
+            st.users_after(after)
+                .take_while(|(_, ids)| {
+                    let go = seen < CLEAR_STEP;
+                    seen += ids.len();
+                    go
+                })
+                .map(|(u, _)| u.clone())
+                .collect()
+        };
+        let last = users.last().cloned()?;
+        for user in users {
+            let ids = st.users.get(&user).cloned().unwrap_or_default();
+            let mut counted = false;
+            for id in ids {
+                let Some(r) = st.conns.get_mut(&id) else {
+                    continue;
+                };
+                if r.last_heartbeat > began {
+                    continue;
+                }
+                cleared.connection_count += 1;
+                counted = true;
+                // Asked under the lock: a stream leaves the hub before it
+                // removes its record, so a held one is still live.
+                if self.link.holds(&id) {
+                    r.last_heartbeat = now;
+                } else {
+                    st.remove(&id);
+                }
+            }
+            cleared.user_count += usize::from(counted);
+        }
+        Some(last)
+    }
+
+    /// Writes back the record of every held stream that has none (someone
+    /// removed it, e.g. a cleanup with a short timeout), as a clear's
+    /// write-back does; a step of the lock per [`CLEAR_STEP`] streams.
+    async fn write_back_missing(&self) {
+        if self.lock().conns.len() >= self.link.live_count() {
+            // Every record is a held stream's: none can be missing.
+            return;
+        }
+        let live = self.link.live();
+        for chunk in live.chunks(CLEAR_STEP) {
+            self.write_back(chunk);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn write_back(&self, live: &[LiveConn]) {
         let now = unix_now();
         let mut st = self.lock();
-        let mut removed = Removed::default();
-        for (id, r) in st.conns.drain() {
-            removed.add(id, r.username);
+        for c in live {
+            if !st.conns.contains_key(&c.connection_id) && self.link.holds(&c.connection_id) {
+                st.insert_live(c.clone(), now);
+            }
         }
-        st.users.clear();
-        for c in self.link.live() {
-            st.insert_live(c, now);
-        }
-        removed
     }
 
     /// Removes stale records, and the kept messages of users whose stream
@@ -326,28 +398,34 @@ impl MemoryStore {
         removed
     }
 
-    pub(crate) fn list_all(&self) -> Listing {
-        let st = self.lock();
-        let mut out = Listing::new();
-        for (user, ids) in &st.users {
-            let mut list: Vec<ConnectionRecord> = ids
-                .iter()
-                .filter_map(|id| st.conns.get(id).map(|r| self.record(id, r)))
-                .collect();
-            sort_records(&mut list);
-            out.insert(user.clone(), list);
-        }
-        out
+    pub(crate) fn user_names(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        self.lock()
+            .users_after(after)
+            .take(limit)
+            .map(|(u, _)| u.clone())
+            .collect()
     }
 
-    /// (users, connections) in the registry.
+    pub(crate) fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Vec<(String, Vec<ConnectionRecord>)> {
+        let st = self.lock();
+        users
+            .iter()
+            .filter_map(|u| {
+                let list = self.records_of(&st, u);
+                (!list.is_empty()).then(|| (u.clone(), list))
+            })
+            .collect()
+    }
+
     pub(crate) fn totals(&self) -> (usize, usize) {
         let st = self.lock();
         (st.users.len(), st.conns.len())
     }
 
-    pub(crate) fn list_user(&self, user: &str) -> Vec<ConnectionRecord> {
-        let st = self.lock();
+    fn records_of(&self, st: &State, user: &str) -> Vec<ConnectionRecord> {
         let mut list: Vec<ConnectionRecord> = st
             .users
             .get(user)
@@ -359,6 +437,10 @@ impl MemoryStore {
         list
     }
 
+    pub(crate) fn list_user(&self, user: &str) -> Vec<ConnectionRecord> {
+        self.records_of(&self.lock(), user)
+    }
+
     /// The node is leaving: its records go with it.
     pub(crate) fn shutdown(&self) {
         let mut st = self.lock();
@@ -368,6 +450,19 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Users after `after` (all, without it), in name order.
+    fn users_after<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&'a String, &'a Vec<String>)> + 'a {
+        use std::ops::Bound;
+        let from = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        self.users.range((from, Bound::Unbounded))
+    }
+
     /// Writes (back) the record of a stream the node holds.
     fn insert_live(&mut self, c: LiveConn, heartbeat: f64) {
         self.insert(

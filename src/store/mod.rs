@@ -12,7 +12,7 @@
 //! to deliver through its [`NodeLink`], in id order, whichever node sent
 //! them: the router is the one delivery path in both engines.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -85,9 +85,61 @@ impl Removed {
     }
 }
 
-/// Every user's connections: users sorted, each user's connections by
-/// connection time (ties by id).
-pub(crate) type Listing = BTreeMap<String, Vec<ConnectionRecord>>;
+/// What a full clear removed: records, and the distinct users among them
+/// (counts only: a clear of a million records keeps no list of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Cleared {
+    pub connection_count: usize,
+    pub user_count: usize,
+}
+
+/// The most users one page of the listing holds.
+pub(crate) const MAX_PAGE: usize = 10_000;
+
+/// Where a page of the listing starts: after this username. Its text form
+/// (the name's UTF-8 in hex) is opaque to clients and survives any
+/// character a username may hold, in a query string too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor(pub String);
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.as_bytes() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = &'static str;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        const BAD: &str = "not a cursor this listing gave (use data.next_cursor as it is)";
+        if s.is_empty() || s.len() % 2 != 0 || s.len() > 2048 {
+            return Err(BAD);
+        }
+        let bytes = (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or(BAD)?;
+        String::from_utf8(bytes).map(Cursor).map_err(|_| BAD)
+    }
+}
+
+/// One page of the listing: users by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Page {
+    /// Up to the asked number of users after the cursor, in name order,
+    /// each with all its connections (by connection time); a user whose
+    /// last connection left meanwhile is not in it.
+    pub users: Vec<(String, Vec<ConnectionRecord>)>,
+    /// Registry-wide, not the page's.
+    pub user_count: usize,
+    pub total_connections: usize,
+    /// Where the next page starts; `None` on the last one.
+    pub next: Option<Cursor>,
+}
 
 pub(crate) fn sort_records(list: &mut [ConnectionRecord]) {
     list.sort_by(|a, b| {
@@ -204,6 +256,8 @@ pub(crate) trait NodeLink: Send + Sync + 'static {
     fn live(&self) -> Vec<LiveConn>;
     /// Whether this node holds that stream.
     fn holds(&self, connection_id: &str) -> bool;
+    /// How many streams this node holds (without copying them).
+    fn live_count(&self) -> usize;
 }
 
 /// One kept message.
@@ -386,11 +440,14 @@ impl Store {
         }
     }
 
-    /// Full clear: every record goes, then every node writes back the
-    /// streams it holds, so only zombies stay gone.
-    pub(crate) async fn clear(&self) -> Result<Removed> {
+    /// Full clear, in bounded steps: every record whose heartbeat is not
+    /// after the moment the clear began goes, then every node writes back
+    /// the streams it holds, so only zombies stay gone. A record written
+    /// while the clear runs (a new stream, a heartbeat) is a live stream's
+    /// and is kept.
+    pub(crate) async fn clear(&self) -> Result<Cleared> {
         match self {
-            Store::Memory(m) => Ok(m.clear()),
+            Store::Memory(m) => Ok(m.clear().await),
             Store::Redis(r) => r.clear().await,
         }
     }
@@ -403,11 +460,68 @@ impl Store {
         }
     }
 
-    pub(crate) async fn list_all(&self) -> Result<Listing> {
+    /// Up to `limit` usernames after `after` (all, without it), in name
+    /// order. Each call costs the engine a bounded step (Redis: a scan of
+    /// the users set in small calls, never one long call).
+    pub(crate) async fn user_names(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
         match self {
-            Store::Memory(m) => Ok(m.list_all()),
-            Store::Redis(r) => r.registry().list_all().await,
+            Store::Memory(m) => Ok(m.user_names(after, limit)),
+            Store::Redis(r) => r.registry().user_names(after, limit).await,
         }
+    }
+
+    /// The connections of each of `users` that has any, in the order
+    /// given, each user's by connection time.
+    pub(crate) async fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
+        match self {
+            Store::Memory(m) => Ok(m.users_connections(users)),
+            Store::Redis(r) => r.registry().users_connections(users).await,
+        }
+    }
+
+    /// Registry-wide (users, connections).
+    pub(crate) async fn totals(&self) -> Result<(usize, usize)> {
+        match self {
+            Store::Memory(m) => Ok(m.totals()),
+            Store::Redis(r) => r.registry().totals().await,
+        }
+    }
+
+    /// How many usernames a whole listing reads per step: Redis scans the
+    /// whole users set once per step, so it takes many at a time; the
+    /// embedded engine holds its lock for each step, so it takes few.
+    pub(crate) fn listing_step(&self) -> usize {
+        match self {
+            Store::Memory(_) => 1_000,
+            Store::Redis(_) => 50_000,
+        }
+    }
+
+    /// One page of the listing: up to `limit` users after `after`.
+    pub(crate) async fn list_page(&self, after: Option<&Cursor>, limit: usize) -> Result<Page> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut names = self
+            .user_names(after.map(|c| c.0.as_str()), limit + 1)
+            .await?;
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let users = self.users_connections(&names).await?;
+        let (user_count, total_connections) = self.totals().await?;
+        Ok(Page {
+            users,
+            user_count,
+            total_connections,
+            // The last name asked for, listed or not: a user who left
+            // meanwhile must not make the next page start over.
+            next: if more { names.pop().map(Cursor) } else { None },
+        })
     }
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
@@ -465,6 +579,19 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_round_trip_any_username_and_reject_the_rest() {
+        for name in ["alice", "émile 李", "a&b=c?d/e", "x"] {
+            let c = Cursor(name.to_string());
+            let text = c.to_string();
+            assert!(text.bytes().all(|b| b.is_ascii_hexdigit()), "{text}");
+            assert_eq!(text.parse::<Cursor>(), Ok(c));
+        }
+        for bad in ["", "a", "zz", "616", "ff", "c3"] {
+            assert!(bad.parse::<Cursor>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ids_parse_order_and_print() {

@@ -442,9 +442,11 @@ function renderUsers(data) {
   $("users").tBodies[0].replaceChildren(...rows);
   $("users-prev").disabled = cursors.length === 0;
   $("users-next").disabled = !nextCursor;
-  const matching = data.matching_users;
+  const total = data.user_count;
+  const searching = $("user-search").value.trim() !== "";
   $("users-page").textContent =
-    "page " + (cursors.length + 1) + (matching !== undefined && matching !== null ? " of " + Math.max(1, Math.ceil(matching / PAGE_SIZE)) : "");
+    "page " + (cursors.length + 1) +
+    (!searching && total !== null && total !== undefined ? " of " + Math.max(1, Math.ceil(total / PAGE_SIZE)) : "");
 }
 
 $("users-next").addEventListener("click", () => {

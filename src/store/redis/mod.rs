@@ -13,8 +13,8 @@ use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::{
-    Accepted, ConnectionRecord, Health, Inbound, Message, MsgId, NodeLink, Open, Removed, Replay,
-    Result, StoreError, Target,
+    Accepted, Cleared, ConnectionRecord, Health, Inbound, Message, MsgId, NodeLink, Open, Removed,
+    Replay, Result, StoreError, Target,
 };
 
 mod bus;
@@ -294,10 +294,11 @@ impl RedisStore {
         Ok(removed)
     }
 
-    /// Every record goes; then this node re-registers its streams and the
-    /// others are told over the bus to do the same.
-    pub(crate) async fn clear(&self) -> Result<Removed> {
-        let removed = self.registry.clear().await?;
+    /// Every record older than the clear goes, in bounded steps; then this
+    /// node re-registers its streams and the others are told over the bus
+    /// to do the same.
+    pub(crate) async fn clear(&self) -> Result<Cleared> {
+        let removed = self.registry.clear(crate::store::unix_now()).await?;
         self.presence.resync();
         let resync = BusEvent::Resync {
             origin: self.origin.clone(),

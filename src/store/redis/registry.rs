@@ -6,7 +6,7 @@
 //! leaves an orphan (an empty user set is gone and the user leaves the users
 //! set). Key names come from [`crate::keys`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{sort_records, ConnectionRecord, Listing, Removed, Result, StoreError};
+use crate::store::{sort_records, Cleared, ConnectionRecord, Removed, Result, StoreError};
 
 /// Shared by the scripts that remove connections.
 const LUA_REMOVE_ONE: &str = include_str!("lua/remove_one.lua");
@@ -29,6 +29,16 @@ const SWEEP_BATCH: usize = 1000;
 
 /// Ids per script call, so one call never blocks Redis for long.
 const IDS_PER_CALL: usize = 2000;
+
+/// Records one clear step removes (each some ten Redis writes): a step
+/// stays within a few milliseconds.
+const CLEAR_BATCH: usize = 500;
+
+/// Names one SSCAN call of a listing asks for.
+const SCAN_COUNT: usize = 1000;
+
+/// Users whose connection ids one listing round trip reads.
+const USERS_PER_CALL: usize = 500;
 
 #[derive(Clone)]
 pub(crate) struct Registry {
@@ -51,7 +61,7 @@ impl Registry {
             remove_ids: with_remove(include_str!("lua/remove_ids.lua")),
             sweep: with_remove(include_str!("lua/sweep.lua")),
             delete_user: with_remove(include_str!("lua/delete_user.lua")),
-            clear: Script::new(include_str!("lua/clear.lua")),
+            clear: with_remove(include_str!("lua/clear.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             timeout: Duration::from_secs(5),
         }
@@ -199,17 +209,40 @@ impl Registry {
         Ok(removed)
     }
 
-    /// Removes every connection record of every node.
-    pub(crate) async fn clear(&self) -> Result<Removed> {
-        let mut inv = self.clear.prepare_invoke();
-        self.common_args(&mut inv);
-        let mut c = self.conn.get();
-        let flat: Vec<String> = self
-            .bounded(async move { inv.invoke_async(&mut c).await })
-            .await?;
-        let mut removed = Removed::default();
-        absorb(&mut removed, flat);
-        Ok(removed)
+    /// Removes every record whose heartbeat is at or before `began` (the
+    /// moment the clear began), [`CLEAR_BATCH`] per script call so that
+    /// Redis answers everyone else between the steps however large the
+    /// registry. A record written since (a new stream, a heartbeat, a
+    /// write-back) is a live stream's and stays.
+    pub(crate) async fn clear(&self, began: f64) -> Result<Cleared> {
+        let mut cleared = Cleared::default();
+        // Users who lost a record but still had others at that step: they
+        // are counted once, when their last record goes or at the end.
+        let mut partly: HashSet<String> = HashSet::new();
+        loop {
+            let mut inv = self.clear.prepare_invoke();
+            self.common_args(&mut inv);
+            inv.arg(fmt_time(began)).arg(CLEAR_BATCH);
+            let mut c = self.conn.get();
+            let (seen, flat): (usize, Vec<String>) = self
+                .bounded(async move { inv.invoke_async(&mut c).await })
+                .await?;
+            let mut it = flat.into_iter();
+            while let (Some(user), Some(emptied)) = (it.next(), it.next()) {
+                cleared.connection_count += 1;
+                if emptied == "1" {
+                    partly.remove(&user);
+                    cleared.user_count += 1;
+                } else {
+                    partly.insert(user);
+                }
+            }
+            if seen < CLEAR_BATCH {
+                break;
+            }
+        }
+        cleared.user_count += partly.len();
+        Ok(cleared)
     }
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1
@@ -264,35 +297,84 @@ impl Registry {
             .collect()
     }
 
-    /// Every user's connections, users sorted, each user's connections by
-    /// connection time.
-    pub(crate) async fn list_all(&self) -> Result<Listing> {
-        let users_key = self.keys.users();
-        let mut c = self.conn.get();
-        let users: Vec<String> = self
-            .bounded(async move { c.smembers(users_key).await })
-            .await?;
-        let mut pipe = redis::pipe();
-        for u in &users {
-            pipe.zrange(self.keys.user(u), 0, -1);
+    /// Up to `limit` usernames after `after`, in name order: the users set
+    /// is scanned in calls of [`SCAN_COUNT`], keeping only the `limit`
+    /// smallest names, so neither Redis nor this process holds the whole
+    /// set at once.
+    pub(crate) async fn user_names(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let mut best: BTreeSet<String> = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SSCAN");
+            cmd.arg(self.keys.users())
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let mut c = self.conn.get();
+            let (next, names): (u64, Vec<String>) = self
+                .bounded(async move { cmd.query_async(&mut c).await })
+                .await?;
+            for name in names {
+                if after.is_some_and(|a| name.as_str() <= a) {
+                    continue;
+                }
+                if best.len() >= limit && best.last().is_some_and(|l| &name >= l) {
+                    continue;
+                }
+                best.insert(name);
+                if best.len() > limit {
+                    best.pop_last();
+                }
+            }
+            if next == 0 {
+                return Ok(best.into_iter().collect());
+            }
+            cursor = next;
         }
-        let mut c = self.conn.get();
-        let ids_per_user: Vec<Vec<String>> = if users.is_empty() {
-            Vec::new()
-        } else {
-            self.bounded(async move { pipe.query_async(&mut c).await })
-                .await?
-        };
-        let all_ids: Vec<String> = ids_per_user.into_iter().flatten().collect();
-        let records = self.records(&all_ids).await?;
-        let mut out = Listing::new();
-        for r in records {
-            out.entry(r.username.clone()).or_default().push(r);
-        }
-        for list in out.values_mut() {
-            sort_records(list);
+    }
+
+    /// The connections of each of `users` that has any, in the order
+    /// given, each user's by connection time.
+    pub(crate) async fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
+        let mut out = Vec::with_capacity(users.len());
+        for chunk in users.chunks(USERS_PER_CALL) {
+            let mut pipe = redis::pipe();
+            for u in chunk {
+                pipe.zrange(self.keys.user(u), 0, -1);
+            }
+            let mut c = self.conn.get();
+            let ids_per_user: Vec<Vec<String>> = self
+                .bounded(async move { pipe.query_async(&mut c).await })
+                .await?;
+            let all_ids: Vec<String> = ids_per_user.iter().flatten().cloned().collect();
+            let mut by_user: HashMap<String, Vec<ConnectionRecord>> = HashMap::new();
+            for r in self.records(&all_ids).await? {
+                by_user.entry(r.username.clone()).or_default().push(r);
+            }
+            for u in chunk {
+                if let Some(mut list) = by_user.remove(u) {
+                    sort_records(&mut list);
+                    out.push((u.clone(), list));
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Registry-wide (users, connections), in one round trip.
+    pub(crate) async fn totals(&self) -> Result<(usize, usize)> {
+        let mut pipe = redis::pipe();
+        pipe.scard(self.keys.users()).zcard(self.keys.heartbeats());
+        let mut c = self.conn.get();
+        self.bounded(async move { pipe.query_async(&mut c).await })
+            .await
     }
 
     /// One user's connections, by connection time.

@@ -1,23 +1,16 @@
--- Removes every connection record (all users, all nodes). KEYS[1] the
--- users set, KEYS[2] the heartbeats zset; ARGV[1] the connection hash
--- prefix, ARGV[2] the user zset prefix. Returns a flat id, user, ...
+-- One step of a full clear: removes up to ARGV[4] records whose heartbeat
+-- is at or before ARGV[3] (the moment the clear began: a record written
+-- since is a live stream's). Needs remove_one. Returns {how many ids were
+-- looked at, flat user, emptied, ...}: emptied is 1 when the user had no
+-- record left (it left the users set), so the caller can count distinct
+-- users without keeping every id.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
 local out = {}
-local seen = {}
-local function drop(id)
-  if seen[id] then return end
-  seen[id] = true
-  local ckey = ARGV[1] .. id
-  local user = redis.call('HGET', ckey, 'username')
+for _, id in ipairs(ids) do
+  local user = remove_one(id)
   if user then
-    redis.call('DEL', ckey)
-    table.insert(out, id); table.insert(out, user)
+    table.insert(out, user)
+    table.insert(out, redis.call('EXISTS', ARGV[2] .. user) == 0 and 1 or 0)
   end
 end
-for _, user in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  for _, id in ipairs(redis.call('ZRANGE', ARGV[2] .. user, 0, -1)) do drop(id) end
-  redis.call('DEL', ARGV[2] .. user)
-end
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do drop(id) end
-redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2])
-return out
+return {#ids, out}
