@@ -115,7 +115,7 @@ impl FromStr for Cursor {
     type Err = &'static str;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         const BAD: &str = "not a cursor this listing gave (use data.next_cursor as it is)";
-        if s.is_empty() || s.len() % 2 != 0 || s.len() > 2048 {
+        if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 2048 {
             return Err(BAD);
         }
         let bytes = (0..s.len())
