@@ -210,7 +210,7 @@ async fn browser_scenario(chromium: &Path) {
     expect_page(
         &mut br,
         "the page asks for the token",
-        "!document.getElementById('login').hidden && document.getElementById('main').hidden",
+        "document.getElementById('login').checkVisibility() && !document.getElementById('main').checkVisibility()",
         10_000,
         &logs,
     )
@@ -232,7 +232,7 @@ async fn browser_scenario(chromium: &Path) {
     .await;
     let shown = eval(
         &mut br,
-        "({main_hidden: document.getElementById('main').hidden, \
+        "({main_hidden: !document.getElementById('main').checkVisibility(), \
            nodes: document.querySelectorAll('#nodes tbody tr').length, \
            users: document.querySelectorAll('#users tbody tr').length, \
            serving: document.getElementById('serving').textContent, \
@@ -273,7 +273,9 @@ async fn browser_scenario(chromium: &Path) {
     let nodes_js = format!(
         "(() => {{ const ids = [...document.querySelectorAll('#nodes tbody tr')].map((r) => r.dataset.node); \
          return ids.includes({a}) && ids.includes({b}) && \
-         document.getElementById('live-state').textContent === 'live' ? ids : null; }})()",
+         document.getElementById('live-state').textContent === 'live' && \
+         document.getElementById('nodes').checkVisibility() && \
+         !document.getElementById('login').checkVisibility() ? ids : null; }})()",
         a = json!(id_a),
         b = json!(id_b)
     );
