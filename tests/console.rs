@@ -130,27 +130,59 @@ async fn expect_page(
     v
 }
 
-/// Clicks the element `selector` in the page.
-async fn click(br: &mut JsonChild, selector: &str) {
+/// Runs `action` in the page with `el` bound to the element `selector`.
+async fn on_element(br: &mut JsonChild, selector: &str, action: &str) {
     let js = format!(
-        "(() => {{ const el = document.querySelector({sel}); if (!el) return 'missing'; el.click(); return 'clicked'; }})()",
+        "(() => {{ const el = document.querySelector({sel}); if (!el) return 'missing'; {action}; return 'done'; }})()",
         sel = json!(selector)
     );
     let r = eval(br, &js, Duration::from_secs(5)).await;
-    assert_eq!(r, "clicked", "click {selector}\n{}", br.report());
+    assert_eq!(r, "done", "{action} on {selector}\n{}", br.report());
+}
+
+async fn click(br: &mut JsonChild, selector: &str) {
+    on_element(br, selector, "el.click()").await;
 }
 
 /// Sets the value of the input `selector` (as typing would, with its
 /// input event).
 async fn fill(br: &mut JsonChild, selector: &str, value: &str) {
-    let js = format!(
-        "(() => {{ const el = document.querySelector({sel}); if (!el) return 'missing'; el.value = {val}; \
-         el.dispatchEvent(new Event('input', {{bubbles: true}})); return 'filled'; }})()",
-        sel = json!(selector),
-        val = json!(value)
+    let action = format!(
+        "el.value = {}; el.dispatchEvent(new Event('input', {{bubbles: true}}))",
+        json!(value)
     );
-    let r = eval(br, &js, Duration::from_secs(5)).await;
-    assert_eq!(r, "filled", "fill {selector}\n{}", br.report());
+    on_element(br, selector, &action).await;
+}
+
+/// Submits the form `selector` as its button would.
+async fn submit(br: &mut JsonChild, selector: &str) {
+    on_element(br, selector, "el.requestSubmit()").await;
+}
+
+/// Types `token` into the page's token form and submits it.
+async fn submit_token(br: &mut JsonChild, token: &str) {
+    fill(br, "#token-input", token).await;
+    submit(br, "#token-form").await;
+}
+
+/// Fills the send form's event and data and submits it.
+async fn send_form(br: &mut JsonChild, event: &str, data: &str) {
+    fill(br, "#send-event", event).await;
+    fill(br, "#send-data", data).await;
+    submit(br, "#send-form").await;
+}
+
+/// Waits until the console lists `user` with `count` connections (`None`:
+/// until it is not listed).
+async fn expect_user(
+    br: &mut JsonChild,
+    what: &str,
+    user: &str,
+    count: Option<&str>,
+    logs: &dyn Fn() -> String,
+) {
+    let cond = format!("{} === {}", user_row(user), json!(count));
+    expect_page(br, what, &cond, 15_000, logs).await;
 }
 
 /// The user's row in the console's user list: its connection count, or
@@ -215,13 +247,7 @@ async fn browser_scenario(chromium: &Path) {
         &logs,
     )
     .await;
-    fill(&mut br, "#token-input", "wrong-token").await;
-    eval(
-        &mut br,
-        "document.getElementById('token-form').requestSubmit()",
-        Duration::from_secs(5),
-    )
-    .await;
+    submit_token(&mut br, "wrong-token").await;
     expect_page(
         &mut br,
         "a wrong token is refused",
@@ -263,13 +289,7 @@ async fn browser_scenario(chromium: &Path) {
     );
 
     // 2. The right token: both nodes of the deployment are listed.
-    fill(&mut br, "#token-input", TOKEN).await;
-    eval(
-        &mut br,
-        "document.getElementById('token-form').requestSubmit()",
-        Duration::from_secs(5),
-    )
-    .await;
+    submit_token(&mut br, TOKEN).await;
     let nodes_js = format!(
         "(() => {{ const ids = [...document.querySelectorAll('#nodes tbody tr')].map((r) => r.dataset.node); \
          return ids.includes({a}) && ids.includes({b}) && \
@@ -285,11 +305,11 @@ async fn browser_scenario(chromium: &Path) {
     let user = "console-watch";
     let (mut tab, conn_id) =
         SseClient::connect_url(&format!("{}?user={user}", b.stream_url()), user).await;
-    expect_page(
+    expect_user(
         &mut br,
         "the new stream's user appears",
-        &format!("{} === '1'", user_row(user)),
-        15_000,
+        user,
+        Some("1"),
         &logs,
     )
     .await;
@@ -311,11 +331,11 @@ async fn browser_scenario(chromium: &Path) {
     .await;
     assert_eq!(detail, json!([conn_id, id_b]), "{}", br.report());
     drop(tab);
-    expect_page(
+    expect_user(
         &mut br,
         "the closed stream's user vanishes",
-        &format!("{} === null", user_row(user)),
-        15_000,
+        user,
+        None,
         &logs,
     )
     .await;
@@ -326,23 +346,9 @@ async fn browser_scenario(chromium: &Path) {
     let (t, conn_id) =
         SseClient::connect_url(&format!("{}?user={user}", a.stream_url()), user).await;
     tab = t;
-    expect_page(
-        &mut br,
-        "the target user appears",
-        &format!("{} === '1'", user_row(user)),
-        15_000,
-        &logs,
-    )
-    .await;
+    expect_user(&mut br, "the target user appears", user, Some("1"), &logs).await;
     fill(&mut br, "#send-to", user).await;
-    fill(&mut br, "#send-event", "console.test").await;
-    fill(&mut br, "#send-data", "{\"from\": \"console\"").await;
-    eval(
-        &mut br,
-        "document.getElementById('send-form').requestSubmit()",
-        Duration::from_secs(5),
-    )
-    .await;
+    send_form(&mut br, "console.test", "{\"from\": \"console\"").await;
     expect_page(
         &mut br,
         "malformed JSON refused in the page",
@@ -351,14 +357,7 @@ async fn browser_scenario(chromium: &Path) {
         &logs,
     )
     .await;
-    fill(&mut br, "#send-data", "{\"from\": \"console\", \"n\": 1}").await;
-    fill(&mut br, "#send-event", "bad event").await;
-    eval(
-        &mut br,
-        "document.getElementById('send-form').requestSubmit()",
-        Duration::from_secs(5),
-    )
-    .await;
+    send_form(&mut br, "bad event", "{\"from\": \"console\", \"n\": 1}").await;
     expect_page(
         &mut br,
         "a bad event name refused in the page",
@@ -367,13 +366,7 @@ async fn browser_scenario(chromium: &Path) {
         &logs,
     )
     .await;
-    fill(&mut br, "#send-event", "console.test").await;
-    eval(
-        &mut br,
-        "document.getElementById('send-form').requestSubmit()",
-        Duration::from_secs(5),
-    )
-    .await;
+    send_form(&mut br, "console.test", "{\"from\": \"console\", \"n\": 1}").await;
     let sent = expect_page(
         &mut br,
         "the form's send answered",
@@ -470,14 +463,7 @@ async fn browser_scenario(chromium: &Path) {
         &logs,
     )
     .await;
-    expect_page(
-        &mut br,
-        "the disconnected user vanishes",
-        &format!("{} === null", user_row(user)),
-        15_000,
-        &logs,
-    )
-    .await;
+    expect_user(&mut br, "the disconnected user vanishes", user, None, &logs).await;
 
     let errors: Vec<&Value> = br
         .seen

@@ -64,14 +64,7 @@ pub(crate) fn parse(rest: &str) -> Option<ConsoleRoute> {
         "/events" => Some(ConsoleRoute::Events),
         "/users" => Some(ConsoleRoute::Users),
         _ => {
-            let user = rest.strip_prefix("/connections/")?;
-            if user.is_empty() || user.contains('/') {
-                return None;
-            }
-            let user = percent_encoding::percent_decode_str(user)
-                .decode_utf8()
-                .ok()?
-                .into_owned();
+            let user = super::api::path_username(rest)?;
             Some(ConsoleRoute::User(user))
         }
     }
@@ -295,24 +288,20 @@ pub(crate) fn asset(which: Asset, base: &str) -> Response {
     };
     let mut resp = Response::new(body.into());
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
              img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     resp
 }
 
