@@ -210,6 +210,7 @@ impl Daemon {
         tasks.spawn(heartbeat_loop(app.clone()));
         tasks.spawn(memory_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
+        tasks.spawn(crate::http::console::sampler(app.clone()));
         tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, engine = app.router.store().engine(), "sse-notify serving");
         Ok(Daemon {
             app,

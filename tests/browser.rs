@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use child::{require_path, require_tool, JsonChild};
+use child::{browser_tools, JsonChild};
 use common::*;
 use serde_json::{json, Value};
 
@@ -33,28 +33,6 @@ const TIME_LIMIT: Duration = Duration::from_secs(60);
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    require_path(
-        &path,
-        "this test needs Debian's Chromium: `apt-get install chromium` (.ci/run does), \
-         or set CHROMIUM to a Chromium binary",
-    );
-    path
-}
-
-/// node, the npm packages and Chromium, or a clear panic.
-fn browser_tools() -> PathBuf {
-    require_tool("node", "this test needs Node.js (>= 20) and npm");
-    require_path(
-        &root().join("tests/browser/node_modules/playwright-core/package.json"),
-        "run `npm ci --prefix tests/browser` (.ci/run does)",
-    );
-    chromium()
 }
 
 /// A static file server for the page, on its own loopback port (so its

@@ -15,6 +15,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::auth::{admin_allowed, validate_username};
+use super::console::{self, ConsoleRoute};
 use super::envelope::{self, ApiError};
 use super::listing;
 use super::App;
@@ -31,6 +32,8 @@ pub(crate) enum AdminRoute {
     Cleanup,
     Healthz,
     Metrics,
+    /// `{base}/admin/...`: the console ([`console`]).
+    Console(ConsoleRoute),
 }
 
 impl AdminRoute {
@@ -44,6 +47,10 @@ impl AdminRoute {
             AdminRoute::Cleanup => "cleanup",
             AdminRoute::Healthz => "healthz",
             AdminRoute::Metrics => "metrics",
+            AdminRoute::Console(ConsoleRoute::Asset(_)) => "console",
+            AdminRoute::Console(ConsoleRoute::Events) => "console_events",
+            AdminRoute::Console(ConsoleRoute::User(_)) => "console_user",
+            AdminRoute::Console(ConsoleRoute::Users) => "console_users",
         }
     }
 
@@ -52,7 +59,7 @@ impl AdminRoute {
             AdminRoute::Send | AdminRoute::SendBatch | AdminRoute::Cleanup => &[Method::POST],
             AdminRoute::Connections => &[Method::GET, Method::POST],
             AdminRoute::UserConnections(_) => &[Method::GET, Method::DELETE],
-            AdminRoute::Healthz | AdminRoute::Metrics => &[Method::GET],
+            AdminRoute::Healthz | AdminRoute::Metrics | AdminRoute::Console(_) => &[Method::GET],
         }
     }
 }
@@ -83,18 +90,26 @@ pub(crate) fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
         "/send/batch" => Some(AdminRoute::SendBatch),
         "/connections" => Some(AdminRoute::Connections),
         "/cleanup" => Some(AdminRoute::Cleanup),
+        _ if rest == "/admin" || rest.starts_with("/admin/") => {
+            console::parse(&rest["/admin".len()..]).map(AdminRoute::Console)
+        }
         _ => {
-            let user = rest.strip_prefix("/connections/")?;
-            if user.is_empty() || user.contains('/') {
-                return None;
-            }
-            let user = percent_encoding::percent_decode_str(user)
-                .decode_utf8()
-                .ok()?
-                .into_owned();
+            let user = path_username(rest)?;
             Some(AdminRoute::UserConnections(user))
         }
     }
+}
+
+/// `/connections/{username}` (percent-encoded) to the username.
+pub(crate) fn path_username(rest: &str) -> Option<String> {
+    let user = rest.strip_prefix("/connections/")?;
+    if user.is_empty() || user.contains('/') {
+        return None;
+    }
+    percent_encoding::percent_decode_str(user)
+        .decode_utf8()
+        .ok()
+        .map(|u| u.into_owned())
 }
 
 /// The whole admin listener as one filter.
@@ -142,7 +157,7 @@ struct Req<'a> {
     query: &'a str,
 }
 
-async fn dispatch<S, B>(app: &App, req: Req<'_>, body: S) -> Result<Response, ApiError>
+async fn dispatch<S, B>(app: &Arc<App>, req: Req<'_>, body: S) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
@@ -158,9 +173,14 @@ where
     // not even a 401 that tells it the listener exists behind that name.
     check_host(&config.api.allowed_hosts, headers)?;
     check_origin(&config.api.allowed_origins, headers)?;
-    // The token guards every request but /healthz, unknown routes too, so
+    // The token guards every request but /healthz and the console's page
+    // (which holds no data and asks for the token), unknown routes too, so
     // an anonymous caller learns nothing about what exists.
-    if route != Some(AdminRoute::Healthz) && !admin_allowed(config.api.token.expose(), headers) {
+    let open = matches!(
+        route,
+        Some(AdminRoute::Healthz | AdminRoute::Console(ConsoleRoute::Asset(_)))
+    );
+    if !open && !admin_allowed(config.api.token.expose(), headers) {
         let mut resp =
             ApiError::unauthorized("missing or wrong bearer token (api.token)").into_response();
         resp.headers_mut().insert(
@@ -177,6 +197,19 @@ where
     }
     match (route, method) {
         (AdminRoute::Healthz, _) => Ok(healthz(app).await),
+        (AdminRoute::Console(ConsoleRoute::Asset(which)), _) => {
+            Ok(console::asset(which, &config.server.base_path))
+        }
+        (AdminRoute::Console(ConsoleRoute::Events), _) => Ok(console::events(app.clone())),
+        (AdminRoute::Console(ConsoleRoute::Users), _) => {
+            let asked = console::UsersQuery::parse(query)?;
+            Ok(envelope::ok(&console::users(app, &asked).await?))
+        }
+        (AdminRoute::Console(ConsoleRoute::User(user)), _) => {
+            validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
+            let list = app.router.list_user(&user).await?;
+            Ok(envelope::ok(&console::user_json(&user, &list)))
+        }
         (AdminRoute::Metrics, _) => {
             let (text, content_type) = if wants_openmetrics(headers) {
                 (
@@ -746,6 +779,24 @@ mod tests {
         assert_eq!(parse_route(b, "/notificationsx/send"), None);
         assert_eq!(parse_route(b, "/notifications/stream/"), None);
         assert_eq!(parse_route("", "/send/"), Some(AdminRoute::Send));
+        assert_eq!(
+            parse_route(b, "/notifications/admin/"),
+            Some(AdminRoute::Console(ConsoleRoute::Asset(
+                console::Asset::Page
+            )))
+        );
+        assert_eq!(
+            parse_route(b, "/notifications/admin"),
+            Some(AdminRoute::Console(ConsoleRoute::Asset(
+                console::Asset::Page
+            )))
+        );
+        assert_eq!(
+            parse_route(b, "/notifications/admin/events"),
+            Some(AdminRoute::Console(ConsoleRoute::Events))
+        );
+        assert_eq!(parse_route(b, "/notifications/administrator"), None);
+        assert_eq!(parse_route(b, "/admin/"), None);
     }
 
     #[test]

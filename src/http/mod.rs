@@ -19,6 +19,7 @@ use auth::Authenticator;
 pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;
+pub(crate) mod console;
 pub(crate) mod envelope;
 pub(crate) mod listing;
 pub(crate) mod public;
@@ -40,6 +41,8 @@ pub(crate) struct App {
     pub fd_cap: usize,
     /// One log line per interval for refused streams, however many.
     pub refusals: std::sync::Mutex<crate::throttle::LogThrottle>,
+    /// The admin console's samples and live ticks.
+    pub console: console::Console,
 }
 
 pub(crate) struct AppParts {
@@ -69,6 +72,7 @@ impl App {
             refusals: std::sync::Mutex::new(crate::throttle::LogThrottle::new(
                 std::time::Duration::from_secs(10),
             )),
+            console: console::Console::default(),
         }
     }
 

@@ -26,6 +26,7 @@ use crate::config::{Config, HistoryConfig};
 use crate::metrics::Metrics;
 
 pub(crate) mod memory;
+pub(crate) mod nodes;
 pub(crate) mod redis;
 
 /// Why the store could not answer. Every variant means "nothing was
@@ -538,6 +539,31 @@ impl Store {
                 bus: None,
             },
             Store::Redis(r) => r.health().await,
+        }
+    }
+
+    /// Publishes this node's report (Redis: for every node's console) and
+    /// reads the deployment's: the nodes that reported lately and the
+    /// registry totals. The embedded engine is this one node.
+    pub(crate) async fn report_node(&self, me: &nodes::NodeStatus) -> Result<nodes::Deployment> {
+        match self {
+            Store::Memory(m) => {
+                let (users, connections) = m.totals();
+                Ok(nodes::Deployment {
+                    nodes: vec![me.clone()],
+                    users,
+                    connections,
+                })
+            }
+            Store::Redis(r) => r.report_node(me).await,
+        }
+    }
+
+    /// The node stops reporting: its report goes at once.
+    pub(crate) async fn forget_node(&self, node_id: &str) -> Result<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.forget_node(node_id).await,
         }
     }
 

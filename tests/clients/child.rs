@@ -8,7 +8,7 @@
 //! is closed properly, then SIGKILL).
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +52,31 @@ pub fn require_tool(program: &str, hint: &str) -> String {
 /// Panics unless `path` exists, with `hint` saying how to get it.
 pub fn require_path(path: &Path, hint: &str) {
     assert!(path.exists(), "{} is missing: {hint}", path.display());
+}
+
+/// Debian's Chromium (`CHROMIUM` or /usr/bin/chromium), or a clear panic.
+pub fn chromium() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    require_path(
+        &path,
+        "this test needs Debian's Chromium: `apt-get install chromium` (.ci/run does), \
+         or set CHROMIUM to a Chromium binary",
+    );
+    path
+}
+
+/// node, the npm packages of tests/browser and Chromium (its path), or a
+/// clear panic.
+pub fn browser_tools() -> PathBuf {
+    require_tool("node", "this test needs Node.js (>= 20) and npm");
+    require_path(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/browser/node_modules/playwright-core/package.json"),
+        "run `npm ci --prefix tests/browser` (.ci/run does)",
+    );
+    chromium()
 }
 
 impl JsonChild {

@@ -60,6 +60,16 @@ impl Keys {
         format!("{}:history:seq", self.prefix)
     }
 
+    /// Sorted set of node ids by when each last reported (the console).
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Hash of one node's last report, with an expiry.
+    pub(crate) fn node(&self, node_id: &str) -> String {
+        format!("{}:node:{}", self.prefix, node_id)
+    }
+
     /// Pub/sub channel between nodes.
     pub(crate) fn bus(&self) -> String {
         format!("{}:bus", self.prefix)
@@ -81,6 +91,8 @@ mod tests {
         assert_eq!(k.history_broadcast(), "sse:history:broadcast");
         assert_eq!(k.bus(), "sse:bus");
         assert_eq!(k.history_seq(), "sse:history:seq");
+        assert_eq!(k.nodes(), "sse:nodes");
+        assert_eq!(k.node("web-1"), "sse:node:web-1");
         assert_eq!(k.conn_prefix() + "abc", k.conn("abc"));
         assert_eq!(k.user_prefix() + "bob", k.user("bob"));
     }

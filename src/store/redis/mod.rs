@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
+use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::{
     Accepted, Cleared, ConnectionRecord, Health, Inbound, Message, MsgId, NodeLink, Open, Removed,
     Replay, Result, StoreError, Target,
@@ -20,6 +21,7 @@ mod bus;
 mod conn;
 mod history;
 mod keys;
+mod nodes;
 mod presence;
 mod registry;
 
@@ -320,5 +322,14 @@ impl RedisStore {
 
     pub(crate) async fn shutdown(&self) {
         self.presence.shutdown().await;
+    }
+
+    /// Writes this node's report; every node's, and the registry totals.
+    pub(crate) async fn report_node(&self, me: &NodeStatus) -> Result<Deployment> {
+        nodes::report(&self.registry, me).await
+    }
+
+    pub(crate) async fn forget_node(&self, node_id: &str) -> Result<()> {
+        nodes::forget(&self.registry, node_id).await
     }
 }

@@ -1,0 +1,578 @@
+//! The admin console (README "Admin console"): one page served from the
+//! binary on the admin listener, its live stream (`{base}/admin/events`),
+//! and the sampler behind both: every second it reports this node to the
+//! store (Redis: for every node's console), reads the deployment's nodes
+//! and totals, and keeps 15 minutes of deployment-wide rates in a ring.
+//!
+//! The page's actions (send, disconnect, cleanup, clear) go through the
+//! ordinary API routes; only reads the API has no shape for live here.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use super::envelope::ApiError;
+use super::App;
+use crate::store::nodes::NodeStatus;
+use crate::store::{unix_now, ConnectionRecord, Cursor};
+
+const PAGE: &str = include_str!("console/index.html");
+const SCRIPT: &str = include_str!("console/console.js");
+const STYLE: &str = include_str!("console/console.css");
+
+/// One sample a second, 15 minutes of them.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const RING: usize = 900;
+
+/// The page and its assets: what answers without `api.token` (they hold
+/// no data). Everything else of the console needs the token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Asset {
+    Page,
+    Script,
+    Style,
+}
+
+/// The console's paths below `{base}/admin` (already without the trailing
+/// slash).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ConsoleRoute {
+    Asset(Asset),
+    Events,
+    /// One page of users with their connection counts, by name, optionally
+    /// only the names that start with a prefix (the console's search).
+    Users,
+    /// A user's connections with the node holding each (the API's listing
+    /// leaves the node out: its shape is fixed).
+    User(String),
+}
+
+pub(crate) fn parse(rest: &str) -> Option<ConsoleRoute> {
+    match rest {
+        "" => Some(ConsoleRoute::Asset(Asset::Page)),
+        "/console.js" => Some(ConsoleRoute::Asset(Asset::Script)),
+        "/console.css" => Some(ConsoleRoute::Asset(Asset::Style)),
+        "/events" => Some(ConsoleRoute::Events),
+        "/users" => Some(ConsoleRoute::Users),
+        _ => {
+            let user = super::api::path_username(rest)?;
+            Some(ConsoleRoute::User(user))
+        }
+    }
+}
+
+/// One point of the chart: deployment-wide, rates per second over the
+/// last interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct Sample {
+    pub t: f64,
+    pub live: u64,
+    pub connects: f64,
+    pub disconnects: f64,
+    pub sent: f64,
+    pub delivered: f64,
+    pub drops: f64,
+}
+
+/// What the sampler keeps between rounds for one node, to turn its
+/// counters into rates.
+#[derive(Debug, Clone)]
+struct Seen {
+    started_at: f64,
+    seen_at: f64,
+    counters: [u64; 5],
+    rates: [f64; 5],
+}
+
+fn counters(n: &NodeStatus) -> [u64; 5] {
+    [
+        n.connects,
+        n.disconnects,
+        n.messages_sent,
+        n.messages_delivered,
+        n.slow_consumer_drops,
+    ]
+}
+
+/// Deployment-wide rates from every node's counters. Each node's rate
+/// comes from its own two last reports (they arrive at its own pace); a
+/// node seen for the first time, or restarted, counts from its next
+/// report, so a node joining never shows as a burst of its whole history.
+#[derive(Debug, Default)]
+pub(crate) struct Rates {
+    nodes: HashMap<String, Seen>,
+}
+
+impl Rates {
+    pub(crate) fn sample(&mut self, t: f64, nodes: &[NodeStatus]) -> Sample {
+        let mut next = HashMap::with_capacity(nodes.len());
+        let mut sum = [0.0f64; 5];
+        let mut live = 0;
+        for n in nodes {
+            live += n.live_streams;
+            let now = counters(n);
+            let rates = match self.nodes.get(&n.node_id) {
+                Some(prev) if prev.started_at == n.started_at && n.seen_at > prev.seen_at => {
+                    let dt = n.seen_at - prev.seen_at;
+                    let mut r = [0.0; 5];
+                    for i in 0..5 {
+                        r[i] = now[i].saturating_sub(prev.counters[i]) as f64 / dt;
+                    }
+                    r
+                }
+                // Not reported again yet: its last rate holds.
+                Some(prev) if prev.started_at == n.started_at => prev.rates,
+                _ => [0.0; 5],
+            };
+            for i in 0..5 {
+                sum[i] += rates[i];
+            }
+            next.insert(
+                n.node_id.clone(),
+                Seen {
+                    started_at: n.started_at,
+                    seen_at: n.seen_at,
+                    counters: now,
+                    rates,
+                },
+            );
+        }
+        self.nodes = next;
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        Sample {
+            t: round(t),
+            live,
+            connects: round(sum[0]),
+            disconnects: round(sum[1]),
+            sent: round(sum[2]),
+            delivered: round(sum[3]),
+            drops: round(sum[4]),
+        }
+    }
+}
+
+/// The console's state in the node: the ring and the latest tick, which
+/// every open console stream is sent.
+pub(crate) struct Console {
+    started_at: f64,
+    ring: Mutex<VecDeque<Sample>>,
+    /// The latest `tick` event's data (compact JSON).
+    tick: watch::Sender<Option<Arc<str>>>,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            started_at: unix_now(),
+            ring: Mutex::new(VecDeque::with_capacity(RING)),
+            tick: watch::channel(None).0,
+        }
+    }
+}
+
+impl Console {
+    fn samples(&self) -> Vec<Sample> {
+        self.ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn push(&self, s: Sample) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == RING {
+            ring.pop_front();
+        }
+        ring.push_back(s);
+    }
+}
+
+/// This node's report now.
+async fn this_node(app: &App) -> NodeStatus {
+    let m = &app.metrics;
+    let health = app.router.store().health().await;
+    NodeStatus {
+        node_id: app.node_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        engine: health.engine.to_string(),
+        started_at: app.console.started_at,
+        seen_at: unix_now(),
+        live_streams: app.hub.len() as u64,
+        max_streams: app.max_streams() as u64,
+        redis: health.redis.map(|r| match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("unreachable: {e}"),
+        }),
+        bus: health
+            .bus
+            .map(|up| if up { "ok" } else { "down" }.to_string()),
+        connects: m.connects.get(),
+        disconnects: m.disconnects.get(),
+        messages_sent: m.messages_sent.get(),
+        messages_delivered: m.messages_delivered.get(),
+        slow_consumer_drops: m.slow_consumer_drops.get(),
+    }
+}
+
+/// Every second until shutdown: report this node, read the deployment,
+/// push a sample, publish the tick. At shutdown this node's report goes.
+pub(crate) async fn sampler(app: Arc<App>) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rates = Rates::default();
+    let mut log = crate::throttle::LogThrottle::new(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let me = this_node(&app).await;
+        let t = me.seen_at;
+        let (nodes, totals, error) = match app.router.store().report_node(&me).await {
+            Ok(d) => (d.nodes, Some((d.users, d.connections)), None),
+            Err(e) => {
+                app.metrics.redis_errors.inc();
+                if let Some(suppressed) = log.allow() {
+                    tracing::warn!(error = %e, suppressed, "console: node report failed");
+                }
+                (vec![me], None, Some(e.to_string()))
+            }
+        };
+        let sample = rates.sample(t, &nodes);
+        app.console.push(sample.clone());
+        let tick = json!({
+            "t": t,
+            "node_id": app.node_id,
+            "sample": sample,
+            "nodes": nodes,
+            "users": totals.map(|t| t.0),
+            "connections": totals.map(|t| t.1),
+            "error": error,
+        });
+        app.console
+            .tick
+            .send_replace(Some(Arc::from(tick.to_string())));
+    }
+    if let Err(e) = app.router.store().forget_node(&app.node_id).await {
+        tracing::debug!(error = %e, "console: could not remove this node's report");
+    }
+}
+
+/// The page or one of its assets, with headers that keep it from being
+/// framed or from loading anything but itself.
+pub(crate) fn asset(which: Asset, base: &str) -> Response {
+    let (body, content_type): (Bytes, &str) = match which {
+        Asset::Page => (
+            Bytes::from(PAGE.replace("{{BASE}}", &html_escape(base))),
+            "text/html; charset=utf-8",
+        ),
+        Asset::Script => (
+            Bytes::from_static(SCRIPT.as_bytes()),
+            "text/javascript; charset=utf-8",
+        ),
+        Asset::Style => (
+            Bytes::from_static(STYLE.as_bytes()),
+            "text/css; charset=utf-8",
+        ),
+    };
+    let mut resp = Response::new(body.into());
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A user's connections with their node, oldest first.
+pub(crate) fn user_json(user: &str, list: &[ConnectionRecord]) -> serde_json::Value {
+    let connections: Vec<_> = list
+        .iter()
+        .map(|r| {
+            json!({
+                "connection_id": r.connection_id,
+                "node_id": r.node_id,
+                "connection_time": r.connection_time,
+                "last_heartbeat": r.last_heartbeat,
+            })
+        })
+        .collect();
+    json!({"username": user, "connection_count": list.len(), "connections": connections})
+}
+
+/// Users per page when the page does not say.
+const USERS_PAGE: usize = 50;
+const USERS_PAGE_MAX: usize = 500;
+
+/// `?prefix=P&cursor=C&limit=N` of the console's user list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct UsersQuery {
+    pub prefix: String,
+    /// The page starts after this username.
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+impl UsersQuery {
+    pub(crate) fn parse(query: &str) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
+        let mut q = UsersQuery {
+            limit: USERS_PAGE,
+            ..Default::default()
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "prefix" => q.prefix = value,
+                "cursor" if value.is_empty() => q.after = None,
+                "cursor" => {
+                    q.after = Some(
+                        value
+                            .parse::<Cursor>()
+                            .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?,
+                    )
+                }
+                "limit" => {
+                    q.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=USERS_PAGE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit: a whole number from 1 to {USERS_PAGE_MAX}"
+                            ))
+                        })?
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// One page of users (name, connection count) whose names start with the
+/// prefix, after the cursor, through the registry's paged listing; and the
+/// next page's cursor. Names are in order, so the ones with a prefix are
+/// one run: the exact name first, then the names after it, until one does
+/// not start with it.
+pub(crate) async fn users(app: &App, q: &UsersQuery) -> Result<serde_json::Value, ApiError> {
+    let mut users: Vec<(String, usize)> = Vec::new();
+    let mut after = q.after.clone();
+    if after.is_none() && !q.prefix.is_empty() {
+        let exact = app.router.list_user(&q.prefix).await?;
+        if !exact.is_empty() {
+            users.push((q.prefix.clone(), exact.len()));
+        }
+        after = Some(Cursor(q.prefix.clone()));
+    }
+    let want = q.limit - users.len();
+    let mut more = want == 0;
+    let mut totals = None;
+    if want > 0 {
+        // One more than shown, to know whether a next page holds any.
+        let page = app.router.list_page(after.as_ref(), want + 1).await?;
+        totals = Some((page.user_count, page.total_connections));
+        more = page.next.is_some();
+        for (user, list) in page.users {
+            if !user.starts_with(&q.prefix) {
+                more = false;
+                break;
+            }
+            if users.len() == q.limit {
+                more = true;
+                break;
+            }
+            users.push((user, list.len()));
+        }
+    }
+    let next = match users.last() {
+        Some((last, _)) if more => Some(Cursor(last.clone())),
+        _ => None,
+    };
+    let listed: Vec<_> = users
+        .iter()
+        .map(|(u, n)| json!({"username": u, "connection_count": n}))
+        .collect();
+    Ok(json!({
+        "users": listed,
+        "next_cursor": next.map(|c| c.to_string()),
+        "user_count": totals.map(|t| t.0),
+        "total_connections": totals.map(|t| t.1),
+    }))
+}
+
+fn frame(event: &str, data: &str) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// The console's live stream: `hello` (the ring so far) and then a `tick`
+/// a second; it ends when the node shuts down.
+pub(crate) fn events(app: Arc<App>) -> Response {
+    let hello = json!({
+        "node_id": app.node_id,
+        "interval_secs": SAMPLE_EVERY.as_secs(),
+        "window_secs": SAMPLE_EVERY.as_secs() * RING as u64,
+        "samples": app.console.samples(),
+    });
+    let mut ticks = app.console.tick.subscribe();
+    ticks.mark_changed();
+    let first = frame("hello", &hello.to_string());
+    let state = (app, ticks, Some(first));
+    let stream = futures_util::stream::unfold(state, |(app, mut ticks, first)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, std::convert::Infallible>(first), (app, ticks, None)));
+        }
+        loop {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => return None,
+                changed = ticks.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    let latest = ticks.borrow_and_update().clone();
+                    if let Some(tick) = latest {
+                        let f = frame("tick", &tick);
+                        return Some((Ok(f), (app, ticks, None)));
+                    }
+                }
+                // Nothing for a while (the sampler waits on Redis): a
+                // comment keeps proxies and the page from timing out.
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                    let f = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok(f), (app, ticks, None)));
+                }
+            }
+        }
+    });
+    let mut resp = warp::reply::stream(Synced::new(stream)).into_response();
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// warp wants a `Sync` stream for a streaming body; an async stream's
+/// future is `Send` only. Polling needs `&mut`, so the mutex is never
+/// contended: it only lends the wrapper `Sync`.
+struct Synced<S>(Mutex<std::pin::Pin<Box<S>>>);
+
+impl<S> Synced<S> {
+    fn new(s: S) -> Self {
+        Self(Mutex::new(Box::pin(s)))
+    }
+}
+
+impl<S: Stream> Stream for Synced<S> {
+    type Item = S::Item;
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, started: f64, seen: f64, connects: u64, live: u64) -> NodeStatus {
+        NodeStatus {
+            node_id: id.into(),
+            started_at: started,
+            seen_at: seen,
+            connects,
+            live_streams: live,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn users_query() {
+        let q = UsersQuery::parse("prefix=al&cursor=616c&limit=20").unwrap();
+        assert_eq!(
+            q,
+            UsersQuery {
+                prefix: "al".into(),
+                after: Some(Cursor("al".into())),
+                limit: 20
+            }
+        );
+        assert_eq!(UsersQuery::parse("").unwrap().limit, USERS_PAGE);
+        assert!(UsersQuery::parse("limit=0").is_err());
+        assert!(UsersQuery::parse("cursor=zz").is_err());
+    }
+
+    #[test]
+    fn console_paths() {
+        assert_eq!(parse(""), Some(ConsoleRoute::Asset(Asset::Page)));
+        assert_eq!(parse("/events"), Some(ConsoleRoute::Events));
+        assert_eq!(
+            parse("/connections/al%C3%A9"),
+            Some(ConsoleRoute::User("alé".into()))
+        );
+        assert_eq!(parse("/connections/"), None);
+        assert_eq!(parse("/nope"), None);
+    }
+
+    #[test]
+    fn rates_per_node_without_join_bursts() {
+        let mut r = Rates::default();
+        // First sight: no rate, whatever the counters hold.
+        let s = r.sample(10.0, &[node("a", 1.0, 10.0, 5000, 3)]);
+        assert_eq!((s.connects, s.live), (0.0, 3));
+        let s = r.sample(
+            11.0,
+            &[node("a", 1.0, 12.0, 5010, 4), node("b", 2.0, 11.0, 700, 1)],
+        );
+        assert_eq!((s.connects, s.live), (5.0, 5));
+        // a not reported again: its last rate holds; b's second report.
+        let s = r.sample(
+            12.0,
+            &[node("a", 1.0, 12.0, 5010, 4), node("b", 2.0, 12.0, 703, 1)],
+        );
+        assert_eq!(s.connects, 8.0);
+        // a restarted (counters back near 0): no negative rate, no burst.
+        let s = r.sample(13.0, &[node("a", 50.0, 13.0, 2, 0)]);
+        assert_eq!(s.connects, 0.0);
+    }
+}
