@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 use crate::config::{self, Config};
-use crate::store::redis::{publish_resync, Keys, Registry, SharedConn};
+use crate::store::redis::{
+    publish_resync, sweep, untargeted_for_resync, Keys, Registry, SharedConn,
+};
 use crate::store::{unix_now, ConnectionRecord, Listing, Removed, StoreError};
 
 #[derive(Debug, Parser)]
@@ -156,7 +158,8 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 ));
             }
             let removed = if config.uses_redis() {
-                connect(&config).await?.sweep(unix_now() - timeout).await?
+                let registry = connect(&config).await?;
+                sweep(&registry, unix_now() - timeout, config.heartbeat_interval()).await?
             } else {
                 let body = serde_json::json!({ "timeout": timeout });
                 removed_from(&admin_call(&config, Method::POST, "/cleanup/", Some(body)).await?)
@@ -173,6 +176,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
             }
             let removed = if config.uses_redis() {
                 let registry = connect(&config).await?;
+                untargeted_for_resync(&registry).await?;
                 let removed = registry.clear().await?;
                 publish_resync(&registry).await.map_err(|e| {
                     CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))
