@@ -103,7 +103,7 @@ async fn only_nodes_holding_the_user_receive(history: bool) {
     for i in 0..5 {
         send_ok(&a.admin_base(), json!({"to": "bob", "data": i})).await;
     }
-    send_ok(&c.admin_base(), json!({"data": "end"})).await;
+    send_ok(&a.admin_base(), json!({"data": "end"})).await;
     assert_eq!(ids_until(&mut ann, "end", "ann").await.len(), 11);
     assert_eq!(ids_until(&mut bob, "end", "bob").await.len(), 6);
 

@@ -492,7 +492,9 @@ impl Subscriber {
                     event @ BusEvent::Deliver { .. } if self.history.is_some() => {
                         apply(event, &*self.link, &self.presence, &self.recent)
                     }
-                    event if event.origin() == self.origin => 0,
+                    // Delivered here directly when it was sent (history
+                    // off): not a message that found no stream.
+                    event if event.origin() == self.origin => usize::from(message),
                     event => apply(event, &*self.link, &self.presence, &self.recent),
                 };
                 if message && took == 0 {
