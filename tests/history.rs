@@ -15,6 +15,14 @@ async fn send_to(node: &TestNode, body: Value) -> String {
     send_ok(&node.admin_base(), body).await
 }
 
+/// One event of a raw stream.
+#[derive(Debug)]
+struct Frame {
+    id: String,
+    event: String,
+    data: String,
+}
+
 /// Opens a stream as `user` with extra headers; returns it after
 /// `connection_established`.
 async fn reconnect(
@@ -22,28 +30,62 @@ async fn reconnect(
     user: &str,
     headers: &[(&str, &str)],
     query: &str,
-) -> SseClient {
-    let mut all = vec![("X-Remote-User", user)];
-    all.extend_from_slice(headers);
-    let mut c = SseClient::open(&format!("{}{query}", node.stream_url()), &all).await;
-    assert_eq!(c.status, 200);
-    let ev = c.next_event(WAIT).await.expect("first event");
-    assert_eq!(ev.event, "connection_established");
-    c
+) -> RawStream {
+    let mut req = stream_client()
+        .get(format!("{}{query}", node.stream_url()))
+        .header("X-Remote-User", user);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("stream request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut tab = RawStream::of(resp);
+    // Marks `connection_established` read, and nothing after it.
+    tab.established().await;
+    tab
 }
 
-/// Every event until `quiet` passes without one.
-async fn drain(c: &mut SseClient, quiet: Duration) -> Vec<eventsource_stream::Event> {
-    let mut out = Vec::new();
-    while let Some(ev) = c.next_event(quiet).await {
-        out.push(ev);
-    }
-    out
+/// Every event before the next heartbeat comment. A heartbeat travels a
+/// stream's queue behind its replay and behind every live message sent
+/// before it, and it is never kept in history: when it arrives, nothing
+/// that was on its way is still missing (no quiet period to guess), and
+/// it does not shift the small history windows these tests check.
+async fn until_heartbeat(tab: &mut RawStream) -> Vec<Frame> {
+    let text = tab.wait_for_heartbeats(1, WAIT).await;
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut f = Frame {
+                id: String::new(),
+                event: "message".into(),
+                data: String::new(),
+            };
+            let mut has_data = false;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    f.id = v.to_string();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    f.event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    f.data = v.to_string();
+                    has_data = true;
+                }
+            }
+            has_data.then_some(f)
+        })
+        .collect()
+}
+
+/// A config whose streams send a heartbeat every second (see
+/// [`until_heartbeat`]).
+fn beating(env: &Env) -> sse_notify::config::Config {
+    let mut config = env.config();
+    config.stream.heartbeat_secs = 1;
+    config
 }
 
 on_both_engines! {
     async fn missed_messages_and_broadcasts_come_back_in_order_exactly_once(env: Env) {
-        let node = TestNode::start(env.config()).await;
+        let node = TestNode::start(beating(&env)).await;
         let (mut tab, _) = SseClient::connect(&node, "alice").await;
         let first = send_to(&node, json!({"to": "alice", "data": 1})).await;
         assert_eq!(tab.next_named("message", WAIT).await.unwrap().id, first);
@@ -63,7 +105,7 @@ on_both_engines! {
         let _other = send_to(&node, json!({"to": "bob", "data": "not for alice"})).await;
 
         let mut tab = reconnect(&node, "alice", &[("Last-Event-ID", &first)], "").await;
-        let got = drain(&mut tab, Duration::from_millis(500)).await;
+        let got = until_heartbeat(&mut tab).await;
         let seen: Vec<(&str, &str, &str)> = got
             .iter()
             .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
@@ -78,13 +120,13 @@ on_both_engines! {
         );
         // Then live ones, once.
         let m4 = send_to(&node, json!({"to": "alice", "data": 4})).await;
-        let got = drain(&mut tab, Duration::from_millis(500)).await;
+        let got = until_heartbeat(&mut tab).await;
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].id, m4);
 
         // The query parameter works like the header.
         let mut tab2 = reconnect(&node, "alice", &[], &format!("?last_event_id={m3}")).await;
-        let got = drain(&mut tab2, Duration::from_millis(500)).await;
+        let got = until_heartbeat(&mut tab2).await;
         assert_eq!(
             got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             vec![m4]
@@ -94,7 +136,7 @@ on_both_engines! {
 
 on_both_engines! {
     async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept(env: Env) {
-        let mut config = env.config();
+        let mut config = beating(&env);
         config.history.size = 3;
         let node = TestNode::start(config).await;
         let mut ids = Vec::new();
@@ -117,7 +159,7 @@ on_both_engines! {
                 &format!("?last_event_id={}", urlencode(last)),
             )
             .await;
-            let got = drain(&mut tab, Duration::from_millis(400)).await;
+            let got = until_heartbeat(&mut tab).await;
             assert_eq!(got[0].event, "history_gap", "{last}: {got:?}");
             let data: Value = serde_json::from_str(&got[0].data).unwrap();
             assert_eq!(data["last_event_id"], last);
@@ -126,7 +168,7 @@ on_both_engines! {
         }
         // A kept id: no gap, only what follows.
         let mut tab = reconnect(&node, "carol", &[("Last-Event-ID", &kept[0])], "").await;
-        let got = drain(&mut tab, Duration::from_millis(400)).await;
+        let got = until_heartbeat(&mut tab).await;
         assert_eq!(
             got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             kept[1..].to_vec()
@@ -134,7 +176,7 @@ on_both_engines! {
     }
 }
 
-fn ids_of(events: &[eventsource_stream::Event]) -> Vec<String> {
+fn ids_of(events: &[Frame]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
@@ -145,7 +187,7 @@ on_both_engines! {
     /// no longer served, by count or by age, in the user's stream or in the
     /// broadcasts.
     async fn what_is_served_is_exactly_the_newest_size_and_age(env: Env) {
-        let mut config = env.config();
+        let mut config = beating(&env);
         config.history.size = 3;
         config.history.ttl_secs = 1;
         let node = TestNode::start(config).await;
@@ -166,12 +208,12 @@ on_both_engines! {
         // The id just before the served window: nothing after it is lost.
         let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[246])], "").await;
         assert_eq!(
-            ids_of(&drain(&mut tab, Duration::from_millis(300)).await),
+            ids_of(&until_heartbeat(&mut tab).await),
             ids[247..]
         );
         // One further back: ids[246] is no longer served, a gap.
         let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[245])], "").await;
-        let got = drain(&mut tab, Duration::from_millis(300)).await;
+        let got = until_heartbeat(&mut tab).await;
         assert_eq!(got[0].event, "history_gap", "{got:?}");
         assert_eq!(ids_of(&got[1..]), ids[247..]);
 
@@ -183,7 +225,7 @@ on_both_engines! {
             bcast.push(send_to(&node, json!({"data": i})).await);
         }
         let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
-        let got = drain(&mut tab, Duration::from_millis(300)).await;
+        let got = until_heartbeat(&mut tab).await;
         assert_eq!(got[0].event, "history_gap", "{got:?}");
         let mut want = vec![mine.clone()];
         want.extend_from_slice(&bcast[2..]);
@@ -207,12 +249,12 @@ on_both_engines! {
         .await;
         let fresh = send_to(&node, json!({"to": "erin", "data": "fresh"})).await;
         let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
-        let got = drain(&mut tab, Duration::from_millis(300)).await;
+        let got = until_heartbeat(&mut tab).await;
         assert_eq!(got[0].event, "history_gap", "{got:?}");
         assert_eq!(ids_of(&got[1..]), vec![fresh.clone()]);
         // Nothing missed after the newest id, however old the rest is.
         let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &fresh)], "").await;
-        assert!(drain(&mut tab, Duration::from_millis(300)).await.is_empty());
+        assert!(until_heartbeat(&mut tab).await.is_empty());
     }
 }
 
@@ -230,7 +272,7 @@ fn urlencode(s: &str) -> String {
 
 on_both_engines! {
     async fn disabled_history_writes_nothing_and_ignores_last_event_id(env: Env) {
-        let mut config = env.config();
+        let mut config = beating(&env);
         config.history.enabled = false;
         let node = TestNode::start(config).await;
         let (mut tab, _) = SseClient::connect(&node, "dan").await;
@@ -242,14 +284,10 @@ on_both_engines! {
             assert!(keys.is_empty(), "history keys written: {keys:?}");
         }
         let mut again = reconnect(&node, "dan", &[("Last-Event-ID", &id)], "").await;
-        assert!(drain(&mut again, Duration::from_millis(400))
-            .await
-            .is_empty());
+        assert!(until_heartbeat(&mut again).await.is_empty());
         let mut again = reconnect(&node, "dan", &[("Last-Event-ID", "garbage")], "").await;
         assert!(
-            drain(&mut again, Duration::from_millis(400))
-                .await
-                .is_empty(),
+            until_heartbeat(&mut again).await.is_empty(),
             "no history_gap when disabled"
         );
     }
@@ -257,7 +295,7 @@ on_both_engines! {
 
 on_both_engines! {
     async fn one_tab_messages_are_replayed_once_at_most(env: Env) {
-        let node = TestNode::start(env.config()).await;
+        let node = TestNode::start(beating(&env)).await;
         let (mut keeper, _) = SseClient::connect(&node, "eve").await;
         let (mut other, _) = SseClient::connect(&node, "eve").await;
         let base = send_to(&node, json!({"to": "eve", "data": 0})).await;
@@ -272,9 +310,7 @@ on_both_engines! {
         .await;
         assert_eq!(keeper.next_named("message", WAIT).await.unwrap().id, live);
         let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
-        assert!(drain(&mut back, Duration::from_millis(400))
-            .await
-            .is_empty());
+        assert!(until_heartbeat(&mut back).await.is_empty());
         drop(back);
         drop(keeper);
         assert!(
@@ -286,9 +322,7 @@ on_both_engines! {
         );
         let mut alone = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
         assert!(
-            drain(&mut alone, Duration::from_millis(400))
-                .await
-                .is_empty(),
+            until_heartbeat(&mut alone).await.is_empty(),
             "a one-tab message that reached a tab is not replayed"
         );
         drop(alone);
@@ -307,19 +341,30 @@ on_both_engines! {
         )
         .await;
         let mut first = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
-        let got = drain(&mut first, Duration::from_millis(400)).await;
+        let got = until_heartbeat(&mut first).await;
         assert_eq!(
             got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
             vec![kept]
         );
         let mut second = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
         assert!(
-            drain(&mut second, Duration::from_millis(400))
-                .await
-                .is_empty(),
+            until_heartbeat(&mut second).await.is_empty(),
             "only the first tab back gets a kept one-tab message"
         );
     }
+}
+
+/// A tab back after `last` as an event client (for reading mid-flow).
+async fn reopen(node: &TestNode, user: &str, last: &str) -> SseClient {
+    let mut tab = SseClient::open(
+        &node.stream_url(),
+        &[("X-Remote-User", user), ("Last-Event-ID", last)],
+    )
+    .await;
+    assert_eq!(tab.status, 200);
+    let ev = tab.next_event(WAIT).await.expect("first event");
+    assert_eq!(ev.event, "connection_established");
+    tab
 }
 
 /// Three nodes sharing one history: Redis only. The tab moves between two
@@ -375,13 +420,20 @@ async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing() {
         drop(tab);
         reconnects += 1;
         let node = nodes[reconnects % 2];
-        tab = reconnect(node, "frank", &[("Last-Event-ID", &last)], "").await;
+        tab = reopen(node, "frank", &last).await;
         if reconnects > 40 {
             break;
         }
     }
     let sent = sender.await.unwrap();
-    for ev in drain(&mut tab, Duration::from_millis(800)).await {
+    // Sends to one stream arrive in order: what comes before a last
+    // message is everything that was still on its way.
+    send_to(
+        &a,
+        json!({"to": "frank", "event": "marker", "data": "end-of-storm"}),
+    )
+    .await;
+    for ev in tab.events_before("end-of-storm", WAIT).await {
         assert_eq!(ev.event, "message", "{ev:?}");
         received.push(ev.id);
     }

@@ -64,10 +64,13 @@ async fn reach_every_node_once(history: bool) {
         let ev = tab.next_event(WAIT).await.expect("broadcast");
         assert_eq!((ev.event.as_str(), ev.data.as_str()), ("news", "7"));
     }
-    // No duplicate follows on any tab.
+    // No duplicate follows on any tab: a later broadcast from the other
+    // node is the next thing each tab sees.
+    let (status, _) = send(&a.admin_url(""), json!({"data": "after-news"})).await;
+    assert_eq!(status, 200);
     for tab in [&mut a1, &mut b1, &mut bob] {
-        let ev = tab.next_event(Duration::from_millis(300)).await;
-        assert!(ev.is_none(), "unexpected second event {ev:?}");
+        let dup = tab.events_before("after-news", WAIT).await;
+        assert!(dup.is_empty(), "unexpected second event {dup:?}");
     }
 
     // first connection only: the oldest is a1, held by a; posted to b.
@@ -79,7 +82,17 @@ async fn reach_every_node_once(history: bool) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["connections"], 1);
     assert!(a1.next_named("message", WAIT).await.is_some());
-    assert!(b1.next_event(Duration::from_millis(300)).await.is_none());
+    let (status, _) = send(
+        &a.admin_url(""),
+        json!({"to": "alice", "data": "after-first"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let early = b1.events_before("after-first", WAIT).await;
+    assert!(
+        early.is_empty(),
+        "the newer tab got a first-connection message: {early:?}"
+    );
 
     // Logout posted to b closes alice's streams on a and b; bob stays.
     let (status, body) = admin(
@@ -119,10 +132,14 @@ async fn per_user_limit_evicts_the_oldest_wherever_it_is() {
     assert_eq!(data["connection_id"], oldest_id.as_str());
     assert_eq!(data["reason"], "max_connections_per_user");
     assert!(oldest.ends_within(WAIT).await);
-    assert!(second
-        .next_event(Duration::from_millis(300))
-        .await
-        .is_none());
+    let (status, _) = send(
+        &a.admin_url(""),
+        json!({"to": "carol", "data": "after-evict"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let early = second.events_before("after-evict", WAIT).await;
+    assert!(early.is_empty(), "a kept tab was told something: {early:?}");
 
     let (status, body) = admin(
         reqwest::Method::GET,

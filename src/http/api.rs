@@ -2,11 +2,13 @@
 //! `/metrics`. Input is validated here, field by field, before anything is
 //! sent or changed; errors leave through [`super::envelope`].
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use warp::http::{header, HeaderMap, Method, StatusCode};
 use warp::reply::Response;
@@ -465,44 +467,92 @@ pub(crate) fn validate_event(event: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates a send body into a message.
+/// Validates a send body into a message. The top level is read as raw
+/// fields, without building a tree: `data` is only checked and copied
+/// (byte-exact, big integers and all), and the small fields are typed one
+/// by one so that every error names its field.
 pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
-    let mut map = parse_object(body)?;
-    reject_unknown(&map, &["to", "data", "event", "all_connections"])?;
-    let to = match map.remove("to") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(user)) => {
-            validate_username(&user).map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
-            Some(user)
+    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_request("body: must be a JSON object")
+        } else {
+            ApiError::bad_request(format!("body: not valid JSON: {e}"))
         }
-        Some(_) => return Err(ApiError::bad_request("to: must be a string or null")),
+    })?;
+    const KNOWN: [&str; 4] = ["to", "data", "event", "all_connections"];
+    let unknown: Vec<&str> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !KNOWN.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "unknown field(s): {} (known: {})",
+            unknown.join(", "),
+            KNOWN.join(", ")
+        )));
+    }
+    let to = match fields.remove("to") {
+        None => None,
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
+            .map_err(|_| ApiError::bad_request("to: must be a string or null"))?,
     };
-    let data = map
+    if let Some(user) = &to {
+        validate_username(user).map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
+    }
+    let data = fields
         .remove("data")
         .ok_or_else(|| ApiError::bad_request("data: required (null is allowed)"))?;
-    let event = match map.remove("event") {
+    let event = match fields.remove("event") {
         None => "message".to_string(),
-        Some(Value::String(e)) => {
+        Some(raw) => {
+            let e = serde_json::from_str::<String>(raw.get())
+                .map_err(|_| ApiError::bad_request("event: must be a string"))?;
             validate_event(&e).map_err(|m| ApiError::bad_request(format!("event: {m}")))?;
             e
         }
-        Some(_) => return Err(ApiError::bad_request("event: must be a string")),
     };
-    let all_connections = match map.remove("all_connections") {
+    let all_connections = match fields.remove("all_connections") {
         None => true,
-        Some(Value::Bool(b)) => b,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "all_connections: must be true or false",
-            ))
-        }
+        Some(raw) => serde_json::from_str::<bool>(raw.get())
+            .map_err(|_| ApiError::bad_request("all_connections: must be true or false"))?,
     };
     Ok(Outgoing {
         to,
         event,
-        data: data.to_string(),
+        data: compact(data.get()),
         all_connections,
     })
+}
+
+/// Valid JSON text without the whitespace between its tokens: a frame's
+/// `data:` is one line, and a pretty-printed payload must not end it.
+/// Whitespace inside strings is part of the value and stays (JSON strings
+/// cannot hold a raw line break).
+fn compact(json: &str) -> String {
+    if !json.bytes().any(|b| b.is_ascii_whitespace()) {
+        return json.to_string();
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !c.is_ascii_whitespace() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A batch body: `{"messages": [<send body>, ...]}`, 1 to `max` messages,
@@ -517,7 +567,7 @@ pub(crate) fn parse_batch(
     #[serde(deny_unknown_fields)]
     struct Batch<'a> {
         #[serde(borrow)]
-        messages: Vec<&'a serde_json::value::RawValue>,
+        messages: Vec<&'a RawValue>,
     }
     let batch: Batch = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -687,6 +737,39 @@ mod tests {
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/x-www-form-urlencoded"));
         assert!(!is_json("application/jsonp"));
+    }
+
+    #[test]
+    fn data_is_copied_byte_exact_on_one_line() {
+        let data = |b: &str| parse_send(b.as_bytes()).unwrap().data;
+        assert_eq!(
+            data(r#"{"data":12345678901234567890123.50}"#),
+            "12345678901234567890123.50"
+        );
+        assert_eq!(data(r#"{"data":"\u00e9\/"}"#), r#""\u00e9\/""#);
+        assert_eq!(
+            data("{\"data\": {\n  \"a\" : [1, 2],\r\n\t\"b\": \"x y\\\" z\"\n}}"),
+            r#"{"a":[1,2],"b":"x y\" z"}"#
+        );
+        assert_eq!(data(r#"{"data":null}"#), "null");
+    }
+
+    #[test]
+    fn send_errors_name_the_field() {
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        assert_eq!(err("[1]"), "body: must be a JSON object");
+        assert!(err("{").starts_with("body: not valid JSON"));
+        assert!(err(r#"{"data":1,"data":}"#).starts_with("body: not valid JSON"));
+        assert!(err(r#"{"data":1,"all_conections":true}"#)
+            .starts_with("unknown field(s): all_conections"));
+        assert_eq!(err(r#"{"to":5,"data":1}"#), "to: must be a string or null");
+        assert_eq!(err(r#"{"to":"a"}"#), "data: required (null is allowed)");
+        assert_eq!(err(r#"{"data":1,"event":null}"#), "event: must be a string");
+        assert_eq!(
+            err(r#"{"data":1,"all_connections":null}"#),
+            "all_connections: must be true or false"
+        );
+        assert!(parse_send(br#"{"to":null,"data":1}"#).unwrap().to.is_none());
     }
 
     #[test]

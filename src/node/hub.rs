@@ -46,6 +46,34 @@ impl Inner {
     }
 }
 
+/// One frame on its way to some connections: who took it, and who did not
+/// (a full queue).
+struct Push<'a> {
+    frame: &'a Bytes,
+    delivered: usize,
+    failed: Vec<String>,
+}
+
+impl<'a> Push<'a> {
+    fn new(frame: &'a Bytes) -> Self {
+        Self {
+            frame,
+            delivered: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    fn to(&mut self, inner: &Inner, id: &String) {
+        if let Some(entry) = inner.conns.get(id) {
+            if entry.tx.try_send(self.frame.clone()).is_ok() {
+                self.delivered += 1;
+            } else {
+                self.failed.push(id.clone());
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HubError {
     #[error("this node holds its maximum of {0} connections")]
@@ -152,30 +180,36 @@ impl Hub {
     /// Queues `frame` to each of `ids` held here; returns how many took it.
     /// Ids of other nodes are skipped.
     pub(crate) fn deliver(&self, ids: &[String], frame: &Bytes) -> usize {
-        let mut failed = Vec::new();
-        let mut delivered = 0;
+        let mut push = Push::new(frame);
         {
             let inner = self.read();
             for id in ids {
-                if let Some(entry) = inner.conns.get(id) {
-                    if entry.tx.try_send(frame.clone()).is_ok() {
-                        delivered += 1;
-                    } else {
-                        failed.push(id.clone());
-                    }
-                }
+                push.to(&inner, id);
             }
         }
-        self.drop_slow(failed);
-        self.metrics.messages_delivered.inc_by(delivered as u64);
-        delivered
+        self.finish(push)
     }
 
     /// Queues `frame` to every local connection of `username`, registered
-    /// in Redis or not yet; returns how many took it.
+    /// in Redis or not yet; returns how many took it. One read lock, no
+    /// copy of the user's ids per message.
     pub(crate) fn deliver_user(&self, username: &str, frame: &Bytes) -> usize {
-        let ids = self.user_ids(username);
-        self.deliver(&ids, frame)
+        let mut push = Push::new(frame);
+        {
+            let inner = self.read();
+            for id in inner.users.get(username).into_iter().flatten() {
+                push.to(&inner, id);
+            }
+        }
+        self.finish(push)
+    }
+
+    fn finish(&self, push: Push<'_>) -> usize {
+        self.drop_slow(push.failed);
+        self.metrics
+            .messages_delivered
+            .inc_by(push.delivered as u64);
+        push.delivered
     }
 
     /// Queues `frame` to every local connection; returns how many took it.
