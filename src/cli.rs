@@ -14,7 +14,9 @@ use serde_json::Value;
 
 use crate::config::{self, Config};
 use crate::http::listing::{ListingJson, ListingSource};
-use crate::store::redis::{publish_resync, Keys, Registry, SharedConn};
+use crate::store::redis::{
+    publish_resync, sweep, untargeted_for_resync, Keys, Registry, SharedConn,
+};
 use crate::store::{unix_now, Cleared, ConnectionRecord, Removed, StoreError};
 
 #[derive(Debug, Parser)]
@@ -157,7 +159,8 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 ));
             }
             let removed = if config.uses_redis() {
-                connect(&config).await?.sweep(unix_now() - timeout).await?
+                let registry = connect(&config).await?;
+                sweep(&registry, unix_now() - timeout, config.heartbeat_interval()).await?
             } else {
                 let body = serde_json::json!({ "timeout": timeout });
                 removed_from(&admin_call(&config, Method::POST, "/cleanup/", Some(body)).await?)
@@ -174,6 +177,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
             }
             let cleared = if config.uses_redis() {
                 let registry = connect(&config).await?;
+                untargeted_for_resync(&registry).await?;
                 let cleared = registry.clear(unix_now()).await?;
                 publish_resync(&registry).await.map_err(|e| {
                     CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))

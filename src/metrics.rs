@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     pub rejected_connections: Counter,
     pub bus_up: Gauge,
     pub bus_resubscribes: Counter,
+    pub bus_messages_received: Counter,
+    pub bus_messages_unmatched: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
 }
 
@@ -58,6 +60,8 @@ impl Metrics {
             rejected_connections: Counter::default(),
             bus_up: Gauge::default(),
             bus_resubscribes: Counter::default(),
+            bus_messages_received: Counter::default(),
+            bus_messages_unmatched: Counter::default(),
             http_requests: Family::default(),
             registry: Registry::default(),
         };
@@ -113,6 +117,16 @@ impl Metrics {
             "bus_resubscribes",
             "Times the bus subscription was rebuilt",
             m.bus_resubscribes.clone(),
+        );
+        registry.register(
+            "bus_messages_received",
+            "Messages this node received from the bus (Redis engine)",
+            m.bus_messages_received.clone(),
+        );
+        registry.register(
+            "bus_messages_unmatched",
+            "Messages received from the bus that no stream of this node took",
+            m.bus_messages_unmatched.clone(),
         );
         registry.register(
             "http_requests",

@@ -1,4 +1,4 @@
-//! Chaos: two real `sse-notify` processes on one `redis-server`. Browser
+//! Chaos: three real `sse-notify` processes on one `redis-server`. Browser
 //! tabs connect and disconnect at random (coming back with `Last-Event-ID`
 //! as an `EventSource` does), one node is restarted, Redis is restarted
 //! once (empty), and sends go on throughout. Every live tab must receive
@@ -469,7 +469,7 @@ struct Totals {
 // ----------------------------------------------------------------- test
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_two_nodes_random_tabs_node_restart_and_redis_restart() {
+async fn chaos_three_nodes_random_tabs_node_restart_and_redis_restart() {
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -479,12 +479,19 @@ async fn chaos_two_nodes_random_tabs_node_restart_and_redis_restart() {
     let redis = RedisServer::start();
     let a = BinaryNode::spawn(&redis.url(), CONFIG).await;
     let b = BinaryNode::spawn(&redis.url(), CONFIG).await;
+    // A third node that is never restarted: with targeted delivery, a
+    // user's messages go only to the nodes that hold the user's tabs.
+    let c = BinaryNode::spawn(&redis.url(), CONFIG).await;
     let as_node = |name: &str, n: &BinaryNode| Node {
         name: name.into(),
         stream: n.stream_url(),
         admin: n.admin_url(""),
     };
-    let nodes: Nodes = Arc::new(RwLock::new(vec![as_node("A", &a), as_node("B", &b)]));
+    let nodes: Nodes = Arc::new(RwLock::new(vec![
+        as_node("A", &a),
+        as_node("B", &b),
+        as_node("C", &c),
+    ]));
     // Every node process, for the panic check and the logs on failure.
     let all_nodes: Arc<Mutex<Vec<(String, BinaryNode)>>> = Arc::new(Mutex::new(Vec::new()));
 
@@ -569,6 +576,7 @@ async fn chaos_two_nodes_random_tabs_node_restart_and_redis_restart() {
         let mut all = all_nodes.lock().unwrap();
         all.push(("A".into(), a));
         all.push(("B2".into(), b2));
+        all.push(("C".into(), c));
     }
     drop(redis);
 

@@ -768,7 +768,17 @@ fn clear_force_removes_every_record() {
         "counts in words:\n{stdout}"
     );
     assert!(registry_ids(&mut conn, "sse").is_empty());
-    assert_eq!(keys(&mut conn, "*"), vec!["unrelated".to_string()]);
+    // Besides, the short-lived mark under which messages go to every node
+    // while the running nodes re-register.
+    assert_eq!(
+        keys(&mut conn, "*"),
+        vec!["sse:resyncing".to_string(), "unrelated".to_string()]
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("sse:resyncing")
+        .query(&mut conn)
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 10_000, "the mark expires: {ttl} ms");
 
     // --json: counts.
     inject_fixture(&mut conn);

@@ -367,21 +367,26 @@ async fn reopen(node: &TestNode, user: &str, last: &str) -> SseClient {
     tab
 }
 
-/// Two nodes sharing one history: Redis only.
+/// Three nodes sharing one history: Redis only. The tab moves between two
+/// of them; the third, which never holds it, posts a third of the sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing() {
     let redis = RedisServer::start();
     let mut config = test_config(&redis.url());
     config.history.size = 1000;
     let a = TestNode::start(config.clone()).await;
-    let mut config_b = config;
+    let mut config_b = config.clone();
     config_b.server.node_id = "history-b".into();
     config_b.startup.clear = false;
     let b = TestNode::start(config_b).await;
+    let mut config_c = config;
+    config_c.server.node_id = "history-c".into();
+    config_c.startup.clear = false;
+    let c = TestNode::start(config_c).await;
     let (mut tab, _) = SseClient::connect(&a, "frank").await;
 
     const N: usize = 400;
-    let admins = [a.admin_url(""), b.admin_url("")];
+    let admins = [a.admin_url(""), b.admin_url(""), c.admin_url("")];
     let sender = tokio::spawn(async move {
         let mut sent = Vec::new();
         for i in 0..N {
@@ -391,7 +396,7 @@ async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing() {
             } else {
                 json!({"to": "frank", "data": i})
             };
-            let (status, resp) = send(&admins[i % 2], body).await;
+            let (status, resp) = send(&admins[i % 3], body).await;
             assert_eq!(status, 200, "{resp}");
             sent.push(resp["data"]["message_id"].as_str().unwrap().to_string());
         }
@@ -445,6 +450,14 @@ async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing() {
         missing.len()
     );
     assert_eq!(dups, 0, "duplicates");
+    // In order across the reconnects: each replay starts after the last id.
+    let key = |id: &String| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').expect("a history id");
+        (ms.parse().unwrap(), seq.parse().unwrap())
+    };
+    for w in received.windows(2) {
+        assert!(key(&w[0]) < key(&w[1]), "{} then {}", w[0], w[1]);
+    }
     assert!(missing.is_empty(), "missing {missing:?}");
     assert_eq!(received.len(), N);
 }

@@ -53,7 +53,7 @@ impl Delivery {
 }
 
 impl NodeLink for Delivery {
-    fn receive(&self, inbound: Inbound) {
+    fn receive(&self, inbound: Inbound) -> usize {
         match inbound {
             Inbound::Deliver {
                 id,
@@ -67,16 +67,18 @@ impl NodeLink for Delivery {
                     Target::All => self.hub.broadcast(&frame),
                     Target::User(user) => self.hub.deliver_user(&user, &frame),
                     Target::Ids(ids) => self.hub.deliver(&ids, &frame),
-                };
+                }
             }
             Inbound::Close { ids, reason } => {
                 for id in ids {
                     let notice = reason.as_deref().map(|r| frame::evicted(&id, r));
                     self.hub.close(std::slice::from_ref(&id), notice.as_ref());
                 }
+                0
             }
             Inbound::CloseUser { username } => {
                 self.hub.close_user(&username, None);
+                0
             }
         }
     }

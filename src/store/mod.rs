@@ -250,8 +250,9 @@ pub(crate) enum Inbound {
 /// goes, and which streams it holds. Implemented by the node's router, so
 /// the store knows nothing of the hub.
 pub(crate) trait NodeLink: Send + Sync + 'static {
-    /// Applies what arrived, in order.
-    fn receive(&self, inbound: Inbound);
+    /// Applies what arrived, in order; returns how many of this node's
+    /// streams took a delivered message (0 for closes).
+    fn receive(&self, inbound: Inbound) -> usize;
     /// The streams this node holds now.
     fn live(&self) -> Vec<LiveConn>;
     /// Whether this node holds that stream.
@@ -456,7 +457,7 @@ impl Store {
     pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
         match self {
             Store::Memory(m) => Ok(m.sweep(stale_before)),
-            Store::Redis(r) => r.registry().sweep(stale_before).await,
+            Store::Redis(r) => r.sweep(stale_before).await,
         }
     }
 

@@ -1,9 +1,14 @@
-//! Messages and control events between nodes over the `{prefix}:bus`
-//! pub/sub channel: one subscription per node, rebuilt with backoff when it
-//! breaks. What a node receives goes to its router through the
-//! [`NodeLink`]; events it published itself were already applied locally
-//! and are skipped (but with history on, every node, the sender too,
-//! delivers messages from the bus, where they travel in id order).
+//! Messages and control events between nodes over pub/sub: a user's
+//! messages on the channels of the nodes that hold the user's streams
+//! (`{prefix}:bus:{node_id}`, chosen by `lua/route.lua` inside the sending
+//! scripts), broadcasts and control events on `{prefix}:bus`, which every
+//! node hears. A node subscribes to both on one connection, rebuilt with
+//! backoff when it breaks: Redis delivers to a connection in publish order,
+//! so the two channels together still carry a node's messages in id order.
+//! What a node receives goes to its router through the [`NodeLink`]; events
+//! it published itself were already applied locally and are skipped (but
+//! with history on, every node, the sender too, delivers messages from the
+//! bus, where they travel in id order).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +19,100 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::history::{History, Recent};
+use super::history::{bus_event_head, History, Recent};
 use super::presence::Presence;
 use super::registry::Registry;
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
-use crate::store::{unix_ms, Inbound, Kept, NodeLink, Result, StoreError, Target};
+use crate::store::{unix_ms, Inbound, Kept, Message, NodeLink, Result, StoreError, Target};
+
+/// Prepended to the scripts that publish messages: picks their channels.
+pub(crate) const LUA_ROUTE: &str = include_str!("lua/route.lua");
+
+/// How long messages go to every node after a clear: the nodes write their
+/// live connections back within it (each node that hears the clear starts
+/// it again, so a slow listener is covered from when it heard).
+const RESYNC_WINDOW: Duration = Duration::from_secs(10);
+
+/// Sends messages to every node until `within` has passed: the registry
+/// may lack live connections until the nodes wrote them back (a clear; a
+/// cleanup shorter than the heartbeat cycle). Called before the removal,
+/// so no message finds the records gone without it.
+pub(crate) async fn untargeted_for(registry: &Registry, within: Duration) -> Result<()> {
+    let key = registry.keys().resyncing();
+    let ms = within.as_millis().max(1) as u64;
+    let mut conn = registry.connection();
+    super::conn::bounded(Duration::from_secs(5), async move {
+        // Never shortens a longer window another node asked for.
+        let left: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
+        if left < ms as i64 {
+            conn.pset_ex::<_, _, ()>(&key, 1, ms).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// [`untargeted_for`] the time nodes take to re-register after a clear.
+pub(crate) async fn untargeted_for_resync(registry: &Registry) -> Result<()> {
+    untargeted_for(registry, RESYNC_WINDOW).await
+}
+
+/// The script of [`publish_unkept`].
+pub(crate) fn unkept_script() -> redis::Script {
+    redis::Script::new(&format!("{LUA_ROUTE}\n{}", include_str!("lua/send.lua")))
+}
+
+/// With history off: reads the targets of each message and publishes it
+/// to the nodes that hold them, in one round trip; returns, per message,
+/// its target ids (none for a broadcast) and how many there are.
+pub(crate) async fn publish_unkept(
+    registry: &Registry,
+    script: &redis::Script,
+    origin: &str,
+    msgs: &[Message],
+    ids: &[String],
+) -> Result<Vec<(Vec<String>, usize)>> {
+    let keys = registry.keys();
+    let mut inv = script.prepare_invoke();
+    inv.key(keys.resyncing())
+        .arg(keys.bus())
+        .arg(keys.conn_prefix());
+    for (m, id) in msgs.iter().zip(ids) {
+        let (mode, tkey) = match &m.to {
+            Some(user) if m.first_only => ("first", keys.user(user)),
+            Some(user) => ("all", keys.user(user)),
+            None => ("broadcast", keys.heartbeats()),
+        };
+        inv.key(tkey)
+            .arg(mode)
+            .arg(id)
+            .arg(bus_event_head(origin, m));
+    }
+    let mut conn = registry.connection();
+    let rows: Vec<Vec<redis::Value>> = super::conn::bounded(Duration::from_secs(5), async move {
+        inv.invoke_async(&mut conn).await
+    })
+    .await?;
+    let bad = |e: redis::ParsingError| StoreError::Unavailable(format!("redis answer: {e}"));
+    rows.into_iter()
+        .zip(msgs)
+        .map(|(row, m)| {
+            let mut it = row.into_iter();
+            let count: usize = match it.next() {
+                Some(v) => redis::from_redis_value(v).map_err(bad)?,
+                None => 0,
+            };
+            let ids = if m.to.is_some() {
+                it.map(|v| redis::from_redis_value(v).map_err(bad))
+                    .collect::<Result<Vec<String>>>()?
+            } else {
+                Vec::new()
+            };
+            Ok((ids, count))
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -67,10 +160,14 @@ impl BusEvent {
     }
 }
 
-/// Applies an event from the bus to this node.
-fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Recent) {
+/// Applies an event from the bus to this node; returns how many local
+/// streams took a message (0 for the other events).
+fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Recent) -> usize {
     match event {
-        BusEvent::Resync { .. } => presence.resync(),
+        BusEvent::Resync { .. } => {
+            presence.resync();
+            0
+        }
         BusEvent::Deliver {
             to,
             first_only,
@@ -85,7 +182,7 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
             if let Ok(parsed) = id.parse() {
                 let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
                 if recent.contains(&parsed) {
-                    return;
+                    return 0;
                 }
                 recent.insert(parsed);
             }
@@ -99,11 +196,11 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
                 event,
                 data,
                 target,
-            });
+            })
         }
         BusEvent::Close { ids, reason, .. } => link.receive(Inbound::Close { ids, reason }),
         BusEvent::CloseUser { username, .. } => link.receive(Inbound::CloseUser { username }),
-        BusEvent::Probe { .. } => {}
+        BusEvent::Probe { .. } => 0,
     }
 }
 
@@ -128,17 +225,16 @@ pub(crate) async fn publish_resync(registry: &Registry) -> Result<()> {
     .await
 }
 
+/// Publishes a control event to every node. Closes (logout, eviction) go
+/// there too: they are rare, and a close must also find a stream of the
+/// user whose record is still being written on a node not yet in the
+/// registry.
 pub(crate) async fn publish(registry: &Registry, event: &BusEvent) -> Result<()> {
-    publish_payload(registry, serde_json::to_string(event).unwrap_or_default()).await
+    let payload = serde_json::to_string(event).unwrap_or_default();
+    publish_on(registry, registry.keys().bus(), payload).await
 }
 
-/// Several events in one message (a JSON array), delivered in order.
-pub(crate) async fn publish_all(registry: &Registry, events: &[BusEvent]) -> Result<()> {
-    publish_payload(registry, serde_json::to_string(events).unwrap_or_default()).await
-}
-
-async fn publish_payload(registry: &Registry, payload: String) -> Result<()> {
-    let channel = registry.keys().bus();
+async fn publish_on(registry: &Registry, channel: String, payload: String) -> Result<()> {
     let mut conn = registry.connection();
     tokio::time::timeout(Duration::from_secs(5), async move {
         conn.publish::<_, _, ()>(channel, payload).await
@@ -163,6 +259,8 @@ const PROBES_MISSED: u32 = 3;
 pub(crate) struct Subscriber {
     pub target: RedisTarget,
     pub registry: Registry,
+    /// This node's own channel (`{prefix}:bus:{node_id}`).
+    pub node_bus: String,
     /// This process on the bus: what marks our own events.
     pub origin: String,
     pub link: Arc<dyn NodeLink>,
@@ -195,7 +293,10 @@ impl Subscriber {
             let attempt = async {
                 let client = super::conn::client(&self.target).await?;
                 let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(self.registry.keys().bus()).await?;
+                // One connection for both: Redis keeps their publish order.
+                pubsub
+                    .subscribe(&[self.registry.keys().bus(), self.node_bus.clone()])
+                    .await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
             let pubsub = tokio::select! {
@@ -342,7 +443,9 @@ impl Subscriber {
                         return ControlFlow::Continue(());
                     }
                     let probe = BusEvent::Probe { origin: self.origin.clone() };
-                    if let Err(e) = publish(&self.registry, &probe).await {
+                    // On our own channel: the one our messages travel on.
+                    let payload = serde_json::to_string(&probe).unwrap_or_default();
+                    if let Err(e) = publish_on(&self.registry, self.node_bus.clone(), payload).await {
                         self.metrics.redis_errors.inc();
                         tracing::debug!(error = %e, "bus probe not published");
                     }
@@ -362,22 +465,40 @@ impl Subscriber {
                 }
             };
             for event in events {
-                match event {
+                let message = matches!(event, BusEvent::Deliver { .. });
+                if message {
+                    self.metrics.bus_messages_received.inc();
+                }
+                if matches!(event, BusEvent::Resync { .. }) {
+                    // Also when the clear came from a node or CLI that did
+                    // not start the window itself, and from when we heard.
+                    if let Err(e) = untargeted_for_resync(&self.registry).await {
+                        self.metrics.redis_errors.inc();
+                        tracing::warn!(error = %e, "could not mark the re-registration after a clear");
+                    }
+                }
+                let took = match event {
                     BusEvent::Probe { origin } => {
                         if origin == self.origin {
                             last_seen = tokio::time::Instant::now();
                             *last_heard_ms = unix_ms();
                         }
+                        0
                     }
                     // Our own messages come back to us only with history on:
                     // then the history script publishes every message and
                     // each node (this one too) delivers from the bus, in id
                     // order.
                     event @ BusEvent::Deliver { .. } if self.history.is_some() => {
-                        apply(event, &*self.link, &self.presence, &self.recent);
+                        apply(event, &*self.link, &self.presence, &self.recent)
                     }
-                    event if event.origin() == self.origin => {}
+                    // Delivered here directly when it was sent (history
+                    // off): not a message that found no stream.
+                    event if event.origin() == self.origin => usize::from(message),
                     event => apply(event, &*self.link, &self.presence, &self.recent),
+                };
+                if message && took == 0 {
+                    self.metrics.bus_messages_unmatched.inc();
                 }
             }
         }

@@ -120,7 +120,11 @@ impl History {
             conn,
             keys,
             origin,
-            append: Script::new(include_str!("lua/append.lua")),
+            append: Script::new(&format!(
+                "{}\n{}",
+                super::bus::LUA_ROUTE,
+                include_str!("lua/append.lua")
+            )),
             replay: Script::new(include_str!("lua/replay.lua")),
             timeout: Duration::from_secs(5),
         }
@@ -146,9 +150,11 @@ impl History {
     ) -> Result<Vec<(String, Targets)>> {
         let mut inv = self.append.prepare_invoke();
         inv.key(self.keys.history_seq())
+            .key(self.keys.resyncing())
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
-            .arg(self.keys.bus());
+            .arg(self.keys.bus())
+            .arg(self.keys.conn_prefix());
         for m in batch {
             let (stream, mode, targets) = match &m.to {
                 Some(user) if m.first_only => {
@@ -265,7 +271,7 @@ impl History {
 /// A message's `deliver` bus event (the JSON of [`super::bus::BusEvent`])
 /// without its `id`, `ids` and closing brace, which the keeping script
 /// appends once it knows them.
-fn bus_event_head(origin: &str, m: &Message) -> String {
+pub(super) fn bus_event_head(origin: &str, m: &Message) -> String {
     let text = |s: &str| serde_json::Value::from(s).to_string();
     let mut head = String::with_capacity(m.data.len() + m.event.len() + 128);
     head.push_str(r#"{"type":"deliver","origin":"#);

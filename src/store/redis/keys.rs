@@ -70,9 +70,21 @@ impl Keys {
         format!("{}:node:{}", self.prefix, node_id)
     }
 
-    /// Pub/sub channel between nodes.
+    /// Pub/sub channel every node hears: broadcasts and control events.
     pub(crate) fn bus(&self) -> String {
         format!("{}:bus", self.prefix)
+    }
+
+    /// Pub/sub channel of one node: messages for the streams it holds.
+    pub(crate) fn node_bus(&self, node_id: &str) -> String {
+        format!("{}:bus:{}", self.prefix, node_id)
+    }
+
+    /// Present (with a short expiry) while the nodes write their live
+    /// connections back after a clear, or after a cleanup that may have
+    /// removed live ones: meanwhile messages go to every node.
+    pub(crate) fn resyncing(&self) -> String {
+        format!("{}:resyncing", self.prefix)
     }
 }
 
@@ -90,6 +102,8 @@ mod tests {
         assert_eq!(k.history_user("bob"), "sse:history:user:bob");
         assert_eq!(k.history_broadcast(), "sse:history:broadcast");
         assert_eq!(k.bus(), "sse:bus");
+        assert_eq!(k.node_bus("web1"), "sse:bus:web1");
+        assert_eq!(k.resyncing(), "sse:resyncing");
         assert_eq!(k.history_seq(), "sse:history:seq");
         assert_eq!(k.nodes(), "sse:nodes");
         assert_eq!(k.node("web-1"), "sse:node:web-1");

@@ -1,7 +1,8 @@
 //! The Redis engine: several nodes share one Redis (or a Sentinel-managed
 //! primary). The registry and the kept messages are Redis keys
 //! ([`keys`], scripts in `lua/`); messages and control events travel
-//! between nodes on a pub/sub bus ([`bus`]); this node's streams are
+//! between nodes on pub/sub channels, each message only to the nodes that
+//! hold its streams ([`bus`]); this node's streams are
 //! mirrored into the registry by one task ([`presence`]).
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ mod nodes;
 mod presence;
 mod registry;
 
-pub(crate) use bus::publish_resync;
+pub(crate) use bus::{publish_resync, untargeted_for_resync};
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Keys;
 pub(crate) use registry::Registry;
@@ -47,6 +48,32 @@ pub(crate) struct RedisStore {
     /// True while this node is subscribed to the bus.
     bus_up: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    /// With history off: reads targets and publishes (`lua/send.lua`).
+    unkept: redis::Script,
+    /// `stream.heartbeat_secs` at start: how soon this node writes back
+    /// its live records after a short cleanup removed them.
+    heartbeat: Duration,
+}
+
+/// [`RedisStore::sweep`], for the CLI too (`heartbeat`: the nodes'
+/// `stream.heartbeat_secs`).
+pub(crate) async fn sweep(
+    registry: &Registry,
+    stale_before: f64,
+    heartbeat: Duration,
+) -> Result<Removed> {
+    let age = crate::store::unix_now() - stale_before;
+    if age <= 2.0 * heartbeat.as_secs_f64() {
+        bus::untargeted_for(registry, write_back_within(heartbeat)).await?;
+    }
+    registry.sweep(stale_before).await
+}
+
+/// How soon every node has written back the live records a cleanup removed:
+/// each checks at every heartbeat, and writes back a connection once its own
+/// registration has surely landed (presence's settle time, 10 s).
+pub(crate) fn write_back_within(heartbeat: Duration) -> Duration {
+    heartbeat * 2 + Duration::from_secs(12)
 }
 
 impl RedisStore {
@@ -58,6 +85,7 @@ impl RedisStore {
         let config = o.config;
         let keys = Keys::new(&config.redis.key_prefix);
         let registry = Registry::new(redis.clone(), keys.clone());
+        let node_keys = keys.clone();
         let target = config
             .redis_target()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -87,6 +115,7 @@ impl RedisStore {
         let subscriber = bus::Subscriber {
             target,
             registry: registry.clone(),
+            node_bus: node_keys.node_bus(&config.node_id()),
             origin: origin.clone(),
             link: o.link.clone(),
             presence: presence.clone(),
@@ -117,6 +146,8 @@ impl RedisStore {
             origin,
             bus_up,
             metrics: o.metrics,
+            unkept: bus::unkept_script(),
+            heartbeat: config.heartbeat_interval(),
         }))
     }
 
@@ -147,12 +178,13 @@ impl RedisStore {
     }
 
     /// With history on, each message is kept, its targets read and it is
-    /// published on the bus in one script call (a single send shares its
-    /// call with concurrent sends; a batch is one call), and every node,
-    /// this one too, delivers it from the bus. With history off, the
-    /// targets of the batch are read in one round trip, other nodes told
-    /// over the bus first (if Redis fails, nothing is delivered and a retry
-    /// cannot duplicate), then this node's streams served.
+    /// published to the nodes that hold them (a broadcast to every node)
+    /// in one script call (a single send shares its call with concurrent
+    /// sends; a batch is one call), and each of those nodes, this one too,
+    /// delivers it from the bus. With history off, the targets of the batch
+    /// are read and the other nodes told in one script call (if Redis
+    /// fails, nothing is delivered and a retry cannot duplicate), then this
+    /// node's streams served.
     pub(crate) async fn send(
         &self,
         msgs: Vec<Message>,
@@ -179,41 +211,14 @@ impl RedisStore {
     }
 
     async fn send_unkept(&self, msgs: Vec<Message>) -> Result<Vec<Accepted>> {
-        let asked: Vec<(Option<&str>, bool)> = msgs
-            .iter()
-            .map(|m| (m.to.as_deref(), m.first_only))
-            .collect();
-        let targets = self.registry.targets(&asked).await?;
         let ids: Vec<String> = msgs
             .iter()
             .map(|_| uuid::Uuid::new_v4().to_string())
             .collect();
-        let remote: Vec<BusEvent> = msgs
-            .iter()
-            .zip(&targets)
-            .zip(&ids)
-            .filter(|((m, (conns, count)), _)| match m.to {
-                Some(_) => conns.iter().any(|c| !self.link.holds(c)),
-                None => *count > 0,
-            })
-            .map(|((m, (conns, _)), id)| BusEvent::Deliver {
-                origin: self.origin.clone(),
-                to: m.to.clone(),
-                first_only: m.first_only,
-                ids: if m.first_only {
-                    conns.clone()
-                } else {
-                    Vec::new()
-                },
-                broadcast: m.to.is_none(),
-                id: id.clone(),
-                event: m.event.clone(),
-                data: m.data.clone(),
-            })
-            .collect();
-        if !remote.is_empty() {
-            bus::publish_all(&self.registry, &remote).await?;
-        }
+        // Other nodes are told first (in the same call that reads the
+        // targets): if Redis fails, nothing is delivered.
+        let targets =
+            bus::publish_unkept(&self.registry, &self.unkept, &self.origin, &msgs, &ids).await?;
         let mut out = Vec::with_capacity(msgs.len());
         for ((m, (conns, count)), id) in msgs.into_iter().zip(targets).zip(ids) {
             let target = match m.to {
@@ -296,8 +301,9 @@ impl RedisStore {
 
     /// Every record older than the clear goes, in bounded steps; then this
     /// node re-registers its streams and the others are told over the bus
-    /// to do the same.
+    /// to do the same. Until they did, messages go to every node.
     pub(crate) async fn clear(&self) -> Result<Cleared> {
+        bus::untargeted_for_resync(&self.registry).await?;
         let removed = self.registry.clear(crate::store::unix_now()).await?;
         self.presence.resync();
         let resync = BusEvent::Resync {
@@ -308,6 +314,14 @@ impl RedisStore {
             tracing::error!(error = %e, "cleared, but could not tell the other nodes to re-register");
         }
         Ok(removed)
+    }
+
+    /// Removes the records whose heartbeat is at or before `stale_before`.
+    /// One that short may remove live streams' records, which their nodes
+    /// write back at their next heartbeats: messages go to every node until
+    /// then.
+    pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
+        sweep(&self.registry, stale_before, self.heartbeat).await
     }
 
     /// Redis answers a PING, and this node hears the bus: a node that cannot

@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{sort_records, Cleared, ConnectionRecord, Removed, Result, StoreError};
+use crate::store::{sort_records, Cleared, ConnectionRecord, Removed, Result};
 
 /// Shared by the scripts that remove connections.
 const LUA_REMOVE_ONE: &str = include_str!("lua/remove_one.lua");
@@ -275,44 +275,6 @@ impl Registry {
         let mut c = self.conn.get();
         self.bounded(async move { c.zrange(key, 0, stop).await })
             .await
-    }
-
-    /// The targets of several messages in one round trip: for a user, its
-    /// connection ids (only the first with `first_only`); for a broadcast
-    /// (`None`), no ids and the registry's connection count.
-    pub(crate) async fn targets(
-        &self,
-        msgs: &[(Option<&str>, bool)],
-    ) -> Result<Vec<(Vec<String>, usize)>> {
-        let mut pipe = redis::pipe();
-        for (to, first_only) in msgs {
-            match to {
-                Some(user) => {
-                    let stop: isize = if *first_only { 0 } else { -1 };
-                    pipe.zrange(self.keys.user(user), 0, stop);
-                }
-                None => {
-                    pipe.zcard(self.keys.heartbeats());
-                }
-            }
-        }
-        let mut c = self.conn.get();
-        let raw: Vec<redis::Value> = self
-            .bounded(async move { pipe.query_async(&mut c).await })
-            .await?;
-        let bad = |e: redis::ParsingError| StoreError::Unavailable(format!("redis answer: {e}"));
-        raw.into_iter()
-            .zip(msgs)
-            .map(|(v, (to, _))| {
-                if to.is_some() {
-                    let ids: Vec<String> = redis::from_redis_value(v).map_err(bad)?;
-                    let n = ids.len();
-                    Ok((ids, n))
-                } else {
-                    Ok((Vec::new(), redis::from_redis_value(v).map_err(bad)?))
-                }
-            })
-            .collect()
     }
 
     /// Up to `limit` usernames after `after`, in name order: the users set

@@ -2,22 +2,24 @@
 -- a batch of messages in one atomic step: no stream can register between
 -- reading and keeping, and the bus carries messages in id order, so every
 -- node (the sender too) delivers them to each stream in that order.
+-- A user's message goes only to the nodes that hold its targets (route.lua,
+-- prepended).
 --
--- KEYS[1] the id sequence; then two keys per message: its history stream,
+-- KEYS[1] the id sequence, KEYS[2] the key present while a clear's
+-- re-registration runs; then two keys per message: its history stream,
 -- and the key its targets come from (the user's zset, or the heartbeats
 -- zset whose size is a broadcast's count).
 -- ARGV[1] entries kept per stream, ARGV[2] the age kept (ms), ARGV[3] the
--- bus channel; then four per message: event, data, mode (`all`: the
--- user's ids, `first`: the oldest, `broadcast`: the count), and its bus
--- event as JSON without `id`, `ids` and the closing brace (built by the
--- node, so the script only appends).
+-- shared bus channel, ARGV[4] the connection hash prefix; then four per
+-- message: event, data, mode (`all`: the user's ids, `first`: the oldest,
+-- `broadcast`: the count), and its bus event as JSON without `id`, `ids`
+-- and the closing brace (built by the node, so the script only appends).
 -- Returns one {id, count, ids...} per message.
 --
 -- Trimming is Redis's cheap kind (`MAXLEN ~`: whole stream nodes, about
 -- three times cheaper than exact trimming), to no fewer than size + 1
 -- entries; what is served is cut exactly by replay.lua. The key expires
--- `ttl` after its last message. The whole batch goes out as one bus event
--- (a JSON array).
+-- `ttl` after its last message.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms, seq = now, -1
@@ -35,12 +37,12 @@ end
 local prefix = string.format('%d-', ms)
 local maxlen = string.format('%d', tonumber(ARGV[1]) + 1)
 local results = {}
-local events = {}
+local route = router(ARGV[3], ARGV[4], redis.call('EXISTS', KEYS[2]) == 1)
 local id
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
 for m = 1, n do
-  local stream, tkey = KEYS[2 * m], KEYS[2 * m + 1]
-  local a = 4 * m
+  local stream, tkey = KEYS[2 * m + 1], KEYS[2 * m + 2]
+  local a = 4 * m + 1
   local event, data, mode, head = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local out
   local flag = '0'
@@ -61,19 +63,19 @@ for m = 1, n do
   id = prefix .. string.format('%d', seq)
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', event, 'd', data, 'f', flag)
   redis.call('PEXPIRE', stream, ARGV[2])
-  if mode == 'first' then
+  if mode == 'broadcast' then
+    route.add(head .. ',"id":"' .. id .. '"}', nil)
+  elseif mode == 'first' then
     if #ids > 0 then
       -- Connection ids are uuids this project wrote: no JSON escaping.
-      table.insert(events, head .. ',"id":"' .. id .. '","ids":["' .. table.concat(ids, '","') .. '"]}')
+      route.add(head .. ',"id":"' .. id .. '","ids":["' .. table.concat(ids, '","') .. '"]}', route.nodes(ids))
     end
   else
-    table.insert(events, head .. ',"id":"' .. id .. '"}')
+    route.add(head .. ',"id":"' .. id .. '"}', route.nodes(ids))
   end
   out[1] = id
   table.insert(results, out)
 end
 if id then redis.call('SET', KEYS[1], id) end
-if #events > 0 then
-  redis.call('PUBLISH', ARGV[3], '[' .. table.concat(events, ',') .. ']')
-end
+route.flush()
 return results
