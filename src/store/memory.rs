@@ -538,7 +538,9 @@ mod tests {
     struct Holds(Vec<LiveConn>);
 
     impl NodeLink for Holds {
-        fn receive(&self, _: Inbound) {}
+        fn receive(&self, _: Inbound) -> usize {
+            0
+        }
         fn live(&self) -> Vec<LiveConn> {
             self.0.clone()
         }
