@@ -492,7 +492,7 @@ async fn h11_accepts_a_whole_stream() {
     let sent = [
         ("message", json!({"text": "línea 1\nlínea 2"})),
         ("big", json!({"big": big})),
-        ("n", json!(123456789012345678901234567890u128)),
+        ("n", json!(18446744073709551615u64)),
     ];
     let mut expected = Vec::new();
     for (event, data) in &sent {

@@ -30,7 +30,14 @@ fn config(redis: &RedisServer, history: bool) -> sse_notify::config::Config {
     c
 }
 
+/// `n` nodes on a registry known to be whole: a fresh Redis has no
+/// `registry_since` and sends every user's message to every node for the
+/// first re-registration window (as after a data loss: tested last), which
+/// the exact counts here would see.
 async fn start(redis: &RedisServer, n: usize, history: bool) -> Vec<TestNode> {
+    redis
+        .query::<()>(redis::cmd("SET").arg("sse:registry_since").arg("1"))
+        .unwrap();
     let mut nodes = Vec::new();
     for _ in 0..n {
         nodes.push(TestNode::start(config(redis, history)).await);
@@ -385,4 +392,46 @@ async fn right_after_a_clear_or_a_short_cleanup_live_tabs_still_get_messages() {
         .query(redis::cmd("EXISTS").arg("sse:resyncing"))
         .unwrap();
     assert_eq!(marker, 1, "the re-registration window is marked in Redis");
+}
+
+/// Redis that lost its data (restarted without persistence, or flushed)
+/// holds no record of the live streams until their nodes write them back:
+/// a message sent meanwhile still reaches them (it goes to every node, and
+/// the first such message opens the re-registration window), with history
+/// on and off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_lost_its_data_live_tabs_still_get_messages() {
+    let redis = RedisServer::start();
+    for history in [true, false] {
+        let nodes = start(&redis, 2, history).await;
+        let (a, b) = (&nodes[0], &nodes[1]);
+        let (mut tab, _) = SseClient::connect(a, "ann").await;
+        let _ = send_ok(&b.admin_base(), json!({"to": "ann", "data": "before"})).await;
+        assert!(tab.next_named("message", WAIT).await.is_some());
+        redis.query::<()>(&mut redis::cmd("FLUSHALL")).unwrap();
+        assert!(redis.ids().is_empty(), "the registry is gone");
+        let id = send_ok(&b.admin_base(), json!({"to": "ann", "data": "after"})).await;
+        let ev = tab
+            .next_named("message", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("history {history}: the message after the loss never came"));
+        assert_eq!(
+            (ev.id.as_str(), ev.data.as_str()),
+            (id.as_str(), "\"after\"")
+        );
+        let window: i64 = redis
+            .query(redis::cmd("PTTL").arg("sse:resyncing"))
+            .unwrap();
+        assert!(
+            window > 0,
+            "history {history}: no re-registration window ({window})"
+        );
+        let since: i64 = redis
+            .query(redis::cmd("EXISTS").arg("sse:registry_since"))
+            .unwrap();
+        assert_eq!(
+            since, 1,
+            "history {history}: the registry is marked whole again"
+        );
+    }
 }

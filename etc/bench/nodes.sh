@@ -77,6 +77,9 @@ for n in "${COUNTS[@]}"; do
     >"$work/redis-$n.log" 2>&1 &
   pids+=($!)
   until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+  # A registry known whole: on an empty Redis (as after a data loss) the
+  # first messages go to every node for the re-registration window.
+  redis-cli -p "$port" SET sse:registry_since 1 >/dev/null
   publics=() admins=()
   for i in $(seq 1 "$n"); do
     cat >"$work/node-$n-$i.toml" <<EOF

@@ -76,6 +76,7 @@ pub(crate) async fn publish_unkept(
     let keys = registry.keys();
     let mut inv = script.prepare_invoke();
     inv.key(keys.resyncing())
+        .key(keys.registry_since())
         .arg(keys.bus())
         .arg(keys.conn_prefix());
     for (m, id) in msgs.iter().zip(ids) {

@@ -151,6 +151,7 @@ impl History {
         let mut inv = self.append.prepare_invoke();
         inv.key(self.keys.history_seq())
             .key(self.keys.resyncing())
+            .key(self.keys.registry_since())
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
             .arg(self.keys.bus())

@@ -86,6 +86,14 @@ impl Keys {
     pub(crate) fn resyncing(&self) -> String {
         format!("{}:resyncing", self.prefix)
     }
+
+    /// When the registry was first written to (unix ms), never expiring:
+    /// missing means Redis lost its data (restarted without persistence,
+    /// flushed), and the registry lacks live connections until their nodes
+    /// write them back.
+    pub(crate) fn registry_since(&self) -> String {
+        format!("{}:registry_since", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +112,7 @@ mod tests {
         assert_eq!(k.bus(), "sse:bus");
         assert_eq!(k.node_bus("web1"), "sse:bus:web1");
         assert_eq!(k.resyncing(), "sse:resyncing");
+        assert_eq!(k.registry_since(), "sse:registry_since");
         assert_eq!(k.history_seq(), "sse:history:seq");
         assert_eq!(k.nodes(), "sse:nodes");
         assert_eq!(k.node("web-1"), "sse:node:web-1");

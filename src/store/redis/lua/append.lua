@@ -6,7 +6,8 @@
 -- prepended).
 --
 -- KEYS[1] the id sequence, KEYS[2] the key present while a clear's
--- re-registration runs; then two keys per message: its history stream,
+-- re-registration runs, KEYS[3] the key missing when Redis lost the
+-- registry (route.lua); then two keys per message: its history stream,
 -- and the key its targets come from (the user's zset, or the heartbeats
 -- zset whose size is a broadcast's count).
 -- ARGV[1] entries kept per stream, ARGV[2] the age kept (ms), ARGV[3] the
@@ -37,11 +38,11 @@ end
 local prefix = string.format('%d-', ms)
 local maxlen = string.format('%d', tonumber(ARGV[1]) + 1)
 local results = {}
-local route = router(ARGV[3], ARGV[4], redis.call('EXISTS', KEYS[2]) == 1)
+local route = router(ARGV[3], ARGV[4], untargeted(KEYS[2], KEYS[3]))
 local id
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 3) / 2
 for m = 1, n do
-  local stream, tkey = KEYS[2 * m + 1], KEYS[2 * m + 2]
+  local stream, tkey = KEYS[2 * m + 2], KEYS[2 * m + 3]
   local a = 4 * m + 1
   local event, data, mode, head = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local out

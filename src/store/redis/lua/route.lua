@@ -12,6 +12,23 @@
 -- and published so that a node's channel and the shared channel never both
 -- hold unpublished events, so each node receives them in the order they
 -- were added (id order).
+-- Whether a user's message must go to every node: while a re-registration
+-- runs (`resyncing` present), and on a registry that Redis lost (restarted
+-- without persistence, flushed: `since` missing). The first message that
+-- finds it lost opens the window itself, as long as RESYNC_WINDOW in
+-- bus.rs: every node saw its Redis connection drop and writes its streams
+-- back within it. Until then a user's records are missing, and a targeted
+-- message would reach none of its live tabs.
+local function untargeted(resyncing, since)
+  if redis.call('EXISTS', since) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', since, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+    redis.call('SET', resyncing, '1', 'PX', 10000)
+    return true
+  end
+  return redis.call('EXISTS', resyncing) == 1
+end
+
 local function router(bus, conn_prefix, everyone)
   local r = {}
   local shared = {}
