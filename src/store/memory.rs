@@ -183,16 +183,16 @@ impl MemoryStore {
             };
             let text_id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.to_string());
             let (target, connections, has_first) = match &m.to {
+                // Counted and picked without copying the user's ids: this
+                // runs for every message, under the lock.
+                Some(user) if m.first_only => {
+                    let first: Vec<String> = st.oldest_id(user).into_iter().collect();
+                    let n = first.len();
+                    (Target::Ids(first), n, n > 0)
+                }
                 Some(user) => {
-                    let ids = st.user_ids(user);
-                    let n = ids.len();
-                    if m.first_only {
-                        let first: Vec<String> = ids.into_iter().take(1).collect();
-                        let n = first.len();
-                        (Target::Ids(first), n, n > 0)
-                    } else {
-                        (Target::User(user.clone()), n, n > 0)
-                    }
+                    let n = st.user_conns(user).count();
+                    (Target::User(user.clone()), n, n > 0)
                 }
                 None => (Target::All, st.conns.len(), false),
             };
@@ -503,15 +503,26 @@ impl State {
 
     /// The user's connection ids, oldest first (ties by id).
     fn user_ids(&self, user: &str) -> Vec<String> {
-        let Some(ids) = self.users.get(user) else {
-            return Vec::new();
-        };
-        let mut with_time: Vec<(f64, &String)> = ids
-            .iter()
-            .filter_map(|id| self.conns.get(id).map(|r| (r.connection_time, id)))
-            .collect();
+        let mut with_time: Vec<(f64, &String)> = self.user_conns(user).collect();
         with_time.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         with_time.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// The user's connections as (connection time, id), in no order.
+    fn user_conns<'a>(&'a self, user: &str) -> impl Iterator<Item = (f64, &'a String)> + 'a {
+        self.users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.conns.get(id).map(|r| (r.connection_time, id)))
+    }
+
+    /// The user's oldest connection (ties by id), as [`State::user_ids`]
+    /// would put first.
+    fn oldest_id(&self, user: &str) -> Option<String> {
+        self.user_conns(user)
+            .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+            .map(|(_, id)| id.clone())
     }
 
     /// The next id of the one sequence: this millisecond, or after the
