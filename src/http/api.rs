@@ -498,9 +498,11 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn reject_unknown(map: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    let unknown: Vec<&str> = map
-        .keys()
+fn reject_unknown<'a>(
+    keys: impl Iterator<Item = &'a String>,
+    known: &[&str],
+) -> Result<(), ApiError> {
+    let unknown: Vec<&str> = keys
         .map(String::as_str)
         .filter(|k| !known.contains(k))
         .collect();
@@ -541,19 +543,7 @@ pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
             ApiError::bad_request(format!("body: not valid JSON: {e}"))
         }
     })?;
-    const KNOWN: [&str; 4] = ["to", "data", "event", "all_connections"];
-    let unknown: Vec<&str> = fields
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !KNOWN.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "unknown field(s): {} (known: {})",
-            unknown.join(", "),
-            KNOWN.join(", ")
-        )));
-    }
+    reject_unknown(fields.keys(), &["to", "data", "event", "all_connections"])?;
     let to = match fields.remove("to") {
         None => None,
         Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
@@ -669,7 +659,7 @@ fn parse_cleanup(body: &[u8], default: f64) -> Result<f64, ApiError> {
         return Ok(default);
     }
     let mut map = parse_object(body)?;
-    reject_unknown(&map, &["timeout"])?;
+    reject_unknown(map.keys(), &["timeout"])?;
     match map.remove("timeout") {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Number(n)) => match n.as_f64() {

@@ -46,12 +46,7 @@ impl Watch {
         let max_ping_us = Arc::new(AtomicU64::new(0));
         let peak_rss_kb = Arc::new(AtomicU64::new(0));
         // Its answers wait as long as Redis is busy: that wait is the figure.
-        let patient =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-        let mut conn = redis
-            .get_multiplexed_async_connection_with_config(&patient)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
+        let mut conn = patient_conn(redis).await?;
         let (s, m) = (stop.clone(), max_ping_us.clone());
         let mut tasks = vec![tokio::spawn(async move {
             while !s.load(Relaxed) {
@@ -270,17 +265,23 @@ fn growth_mb(peak: Option<u64>, base: Option<u64>) -> Value {
     }
 }
 
+/// A connection whose answers may take up to a minute: writing thousands of
+/// records per pipeline on a busy machine takes longer than the client's
+/// default answer timeout, and the stall probe measures how long Redis keeps
+/// it waiting.
+async fn patient_conn(redis: &redis::Client) -> Result<redis::aio::MultiplexedConnection, String> {
+    let patient =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    redis
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .map_err(|e| format!("redis: {e}"))
+}
+
 pub(crate) async fn run(c: Common, ask: Ask) -> Result<Value, String> {
     let users = c.users.unwrap_or(ask.records / 2).max(1);
     let redis = redis::Client::open(ask.redis_url.as_str()).map_err(|e| format!("redis: {e}"))?;
-    // Writing thousands of records per pipeline on a busy machine takes
-    // longer than the client's default answer timeout.
-    let patient =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-    let mut conn = redis
-        .get_multiplexed_async_connection_with_config(&patient)
-        .await
-        .map_err(|e| format!("redis: {e}"))?;
+    let mut conn = patient_conn(&redis).await?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()
