@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -23,6 +22,7 @@ use super::App;
 use crate::config::Config;
 use crate::node::frame;
 use crate::node::hub::HubError;
+use crate::node::queue::Receiver;
 use crate::store::{unix_now, LiveConn, MsgId};
 
 /// A request to the public listener, as the HTTP layer parsed it.
@@ -346,7 +346,7 @@ pub(crate) struct SseBody {
     prefix: VecDeque<Bytes>,
     /// Messages up to this id were replayed: skip them in the queue.
     skip_until: Option<MsgId>,
-    rx: mpsc::Receiver<Bytes>,
+    rx: Receiver,
     _guard: ConnGuard,
 }
 

@@ -9,16 +9,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::{self, Receiver, Sender};
 use crate::metrics::Metrics;
 use crate::store::LiveConn;
 
 struct Entry {
     username: String,
     connection_time: f64,
-    tx: mpsc::Sender<Bytes>,
+    tx: Sender,
     /// Cancelled to drop the client's TCP connection at once: a client that
     /// does not read leaves the body unpolled, so the stream itself cannot
     /// notice anything.
@@ -112,8 +112,8 @@ impl Hub {
         queue_size: usize,
         max: usize,
         kill: CancellationToken,
-    ) -> Result<mpsc::Receiver<Bytes>, HubError> {
-        let (tx, rx) = mpsc::channel(queue_size.max(1));
+    ) -> Result<Receiver, HubError> {
+        let (tx, rx) = queue::queue(queue_size);
         let mut inner = self.write();
         if inner.closed {
             return Err(HubError::Closed);
@@ -374,10 +374,7 @@ mod tests {
         let closed = hub.close_user("u", Some(&last));
         assert_eq!(closed.len(), 1);
         assert_eq!(a.try_recv().unwrap(), last);
-        assert!(matches!(
-            a.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ));
+        assert_eq!(a.try_recv(), Err(queue::TryRecvError::Disconnected));
         assert_eq!(hub.len(), 1);
     }
 }
