@@ -77,6 +77,10 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// More threads than any machine this runs on has cores; a larger value
+/// is a typo.
+const MAX_WORKER_THREADS: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -85,6 +89,8 @@ pub struct ServerConfig {
     pub base_path: String,
     pub node_id: String,
     pub shutdown_grace_secs: u64,
+    /// Threads running the node; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,7 @@ impl Default for ServerConfig {
             base_path: "/notifications".into(),
             node_id: String::new(),
             shutdown_grace_secs: 10,
+            worker_threads: 0,
         }
     }
 }
@@ -340,6 +347,12 @@ impl Config {
         if self.server.shutdown_grace_secs == 0 {
             return Err(invalid("server.shutdown_grace_secs", "must be at least 1"));
         }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "server.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0 = one per CPU core)"),
+            ));
+        }
         if self.server.node_id.chars().any(|c| c.is_control()) {
             return Err(invalid(
                 "server.node_id",
@@ -558,6 +571,9 @@ impl Config {
         }
         if s.0.shutdown_grace_secs != s.1.shutdown_grace_secs {
             keys.push("server.shutdown_grace_secs");
+        }
+        if s.0.worker_threads != s.1.worker_threads {
+            keys.push("server.worker_threads");
         }
         if self.redis.connect_timeout_secs != new.redis.connect_timeout_secs {
             keys.push("redis.connect_timeout_secs");

@@ -78,11 +78,52 @@ impl Listeners {
             };
             listen().map_err(|source| LifecycleError::Bind { key, addr, source })
         };
+        let public = bind("server.listen", config.listen_addr())?;
+        defer_accept(&public);
         Ok(Self {
-            public: bind("server.listen", config.listen_addr())?,
+            public,
             admin: bind("server.admin_listen", config.admin_addr())?,
         })
     }
+}
+
+/// Wakes the public accept loop only once a connection's request has
+/// arrived, not at its handshake (nginx's `listen ... deferred`): a
+/// connect wave then costs one wake-up per stream instead of two, and a
+/// socket that never sends anything waits in the kernel instead of in a
+/// task. The kernel still hands it over after the period, and the
+/// request head timeout applies from there.
+fn defer_accept(listener: &TcpListener) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let secs: libc::c_int = 10;
+        // SAFETY: setsockopt reads `secs` for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_DEFER_ACCEPT not set");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = listener;
+}
+
+/// The daemon's runtime: `server.worker_threads` threads, or one per CPU
+/// core when it is 0 (tokio's default).
+pub fn runtime_builder(config: &Config) -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    builder
 }
 
 /// Connects to the engine the config names (Redis: retrying with backoff
@@ -211,7 +252,7 @@ impl Daemon {
         tasks.spawn(memory_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
         tasks.spawn(crate::http::console::sampler(app.clone()));
-        tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, engine = app.router.store().engine(), "sse-notify serving");
+        tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, engine = app.router.store().engine(), worker_threads = tokio::runtime::Handle::current().metrics().num_workers(), "sse-notify serving");
         Ok(Daemon {
             app,
             public_addr,

@@ -14,7 +14,13 @@ fn main() -> ExitCode {
             return e.exit_code();
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Only the daemon takes server.worker_threads: a CLI command is one
+    // request and needs no more than one thread.
+    let mut builder = match cli.command {
+        Command::Serve => sse_notify::lifecycle::runtime_builder(&config),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sse-notify: cannot start the runtime: {e}");

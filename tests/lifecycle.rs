@@ -267,6 +267,13 @@ async fn defaults_serve_streams_and_sends_with_nothing_installed() {
             .any(|l| l.contains("sse-notify serving") && l.contains("memory")),
         "the defaults select the embedded engine; log:\n{text}"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sse-notify serving")
+                && l.contains(&format!("worker_threads={cores}"))),
+        "server.worker_threads = 0 runs one thread per core ({cores}); log:\n{text}"
+    );
     let admin_base = format!("http://{admin_addr}");
     let (status, body) = admin(reqwest::Method::GET, &format!("{admin_base}/healthz"), None).await;
     assert_eq!((status, &body["engine"]), (200, &json!("memory")), "{body}");
@@ -327,6 +334,51 @@ async fn defaults_serve_streams_and_sends_with_nothing_installed() {
         "SIGTERM: exit 0; log:\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// `server.worker_threads = 1`: the start line says so, and one thread
+/// serves a stream, the admin API and delivery between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_streams_and_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sse-notify.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworker_threads = 1\n",
+    )
+    .unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = spawn_serve(&cfg, &log);
+    let (public, admin_addr) = match wait_serving(&mut child, &log, Duration::from_secs(15)).await {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{why}");
+        }
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("sse-notify serving") && l.contains("worker_threads=1")),
+        "the start line reports the one worker thread; log:\n{text}"
+    );
+    let admin_base = format!("http://{admin_addr}");
+    let stream_url = format!("http://{public}/notifications/stream/");
+    let (mut tab, id) = SseClient::connect_url(&stream_url, "alice").await;
+    listed_ids_become(&admin_base, &[&id]).await;
+    for n in 0..50 {
+        let message_id = send_ok(&admin_base, json!({"to": "alice", "data": {"n": n}})).await;
+        let ev = tab.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(
+            ev.map(|e| (e.id, e.data)),
+            Some((message_id, format!("{{\"n\":{n}}}"))),
+            "message {n} on a one-thread node; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 // --------------------------------------------------------- SIGTERM/SIGINT
