@@ -53,6 +53,12 @@ pub(crate) async fn untargeted_for(registry: &Registry, within: Duration) -> Res
     .await
 }
 
+/// [`RESYNC_WINDOW`] for the sending scripts, which open the window
+/// themselves when they find that Redis lost the registry.
+pub(crate) fn resync_window_ms() -> u64 {
+    RESYNC_WINDOW.as_millis() as u64
+}
+
 /// [`untargeted_for`] the time nodes take to re-register after a clear.
 pub(crate) async fn untargeted_for_resync(registry: &Registry) -> Result<()> {
     untargeted_for(registry, RESYNC_WINDOW).await
@@ -78,7 +84,8 @@ pub(crate) async fn publish_unkept(
     inv.key(keys.resyncing())
         .key(keys.registry_since())
         .arg(keys.bus())
-        .arg(keys.conn_prefix());
+        .arg(keys.conn_prefix())
+        .arg(resync_window_ms());
     for (m, id) in msgs.iter().zip(ids) {
         let (mode, tkey) = match &m.to {
             Some(user) if m.first_only => ("first", keys.user(user)),

@@ -155,7 +155,8 @@ impl History {
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
             .arg(self.keys.bus())
-            .arg(self.keys.conn_prefix());
+            .arg(self.keys.conn_prefix())
+            .arg(super::bus::resync_window_ms());
         for m in batch {
             let (stream, mode, targets) = match &m.to {
                 Some(user) if m.first_only => {

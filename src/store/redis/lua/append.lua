@@ -11,7 +11,8 @@
 -- and the key its targets come from (the user's zset, or the heartbeats
 -- zset whose size is a broadcast's count).
 -- ARGV[1] entries kept per stream, ARGV[2] the age kept (ms), ARGV[3] the
--- shared bus channel, ARGV[4] the connection hash prefix; then four per
+-- shared bus channel, ARGV[4] the connection hash prefix, ARGV[5] the
+-- re-registration window (ms, route.lua); then four per
 -- message: event, data, mode (`all`: the user's ids, `first`: the oldest,
 -- `broadcast`: the count), and its bus event as JSON without `id`, `ids`
 -- and the closing brace (built by the node, so the script only appends).
@@ -38,12 +39,12 @@ end
 local prefix = string.format('%d-', ms)
 local maxlen = string.format('%d', tonumber(ARGV[1]) + 1)
 local results = {}
-local route = router(ARGV[3], ARGV[4], untargeted(KEYS[2], KEYS[3]))
+local route = router(ARGV[3], ARGV[4], untargeted(KEYS[2], KEYS[3], ARGV[5]))
 local id
 local n = (#KEYS - 3) / 2
 for m = 1, n do
   local stream, tkey = KEYS[2 * m + 2], KEYS[2 * m + 3]
-  local a = 4 * m + 1
+  local a = 4 * m + 2
   local event, data, mode, head = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local out
   local flag = '0'

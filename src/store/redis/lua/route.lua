@@ -15,15 +15,15 @@
 -- Whether a user's message must go to every node: while a re-registration
 -- runs (`resyncing` present), and on a registry that Redis lost (restarted
 -- without persistence, flushed: `since` missing). The first message that
--- finds it lost opens the window itself, as long as RESYNC_WINDOW in
--- bus.rs: every node saw its Redis connection drop and writes its streams
--- back within it. Until then a user's records are missing, and a targeted
+-- finds it lost opens the window itself, `window_ms` long (the node passes
+-- RESYNC_WINDOW of bus.rs): every node saw its Redis connection drop and
+-- writes its streams back within it. Until then a user's records are missing, and a targeted
 -- message would reach none of its live tabs.
-local function untargeted(resyncing, since)
+local function untargeted(resyncing, since, window_ms)
   if redis.call('EXISTS', since) == 0 then
     local t = redis.call('TIME')
     redis.call('SET', since, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
-    redis.call('SET', resyncing, '1', 'PX', 10000)
+    redis.call('SET', resyncing, '1', 'PX', window_ms)
     return true
   end
   return redis.call('EXISTS', resyncing) == 1

@@ -4,14 +4,15 @@
 -- the key missing when Redis lost the registry (route.lua); then one
 -- key per message: the user's zset, or the heartbeats zset whose size is a
 -- broadcast's count. ARGV[1] the shared bus channel, ARGV[2] the connection
--- hash prefix; then three per message: mode (`all`, `first`, `broadcast`),
+-- hash prefix, ARGV[3] the re-registration window (ms, route.lua); then
+-- three per message: mode (`all`, `first`, `broadcast`),
 -- its id, and its bus event as JSON without `id`, `ids` and the closing
 -- brace. Returns one {count, ids...} per message.
 local results = {}
-local route = router(ARGV[1], ARGV[2], untargeted(KEYS[1], KEYS[2]))
+local route = router(ARGV[1], ARGV[2], untargeted(KEYS[1], KEYS[2], ARGV[3]))
 for m = 1, #KEYS - 2 do
   local tkey = KEYS[m + 2]
-  local a = 3 * m
+  local a = 3 * m + 1
   local mode, id, head = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   if mode == 'broadcast' then
     local n = redis.call('ZCARD', tkey)
