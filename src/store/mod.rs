@@ -352,6 +352,13 @@ impl Store {
         }
     }
 
+    /// True when a send has put its frames in this node's stream queues by
+    /// the time it returns (the embedded engine); the Redis engine queues
+    /// them when the bus brings them back.
+    pub(crate) fn queues_on_send(&self) -> bool {
+        matches!(self, Store::Memory(_))
+    }
+
     /// Records a new connection; returns once it is stored, with how many
     /// connections its user then has (all nodes).
     pub(crate) async fn register(&self, record: ConnectionRecord) -> Result<usize> {
