@@ -94,22 +94,10 @@ pub(crate) fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
             console::parse(&rest["/admin".len()..]).map(AdminRoute::Console)
         }
         _ => {
-            let user = path_username(rest)?;
+            let user = super::path_username(rest)?;
             Some(AdminRoute::UserConnections(user))
         }
     }
-}
-
-/// `/connections/{username}` (percent-encoded) to the username.
-pub(crate) fn path_username(rest: &str) -> Option<String> {
-    let user = rest.strip_prefix("/connections/")?;
-    if user.is_empty() || user.contains('/') {
-        return None;
-    }
-    percent_encoding::percent_decode_str(user)
-        .decode_utf8()
-        .ok()
-        .map(|u| u.into_owned())
 }
 
 /// The whole admin listener as one filter.

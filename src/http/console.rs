@@ -64,7 +64,7 @@ pub(crate) fn parse(rest: &str) -> Option<ConsoleRoute> {
         "/events" => Some(ConsoleRoute::Events),
         "/users" => Some(ConsoleRoute::Users),
         _ => {
-            let user = super::api::path_username(rest)?;
+            let user = super::path_username(rest)?;
             Some(ConsoleRoute::User(user))
         }
     }

@@ -112,3 +112,16 @@ impl App {
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
     }
 }
+
+/// `/connections/{username}` (percent-encoded) to the username: the
+/// API's route and the console's share the shape.
+pub(crate) fn path_username(rest: &str) -> Option<String> {
+    let user = rest.strip_prefix("/connections/")?;
+    if user.is_empty() || user.contains('/') {
+        return None;
+    }
+    percent_encoding::percent_decode_str(user)
+        .decode_utf8()
+        .ok()
+        .map(|u| u.into_owned())
+}

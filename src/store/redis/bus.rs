@@ -22,47 +22,10 @@ use tokio_util::sync::CancellationToken;
 use super::history::{bus_event_head, History, Recent};
 use super::presence::Presence;
 use super::registry::Registry;
+use super::route::{resync_window_ms, untargeted_for_resync, LUA_ROUTE};
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 use crate::store::{unix_ms, Inbound, Kept, Message, NodeLink, Result, StoreError, Target};
-
-/// Prepended to the scripts that publish messages: picks their channels.
-pub(crate) const LUA_ROUTE: &str = include_str!("lua/route.lua");
-
-/// How long messages go to every node after a clear: the nodes write their
-/// live connections back within it (each node that hears the clear starts
-/// it again, so a slow listener is covered from when it heard).
-const RESYNC_WINDOW: Duration = Duration::from_secs(10);
-
-/// Sends messages to every node until `within` has passed: the registry
-/// may lack live connections until the nodes wrote them back (a clear; a
-/// cleanup shorter than the heartbeat cycle). Called before the removal,
-/// so no message finds the records gone without it.
-pub(crate) async fn untargeted_for(registry: &Registry, within: Duration) -> Result<()> {
-    let key = registry.keys().resyncing();
-    let ms = within.as_millis().max(1) as u64;
-    let mut conn = registry.connection();
-    super::conn::bounded(Duration::from_secs(5), async move {
-        // Never shortens a longer window another node asked for.
-        let left: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
-        if left < ms as i64 {
-            conn.pset_ex::<_, _, ()>(&key, 1, ms).await?;
-        }
-        Ok(())
-    })
-    .await
-}
-
-/// [`RESYNC_WINDOW`] for the sending scripts, which open the window
-/// themselves when they find that Redis lost the registry.
-pub(crate) fn resync_window_ms() -> u64 {
-    RESYNC_WINDOW.as_millis() as u64
-}
-
-/// [`untargeted_for`] the time nodes take to re-register after a clear.
-pub(crate) async fn untargeted_for_resync(registry: &Registry) -> Result<()> {
-    untargeted_for(registry, RESYNC_WINDOW).await
-}
 
 /// The script of [`publish_unkept`].
 pub(crate) fn unkept_script() -> redis::Script {
@@ -509,6 +472,51 @@ impl Subscriber {
                     self.metrics.bus_messages_unmatched.inc();
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The script completes the head with the id (and the ids of a
+    /// one-tab message); the result must be the bus's `deliver` event.
+    #[test]
+    fn bus_event_head_completes_into_a_deliver_event() {
+        let m = Message {
+            to: Some("ann \"q\" \u{2028}".into()),
+            first_only: true,
+            event: "message".into(),
+            data: r#"{"text":"a \"b\"\n","n":12345678901234567890123}"#.into(),
+        };
+        let json = format!(
+            r#"[{},"id":"5-1","ids":["a-1","b-2"]}}]"#,
+            bus_event_head("node-\"x\"", &m)
+        );
+        let got: Vec<BusEvent> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            got,
+            vec![BusEvent::Deliver {
+                origin: "node-\"x\"".into(),
+                to: m.to.clone(),
+                first_only: true,
+                ids: vec!["a-1".into(), "b-2".into()],
+                broadcast: false,
+                id: "5-1".into(),
+                event: m.event.clone(),
+                data: m.data.clone(),
+            }]
+        );
+        let b = Message {
+            to: None,
+            first_only: false,
+            ..m
+        };
+        let json = format!(r#"{},"id":"5-2"}}"#, bus_event_head("n", &b));
+        match serde_json::from_str::<BusEvent>(&json).unwrap() {
+            BusEvent::Deliver { broadcast, to, .. } => assert!(broadcast && to.is_none()),
+            other => panic!("{other:?}"),
         }
     }
 }

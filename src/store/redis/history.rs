@@ -122,7 +122,7 @@ impl History {
             origin,
             append: Script::new(&format!(
                 "{}\n{}",
-                super::bus::LUA_ROUTE,
+                super::route::LUA_ROUTE,
                 include_str!("lua/append.lua")
             )),
             replay: Script::new(include_str!("lua/replay.lua")),
@@ -156,7 +156,7 @@ impl History {
             .arg(ttl_secs.saturating_mul(1000))
             .arg(self.keys.bus())
             .arg(self.keys.conn_prefix())
-            .arg(super::bus::resync_window_ms());
+            .arg(super::route::resync_window_ms());
         for m in batch {
             let (stream, mode, targets) = match &m.to {
                 Some(user) if m.first_only => {
@@ -377,47 +377,6 @@ impl RecentIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The script completes the head with the id (and the ids of a
-    /// one-tab message); the result must be the bus's `deliver` event.
-    #[test]
-    fn bus_event_head_completes_into_a_deliver_event() {
-        use super::super::bus::BusEvent;
-        let m = Message {
-            to: Some("ann \"q\" \u{2028}".into()),
-            first_only: true,
-            event: "message".into(),
-            data: r#"{"text":"a \"b\"\n","n":12345678901234567890123}"#.into(),
-        };
-        let json = format!(
-            r#"[{},"id":"5-1","ids":["a-1","b-2"]}}]"#,
-            bus_event_head("node-\"x\"", &m)
-        );
-        let got: Vec<BusEvent> = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            got,
-            vec![BusEvent::Deliver {
-                origin: "node-\"x\"".into(),
-                to: m.to.clone(),
-                first_only: true,
-                ids: vec!["a-1".into(), "b-2".into()],
-                broadcast: false,
-                id: "5-1".into(),
-                event: m.event.clone(),
-                data: m.data.clone(),
-            }]
-        );
-        let b = Message {
-            to: None,
-            first_only: false,
-            ..m
-        };
-        let json = format!(r#"{},"id":"5-2"}}"#, bus_event_head("n", &b));
-        match serde_json::from_str::<BusEvent>(&json).unwrap() {
-            BusEvent::Deliver { broadcast, to, .. } => assert!(broadcast && to.is_none()),
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn recent_ids_forget_after_their_time() {

@@ -2,7 +2,8 @@
 //! primary). The registry and the kept messages are Redis keys
 //! ([`keys`], scripts in `lua/`); messages and control events travel
 //! between nodes on pub/sub channels, each message only to the nodes that
-//! hold its streams ([`bus`]); this node's streams are
+//! hold its streams ([`bus`], channels chosen as [`route`] says); this
+//! node's streams are
 //! mirrored into the registry by one task ([`presence`]).
 
 use std::sync::Arc;
@@ -25,11 +26,13 @@ mod keys;
 mod nodes;
 mod presence;
 mod registry;
+mod route;
 
-pub(crate) use bus::{publish_resync, untargeted_for_resync};
+pub(crate) use bus::publish_resync;
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Keys;
 pub(crate) use registry::Registry;
+pub(crate) use route::untargeted_for_resync;
 
 use bus::BusEvent;
 use history::{Appender, History, Recent, RecentIds, Targets};
@@ -64,7 +67,7 @@ pub(crate) async fn sweep(
 ) -> Result<Removed> {
     let age = crate::store::unix_now() - stale_before;
     if age <= 2.0 * heartbeat.as_secs_f64() {
-        bus::untargeted_for(registry, write_back_within(heartbeat)).await?;
+        route::untargeted_for(registry, write_back_within(heartbeat)).await?;
     }
     registry.sweep(stale_before).await
 }
@@ -303,7 +306,7 @@ impl RedisStore {
     /// node re-registers its streams and the others are told over the bus
     /// to do the same. Until they did, messages go to every node.
     pub(crate) async fn clear(&self) -> Result<Cleared> {
-        bus::untargeted_for_resync(&self.registry).await?;
+        route::untargeted_for_resync(&self.registry).await?;
         let removed = self.registry.clear(crate::store::unix_now()).await?;
         self.presence.resync();
         let resync = BusEvent::Resync {
