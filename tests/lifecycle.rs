@@ -277,6 +277,17 @@ async fn defaults_serve_streams_and_sends_with_nothing_installed() {
     let admin_base = format!("http://{admin_addr}");
     let (status, body) = admin(reqwest::Method::GET, &format!("{admin_base}/healthz"), None).await;
     assert_eq!((status, &body["engine"]), (200, &json!("memory")), "{body}");
+    // No bus to lose: the bus-down alert must not page for this node.
+    let metrics = reqwest::get(format!("{admin_base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    assert!(
+        metrics.lines().any(|l| l == "sse_notify_bus_up 1"),
+        "the embedded engine reports its bus up:\n{metrics}"
+    );
 
     let stream_url = format!("http://{public}/notifications/stream/");
     let (mut tab, id) = SseClient::connect_url(&stream_url, "alice").await;
