@@ -91,13 +91,14 @@ impl Listeners {
 /// arrived, not at its handshake (nginx's `listen ... deferred`): a
 /// connect wave then costs one wake-up per stream instead of two, and a
 /// socket that never sends anything waits in the kernel instead of in a
-/// task. The kernel still hands it over after the period, and the
-/// request head timeout applies from there.
+/// task. The kernel still hands it over after the period (as long as the
+/// head timeout), and the head timeout applies from there.
 fn defer_accept(listener: &TcpListener) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let secs: libc::c_int = 10;
+        let secs = libc::c_int::try_from(crate::http::public::HEAD_TIMEOUT.as_secs())
+            .unwrap_or(libc::c_int::MAX);
         // SAFETY: setsockopt reads `secs` for the duration of the call.
         let rc = unsafe {
             libc::setsockopt(

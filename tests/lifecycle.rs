@@ -239,16 +239,26 @@ on_both_engines! {
     }
 }
 
-/// The quick start on a machine with nothing installed: a config file that
-/// only moves the listeners (to port 0), everything else the built-in
-/// defaults, which select the embedded engine: streams open and receive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn defaults_serve_streams_and_sends_with_nothing_installed() {
+/// The binary with a config that only moves the listeners to port 0 and
+/// adds `server_keys` to `[server]`; everything else is the built-in
+/// defaults (the embedded engine). Returns the config's directory (kept
+/// for as long as the node runs), the log, the child and its addresses.
+async fn serve_on_port_0(
+    server_keys: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sse-notify.toml");
     std::fs::write(
         &cfg,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_keys}"
+        ),
     )
     .unwrap();
     let log = dir.path().join("log.txt");
@@ -261,6 +271,15 @@ async fn defaults_serve_streams_and_sends_with_nothing_installed() {
             panic!("{why}");
         }
     };
+    (dir, log, child, public, admin_addr)
+}
+
+/// The quick start on a machine with nothing installed: a config file that
+/// only moves the listeners (to port 0), everything else the built-in
+/// defaults, which select the embedded engine: streams open and receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_serve_streams_and_sends_with_nothing_installed() {
+    let (dir, log, mut child, public, admin_addr) = serve_on_port_0("").await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.lines()
@@ -351,23 +370,7 @@ async fn defaults_serve_streams_and_sends_with_nothing_installed() {
 /// serves a stream, the admin API and delivery between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_thread_serves_streams_and_sends() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("sse-notify.toml");
-    std::fs::write(
-        &cfg,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworker_threads = 1\n",
-    )
-    .unwrap();
-    let log = dir.path().join("log.txt");
-    let mut child = spawn_serve(&cfg, &log);
-    let (public, admin_addr) = match wait_serving(&mut child, &log, Duration::from_secs(15)).await {
-        Ok(a) => a,
-        Err(why) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{why}");
-        }
-    };
+    let (_dir, log, mut child, public, admin_addr) = serve_on_port_0("worker_threads = 1\n").await;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.lines()

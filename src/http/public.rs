@@ -37,7 +37,7 @@ use crate::throttle::LogThrottle;
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// A client must send its request head within this (slowloris).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written in one vectored write when several are queued.
 const BATCH: usize = 32;
 /// After an error reply, how long the client may keep sending what we
