@@ -14,10 +14,11 @@ use serde_json::Value;
 
 use crate::config::{self, Config};
 use crate::http::listing::{ListingJson, ListingSource};
-use crate::store::redis::{
-    publish_resync, sweep, untargeted_for_resync, Keys, Registry, SharedConn,
-};
+use crate::store::redis::{clear as clear_redis, sweep, Keys, Registry, SharedConn};
 use crate::store::{unix_now, Cleared, ConnectionRecord, Removed, StoreError};
+
+/// Who the CLI is on the bus (the nodes' own events carry their ids).
+const CLI_ORIGIN: &str = "cli";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,7 +161,13 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
             }
             let removed = if config.uses_redis() {
                 let registry = connect(&config).await?;
-                sweep(&registry, unix_now() - timeout, config.heartbeat_interval()).await?
+                sweep(
+                    &registry,
+                    unix_now() - timeout,
+                    config.heartbeat_interval(),
+                    CLI_ORIGIN,
+                )
+                .await?
             } else {
                 let body = serde_json::json!({ "timeout": timeout });
                 removed_from(&admin_call(&config, Method::POST, "/cleanup/", Some(body)).await?)
@@ -177,11 +184,12 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
             }
             let cleared = if config.uses_redis() {
                 let registry = connect(&config).await?;
-                untargeted_for_resync(&registry).await?;
-                let cleared = registry.clear(unix_now()).await?;
-                publish_resync(&registry).await.map_err(|e| {
-                    CliError::Runtime(format!("cleared, but could not tell running nodes: {e}"))
-                })?;
+                let (cleared, untold) = clear_redis(&registry, CLI_ORIGIN).await?;
+                if let Some(e) = untold {
+                    return Err(CliError::Runtime(format!(
+                        "cleared, but could not tell running nodes: {e}"
+                    )));
+                }
                 cleared
             } else {
                 let data = admin_call(&config, Method::POST, "/connections/", None).await?;

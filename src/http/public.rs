@@ -331,6 +331,7 @@ async fn respond(
                 }
                 if !batch.is_empty() || head.is_some() {
                     write_frames(&mut wr, head.take().as_deref(), &batch, chunked).await?;
+                    events.written(&batch);
                     batch.clear();
                 }
                 tokio::select! {

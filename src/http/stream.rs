@@ -192,12 +192,14 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         conn: conn.clone(),
         opened: Instant::now(),
         established: false,
+        wrote: None,
     };
     let user_count = app.router.register(&conn).await.map_err(|e| {
         app.metrics.rejected_connections.inc();
         ApiError::unavailable(format!("cannot register the connection: {e}"))
             .with_retry_after(retry_later)
     })?;
+    app.router.registered(&conn.connection_id);
     guard.established = true;
     app.metrics.connects.inc();
     // The registration told how many connections the user has on all
@@ -235,8 +237,9 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
     let body = SseBody {
         prefix,
         skip_until,
+        wrote: None,
         rx,
-        _guard: guard,
+        guard,
     };
     let mut h = HeaderMap::new();
     h.insert(
@@ -279,7 +282,7 @@ async fn replay(
     };
     let replay = match app
         .router
-        .replay(&conn.username, last, &config.history)
+        .replay(&conn.username, &conn.connection_id, last, &config.history)
         .await
     {
         Ok(r) => r,
@@ -293,20 +296,10 @@ async fn replay(
     if replay.gap {
         gap(prefix);
     }
-    // A message for one tab only: never again if a tab got it live; if the
-    // user had no connection then, to the first tab that comes back.
-    let first = if replay.entries.iter().any(|k| k.for_first_back) {
-        app.router
-            .is_first(&conn.username, &conn.connection_id)
-            .await
-            .unwrap_or(false)
-    } else {
-        false
-    };
+    // One-tab messages are in it only where this stream is to get them
+    // (the store claimed them for it).
     for k in &replay.entries {
-        if !k.first_only || (k.for_first_back && first) {
-            prefix.push_back(frame::message(&k.id.to_string(), &k.event, &k.data));
-        }
+        prefix.push_back(frame::message(&k.id.to_string(), &k.event, &k.data));
     }
     let upto = replay.entries.last().map(|k| k.id);
     if replay.gap {
@@ -322,11 +315,16 @@ struct ConnGuard {
     conn: LiveConn,
     opened: Instant,
     established: bool,
+    /// Set by the body when it ends: the newest message id written to the
+    /// socket, if one-tab messages were queued to it.
+    wrote: Option<MsgId>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.app.router.unregister(&self.conn.connection_id);
+        self.app
+            .router
+            .unregister(&self.conn.connection_id, self.wrote);
         if self.established {
             self.app.metrics.disconnects.inc();
             tracing::info!(
@@ -346,11 +344,30 @@ pub(crate) struct SseBody {
     prefix: VecDeque<Bytes>,
     /// Messages up to this id were replayed: skip them in the queue.
     skip_until: Option<MsgId>,
+    /// The newest message id written to the socket.
+    wrote: Option<MsgId>,
     rx: Receiver,
-    _guard: ConnGuard,
+    guard: ConnGuard,
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        // What it wrote matters only for one-tab messages: a replay must
+        // not give another tab one this stream wrote.
+        if self.rx.had_one_tab() {
+            self.guard.wrote = self.wrote;
+        }
+    }
 }
 
 impl SseBody {
+    /// `frames` reached the socket (the kernel took them).
+    pub(crate) fn written(&mut self, frames: &[Bytes]) {
+        if let Some(id) = frames.iter().rev().find_map(|f| frame::message_id(f)) {
+            self.wrote = self.wrote.max(Some(id));
+        }
+    }
+
     fn keep(&self, frame: &[u8]) -> bool {
         match self.skip_until {
             Some(upto) => frame::message_id(frame).is_none_or(|id| id > upto),

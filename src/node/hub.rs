@@ -6,6 +6,7 @@
 //! The hub knows nothing of the store; the router keeps the two in step.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -18,6 +19,9 @@ use crate::store::LiveConn;
 struct Entry {
     username: String,
     connection_time: f64,
+    /// Its registration landed: a heartbeat may write its record back
+    /// (before, its own registration is still on the way).
+    registered: AtomicBool,
     tx: Sender,
     /// Cancelled to drop the client's TCP connection at once: a client that
     /// does not read leaves the body unpolled, so the stream itself cannot
@@ -65,11 +69,15 @@ impl<'a> Push<'a> {
 
     fn to(&mut self, inner: &Inner, id: &String) {
         if let Some(entry) = inner.conns.get(id) {
-            if entry.tx.try_send(self.frame.clone()).is_ok() {
-                self.delivered += 1;
-            } else {
-                self.failed.push(id.clone());
-            }
+            self.took(id, entry.tx.try_send(self.frame.clone()).is_ok());
+        }
+    }
+
+    fn took(&mut self, id: &str, ok: bool) {
+        if ok {
+            self.delivered += 1;
+        } else {
+            self.failed.push(id.to_string());
         }
     }
 }
@@ -126,6 +134,7 @@ impl Hub {
             Entry {
                 username: conn.username.clone(),
                 connection_time: conn.connection_time,
+                registered: AtomicBool::new(false),
                 tx,
                 kill,
             },
@@ -138,6 +147,13 @@ impl Hub {
         drop(inner);
         self.metrics.live_connections.set(self.len() as i64);
         Ok(rx)
+    }
+
+    /// Its registration landed (see [`Hub::snapshot`]).
+    pub(crate) fn registered(&self, id: &str) {
+        if let Some(e) = self.read().conns.get(id) {
+            e.registered.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Forgets a connection; true if it was still here.
@@ -164,11 +180,14 @@ impl Hub {
         self.read().conns.contains_key(id)
     }
 
-    /// Every live connection, for re-registration after a clear or outage.
+    /// Every live connection whose registration landed, for writing back
+    /// after a clear, a cleanup or an outage (one still registering writes
+    /// its own record).
     pub(crate) fn snapshot(&self) -> Vec<LiveConn> {
         self.read()
             .conns
             .iter()
+            .filter(|(_, e)| e.registered.load(Ordering::Relaxed))
             .map(|(id, e)| LiveConn {
                 connection_id: id.clone(),
                 username: e.username.clone(),
@@ -186,6 +205,16 @@ impl Hub {
             for id in ids {
                 push.to(&inner, id);
             }
+        }
+        self.finish(push)
+    }
+
+    /// Queues the frame of a one-tab message to `id` if held here; returns
+    /// whether it took it.
+    pub(crate) fn deliver_one_tab(&self, id: &str, frame: &Bytes) -> usize {
+        let mut push = Push::new(frame);
+        if let Some(entry) = self.read().conns.get(id) {
+            push.took(id, entry.tx.try_send_one_tab(frame.clone()).is_ok());
         }
         self.finish(push)
     }

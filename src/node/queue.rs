@@ -25,6 +25,9 @@ struct State {
     waker: Option<Waker>,
     sender: bool,
     receiver: bool,
+    /// A one-tab message was queued: when the stream ends, the node says
+    /// what it wrote, so a replay does not give those to another tab.
+    one_tab: bool,
 }
 
 struct Shared {
@@ -48,6 +51,7 @@ pub(crate) fn queue(cap: usize) -> (Sender, Receiver) {
             waker: None,
             sender: true,
             receiver: true,
+            one_tab: false,
         }),
     });
     (
@@ -76,6 +80,15 @@ pub(crate) struct Sender {
 impl Sender {
     /// Queues `frame` without waiting.
     pub(crate) fn try_send(&self, frame: Bytes) -> Result<(), SendError> {
+        self.push(frame, false)
+    }
+
+    /// Queues the frame of a one-tab message (`all_connections: false`).
+    pub(crate) fn try_send_one_tab(&self, frame: Bytes) -> Result<(), SendError> {
+        self.push(frame, true)
+    }
+
+    fn push(&self, frame: Bytes, one_tab: bool) -> Result<(), SendError> {
         let waker = {
             let mut s = self.shared.lock();
             if !s.receiver {
@@ -85,6 +98,7 @@ impl Sender {
                 return Err(SendError::Full);
             }
             s.frames.push_back(frame);
+            s.one_tab |= one_tab;
             s.waker.take()
         };
         // Woken outside the lock, so the stream's task does not find it
@@ -144,6 +158,11 @@ impl Receiver {
             slot => *slot = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Whether a one-tab message was ever queued to this stream.
+    pub(crate) fn had_one_tab(&self) -> bool {
+        self.shared.lock().one_tab
     }
 
     /// A frame queued now, without waiting.

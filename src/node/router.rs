@@ -67,6 +67,7 @@ impl NodeLink for Delivery {
                     Target::All => self.hub.broadcast(&frame),
                     Target::User(user) => self.hub.deliver_user(&user, &frame),
                     Target::Ids(ids) => self.hub.deliver(&ids, &frame),
+                    Target::Tab(id) => self.hub.deliver_one_tab(&id, &frame),
                 }
             }
             Inbound::Close { ids, reason } => {
@@ -172,27 +173,29 @@ impl Router {
             .await
     }
 
-    /// A stream ended: out of the hub first (so no snapshot writes it back),
-    /// then out of the store.
-    pub(crate) fn unregister(&self, connection_id: &str) {
-        self.hub.unregister(connection_id);
-        self.store.remove(connection_id.to_string());
+    /// A stream's registration landed: from now on a heartbeat writes its
+    /// record back if someone removes it.
+    pub(crate) fn registered(&self, connection_id: &str) {
+        self.hub.registered(connection_id);
     }
 
-    /// What `user` missed after `last`.
+    /// A stream ended: out of the hub first (so no snapshot writes it back),
+    /// then out of the store. `wrote`: the newest message id it wrote to
+    /// its socket, when it was sent one-tab messages.
+    pub(crate) fn unregister(&self, connection_id: &str, wrote: Option<MsgId>) {
+        self.hub.unregister(connection_id);
+        self.store.remove(connection_id.to_string(), wrote);
+    }
+
+    /// What the stream `connection_id` of `user` missed after `last`.
     pub(crate) async fn replay(
         &self,
         user: &str,
+        connection_id: &str,
         last: Option<MsgId>,
         kept: &HistoryConfig,
     ) -> Result<Replay> {
-        self.store.replay(user, last, kept).await
-    }
-
-    /// Whether `connection_id` is the user's first (oldest) connection.
-    pub(crate) async fn is_first(&self, user: &str, connection_id: &str) -> Result<bool> {
-        let ids = self.store.user_connection_ids(user, Some(1)).await?;
-        Ok(ids.first().map(String::as_str) == Some(connection_id))
+        self.store.replay(user, connection_id, last, kept).await
     }
 
     /// Closes every stream of `username` on every node and removes their

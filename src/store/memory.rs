@@ -10,19 +10,14 @@
 //! removes its record, so a snapshot taken under the mutex never writes
 //! back a stream that already left.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{Config, HistoryConfig};
 use crate::store::{
-    sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, LiveConn,
-    Message, MsgId, NodeLink, Removed, Replay, Target,
+    sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, KeptFor,
+    LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target,
 };
-
-/// Age after which a stream's registration has surely been written: a
-/// heartbeat writes back only records missing for longer (as the Redis
-/// engine does).
-const REGISTRATION_SETTLE_SECS: f64 = 10.0;
 
 /// Records a clear handles per hold of the lock.
 const CLEAR_STEP: usize = 1_000;
@@ -60,6 +55,11 @@ struct KeptStream {
     /// Unix ms after which the whole stream is gone (`ttl` after its last
     /// message, like the Redis key's expiry).
     expires_ms: u64,
+    /// One-tab messages a replay gave to some stream: never to another.
+    claimed: HashSet<MsgId>,
+    /// Streams that ended after being sent one-tab messages: the newest
+    /// id each wrote to its socket (what it wrote is not replayed).
+    wrote: HashMap<String, MsgId>,
 }
 
 impl KeptStream {
@@ -71,6 +71,12 @@ impl KeptStream {
         while self.entries.len() > size.saturating_add(1) {
             if let Some(old) = self.entries.pop_front() {
                 self.trimmed = self.trimmed.max(Some(old.id));
+                self.claimed.remove(&old.id);
+                if let KeptFor::Tab(c) = &old.to {
+                    if !self.entries.iter().any(|k| k.to == old.to) {
+                        self.wrote.remove(c);
+                    }
+                }
             }
         }
         self.expires_ms = now_ms.saturating_add(ttl_ms);
@@ -82,6 +88,18 @@ impl KeptStream {
 
     fn contains(&self, id: MsgId, now_ms: u64) -> bool {
         self.live(now_ms) && self.entries.iter().any(|k| k.id == id)
+    }
+
+    /// Whether a replay gives the one-tab message `k` to a stream now (and
+    /// claims it for that stream): its target is gone without having
+    /// written it, or it had none.
+    fn claim(&mut self, k: &Kept, holds: impl Fn(&str) -> bool) -> bool {
+        match &k.to {
+            KeptFor::All => true,
+            KeptFor::Tab(c) if holds(c) => false,
+            KeptFor::Tab(c) if self.wrote.get(c).is_some_and(|w| *w >= k.id) => false,
+            KeptFor::Tab(_) | KeptFor::FirstBack => self.claimed.insert(k.id),
+        }
     }
 
     /// What is served: the newest `size` entries younger than `oldest_ms`.
@@ -141,19 +159,28 @@ impl MemoryStore {
         st.users.get(&r.username).map_or(0, Vec::len)
     }
 
-    pub(crate) fn remove(&self, connection_id: &str) {
-        self.lock().remove(connection_id);
+    pub(crate) fn remove(&self, connection_id: &str, wrote: Option<MsgId>) {
+        let mut st = self.lock();
+        let Some(r) = st.remove(connection_id) else {
+            return;
+        };
+        if let (Some(w), Some(kept)) = (wrote, st.kept_users.get_mut(&r.username)) {
+            let target = KeptFor::Tab(connection_id.to_string());
+            if kept.entries.iter().any(|k| k.to == target) {
+                kept.wrote.insert(connection_id.to_string(), w);
+            }
+        }
     }
 
     pub(crate) fn heartbeat(&self) {
         let now = unix_now();
-        let settled = now - REGISTRATION_SETTLE_SECS;
         let mut st = self.lock();
         let mut written_back = 0;
+        // Registered streams only: one still registering writes its own.
         for c in self.link.live() {
             if let Some(r) = st.conns.get_mut(&c.connection_id) {
                 r.last_heartbeat = now;
-            } else if c.connection_time < settled {
+            } else {
                 // Someone removed a live stream's record (a cleanup with a
                 // short timeout): the registry must hold every live stream.
                 st.insert_live(c, now);
@@ -182,27 +209,25 @@ impl MemoryStore {
                 None
             };
             let text_id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.to_string());
-            let (target, connections, has_first) = match &m.to {
+            let (target, connections, to) = match &m.to {
                 // Counted and picked without copying the user's ids: this
                 // runs for every message, under the lock.
-                Some(user) if m.first_only => {
-                    let first: Vec<String> = st.oldest_id(user).into_iter().collect();
-                    let n = first.len();
-                    (Target::Ids(first), n, n > 0)
-                }
+                Some(user) if m.first_only => match st.oldest_id(user) {
+                    Some(first) => (Target::Tab(first.clone()), 1, KeptFor::Tab(first)),
+                    None => (Target::Ids(Vec::new()), 0, KeptFor::FirstBack),
+                },
                 Some(user) => {
                     let n = st.user_conns(user).count();
-                    (Target::User(user.clone()), n, n > 0)
+                    (Target::User(user.clone()), n, KeptFor::All)
                 }
-                None => (Target::All, st.conns.len(), false),
+                None => (Target::All, st.conns.len(), KeptFor::All),
             };
             if let Some(id) = id {
                 let k = Kept {
                     id,
                     event: m.event.clone(),
                     data: m.data.clone(),
-                    first_only: m.first_only,
-                    for_first_back: m.first_only && !has_first,
+                    to,
                 };
                 let stream = match &m.to {
                     Some(user) => st.kept_users.entry(user.clone()).or_default(),
@@ -240,22 +265,26 @@ impl MemoryStore {
         let size = usize::try_from(kept.size).unwrap_or(usize::MAX);
         let now_ms = unix_ms();
         let oldest_ms = now_ms.saturating_sub(kept.ttl_secs.saturating_mul(1000));
-        let st = self.lock();
-        let empty = KeptStream::default();
-        let mine = st.kept_users.get(user).unwrap_or(&empty);
+        let mut st = self.lock();
+        let mut empty = KeptStream::default();
+        let st = &mut *st;
+        let mine = st.kept_users.get_mut(user).unwrap_or(&mut empty);
         let all = &st.kept_broadcasts;
         let mut gap = !mine.contains(last_id, now_ms) && !all.contains(last_id, now_ms);
-        let (mine, lost_mine) = mine.window(size, oldest_ms, last_id, now_ms);
+        let (mine_served, lost_mine) = mine.window(size, oldest_ms, last_id, now_ms);
         let (all, lost_all) = all.window(size, oldest_ms, last_id, now_ms);
-        drop(st);
         gap |= lost_mine || lost_all || last_id == zero;
-        let mut entries: Vec<Kept> = mine
+        // Asked under the lock: a stream leaves the hub before it removes
+        // its record (and says what it wrote).
+        let holds = |c: &str| self.link.holds(c);
+        let mut entries: Vec<Kept> = mine_served
             .into_iter()
             .chain(all)
             .filter(|k| gap || k.id > last_id)
             .collect();
         entries.sort_by_key(|k| k.id);
         entries.dedup_by_key(|k| k.id);
+        entries.retain(|k| mine.claim(k, holds));
         Replay { gap, entries }
     }
 
@@ -378,8 +407,13 @@ impl MemoryStore {
     }
 
     /// Removes stale records, and the kept messages of users whose stream
-    /// expired.
+    /// expired. A record of a stream this node holds is counted as removed
+    /// (the Redis engine removes it and the node writes it back at once)
+    /// but kept with a fresh heartbeat: the registry never lacks a live
+    /// stream, so a one-tab send right after a short cleanup still finds
+    /// it.
     pub(crate) fn sweep(&self, stale_before: f64) -> Removed {
+        let now = unix_now();
         let now_ms = unix_ms();
         let mut st = self.lock();
         let stale: Vec<String> = st
@@ -390,7 +424,13 @@ impl MemoryStore {
             .collect();
         let mut removed = Removed::default();
         for id in stale {
-            if let Some(r) = st.remove(&id) {
+            // Asked under the lock, as in a clear.
+            if self.link.holds(&id) {
+                if let Some(r) = st.conns.get_mut(&id) {
+                    r.last_heartbeat = now;
+                    removed.add(id, r.username.clone());
+                }
+            } else if let Some(r) = st.remove(&id) {
                 removed.add(id, r.username);
             }
         }
@@ -621,8 +661,7 @@ mod tests {
             id: MsgId { ms, seq },
             event: "m".into(),
             data: "1".into(),
-            first_only: false,
-            for_first_back: false,
+            to: KeptFor::All,
         }
     }
 

@@ -39,6 +39,11 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("this node's bus subscription is down")]
     BusDown,
+    /// A one-tab message found its user without any record while the nodes
+    /// write their live connections back (after a clear, a short cleanup
+    /// or Redis losing its data): its tab may be live, so it waits.
+    #[error("the registry is being written back after a clear or a Redis restart; retry")]
+    Resyncing,
     #[error("{0}")]
     Unavailable(String),
 }
@@ -224,6 +229,9 @@ pub(crate) enum Target {
     User(String),
     /// These connection ids, where held here.
     Ids(Vec<String>),
+    /// The one target of a one-tab message (`all_connections: false`),
+    /// where held here.
+    Tab(String),
     /// Every stream held here.
     All,
 }
@@ -261,17 +269,28 @@ pub(crate) trait NodeLink: Send + Sync + 'static {
     fn live_count(&self) -> usize;
 }
 
+/// Who a kept message is for, as far as a replay must know.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KeptFor {
+    /// Every stream of its user (a broadcast: every stream).
+    All,
+    /// One tab (`all_connections: false`): this connection was the user's
+    /// first when it was sent. A replay gives it to another tab only when
+    /// that one surely did not write it (it is gone without having written
+    /// it, or its node is), and then to one tab only (a claim).
+    Tab(String),
+    /// One tab, and the user had none when it was sent: the first tab that
+    /// comes back with an older `Last-Event-ID` gets it (a claim).
+    FirstBack,
+}
+
 /// One kept message.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Kept {
     pub id: MsgId,
     pub event: String,
     pub data: String,
-    /// Sent with `all_connections: false`.
-    pub first_only: bool,
-    /// ... and the user had no connection then: replay it to the first
-    /// tab that comes back.
-    pub for_first_back: bool,
+    pub to: KeptFor,
 }
 
 /// What a reconnecting client gets.
@@ -279,8 +298,10 @@ pub(crate) struct Kept {
 pub(crate) struct Replay {
     /// The id is unknown, malformed or older than what is kept.
     pub gap: bool,
-    /// The user's messages and the broadcasts after the id (all that is
-    /// kept on a gap), merged in id order.
+    /// What this stream is to get after the id (all that is kept on a
+    /// gap): the user's messages and the broadcasts, merged in id order,
+    /// one-tab messages only where the rules of [`KeptFor`] give them to
+    /// this stream (claimed for it).
     pub entries: Vec<Kept>,
 }
 
@@ -375,10 +396,13 @@ impl Store {
     }
 
     /// Forgets a connection that ended (retried by the engine until done).
-    pub(crate) fn remove(&self, connection_id: String) {
+    /// `wrote`: the newest message id its stream wrote to its socket, when
+    /// it was sent one-tab messages, so that a replay does not give those
+    /// it wrote to another tab.
+    pub(crate) fn remove(&self, connection_id: String, wrote: Option<MsgId>) {
         match self {
-            Store::Memory(m) => m.remove(&connection_id),
-            Store::Redis(r) => r.remove(connection_id),
+            Store::Memory(m) => m.remove(&connection_id, wrote),
+            Store::Redis(r) => r.remove(connection_id, wrote),
         }
     }
 
@@ -407,16 +431,19 @@ impl Store {
         }
     }
 
-    /// What `user` missed after `last` (`None`: malformed, a gap).
+    /// What the stream `connection_id` of `user` missed after `last`
+    /// (`None`: malformed, a gap). One-tab messages it is given are claimed
+    /// for it: no other stream gets them again.
     pub(crate) async fn replay(
         &self,
         user: &str,
+        connection_id: &str,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
         match self {
             Store::Memory(m) => Ok(m.replay(user, last, history)),
-            Store::Redis(r) => r.replay(user, last, history).await,
+            Store::Redis(r) => r.replay(user, connection_id, last, history).await,
         }
     }
 

@@ -25,7 +25,9 @@ use super::registry::Registry;
 use super::route::{resync_window_ms, untargeted_for_resync, LUA_ROUTE};
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
-use crate::store::{unix_ms, Inbound, Kept, Message, NodeLink, Result, StoreError, Target};
+use crate::store::{
+    unix_ms, Inbound, Kept, KeptFor, LiveConn, Message, MsgId, NodeLink, Result, StoreError, Target,
+};
 
 /// The script of [`publish_unkept`].
 pub(crate) fn unkept_script() -> redis::Script {
@@ -46,6 +48,7 @@ pub(crate) async fn publish_unkept(
     let mut inv = script.prepare_invoke();
     inv.key(keys.resyncing())
         .key(keys.registry_since())
+        .key(keys.synced())
         .arg(keys.bus())
         .arg(keys.conn_prefix())
         .arg(resync_window_ms());
@@ -88,8 +91,14 @@ pub(crate) async fn publish_unkept(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum BusEvent {
-    /// The registry was cleared: re-register your live connections.
-    Resync { origin: String },
+    /// The registry was cleared (or a cleanup may have removed live
+    /// records): write your live connections back now. `threshold`: unix
+    /// ms after which a write-back counts (route.lua's window).
+    Resync {
+        origin: String,
+        #[serde(default)]
+        threshold: u64,
+    },
     /// A message for connections held by other nodes: every connection
     /// of `to` (each node delivers to those it holds), only `ids` when
     /// `first_only`, or every connection when `broadcast`. `data` is the
@@ -122,7 +131,7 @@ pub(crate) enum BusEvent {
 impl BusEvent {
     fn origin(&self) -> &str {
         match self {
-            BusEvent::Resync { origin }
+            BusEvent::Resync { origin, .. }
             | BusEvent::Deliver { origin, .. }
             | BusEvent::Close { origin, .. }
             | BusEvent::CloseUser { origin, .. }
@@ -160,6 +169,10 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
             let target = match (broadcast, to, first_only) {
                 (true, _, _) => Target::All,
                 (false, Some(user), false) => Target::User(user),
+                (false, _, true) => match <[String; 1]>::try_from(ids) {
+                    Ok([id]) => Target::Tab(id),
+                    Err(ids) => Target::Ids(ids),
+                },
                 _ => Target::Ids(ids),
             };
             link.receive(Inbound::Deliver {
@@ -185,12 +198,19 @@ fn decode(payload: &[u8]) -> serde_json::Result<Vec<BusEvent>> {
     }
 }
 
-/// Tells every running node to re-register its live connections.
-pub(crate) async fn publish_resync(registry: &Registry) -> Result<()> {
+/// Tells every running node to write its live connections back now, after
+/// a removal that may have taken live records: a write-back after
+/// `threshold` (unix ms) counts for the window ([`super::route`]).
+pub(crate) async fn publish_resync(
+    registry: &Registry,
+    origin: &str,
+    threshold: u64,
+) -> Result<()> {
     publish(
         registry,
         &BusEvent::Resync {
-            origin: String::new(),
+            origin: origin.to_string(),
+            threshold,
         },
     )
     .await
@@ -240,9 +260,9 @@ pub(crate) struct Subscriber {
     pub heartbeat: Duration,
     pub up: watch::Sender<bool>,
     pub shutdown: CancellationToken,
-    /// With history on: catch up on what was published while the
-    /// subscription was down.
-    pub history: Option<(History, u64)>,
+    /// With history on (with its size and age kept): catch up on what was
+    /// published while the subscription was down.
+    pub history: Option<(History, u64, u64)>,
     pub recent: Recent,
 }
 
@@ -323,10 +343,12 @@ impl Subscriber {
     /// Delivers what the history kept since `since_ms` and this node did not
     /// deliver, to the local connections that were open when it was sent:
     /// messages published while the subscription was down would otherwise
-    /// be lost for streams that never reconnect. Messages for one tab only
-    /// (`all_connections: false`) are not caught up.
+    /// be lost for streams that never reconnect. A one-tab message goes to
+    /// its target if held here (or, kept for the first tab back, to the
+    /// user's oldest stream here), once claimed: a tab's replay on another
+    /// node may have given it already.
     async fn catch_up(&self, since_ms: u64) {
-        let Some((history, size)) = &self.history else {
+        let Some((history, size, ttl_secs)) = &self.history else {
             return;
         };
         let conns = self.link.live();
@@ -341,43 +363,81 @@ impl Subscriber {
                 return;
             }
         };
+        let open_then = |c: &LiveConn, k: &Kept| (c.connection_time * 1000.0) as u64 <= k.id.ms;
         // One list in id order: a stream gets its missed messages and the
         // broadcasts interleaved as they were sent.
-        let mut all: Vec<(Option<String>, Kept)> = kept
-            .into_iter()
-            .flat_map(|(user, entries)| entries.into_iter().map(move |k| (user.clone(), k)))
+        let mut all: Vec<(Option<String>, Kept, Option<String>)> = {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            kept.into_iter()
+                .flat_map(|(user, entries)| entries.into_iter().map(move |k| (user.clone(), k)))
+                .filter(|(_, k)| !recent.contains(&k.id))
+                .map(|(user, k)| {
+                    let tab = match (&k.to, &user) {
+                        (KeptFor::Tab(c), _) => conns
+                            .iter()
+                            .any(|x| &x.connection_id == c)
+                            .then(|| c.clone()),
+                        // `live` is in no order: the oldest by time, then id.
+                        (KeptFor::FirstBack, Some(u)) => conns
+                            .iter()
+                            .filter(|c| &c.username == u && open_then(c, &k))
+                            .min_by(|a, b| {
+                                a.connection_time
+                                    .total_cmp(&b.connection_time)
+                                    .then_with(|| a.connection_id.cmp(&b.connection_id))
+                            })
+                            .map(|c| c.connection_id.clone()),
+                        _ => None,
+                    };
+                    (user, k, tab)
+                })
+                .filter(|(_, k, tab)| k.to == KeptFor::All || tab.is_some())
+                .collect()
+        };
+        all.sort_by_key(|(_, k, _)| k.id);
+        let wanted: Vec<(String, MsgId)> = all
+            .iter()
+            .filter(|(_, _, tab)| tab.is_some())
+            .filter_map(|(user, k, _)| user.clone().map(|u| (u, k.id)))
             .collect();
-        all.sort_by_key(|(_, k)| k.id);
-        let mut delivered = 0;
-        for (user, k) in all {
-            {
-                if k.first_only
-                    || self
-                        .recent
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains(&k.id)
-                {
-                    continue;
-                }
-                let targets: Vec<String> = conns
-                    .iter()
-                    .filter(|c| user.as_ref().is_none_or(|u| &c.username == u))
-                    .filter(|c| (c.connection_time * 1000.0) as u64 <= k.id.ms)
-                    .map(|c| c.connection_id.clone())
-                    .collect();
-                delivered += targets.len();
-                self.link.receive(Inbound::Deliver {
-                    id: k.id.to_string(),
-                    event: k.event,
-                    data: k.data,
-                    target: Target::Ids(targets),
-                });
-                self.recent
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(k.id);
+        let mut claimed = match history.claim(&wanted, *ttl_secs).await {
+            Ok(claimed) => claimed.into_iter(),
+            Err(e) => {
+                // Unclaimed, a one-tab message stays for a replay: better
+                // than given twice.
+                self.metrics.redis_errors.inc();
+                tracing::error!(error = %e, "bus catch-up: one-tab messages not claimed");
+                vec![false; wanted.len()].into_iter()
             }
+        };
+        let mut delivered = 0;
+        for (user, k, tab) in all {
+            let target = match tab {
+                Some(c) => {
+                    if !claimed.next().unwrap_or(false) {
+                        continue;
+                    }
+                    Target::Tab(c)
+                }
+                None => Target::Ids(
+                    conns
+                        .iter()
+                        .filter(|c| user.as_ref().is_none_or(|u| &c.username == u))
+                        .filter(|c| open_then(c, &k))
+                        .map(|c| c.connection_id.clone())
+                        .collect(),
+                ),
+            };
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(k.id);
+            delivered += self.link.receive(Inbound::Deliver {
+                id: k.id.to_string(),
+                event: k.event,
+                data: k.data,
+                target,
+            });
         }
         if delivered > 0 {
             tracing::warn!(
@@ -440,10 +500,10 @@ impl Subscriber {
                 if message {
                     self.metrics.bus_messages_received.inc();
                 }
-                if matches!(event, BusEvent::Resync { .. }) {
+                if let BusEvent::Resync { threshold, .. } = event {
                     // Also when the clear came from a node or CLI that did
                     // not start the window itself, and from when we heard.
-                    if let Err(e) = untargeted_for_resync(&self.registry).await {
+                    if let Err(e) = untargeted_for_resync(&self.registry, threshold).await {
                         self.metrics.redis_errors.inc();
                         tracing::warn!(error = %e, "could not mark the re-registration after a clear");
                     }

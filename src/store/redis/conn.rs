@@ -209,6 +209,8 @@ pub(crate) async fn bounded<T>(
     fut: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(timeout, fut).await {
+        // A sending script's own refusal (route.lua): nothing was kept.
+        Ok(Err(e)) if e.code() == Some("RESYNCING") => Err(StoreError::Resyncing),
         Ok(r) => r.map_err(StoreError::from),
         Err(_) => Err(StoreError::Timeout(timeout)),
     }

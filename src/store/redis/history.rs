@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{Kept, Message, MsgId, Replay, Result, StoreError};
+use crate::store::{Kept, KeptFor, Message, MsgId, Replay, Result, StoreError};
 
-type AppendReply = oneshot::Sender<std::result::Result<(String, Targets), String>>;
+type AppendReply = oneshot::Sender<Result<(String, Targets)>>;
 
 /// Group commit of sends: concurrent sends wait for one script call that
 /// keeps them all (in arrival order) instead of one round trip each.
@@ -63,7 +63,10 @@ impl Appender {
                     }
                     Err(e) => {
                         for reply in replies {
-                            let _ = reply.send(Err(e.to_string()));
+                            let _ = reply.send(Err(match &e {
+                                StoreError::Resyncing => StoreError::Resyncing,
+                                e => StoreError::Unavailable(e.to_string()),
+                            }));
                         }
                     }
                 }
@@ -85,10 +88,7 @@ impl Appender {
             .send((msg, size, ttl_secs, reply))
             .await
             .map_err(|_| stopped())?;
-        answer
-            .await
-            .map_err(|_| stopped())?
-            .map_err(StoreError::Unavailable)
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -140,8 +140,10 @@ impl History {
     /// Reads the targets of each message (as [`Targets`]) and keeps it,
     /// in one round trip for the whole batch; returns their ids and
     /// targets, in order. A message for one tab (`all_connections: false`)
-    /// is kept as delivered when the user had a connection (no returning
-    /// tab gets it again), else for the first tab to come back.
+    /// is kept with the tab it went to (another gets it by replay only if
+    /// that one surely did not), else for the first tab to come back.
+    /// [`StoreError::Resyncing`] (nothing kept) while a one-tab message
+    /// finds no record during a write-back window.
     pub(crate) async fn append(
         &self,
         batch: &[Message],
@@ -152,6 +154,7 @@ impl History {
         inv.key(self.keys.history_seq())
             .key(self.keys.resyncing())
             .key(self.keys.registry_since())
+            .key(self.keys.synced())
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
             .arg(self.keys.bus())
@@ -197,10 +200,13 @@ impl History {
             .collect())
     }
 
-    /// What `user` missed after `last` (`None`: a malformed id, a gap).
+    /// What the stream `connection_id` of `user` missed after `last`
+    /// (`None`: a malformed id, a gap); one-tab messages it is given are
+    /// claimed for it (`lua/replay.lua`).
     pub(crate) async fn replay(
         &self,
         user: &str,
+        connection_id: &str,
         last: Option<MsgId>,
         size: u64,
         ttl_secs: u64,
@@ -209,9 +215,13 @@ impl History {
         let mut inv = self.replay.prepare_invoke();
         inv.key(self.keys.history_user(user))
             .key(self.keys.history_broadcast())
+            .key(self.keys.history_claims(user))
             .arg(last.to_string())
             .arg(size)
-            .arg(ttl_secs.saturating_mul(1000));
+            .arg(ttl_secs.saturating_mul(1000))
+            .arg(self.keys.conn_prefix())
+            .arg(self.keys.bus())
+            .arg(connection_id);
         let mut c = self.conn.get();
         let (gap, mine, all): (i64, Vec<RawEntry>, Vec<RawEntry>) = self
             .bounded(async move { inv.invoke_async(&mut c).await })
@@ -270,6 +280,31 @@ impl History {
     }
 }
 
+impl History {
+    /// Claims one-tab messages for this node's streams (a catch-up after
+    /// the bus was down): returns, for each `(user, id)`, whether it was
+    /// still unclaimed (and now is), so no replay gives it to another tab.
+    pub(crate) async fn claim(
+        &self,
+        wanted: &[(String, MsgId)],
+        ttl_secs: u64,
+    ) -> Result<Vec<bool>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (user, id) in wanted {
+            let key = self.keys.history_claims(user);
+            pipe.hset_nx(&key, id.to_string(), format!("catch-up:{}", self.origin))
+                .pexpire(&key, ttl_secs.saturating_mul(1000) as i64)
+                .ignore();
+        }
+        let mut c = self.conn.get();
+        self.bounded(async move { pipe.query_async(&mut c).await })
+            .await
+    }
+}
+
 /// A message's `deliver` bus event (the JSON of [`super::bus::BusEvent`])
 /// without its `id`, `ids` and closing brace, which the keeping script
 /// appends once it knows them.
@@ -309,20 +344,26 @@ fn parse_entries(raw: Vec<RawEntry>) -> Vec<Kept> {
                 id,
                 event: String::new(),
                 data: String::new(),
-                first_only: false,
-                for_first_back: false,
+                to: KeptFor::All,
             };
+            let (mut flag, mut tab) = (None, None);
             for (k, v) in fields {
                 match k.as_str() {
                     "e" => kept.event = v,
                     "d" => kept.data = v,
-                    "f" => {
-                        kept.first_only = v != "0";
-                        kept.for_first_back = v == "2";
-                    }
+                    "f" => flag = Some(v),
+                    "c" => tab = Some(v),
                     _ => {}
                 }
             }
+            kept.to = match (flag.as_deref(), tab) {
+                (Some("1"), Some(c)) => KeptFor::Tab(c),
+                // Kept by an older version, delivered live to a tab it
+                // did not name: no other tab may get it.
+                (Some("1"), None) => KeptFor::Tab(String::new()),
+                (Some("2"), _) => KeptFor::FirstBack,
+                _ => KeptFor::All,
+            };
             Some(kept)
         })
         .collect()

@@ -53,6 +53,17 @@ impl Keys {
         format!("{}:history:broadcast", self.prefix)
     }
 
+    /// Hash of one user's one-tab messages a replay gave to some stream
+    /// (message id -> connection id) and of what ended streams wrote
+    /// (`w:{connection id}` -> message id), expiring with the history.
+    pub(crate) fn history_claims(&self, username: &str) -> String {
+        format!("{}:history:claims:{}", self.prefix, username)
+    }
+
+    pub(crate) fn history_claims_prefix(&self) -> String {
+        format!("{}:history:claims:", self.prefix)
+    }
+
     /// The last message id issued (`{ms}-{seq}`): one sequence for every
     /// history stream, so that a user's messages and the broadcasts are
     /// ordered among themselves.
@@ -80,11 +91,20 @@ impl Keys {
         format!("{}:bus:{}", self.prefix, node_id)
     }
 
-    /// Present (with a short expiry) while the nodes write their live
-    /// connections back after a clear, or after a cleanup that may have
-    /// removed live ones: meanwhile messages go to every node.
+    /// Present while the nodes write their live connections back after a
+    /// clear, a cleanup that may have removed live ones, or Redis losing
+    /// its data: meanwhile messages go to every node. It holds the moment
+    /// (unix ms) after which a node's write-back counts; it is deleted once
+    /// every node said it wrote back after it ([`Keys::synced`]), and its
+    /// expiry is the upper bound.
     pub(crate) fn resyncing(&self) -> String {
         format!("{}:resyncing", self.prefix)
+    }
+
+    /// Hash of node id -> unix ms of the node's last complete write-back
+    /// of its live connections (every heartbeat, every re-registration).
+    pub(crate) fn synced(&self) -> String {
+        format!("{}:synced", self.prefix)
     }
 
     /// When the registry was first written to (unix ms), never expiring:
@@ -113,6 +133,9 @@ mod tests {
         assert_eq!(k.node_bus("web1"), "sse:bus:web1");
         assert_eq!(k.resyncing(), "sse:resyncing");
         assert_eq!(k.registry_since(), "sse:registry_since");
+        assert_eq!(k.synced(), "sse:synced");
+        assert_eq!(k.history_claims("bob"), "sse:history:claims:bob");
+        assert_eq!(k.history_claims_prefix() + "bob", k.history_claims("bob"));
         assert_eq!(k.history_seq(), "sse:history:seq");
         assert_eq!(k.nodes(), "sse:nodes");
         assert_eq!(k.node("web-1"), "sse:node:web-1");

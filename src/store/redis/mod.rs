@@ -28,11 +28,9 @@ mod presence;
 mod registry;
 mod route;
 
-pub(crate) use bus::publish_resync;
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Keys;
 pub(crate) use registry::Registry;
-pub(crate) use route::untargeted_for_resync;
 
 use bus::BusEvent;
 use history::{Appender, History, Recent, RecentIds, Targets};
@@ -59,25 +57,59 @@ pub(crate) struct RedisStore {
 }
 
 /// [`RedisStore::sweep`], for the CLI too (`heartbeat`: the nodes'
-/// `stream.heartbeat_secs`).
+/// `stream.heartbeat_secs`; `origin`: who tells the nodes).
+///
+/// A cleanup shorter than two heartbeats may remove live streams' records:
+/// users' messages go to every node from before the removal until every
+/// node wrote its streams back, and the nodes are told to do so at once
+/// (else each would at its next heartbeat).
 pub(crate) async fn sweep(
     registry: &Registry,
     stale_before: f64,
     heartbeat: Duration,
+    origin: &str,
 ) -> Result<Removed> {
     let age = crate::store::unix_now() - stale_before;
-    if age <= 2.0 * heartbeat.as_secs_f64() {
-        route::untargeted_for(registry, write_back_within(heartbeat)).await?;
+    let short = age <= 2.0 * heartbeat.as_secs_f64();
+    let threshold = route::ms(stale_before);
+    if short {
+        route::untargeted_for(registry, threshold, write_back_within(heartbeat)).await?;
     }
-    registry.sweep(stale_before).await
+    let removed = registry.sweep(stale_before).await?;
+    if short && removed.connection_count() > 0 {
+        bus::publish_resync(registry, origin, threshold).await?;
+    }
+    Ok(removed)
 }
 
-/// How soon every node has written back the live records a cleanup removed:
-/// each checks at every heartbeat, and writes back a connection once its own
-/// registration has surely landed (presence's settle time, 10 s).
-pub(crate) fn write_back_within(heartbeat: Duration) -> Duration {
-    heartbeat * 2 + Duration::from_secs(12)
+/// [`RedisStore::clear`], for the CLI too: users' messages go to every
+/// node from before the removal until every node wrote its streams back
+/// after the clear began, and the nodes are told to do so. The second
+/// part is why they could not be told (each then writes back at its next
+/// heartbeat).
+pub(crate) async fn clear(
+    registry: &Registry,
+    origin: &str,
+) -> Result<(Cleared, Option<StoreError>)> {
+    let began = crate::store::unix_now();
+    let threshold = route::ms(began);
+    route::untargeted_for_resync(registry, threshold).await?;
+    let removed = registry.clear(began).await?;
+    let told = bus::publish_resync(registry, origin, threshold).await;
+    Ok((removed, told.err()))
 }
+
+/// The upper bound of the window after a short cleanup: every node writes
+/// back what is missing at each heartbeat, also if it did not hear that it
+/// should at once.
+pub(crate) fn write_back_within(heartbeat: Duration) -> Duration {
+    heartbeat * 2 + Duration::from_secs(2)
+}
+
+/// How long a one-tab send waits for the nodes to write their streams back
+/// when it finds its user without a record during a window
+/// ([`StoreError::Resyncing`]) before answering 503.
+const RESYNC_WAIT: Duration = Duration::from_secs(10);
 
 impl RedisStore {
     /// Starts the presence task, the appender (history on), the Sentinel
@@ -98,6 +130,7 @@ impl RedisStore {
             o.link.clone(),
             o.metrics.clone(),
             config.node_id(),
+            config.history.ttl_secs,
         );
         let history = config
             .history
@@ -126,7 +159,9 @@ impl RedisStore {
             heartbeat: config.heartbeat_interval(),
             up,
             shutdown: o.shutdown.clone(),
-            history: history.clone().map(|h| (h, config.history.size)),
+            history: history
+                .clone()
+                .map(|h| (h, config.history.size, config.history.ttl_secs)),
             recent,
         };
         o.tasks.spawn(subscriber.run());
@@ -162,8 +197,8 @@ impl RedisStore {
         self.presence.register(record).await
     }
 
-    pub(crate) fn remove(&self, connection_id: String) {
-        self.presence.remove(connection_id);
+    pub(crate) fn remove(&self, connection_id: String, wrote: Option<MsgId>) {
+        self.presence.remove(connection_id, wrote);
     }
 
     pub(crate) fn heartbeat(&self) {
@@ -188,11 +223,35 @@ impl RedisStore {
     /// are read and the other nodes told in one script call (if Redis
     /// fails, nothing is delivered and a retry cannot duplicate), then this
     /// node's streams served.
+    ///
+    /// A one-tab message that finds its user without a record while the
+    /// nodes write their streams back (after a clear, a short cleanup,
+    /// Redis losing its data) waits until they did: its tab may be live,
+    /// and kept for "the first tab back" it would never reach it.
     pub(crate) async fn send(
         &self,
         msgs: Vec<Message>,
         kept: &HistoryConfig,
     ) -> Result<Vec<Accepted>> {
+        // Only a one-tab message can be refused so: the others are not
+        // copied for a retry.
+        if !msgs.iter().any(|m| m.first_only) {
+            return self.send_once(msgs, kept).await;
+        }
+        let deadline = tokio::time::Instant::now() + RESYNC_WAIT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self.send_once(msgs.clone(), kept).await {
+                Err(StoreError::Resyncing) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn send_once(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Result<Vec<Accepted>> {
         self.ready()?;
         let (Some(appender), Some(history)) = (&self.appender, &self.history) else {
             return self.send_unkept(msgs).await;
@@ -228,7 +287,10 @@ impl RedisStore {
                 // Every local tab of the user, also one whose record is
                 // still being written or was lost with a Redis restart.
                 Some(user) if !m.first_only => Target::User(user),
-                Some(_) => Target::Ids(conns),
+                Some(_) => match <[String; 1]>::try_from(conns) {
+                    Ok([one]) => Target::Tab(one),
+                    Err(none) => Target::Ids(none),
+                },
                 None => Target::All,
             };
             self.link.receive(Inbound::Deliver {
@@ -248,11 +310,15 @@ impl RedisStore {
     pub(crate) async fn replay(
         &self,
         user: &str,
+        connection_id: &str,
         last: Option<MsgId>,
         kept: &HistoryConfig,
     ) -> Result<Replay> {
         match &self.history {
-            Some(h) => h.replay(user, last, kept.size, kept.ttl_secs).await,
+            Some(h) => {
+                h.replay(user, connection_id, last, kept.size, kept.ttl_secs)
+                    .await
+            }
             None => Ok(Replay::default()),
         }
     }
@@ -306,25 +372,19 @@ impl RedisStore {
     /// node re-registers its streams and the others are told over the bus
     /// to do the same. Until they did, messages go to every node.
     pub(crate) async fn clear(&self) -> Result<Cleared> {
-        route::untargeted_for_resync(&self.registry).await?;
-        let removed = self.registry.clear(crate::store::unix_now()).await?;
+        let (cleared, untold) = clear(&self.registry, &self.origin).await?;
         self.presence.resync();
-        let resync = BusEvent::Resync {
-            origin: self.origin.clone(),
-        };
-        if let Err(e) = bus::publish(&self.registry, &resync).await {
+        if let Some(e) = untold {
             self.metrics.redis_errors.inc();
             tracing::error!(error = %e, "cleared, but could not tell the other nodes to re-register");
         }
-        Ok(removed)
+        Ok(cleared)
     }
 
-    /// Removes the records whose heartbeat is at or before `stale_before`.
-    /// One that short may remove live streams' records, which their nodes
-    /// write back at their next heartbeats: messages go to every node until
-    /// then.
+    /// Removes the records whose heartbeat is at or before `stale_before`;
+    /// see [`sweep`].
     pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
-        sweep(&self.registry, stale_before, self.heartbeat).await
+        sweep(&self.registry, stale_before, self.heartbeat, &self.origin).await
     }
 
     /// Redis answers a PING, and this node hears the bus: a node that cannot

@@ -5,7 +5,7 @@
 //! Commands that queue up while a round trip is in flight are coalesced
 //! into the next one (many connects become one MULTI).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::registry::Registry;
 use crate::metrics::Metrics;
-use crate::store::{unix_now, ConnectionRecord, LiveConn, NodeLink, StoreError};
+use crate::store::{unix_now, ConnectionRecord, LiveConn, MsgId, NodeLink, StoreError};
 use crate::throttle::LogThrottle;
 
 enum Cmd {
     Register(ConnectionRecord, oneshot::Sender<Result<usize, String>>),
-    Remove(String),
+    /// A stream ended; with the newest message id it wrote, when it was
+    /// sent one-tab messages.
+    Remove(String, Option<MsgId>),
     Resync,
     /// Resync, answering once the batch that carried it was written.
     ResyncAck(oneshot::Sender<()>),
@@ -54,8 +56,8 @@ impl Presence {
     }
 
     /// Removes a connection's records (retried until Redis takes it).
-    pub(crate) fn remove(&self, connection_id: String) {
-        let _ = self.tx.send(Cmd::Remove(connection_id));
+    pub(crate) fn remove(&self, connection_id: String, wrote: Option<MsgId>) {
+        let _ = self.tx.send(Cmd::Remove(connection_id, wrote));
     }
 
     /// Re-registers every live local connection (after a full clear).
@@ -92,8 +94,11 @@ pub(crate) struct PresenceTask {
     link: Arc<dyn NodeLink>,
     metrics: Arc<Metrics>,
     node_id: String,
+    /// How long what an ended stream wrote is remembered (the history's
+    /// age kept).
+    wrote_ttl_secs: u64,
     /// Removals Redis has not taken yet (outage); retried.
-    pending_removals: HashSet<String>,
+    pending_removals: HashMap<String, Option<MsgId>>,
     /// Set after a failed write: Redis may have lost our records (restart
     /// without persistence), so the next success re-registers everything.
     dirty: bool,
@@ -105,6 +110,7 @@ pub(crate) fn spawn_parts(
     link: Arc<dyn NodeLink>,
     metrics: Arc<Metrics>,
     node_id: String,
+    wrote_ttl_secs: u64,
 ) -> (Presence, PresenceTask) {
     let (tx, rx) = mpsc::unbounded_channel();
     (
@@ -118,7 +124,8 @@ pub(crate) fn spawn_parts(
             link,
             metrics,
             node_id,
-            pending_removals: HashSet::new(),
+            wrote_ttl_secs,
+            pending_removals: HashMap::new(),
             dirty: false,
             log: LogThrottle::new(Duration::from_secs(10)),
         },
@@ -126,9 +133,6 @@ pub(crate) fn spawn_parts(
 }
 
 const BATCH: usize = 4096;
-
-/// Age after which a connection's registration has surely been written.
-const REGISTRATION_SETTLE_SECS: f64 = 10.0;
 
 impl PresenceTask {
     pub(crate) async fn run(mut self) {
@@ -186,8 +190,8 @@ impl PresenceTask {
                     records.push(r);
                     acks.push(ack);
                 }
-                Cmd::Remove(id) => {
-                    self.pending_removals.insert(id);
+                Cmd::Remove(id, wrote) => {
+                    self.pending_removals.insert(id, wrote);
                 }
                 Cmd::Resync => resync = true,
                 Cmd::ResyncAck(ack) => {
@@ -203,10 +207,14 @@ impl PresenceTask {
             for acked in acks {
                 let _ = acked.send(Err("node is shutting down".into()));
             }
-            self.pending_removals
-                .extend(self.link.live().into_iter().map(|c| c.connection_id));
-            let ids: Vec<String> = self.pending_removals.drain().collect();
-            if let Err(e) = self.registry.remove(&ids).await {
+            self.pending_removals.extend(
+                self.link
+                    .live()
+                    .into_iter()
+                    .map(|c| (c.connection_id, None)),
+            );
+            let ids: Vec<(String, Option<MsgId>)> = self.pending_removals.drain().collect();
+            if let Err(e) = self.registry.remove_ended(&ids, self.wrote_ttl_secs).await {
                 self.failed("shutdown_remove", &e);
             }
             return shutdown;
@@ -231,8 +239,9 @@ impl PresenceTask {
                         connections = records.len(),
                         "re-registered live connections"
                     );
+                    self.dirty = false;
+                    self.report_synced(now).await;
                 }
-                self.dirty = false;
             }
             Err(e) => {
                 for ack in acks {
@@ -256,36 +265,46 @@ impl PresenceTask {
     /// short timeout, another node's sweep during an outage): the registry
     /// must hold every live connection.
     async fn heartbeat(&mut self, now: f64) {
+        // Registered streams only: one whose registration is still on its
+        // way writes its own record.
         let live = self.link.live();
         let ids: Vec<String> = live.iter().map(|c| c.connection_id.clone()).collect();
         let missing = match self.registry.heartbeat(&ids, now).await {
             Ok(missing) => missing,
             Err(e) => return self.failed("heartbeat", &e),
         };
-        if missing.is_empty() {
-            return;
-        }
-        let missing: HashSet<String> = missing.into_iter().collect();
-        // A connection opened in the last moments may have its own
-        // registration still queued behind this heartbeat: not missing.
-        let settled = now - REGISTRATION_SETTLE_SECS;
-        // Read again: a stream that closed during the round trip is gone.
-        let records: Vec<ConnectionRecord> = self
-            .link
-            .live()
-            .iter()
-            .filter(|c| missing.contains(&c.connection_id) && c.connection_time < settled)
-            .map(|c| self.record(c, now))
-            .collect();
-        match self.registry.register(&records).await {
-            Ok(_) if !records.is_empty() => {
-                tracing::warn!(
-                    connections = records.len(),
-                    "records of live connections were missing; written back"
-                );
+        if !missing.is_empty() {
+            let missing: HashSet<String> = missing.into_iter().collect();
+            // Read again: a stream that closed during the round trip is gone.
+            let records: Vec<ConnectionRecord> = self
+                .link
+                .live()
+                .iter()
+                .filter(|c| missing.contains(&c.connection_id))
+                .map(|c| self.record(c, now))
+                .collect();
+            match self.registry.register(&records).await {
+                Ok(_) if !records.is_empty() => {
+                    tracing::warn!(
+                        connections = records.len(),
+                        "records of live connections were missing; written back"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return self.failed("register_missing", &e),
             }
-            Ok(_) => {}
-            Err(e) => self.failed("register_missing", &e),
+        }
+        self.report_synced(now).await;
+    }
+
+    /// Every live stream's record is in Redis with a heartbeat of `at` or
+    /// later: a write-back window opened before needs nothing more of this
+    /// node (`lua/route.lua`).
+    async fn report_synced(&mut self, at: f64) {
+        if let Err(e) =
+            super::route::report_synced(&self.registry, &self.node_id, super::route::ms(at)).await
+        {
+            self.failed("report_synced", &e);
         }
     }
 
@@ -293,8 +312,12 @@ impl PresenceTask {
         if self.pending_removals.is_empty() {
             return;
         }
-        let ids: Vec<String> = self.pending_removals.iter().cloned().collect();
-        match self.registry.remove(&ids).await {
+        let ids: Vec<(String, Option<MsgId>)> = self
+            .pending_removals
+            .iter()
+            .map(|(id, w)| (id.clone(), *w))
+            .collect();
+        match self.registry.remove_ended(&ids, self.wrote_ttl_secs).await {
             Ok(_) => self.pending_removals.clear(),
             Err(e) => self.failed("remove", &e),
         }
@@ -318,6 +341,7 @@ impl PresenceTask {
                         connections = records.len(),
                         "registry reachable again; re-registered live connections"
                     );
+                    self.report_synced(now).await;
                 }
                 Err(e) => {
                     self.failed("reregister", &e);

@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{sort_records, Cleared, ConnectionRecord, Removed, Result};
+use crate::store::{sort_records, Cleared, ConnectionRecord, MsgId, Removed, Result};
 
 /// Shared by the scripts that remove connections.
 const LUA_REMOVE_ONE: &str = include_str!("lua/remove_one.lua");
@@ -150,12 +150,30 @@ impl Registry {
 
     /// Removes the given connections (and only them); returns what existed.
     pub(crate) async fn remove(&self, ids: &[String]) -> Result<Removed> {
+        let ended: Vec<(String, Option<MsgId>)> = ids.iter().map(|id| (id.clone(), None)).collect();
+        self.remove_ended(&ended, 0).await
+    }
+
+    /// Removes the connections of streams that ended; with the newest
+    /// message id a stream wrote (it was sent one-tab messages), that is
+    /// remembered for `wrote_ttl_secs` so that a replay does not give what
+    /// it wrote to another tab (`lua/remove_ids.lua`).
+    pub(crate) async fn remove_ended(
+        &self,
+        ended: &[(String, Option<MsgId>)],
+        wrote_ttl_secs: u64,
+    ) -> Result<Removed> {
         let mut removed = Removed::default();
-        for chunk in ids.chunks(IDS_PER_CALL) {
+        for chunk in ended.chunks(IDS_PER_CALL) {
             let mut inv = self.remove_ids.prepare_invoke();
             self.common_args(&mut inv);
-            for id in chunk {
-                inv.arg(id);
+            inv.arg(self.keys.history_claims_prefix())
+                .arg(wrote_ttl_secs.saturating_mul(1000).max(1));
+            for (id, wrote) in chunk {
+                match wrote {
+                    Some(w) => inv.arg(format!("{id}={w}")),
+                    None => inv.arg(id),
+                };
             }
             let mut c = self.conn.get();
             let flat: Vec<String> = self

@@ -2,11 +2,12 @@
 //! scripts (`lua/route.lua`, prepended to `append.lua` and `send.lua`), and
 //! the window in which messages go to every node instead: while the
 //! registry may lack live connections (a clear, a short cleanup, Redis that
-//! lost its data) until the nodes write them back.
+//! lost its data) until the nodes write them back. The window closes as
+//! soon as every node that hears the bus reported a write-back after it
+//! opened ([`report_synced`]); its length is only the upper bound.
 
+use std::sync::LazyLock;
 use std::time::Duration;
-
-use redis::AsyncCommands;
 
 use super::registry::Registry;
 use crate::store::Result;
@@ -14,26 +15,32 @@ use crate::store::Result;
 /// Prepended to the scripts that publish messages: picks their channels.
 pub(crate) const LUA_ROUTE: &str = include_str!("lua/route.lua");
 
-/// How long messages go to every node after a clear: the nodes write their
-/// live connections back within it (each node that hears the clear starts
-/// it again, so a slow listener is covered from when it heard).
+/// The longest messages go to every node after a clear: the nodes write
+/// their live connections back within it, and say so, which closes it
+/// earlier (each node that hears the clear makes sure it is open, so a
+/// slow listener is covered from when it heard).
 const RESYNC_WINDOW: Duration = Duration::from_secs(10);
 
-/// Sends messages to every node until `within` has passed: the registry
-/// may lack live connections until the nodes wrote them back (a clear; a
-/// cleanup shorter than the heartbeat cycle). Called before the removal,
-/// so no message finds the records gone without it.
-pub(crate) async fn untargeted_for(registry: &Registry, within: Duration) -> Result<()> {
-    let key = registry.keys().resyncing();
-    let ms = within.as_millis().max(1) as u64;
+static WINDOW: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/window.lua")));
+
+/// Sends users' messages to every node until every node wrote its live
+/// connections back after `threshold_ms` (unix ms: the moment after which
+/// its records survive the removal that opened the window), and at most
+/// `within`. Called before the removal, so no message finds the records
+/// gone without it.
+pub(crate) async fn untargeted_for(
+    registry: &Registry,
+    threshold_ms: u64,
+    within: Duration,
+) -> Result<()> {
+    let mut inv = WINDOW.prepare_invoke();
+    inv.key(registry.keys().resyncing())
+        .arg(threshold_ms)
+        .arg(within.as_millis().max(1) as u64);
     let mut conn = registry.connection();
     super::conn::bounded(Duration::from_secs(5), async move {
-        // Never shortens a longer window another node asked for.
-        let left: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
-        if left < ms as i64 {
-            conn.pset_ex::<_, _, ()>(&key, 1, ms).await?;
-        }
-        Ok(())
+        inv.invoke_async::<()>(&mut conn).await
     })
     .await
 }
@@ -45,6 +52,34 @@ pub(crate) fn resync_window_ms() -> u64 {
 }
 
 /// [`untargeted_for`] the time nodes take to re-register after a clear.
-pub(crate) async fn untargeted_for_resync(registry: &Registry) -> Result<()> {
-    untargeted_for(registry, RESYNC_WINDOW).await
+pub(crate) async fn untargeted_for_resync(registry: &Registry, threshold_ms: u64) -> Result<()> {
+    untargeted_for(registry, threshold_ms, RESYNC_WINDOW).await
+}
+
+/// This node wrote every live connection it holds with a heartbeat of
+/// `at_ms` (unix ms) or later: a window whose threshold is older needs
+/// nothing more of it.
+pub(crate) async fn report_synced(registry: &Registry, node_id: &str, at_ms: u64) -> Result<()> {
+    let key = registry.keys().synced();
+    let node = node_id.to_string();
+    let mut conn = registry.connection();
+    super::conn::bounded(Duration::from_secs(5), async move {
+        // Reports of nodes that are gone are ignored (route.lua asks
+        // whether the node hears its channel); they go with the key.
+        redis::pipe()
+            .hset(&key, node, at_ms)
+            .ignore()
+            .pexpire(&key, 86_400_000)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+    })
+    .await
+}
+
+/// Unix ms of a registry time (seconds, as f64), rounded down: a node's
+/// write-back at `w` counts for a window opened at `t` when `ms(w) >
+/// ms(t)`, which implies `w > t`.
+pub(crate) fn ms(t: f64) -> u64 {
+    (t * 1000.0).floor().max(0.0) as u64
 }

@@ -7,21 +7,36 @@
 --
 -- KEYS[1] the id sequence, KEYS[2] the key present while a clear's
 -- re-registration runs, KEYS[3] the key missing when Redis lost the
--- registry (route.lua); then two keys per message: its history stream,
--- and the key its targets come from (the user's zset, or the heartbeats
--- zset whose size is a broadcast's count).
+-- registry, KEYS[4] the nodes' write-back reports (route.lua); then two
+-- keys per message: its history stream, and the key its targets come from
+-- (the user's zset, or the heartbeats zset whose size is a broadcast's
+-- count).
 -- ARGV[1] entries kept per stream, ARGV[2] the age kept (ms), ARGV[3] the
 -- shared bus channel, ARGV[4] the connection hash prefix, ARGV[5] the
 -- re-registration window (ms, route.lua); then four per
--- message: event, data, mode (`all`: the user's ids, `first`: the oldest,
+-- message: event, data, mode (`all`: the user's ids, `first`: one tab,
 -- `broadcast`: the count), and its bus event as JSON without `id`, `ids`
 -- and the closing brace (built by the node, so the script only appends).
--- Returns one {id, count, ids...} per message.
+-- Returns one {id, count, ids...} per message, or the error RESYNCING
+-- (nothing kept) while a one-tab message has no record to go to.
+--
+-- A kept entry says who it was for (`f`): 0 every tab of its user (or
+-- everyone), 1 one tab, the connection `c`, 2 one tab while the user had
+-- none (the first tab back). replay.lua gives 1 and 2 to another tab only
+-- when `c` surely did not get it, and then to one tab only.
 --
 -- Trimming is Redis's cheap kind (`MAXLEN ~`: whole stream nodes, about
 -- three times cheaper than exact trimming), to no fewer than size + 1
 -- entries; what is served is cut exactly by replay.lua. The key expires
 -- `ttl` after its last message.
+local n = (#KEYS - 4) / 2
+local everyone = untargeted(KEYS[2], KEYS[3], KEYS[4], ARGV[3], ARGV[5])
+local modes, tkeys = {}, {}
+for m = 1, n do
+  modes[m] = ARGV[4 * m + 4]
+  tkeys[m] = KEYS[2 * m + 4]
+end
+refuse_unrouted(everyone, modes, tkeys)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ms, seq = now, -1
@@ -39,43 +54,39 @@ end
 local prefix = string.format('%d-', ms)
 local maxlen = string.format('%d', tonumber(ARGV[1]) + 1)
 local results = {}
-local route = router(ARGV[3], ARGV[4], untargeted(KEYS[2], KEYS[3], ARGV[5]))
+local route = router(ARGV[3], ARGV[4], everyone)
 local id
-local n = (#KEYS - 3) / 2
 for m = 1, n do
-  local stream, tkey = KEYS[2 * m + 2], KEYS[2 * m + 3]
+  local stream, tkey = KEYS[2 * m + 3], tkeys[m]
   local a = 4 * m + 2
-  local event, data, mode, head = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local event, data, mode, head = ARGV[a], ARGV[a + 1], modes[m], ARGV[a + 3]
   local out
-  local flag = '0'
   local ids = {}
-  if mode == 'broadcast' then
-    out = {'', redis.call('ZCARD', tkey)}
-  else
-    if mode == 'first' then
-      ids = redis.call('ZRANGE', tkey, 0, 0)
-      if #ids > 0 then flag = '1' else flag = '2' end
-    else
-      ids = redis.call('ZRANGE', tkey, 0, -1)
-    end
-    out = {'', #ids}
-    for _, x in ipairs(ids) do table.insert(out, x) end
-  end
   seq = seq + 1
   id = prefix .. string.format('%d', seq)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', event, 'd', data, 'f', flag)
-  redis.call('PEXPIRE', stream, ARGV[2])
   if mode == 'broadcast' then
+    out = {id, redis.call('ZCARD', tkey)}
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', event, 'd', data, 'f', '0')
     route.add(head .. ',"id":"' .. id .. '"}', nil)
   elseif mode == 'first' then
-    if #ids > 0 then
+    local first = route.first(redis.call('ZRANGE', tkey, 0, -1))
+    if first then
+      out = {id, 1, first}
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', event, 'd', data, 'f', '1', 'c', first)
       -- Connection ids are uuids this project wrote: no JSON escaping.
-      route.add(head .. ',"id":"' .. id .. '","ids":["' .. table.concat(ids, '","') .. '"]}', route.nodes(ids))
+      route.add(head .. ',"id":"' .. id .. '","ids":["' .. first .. '"]}', route.nodes({first}))
+    else
+      out = {id, 0}
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', event, 'd', data, 'f', '2')
     end
   else
+    ids = redis.call('ZRANGE', tkey, 0, -1)
+    out = {id, #ids}
+    for _, x in ipairs(ids) do table.insert(out, x) end
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', event, 'd', data, 'f', '0')
     route.add(head .. ',"id":"' .. id .. '"}', route.nodes(ids))
   end
-  out[1] = id
+  redis.call('PEXPIRE', stream, ARGV[2])
   table.insert(results, out)
 end
 if id then redis.call('SET', KEYS[1], id) end

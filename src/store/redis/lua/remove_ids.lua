@@ -1,7 +1,20 @@
--- Removes the connections ARGV[3..]; returns a flat list id, user, ...
+-- Removes the connections ARGV[5..]; returns a flat list id, user, ...
+-- An argument `{id}={msg id}` is a stream that ended after being sent
+-- one-tab messages, with the newest id it wrote to its socket: kept as
+-- `w:{id}` in its user's claims hash (prefix ARGV[3], expiring after
+-- ARGV[4] ms), so that replay.lua does not give what it wrote to another
+-- tab.
 local out = {}
-for i = 3, #ARGV do
-  local user = remove_one(ARGV[i])
-  if user then table.insert(out, ARGV[i]); table.insert(out, user) end
+for i = 5, #ARGV do
+  local id, wrote = string.match(ARGV[i], '^([^=]*)=?(.*)$')
+  local user = remove_one(id)
+  if user then
+    table.insert(out, id); table.insert(out, user)
+    if wrote ~= '' then
+      local claims = ARGV[3] .. user
+      redis.call('HSET', claims, 'w:' .. id, wrote)
+      redis.call('PEXPIRE', claims, ARGV[4])
+    end
+  end
 end
 return out

@@ -2,31 +2,56 @@
 -- A message for a user goes to the channels of the nodes that hold its
 -- target connections (`{bus}:{node_id}`, node ids read from the records);
 -- a broadcast goes to the shared channel `{bus}`, which every node hears.
--- A user's message goes to the shared channel too (every node) while a
--- clear's re-registration runs (`everyone`: the registry may lack live
--- connections then), or when a target's node has no subscriber (a node
--- that is gone, or one that does not listen on its own channel yet).
+-- A user's message goes to the shared channel too (every node) while the
+-- registry may lack live connections (`everyone`: after a clear, a short
+-- cleanup, or Redis losing its data, until every node wrote its streams
+-- back), or when a target's node has no subscriber (a node that is gone,
+-- or one that does not listen on its own channel yet).
 --
 -- Every node hears its own channel and the shared one on one connection,
 -- and Redis delivers to a connection in publish order: events are queued
 -- and published so that a node's channel and the shared channel never both
 -- hold unpublished events, so each node receives them in the order they
 -- were added (id order).
--- Whether a user's message must go to every node: while a re-registration
--- runs (`resyncing` present), and on a registry that Redis lost (restarted
--- without persistence, flushed: `since` missing). The first message that
--- finds it lost opens the window itself, `window_ms` long (the node passes
--- RESYNC_WINDOW of bus.rs): every node saw its Redis connection drop and
--- writes its streams back within it. Until then a user's records are missing, and a targeted
--- message would reach none of its live tabs.
-local function untargeted(resyncing, since, window_ms)
+
+-- Whether a node listens on its own channel: alive and subscribed.
+local function heard(bus, node)
+  return node ~= nil and node ~= false and node ~= ''
+    and redis.call('PUBSUB', 'NUMSUB', bus .. ':' .. node)[2] > 0
+end
+
+-- Whether a user's message must go to every node. On a registry that
+-- Redis lost (restarted without persistence, flushed: `since` missing),
+-- the first script that finds it so opens the window itself, `window_ms`
+-- long (RESYNC_WINDOW of route.rs), from threshold 0. Otherwise while the
+-- window `resyncing` is open: it holds the threshold T (unix ms) after
+-- which a node's write-back counts, and it closes as soon as every node
+-- that hears the bus has written its streams back after T (`synced`: node
+-- id -> unix ms of its last complete write-back); its expiry is only the
+-- upper bound, for nodes that never say so.
+local function untargeted(resyncing, since, synced, bus, window_ms)
   if redis.call('EXISTS', since) == 0 then
     local t = redis.call('TIME')
     redis.call('SET', since, t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
-    redis.call('SET', resyncing, '1', 'PX', window_ms)
+    redis.call('SET', resyncing, '0', 'PX', window_ms)
     return true
   end
-  return redis.call('EXISTS', resyncing) == 1
+  local threshold = redis.call('GET', resyncing)
+  if not threshold then return false end
+  threshold = tonumber(threshold) or 0
+  local listening = redis.call('PUBSUB', 'NUMSUB', bus)[2]
+  local done = 0
+  local reports = redis.call('HGETALL', synced)
+  for i = 1, #reports, 2 do
+    if (tonumber(reports[i + 1]) or 0) > threshold and heard(bus, reports[i]) then
+      done = done + 1
+    end
+  end
+  if done >= listening then
+    redis.call('DEL', resyncing)
+    return false
+  end
+  return true
 end
 
 local function router(bus, conn_prefix, everyone)
@@ -49,13 +74,24 @@ local function router(bus, conn_prefix, everyone)
       shared = {}
     end
   end
-  local function heard(node)
+  local function node_heard(node)
     local h = listening[node]
     if h == nil then
-      h = redis.call('PUBSUB', 'NUMSUB', bus .. ':' .. node)[2] > 0
+      h = heard(bus, node)
       listening[node] = h
     end
     return h
+  end
+  -- The connection a one-tab message goes to, among `ids` (the user's,
+  -- oldest first): the oldest whose node is alive, else the oldest (its
+  -- node may be deaf for a moment and catch up, or dead, and then the
+  -- tab's replay gets the message). A stale record of a killed node must
+  -- not take the one-tab messages of the user's live tabs.
+  function r.first(ids)
+    for _, id in ipairs(ids) do
+      if node_heard(redis.call('HGET', conn_prefix .. id, 'node_id')) then return id end
+    end
+    return ids[1]
   end
   -- The nodes that hold the connections `ids`, or nil: every node.
   function r.nodes(ids)
@@ -63,7 +99,7 @@ local function router(bus, conn_prefix, everyone)
     local out, seen = {}, {}
     for _, id in ipairs(ids) do
       local node = redis.call('HGET', conn_prefix .. id, 'node_id')
-      if not node or node == '' or not heard(node) then return nil end
+      if not node_heard(node) then return nil end
       if not seen[node] then
         seen[node] = true
         table.insert(out, node)
@@ -92,4 +128,17 @@ local function router(bus, conn_prefix, everyone)
     flush_nodes()
   end
   return r
+end
+
+-- While the registry may lack live connections, a one-tab message for a
+-- user without any record must wait: its tab may be live and about to be
+-- written back, and the message would otherwise be kept for a tab that
+-- never comes back. The sender retries once the window closes.
+local function refuse_unrouted(everyone, modes, tkeys)
+  if not everyone then return end
+  for i, mode in ipairs(modes) do
+    if mode == 'first' and redis.call('EXISTS', tkeys[i]) == 0 then
+      error({err = 'RESYNCING the registry is being written back after a clear or a loss; retry'})
+    end
+  end
 end

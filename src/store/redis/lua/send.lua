@@ -1,36 +1,47 @@
 -- With history off: reads each message's targets and publishes it to the
 -- nodes that hold them (route.lua, prepended), for a batch in one step.
 -- KEYS[1] the key present while a clear's re-registration runs, KEYS[2]
--- the key missing when Redis lost the registry (route.lua); then one
--- key per message: the user's zset, or the heartbeats zset whose size is a
--- broadcast's count. ARGV[1] the shared bus channel, ARGV[2] the connection
--- hash prefix, ARGV[3] the re-registration window (ms, route.lua); then
--- three per message: mode (`all`, `first`, `broadcast`),
--- its id, and its bus event as JSON without `id`, `ids` and the closing
--- brace. Returns one {count, ids...} per message.
+-- the key missing when Redis lost the registry, KEYS[3] the nodes'
+-- write-back reports (route.lua); then one key per message: the user's
+-- zset, or the heartbeats zset whose size is a broadcast's count. ARGV[1]
+-- the shared bus channel, ARGV[2] the connection hash prefix, ARGV[3] the
+-- re-registration window (ms, route.lua); then three per message: mode
+-- (`all`, `first`, `broadcast`), its id, and its bus event as JSON without
+-- `id`, `ids` and the closing brace. Returns one {count, ids...} per
+-- message, or the error RESYNCING (nothing published) while a one-tab
+-- message has no record to go to.
+local n = #KEYS - 3
+local everyone = untargeted(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3])
+local modes, tkeys = {}, {}
+for m = 1, n do
+  modes[m] = ARGV[3 * m + 1]
+  tkeys[m] = KEYS[m + 3]
+end
+refuse_unrouted(everyone, modes, tkeys)
 local results = {}
-local route = router(ARGV[1], ARGV[2], untargeted(KEYS[1], KEYS[2], ARGV[3]))
-for m = 1, #KEYS - 2 do
-  local tkey = KEYS[m + 2]
+local route = router(ARGV[1], ARGV[2], everyone)
+for m = 1, n do
+  local tkey = tkeys[m]
   local a = 3 * m + 1
-  local mode, id, head = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local mode, id, head = modes[m], ARGV[a + 1], ARGV[a + 2]
+  local event = head .. ',"id":"' .. id .. '"'
   if mode == 'broadcast' then
-    local n = redis.call('ZCARD', tkey)
-    if n > 0 then route.add(head .. ',"id":"' .. id .. '"}', nil) end
-    table.insert(results, {n})
+    local count = redis.call('ZCARD', tkey)
+    if count > 0 then route.add(event .. '}', nil) end
+    table.insert(results, {count})
+  elseif mode == 'first' then
+    local first = route.first(redis.call('ZRANGE', tkey, 0, -1))
+    if first then
+      route.add(event .. ',"ids":["' .. first .. '"]}', route.nodes({first}))
+      table.insert(results, {1, first})
+    else
+      table.insert(results, {0})
+    end
   else
-    local stop = -1
-    if mode == 'first' then stop = 0 end
-    local ids = redis.call('ZRANGE', tkey, 0, stop)
+    local ids = redis.call('ZRANGE', tkey, 0, -1)
     -- With no record, a tab whose record is missing (re-registration
     -- running) may still be live: route.nodes sends it to every node then.
-    if #ids > 0 or mode == 'all' then
-      local event = head .. ',"id":"' .. id .. '"'
-      if mode == 'first' then
-        event = event .. ',"ids":["' .. table.concat(ids, '","') .. '"]'
-      end
-      route.add(event .. '}', route.nodes(ids))
-    end
+    route.add(event .. '}', route.nodes(ids))
     local out = {#ids}
     for _, x in ipairs(ids) do table.insert(out, x) end
     table.insert(results, out)
