@@ -11,7 +11,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Node as _;
 use common::*;
@@ -37,6 +37,7 @@ struct Seen {
 
 /// A tab reading one stream in the background, as a browser does.
 struct Tab {
+    connection_id: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     ended: Arc<Mutex<bool>>,
     task: tokio::task::JoinHandle<()>,
@@ -63,6 +64,11 @@ impl Tab {
             .expect("a first event")
             .expect("a well-formed first event");
         assert_eq!(first.event, "connection_established");
+        let established: Value = serde_json::from_str(&first.data).expect("JSON");
+        let connection_id = established["connection_id"]
+            .as_str()
+            .expect("connection_id")
+            .to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let ended = Arc::new(Mutex::new(false));
         let (s, e) = (seen.clone(), ended.clone());
@@ -76,7 +82,12 @@ impl Tab {
             }
             *e.lock().unwrap() = true;
         });
-        Tab { seen, ended, task }
+        Tab {
+            connection_id,
+            seen,
+            ended,
+            task,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -238,8 +249,8 @@ async fn a_one_tab_message_sent_while_the_registry_was_lost_reaches_the_open_tab
 
 /// The outcome of a run of one-tab sends to one user's only tab.
 struct Run {
-    /// seq of every send answered 200.
-    accepted: Vec<u64>,
+    /// seq of every send answered 200, and when its answer was read.
+    accepted: Vec<(u64, Instant)>,
 }
 
 /// One-tab sends of increasing `seq` through `via`, one after the other
@@ -261,7 +272,7 @@ fn sends_until(
             )
             .await;
             match status {
-                200 => accepted.push(seq),
+                200 => accepted.push((seq, Instant::now())),
                 503 => {}
                 other => panic!("send {seq}: {other} {body}"),
             }
@@ -273,24 +284,30 @@ fn sends_until(
 }
 
 /// Waits until the tabs together got every accepted message, each once,
-/// unless one of them said `history_gap`.
-async fn all_arrived(tabs: &[&Tab], run: &Run, what: &str) {
+/// but those `excused` says may be missing.
+async fn all_arrived(tabs: &[&Tab], run: &Run, what: &str, excused: impl Fn(u64, Instant) -> bool) {
     let missing = || {
         let got: Vec<u64> = tabs.iter().flat_map(|t| t.seqs()).collect();
         run.accepted
             .iter()
-            .filter(|s| !got.contains(s))
+            .filter(|(s, _)| !got.contains(s))
             .copied()
-            .collect::<Vec<u64>>()
+            .collect::<Vec<(u64, Instant)>>()
     };
-    let ok = eventually(WAIT, || async { missing().is_empty() }).await;
-    let gaps: usize = tabs.iter().map(|t| t.gaps()).sum();
+    eventually(WAIT, || async {
+        missing().iter().all(|&(s, at)| excused(s, at))
+    })
+    .await;
+    let lost: Vec<u64> = missing()
+        .into_iter()
+        .filter(|&(s, at)| !excused(s, at))
+        .map(|(s, _)| s)
+        .collect();
     assert!(
-        ok || gaps > 0,
-        "{what}: {} of {} messages answered 200 never arrived and no history_gap said so: {:?}",
-        missing().len(),
+        lost.is_empty(),
+        "{what}: {} of {} messages answered 200 never arrived, and nothing said so: {lost:?}",
+        lost.len(),
         run.accepted.len(),
-        missing()
     );
     let mut got: Vec<u64> = tabs.iter().flat_map(|t| t.seqs()).collect();
     let n = got.len();
@@ -333,7 +350,11 @@ async fn one_tab_messages_survive_kill_9_under_load() {
         .await;
         *stop.lock().unwrap() = true;
         let run = sends.await.expect("sends");
-        all_arrived(&[&tab, &back], &run, &format!("round {round}")).await;
+        assert_eq!(tab.gaps() + back.gaps(), 0, "the history is whole");
+        all_arrived(&[&tab, &back], &run, &format!("round {round}"), |_, _| {
+            false
+        })
+        .await;
         drop(back);
     }
 }
@@ -342,7 +363,10 @@ async fn one_tab_messages_survive_kill_9_under_load() {
 /// one node to a tab on another; every other time the tab's node is frozen
 /// across the restart, so the sender is back before the tab's record is
 /// (the race a real restart loses now and then). The tab never reconnects
-/// and gets every message answered 200, once, in order.
+/// and gets every message answered 200, once, in order, with one
+/// exception Redis itself makes: a message it answered just as it was
+/// killed but had not yet handed to the tab's node is gone with the
+/// history, and then the tab is told `history_gap` after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tab_messages_survive_redis_restarts_under_load() {
     let mut redis = RedisServer::start();
@@ -354,6 +378,8 @@ async fn one_tab_messages_survive_redis_restarts_under_load() {
     tab.got(0, "before the load").await;
     let stop = Arc::new(Mutex::new(false));
     let sends = sends_until(b.admin_base(), user, stop.clone(), 1);
+    // When each kill was issued, and how many gaps the tab had then.
+    let mut kills: Vec<(Instant, usize)> = Vec::new();
     for round in 0..6 {
         let before = tab.seqs().len();
         wait_until(WAIT, format!("round {round}: messages flowing"), || async {
@@ -364,6 +390,7 @@ async fn one_tab_messages_survive_redis_restarts_under_load() {
         if frozen {
             a.signal(SIGSTOP);
         }
+        kills.push((Instant::now(), tab.gaps()));
         redis.restart();
         healthy(&b).await;
         if frozen {
@@ -377,6 +404,13 @@ async fn one_tab_messages_survive_redis_restarts_under_load() {
             a.signal(SIGCONT);
         }
         healthy(&a).await;
+        let gaps_before = kills[round].1;
+        wait_until(
+            WAIT,
+            format!("round {round}: the tab told history_gap"),
+            || async { tab.gaps() > gaps_before },
+        )
+        .await;
     }
     let before = tab.seqs().len();
     wait_until(WAIT, "messages flowing after the last restart", || async {
@@ -385,12 +419,64 @@ async fn one_tab_messages_survive_redis_restarts_under_load() {
     .await;
     *stop.lock().unwrap() = true;
     let run = sends.await.expect("sends");
-    all_arrived(&[&tab], &run, "after six Redis restarts").await;
+    // Redis answers a send before it writes the message out to the nodes:
+    // only a message answered in the moments around a kill can be lost
+    // with Redis's memory (the gap after that restart says so).
+    let in_flight_at_a_kill = |_: u64, answered: Instant| {
+        kills.iter().any(|&(k, _)| {
+            answered <= k + Duration::from_millis(50) && answered + Duration::from_millis(100) >= k
+        })
+    };
+    all_arrived(
+        &[&tab],
+        &run,
+        "after six Redis restarts",
+        in_flight_at_a_kill,
+    )
+    .await;
     let seqs = tab.seqs();
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "out of order: {seqs:?}"
     );
     assert!(!tab.ended(), "the tab never reconnected");
-    assert_eq!(tab.gaps(), 0, "no gap on a stream that stayed open");
+    assert_eq!(
+        tab.gaps(),
+        6,
+        "one history_gap per restart that emptied Redis"
+    );
+}
+
+on_both_engines! {
+    /// `cleanup --timeout 0` removes every record, live streams' too: they
+    /// are all back at once, the youngest as well, and a one-tab send right
+    /// after it reaches a tab and says so (README "Cleanup").
+    async fn a_cleanup_leaves_no_live_stream_out(env: Env) {
+        let node = BinaryNode::on(
+            &env,
+            "[stream]\nheartbeat_secs = 1\n[sweep]\nstale_timeout_secs = 5\n",
+        )
+        .await;
+        let older = Tab::open(&node, "yan", None).await;
+        wait_for_heartbeat_rounds(&node.admin_base(), "yan", 1).await;
+        let young = Tab::open(&node, "yan", None).await;
+        let (code, out, err) = cli(&["cleanup", "--timeout", "0", "-c", &node.cli_config()]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("removed 2 connections of 1 user"), "{out}");
+        let (status, body) = send_one_tab(&node, "yan", 1).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["connections"], 1, "counted: {body}");
+        wait_until(WAIT, "the one-tab message on a tab", || async {
+            older.seqs().contains(&1) || young.seqs().contains(&1)
+        })
+        .await;
+        // The README promises within a heartbeat (1 s here); the nodes are
+        // told to write back at once.
+        let want = sorted(&[&older.connection_id, &young.connection_id]);
+        let back = eventually(Duration::from_secs(5), || async {
+            listed_ids(&node.admin_base()).await == want
+        })
+        .await;
+        assert!(back, "not both back: {:?}", listed_ids(&node.admin_base()).await);
+    }
 }

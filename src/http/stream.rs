@@ -276,10 +276,7 @@ async fn replay(
         .or_else(|| query.get("last_event_id").cloned())
         .filter(|s| !s.is_empty())?;
     let last: Option<MsgId> = raw.trim().parse().ok();
-    let gap = |prefix: &mut VecDeque<Bytes>| {
-        let data = json!({ "last_event_id": raw });
-        prefix.push_back(frame::event("history_gap", &data.to_string()));
-    };
+    let gap = |prefix: &mut VecDeque<Bytes>| prefix.push_back(frame::history_gap(&raw));
     let replay = match app
         .router
         .replay(&conn.username, &conn.connection_id, last, &config.history)
@@ -368,6 +365,18 @@ impl SseBody {
         }
     }
 
+    /// A frame from the queue as this stream writes it: the notice that
+    /// Redis lost its data becomes a `history_gap` after the last id this
+    /// stream wrote.
+    fn render(&self, frame: Bytes) -> Bytes {
+        if frame::is_history_lost(&frame) {
+            let last = self.wrote.max(self.skip_until);
+            frame::history_gap(&last.map(|id| id.to_string()).unwrap_or_default())
+        } else {
+            frame
+        }
+    }
+
     fn keep(&self, frame: &[u8]) -> bool {
         match self.skip_until {
             Some(upto) => frame::message_id(frame).is_none_or(|id| id > upto),
@@ -383,7 +392,7 @@ impl SseBody {
         loop {
             let frame = self.rx.recv().await?;
             if self.keep(&frame) {
-                return Some(frame);
+                return Some(self.render(frame));
             }
         }
     }
@@ -396,7 +405,7 @@ impl SseBody {
         loop {
             let frame = self.rx.try_recv().ok()?;
             if self.keep(&frame) {
-                return Some(frame);
+                return Some(self.render(frame));
             }
         }
     }

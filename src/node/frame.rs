@@ -50,6 +50,25 @@ pub(crate) fn heartbeat(unix_secs: u64) -> Bytes {
     Bytes::from(format!(": heartbeat {unix_secs}\n\n"))
 }
 
+/// Stands in a queue for `event: history_gap` on an open stream: each
+/// stream writes it with the last message id it wrote
+/// ([`history_gap`]). Recognised by its address, not its bytes.
+static HISTORY_LOST: &[u8] = b"event: history_gap\n";
+
+pub(crate) fn history_lost() -> Bytes {
+    Bytes::from_static(HISTORY_LOST)
+}
+
+pub(crate) fn is_history_lost(frame: &Bytes) -> bool {
+    frame.as_ptr() == HISTORY_LOST.as_ptr() && frame.len() == HISTORY_LOST.len()
+}
+
+/// `event: history_gap`: what is kept does not reach back to `last_event_id`.
+pub(crate) fn history_gap(last_event_id: &str) -> Bytes {
+    let data = serde_json::json!({ "last_event_id": last_event_id });
+    event("history_gap", &data.to_string())
+}
+
 /// The id of an encoded message frame (its `id: ...` first line), if any.
 pub(crate) fn message_id(frame: &[u8]) -> Option<MsgId> {
     let rest = frame.strip_prefix(b"id: ")?;

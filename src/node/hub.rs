@@ -265,6 +265,11 @@ impl Hub {
         delivered
     }
 
+    /// Queues a notice (not a message) to every local connection.
+    pub(crate) fn notice(&self, frame: &Bytes) {
+        self.push_all(frame);
+    }
+
     /// Heartbeats go through the same queues as messages, so a client that
     /// reads nothing at all is found even when no message is sent.
     pub(crate) fn heartbeat(&self, frame: &Bytes) {

@@ -81,6 +81,11 @@ impl NodeLink for Delivery {
                 self.hub.close_user(&username, None);
                 0
             }
+            Inbound::HistoryLost => {
+                // Each stream writes it with its own last id.
+                self.hub.notice(&frame::history_lost());
+                0
+            }
         }
     }
 

@@ -252,6 +252,9 @@ pub(crate) enum Inbound {
     },
     /// Close every stream of a user (logout).
     CloseUser { username: String },
+    /// Redis lost its data with messages it had taken but not yet handed
+    /// to this node: every stream here gets `event: history_gap`.
+    HistoryLost,
 }
 
 /// The node as the store sees it: where what arrives for the node's streams

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::{bus_event_head, History, Recent};
 use super::presence::Presence;
 use super::registry::Registry;
-use super::route::{resync_window_ms, untargeted_for_resync, LUA_ROUTE};
+use super::route::{self, resync_window_ms, untargeted_for_resync, LUA_ROUTE};
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -280,6 +280,9 @@ impl Subscriber {
         let mut failures = crate::throttle::LogThrottle::new(Duration::from_secs(10));
         let mut first = true;
         let mut last_heard_ms = unix_ms();
+        // The registry marker as last seen: if it changes, Redis lost its
+        // data, and with it what it had not yet handed to us.
+        let mut marker: Option<String> = None;
         loop {
             let attempt = async {
                 let client = super::conn::client(&self.target).await?;
@@ -297,6 +300,7 @@ impl Subscriber {
             match pubsub {
                 Ok(Ok(pubsub)) => {
                     delay = Duration::from_millis(100);
+                    self.notice_lost_data(&mut marker).await;
                     if !first {
                         // In this order: our records are back (so senders
                         // target our streams again), then what was published
@@ -444,6 +448,46 @@ impl Subscriber {
                 delivered,
                 "bus catch-up: delivered messages published while the subscription was down"
             );
+        }
+    }
+
+    /// Reads the registry marker; when it changed since last seen, Redis
+    /// lost its data: messages it took (answered 200) but had not yet
+    /// published to us are gone with the history, so with history on every
+    /// open stream here is told `history_gap` (a replay could not fill it
+    /// either).
+    async fn notice_lost_data(&self, seen: &mut Option<String>) {
+        // Right after Redis came back, the shared connection's first
+        // command may still fail on the old socket: a few tries.
+        let mut read = Err(StoreError::BusDown);
+        for _ in 0..10 {
+            read = route::registry_marker(&self.registry).await;
+            if read.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let lost = match read {
+            Ok(now) => {
+                let lost = seen.as_ref().is_some_and(|before| *before != now);
+                *seen = Some(now);
+                lost
+            }
+            Err(e) => {
+                // Unknown: a gap said in vain costs a page a refresh, one
+                // not said is a silent loss.
+                self.metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "registry marker unreadable; assuming Redis lost its data");
+                seen.is_some()
+            }
+        };
+        if lost && self.history.is_some() {
+            let streams = self.link.live_count();
+            tracing::warn!(
+                streams,
+                "Redis lost its data (restarted empty or flushed): open streams told history_gap"
+            );
+            self.link.receive(Inbound::HistoryLost);
         }
     }
 

@@ -23,6 +23,24 @@ const RESYNC_WINDOW: Duration = Duration::from_secs(10);
 
 static WINDOW: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/window.lua")));
+static LOST: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/lost.lua")));
+
+/// The marker of the registry's life in Redis (`registry_since`): a value
+/// that differs from the one a node saw before means Redis lost its data
+/// in between. Missing, it is set and the write-back window opened, as a
+/// sending script does (`lua/lost.lua`).
+pub(crate) async fn registry_marker(registry: &Registry) -> Result<String> {
+    let mut inv = LOST.prepare_invoke();
+    inv.key(registry.keys().registry_since())
+        .key(registry.keys().resyncing())
+        .arg(resync_window_ms());
+    let mut conn = registry.connection();
+    super::conn::bounded(Duration::from_secs(5), async move {
+        inv.invoke_async::<String>(&mut conn).await
+    })
+    .await
+}
 
 /// Sends users' messages to every node until every node wrote its live
 /// connections back after `threshold_ms` (unix ms: the moment after which
