@@ -1429,8 +1429,8 @@ async fn redis_down_gives_503_and_streams_stay_open() {
     let node = TestNode::start(test_config(&redis.url())).await;
     let (mut tab, tab_id) = SseClient::connect(&node, "alice").await;
     let r = post_send(&node, r#"{"to":"alice","data":"before"}"#).await;
-    let id = assert_sent(&r, Some("alice"), "message", Some(true), 1);
-    expect_event(&mut tab, "message", &id, "before the outage").await;
+    let id_before = assert_sent(&r, Some("alice"), "message", Some(true), 1);
+    expect_event(&mut tab, "message", &id_before, "before the outage").await;
 
     redis.kill();
 
@@ -1509,6 +1509,15 @@ async fn redis_down_gives_503_and_streams_stay_open() {
     })
     .await;
     assert!(healthy, "healthz 200 again after redis came back");
+    // Redis came back empty: what it held is gone, and the open stream is
+    // told so, after the last message it got.
+    let gap = tab
+        .next_event(WAIT)
+        .await
+        .expect("history_gap after Redis came back empty");
+    assert_eq!(gap.event, "history_gap", "{gap:?}");
+    let data: Value = serde_json::from_str(&gap.data).expect("gap JSON");
+    assert_eq!(data, json!({"last_event_id": id_before}), "{gap:?}");
     let r = post_send(&node, r#"{"to":"alice","data":"after"}"#).await;
     let id = assert_sent(&r, Some("alice"), "message", Some(true), 1);
     let ev = expect_event(&mut tab, "message", &id, "after the outage").await;
