@@ -480,3 +480,36 @@ on_both_engines! {
         assert!(back, "not both back: {:?}", listed_ids(&node.admin_base()).await);
     }
 }
+
+on_both_engines! {
+    /// A one-tab message shown live in one tab is not replayed to the
+    /// user's other tab when a logout closes both and that other tab comes
+    /// back first with an older `Last-Event-ID`: its target wrote it.
+    async fn a_one_tab_message_written_before_a_logout_is_not_replayed(env: Env) {
+        let node = BinaryNode::on(&env, CONFIG).await;
+        let first = Tab::open(&node, "zed", None).await;
+        let second = Tab::open(&node, "zed", None).await;
+        send_all(&node, "zed", 1).await;
+        first.got(1, "the first tab").await;
+        second.got(1, "the second tab").await;
+        let (status, body) = send_one_tab(&node, "zed", 2).await;
+        assert_eq!(status, 200, "{body}");
+        first.got(2, "the oldest tab").await;
+        let older = second.last_id().expect("an id");
+        let (status, body) = admin(
+            reqwest::Method::DELETE,
+            &node.admin_url("/notifications/connections/zed/"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        wait_until(WAIT, "both streams closed", || async {
+            first.ended() && second.ended()
+        })
+        .await;
+        let back = Tab::open(&node, "zed", Some(&older)).await;
+        send_all(&node, "zed", 3).await;
+        back.got(3, "the tab that came back").await;
+        assert_eq!(back.seqs(), vec![3], "{:?}", back.seen());
+    }
+}

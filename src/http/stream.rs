@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::node::frame;
 use crate::node::hub::HubError;
 use crate::node::queue::Receiver;
-use crate::store::{unix_now, LiveConn, MsgId};
+use crate::store::{unix_now, LiveConn, MsgId, Wrote};
 
 /// A request to the public listener, as the HTTP layer parsed it.
 pub(crate) struct Request {
@@ -312,16 +312,16 @@ struct ConnGuard {
     conn: LiveConn,
     opened: Instant,
     established: bool,
-    /// Set by the body when it ends: the newest message id written to the
-    /// socket, if one-tab messages were queued to it.
-    wrote: Option<MsgId>,
+    /// Set by the body when it ends: what it wrote to the socket, if
+    /// one-tab messages were queued to it.
+    wrote: Option<Wrote>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.app
             .router
-            .unregister(&self.conn.connection_id, self.wrote);
+            .unregister(&self.conn.connection_id, self.wrote.take());
         if self.established {
             self.app.metrics.disconnects.inc();
             tracing::info!(
@@ -351,8 +351,11 @@ impl Drop for SseBody {
     fn drop(&mut self) {
         // What it wrote matters only for one-tab messages: a replay must
         // not give another tab one this stream wrote.
-        if self.rx.had_one_tab() {
-            self.guard.wrote = self.wrote;
+        if let (true, Some(upto)) = (self.rx.had_one_tab(), self.wrote) {
+            self.guard.wrote = Some(Wrote {
+                username: self.guard.conn.username.clone(),
+                upto,
+            });
         }
     }
 }

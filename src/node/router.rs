@@ -15,7 +15,7 @@ use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::store::{
     unix_now, Cleared, ConnectionRecord, Cursor, Inbound, LiveConn, Message, MsgId, NodeLink, Page,
-    Removed, Replay, Result, Store, Target,
+    Removed, Replay, Result, Store, Target, Wrote,
 };
 
 const EVICTED_REASON: &str = "max_connections_per_user";
@@ -185,9 +185,9 @@ impl Router {
     }
 
     /// A stream ended: out of the hub first (so no snapshot writes it back),
-    /// then out of the store. `wrote`: the newest message id it wrote to
-    /// its socket, when it was sent one-tab messages.
-    pub(crate) fn unregister(&self, connection_id: &str, wrote: Option<MsgId>) {
+    /// then out of the store, with what it wrote when it was sent one-tab
+    /// messages.
+    pub(crate) fn unregister(&self, connection_id: &str, wrote: Option<Wrote>) {
         self.hub.unregister(connection_id);
         self.store.remove(connection_id.to_string(), wrote);
     }

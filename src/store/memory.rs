@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::config::{Config, HistoryConfig};
 use crate::store::{
     sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, KeptFor,
-    LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target,
+    LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target, Wrote,
 };
 
 /// Records a clear handles per hold of the lock.
@@ -159,15 +159,17 @@ impl MemoryStore {
         st.users.get(&r.username).map_or(0, Vec::len)
     }
 
-    pub(crate) fn remove(&self, connection_id: &str, wrote: Option<MsgId>) {
+    pub(crate) fn remove(&self, connection_id: &str, wrote: Option<Wrote>) {
         let mut st = self.lock();
-        let Some(r) = st.remove(connection_id) else {
+        st.remove(connection_id);
+        // Also when its record went first (a logout, an eviction).
+        let Some(w) = wrote else {
             return;
         };
-        if let (Some(w), Some(kept)) = (wrote, st.kept_users.get_mut(&r.username)) {
+        if let Some(kept) = st.kept_users.get_mut(&w.username) {
             let target = KeptFor::Tab(connection_id.to_string());
             if kept.entries.iter().any(|k| k.to == target) {
-                kept.wrote.insert(connection_id.to_string(), w);
+                kept.wrote.insert(connection_id.to_string(), w.upto);
             }
         }
     }

@@ -272,6 +272,16 @@ pub(crate) trait NodeLink: Send + Sync + 'static {
     fn live_count(&self) -> usize;
 }
 
+/// What a stream that ended after being sent one-tab messages wrote: the
+/// newest message id that reached its socket. A replay does not give what
+/// it wrote to another tab of its user (its record may be gone already:
+/// a logout removes it before the stream ends).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Wrote {
+    pub username: String,
+    pub upto: MsgId,
+}
+
 /// Who a kept message is for, as far as a replay must know.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum KeptFor {
@@ -399,10 +409,8 @@ impl Store {
     }
 
     /// Forgets a connection that ended (retried by the engine until done).
-    /// `wrote`: the newest message id its stream wrote to its socket, when
-    /// it was sent one-tab messages, so that a replay does not give those
-    /// it wrote to another tab.
-    pub(crate) fn remove(&self, connection_id: String, wrote: Option<MsgId>) {
+    /// `wrote`: what its stream wrote, when it was sent one-tab messages.
+    pub(crate) fn remove(&self, connection_id: String, wrote: Option<Wrote>) {
         match self {
             Store::Memory(m) => m.remove(&connection_id, wrote),
             Store::Redis(r) => r.remove(connection_id, wrote),

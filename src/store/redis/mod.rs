@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::{
     Accepted, Cleared, ConnectionRecord, Health, Inbound, Message, MsgId, NodeLink, Open, Removed,
-    Replay, Result, StoreError, Target,
+    Replay, Result, StoreError, Target, Wrote,
 };
 
 mod bus;
@@ -197,7 +197,7 @@ impl RedisStore {
         self.presence.register(record).await
     }
 
-    pub(crate) fn remove(&self, connection_id: String, wrote: Option<MsgId>) {
+    pub(crate) fn remove(&self, connection_id: String, wrote: Option<Wrote>) {
         self.presence.remove(connection_id, wrote);
     }
 

@@ -13,14 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::registry::Registry;
 use crate::metrics::Metrics;
-use crate::store::{unix_now, ConnectionRecord, LiveConn, MsgId, NodeLink, StoreError};
+use crate::store::{unix_now, ConnectionRecord, LiveConn, NodeLink, StoreError, Wrote};
 use crate::throttle::LogThrottle;
 
 enum Cmd {
     Register(ConnectionRecord, oneshot::Sender<Result<usize, String>>),
     /// A stream ended; with the newest message id it wrote, when it was
     /// sent one-tab messages.
-    Remove(String, Option<MsgId>),
+    Remove(String, Option<Wrote>),
     Resync,
     /// Resync, answering once the batch that carried it was written.
     ResyncAck(oneshot::Sender<()>),
@@ -56,7 +56,7 @@ impl Presence {
     }
 
     /// Removes a connection's records (retried until Redis takes it).
-    pub(crate) fn remove(&self, connection_id: String, wrote: Option<MsgId>) {
+    pub(crate) fn remove(&self, connection_id: String, wrote: Option<Wrote>) {
         let _ = self.tx.send(Cmd::Remove(connection_id, wrote));
     }
 
@@ -98,7 +98,7 @@ pub(crate) struct PresenceTask {
     /// age kept).
     wrote_ttl_secs: u64,
     /// Removals Redis has not taken yet (outage); retried.
-    pending_removals: HashMap<String, Option<MsgId>>,
+    pending_removals: HashMap<String, Option<Wrote>>,
     /// Set after a failed write: Redis may have lost our records (restart
     /// without persistence), so the next success re-registers everything.
     dirty: bool,
@@ -213,7 +213,7 @@ impl PresenceTask {
                     .into_iter()
                     .map(|c| (c.connection_id, None)),
             );
-            let ids: Vec<(String, Option<MsgId>)> = self.pending_removals.drain().collect();
+            let ids: Vec<(String, Option<Wrote>)> = self.pending_removals.drain().collect();
             if let Err(e) = self.registry.remove_ended(&ids, self.wrote_ttl_secs).await {
                 self.failed("shutdown_remove", &e);
             }
@@ -312,10 +312,10 @@ impl PresenceTask {
         if self.pending_removals.is_empty() {
             return;
         }
-        let ids: Vec<(String, Option<MsgId>)> = self
+        let ids: Vec<(String, Option<Wrote>)> = self
             .pending_removals
             .iter()
-            .map(|(id, w)| (id.clone(), *w))
+            .map(|(id, w)| (id.clone(), w.clone()))
             .collect();
         match self.registry.remove_ended(&ids, self.wrote_ttl_secs).await {
             Ok(_) => self.pending_removals.clear(),

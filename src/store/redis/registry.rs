@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{sort_records, Cleared, ConnectionRecord, MsgId, Removed, Result};
+use crate::store::{sort_records, Cleared, ConnectionRecord, Removed, Result, Wrote};
 
 /// Shared by the scripts that remove connections.
 const LUA_REMOVE_ONE: &str = include_str!("lua/remove_one.lua");
@@ -150,17 +150,16 @@ impl Registry {
 
     /// Removes the given connections (and only them); returns what existed.
     pub(crate) async fn remove(&self, ids: &[String]) -> Result<Removed> {
-        let ended: Vec<(String, Option<MsgId>)> = ids.iter().map(|id| (id.clone(), None)).collect();
+        let ended: Vec<(String, Option<Wrote>)> = ids.iter().map(|id| (id.clone(), None)).collect();
         self.remove_ended(&ended, 0).await
     }
 
-    /// Removes the connections of streams that ended; with the newest
-    /// message id a stream wrote (it was sent one-tab messages), that is
-    /// remembered for `wrote_ttl_secs` so that a replay does not give what
-    /// it wrote to another tab (`lua/remove_ids.lua`).
+    /// Removes the connections of streams that ended; what a stream wrote
+    /// (it was sent one-tab messages) is remembered for `wrote_ttl_secs` so
+    /// that a replay does not give it to another tab (`lua/remove_ids.lua`).
     pub(crate) async fn remove_ended(
         &self,
-        ended: &[(String, Option<MsgId>)],
+        ended: &[(String, Option<Wrote>)],
         wrote_ttl_secs: u64,
     ) -> Result<Removed> {
         let mut removed = Removed::default();
@@ -171,7 +170,8 @@ impl Registry {
                 .arg(wrote_ttl_secs.saturating_mul(1000).max(1));
             for (id, wrote) in chunk {
                 match wrote {
-                    Some(w) => inv.arg(format!("{id}={w}")),
+                    // Ids and message ids hold no `=`; the name may.
+                    Some(w) => inv.arg(format!("{id}={}={}", w.upto, w.username)),
                     None => inv.arg(id),
                 };
             }
