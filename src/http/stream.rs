@@ -3,8 +3,9 @@
 //! A stream is authenticated, put in the hub and the registry (before its
 //! first frame, so a send right after reaches it), given what it missed
 //! (history), then its queue of encoded frames becomes the response body.
-//! Whatever ends the body (client gone, close, shutdown) drops its guard,
-//! which removes the connection from the hub and the registry.
+//! Whatever ends the body (client gone, close, token expiry, shutdown)
+//! drops its guard, which removes the connection from the hub and the
+//! registry.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,10 +17,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::auth::AuthError;
+use super::auth::{AuthError, Identity};
 use super::envelope::ApiError;
 use super::App;
 use crate::config::Config;
+use crate::node::expiry::Expiries;
 use crate::node::frame;
 use crate::node::hub::HubError;
 use crate::node::queue::Receiver;
@@ -143,7 +145,7 @@ fn auth_error(e: AuthError) -> ApiError {
 
 async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, ApiError> {
     let (headers, query, peer) = (&req.headers, &req.query, req.peer);
-    let username = app
+    let Identity { username, expires } = app
         .auth()
         .identify(peer, headers, query)
         .map_err(auth_error)?;
@@ -186,12 +188,19 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
             }
             ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
         })?;
+    // In the hub first: the expiry closes it there (at once if the token
+    // ran out meanwhile).
+    let expires = expires.map_or(0, Expiries::clamp);
+    if expires != 0 {
+        app.expiries.add(expires, &conn.connection_id);
+    }
     // From here on, any exit (error, client gone mid-registration) cleans up.
     let mut guard = ConnGuard {
         app: app.clone(),
         conn: conn.clone(),
         opened: Instant::now(),
         established: false,
+        expires,
     };
     let user_count = app.router.register(&conn).await.map_err(|e| {
         app.metrics.rejected_connections.inc();
@@ -322,10 +331,19 @@ struct ConnGuard {
     conn: LiveConn,
     opened: Instant,
     established: bool,
+    /// Token mode: the token's `exp` as [`Expiries`] keeps it; 0 for none.
+    /// A `u32` fits in the padding after `established`: nothing added to
+    /// a stream of the other modes.
+    expires: u32,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if self.expires != 0 {
+            self.app
+                .expiries
+                .remove(self.expires, &self.conn.connection_id);
+        }
         self.app.router.unregister(&self.conn.connection_id);
         if self.established {
             self.app.metrics.disconnects.inc();
