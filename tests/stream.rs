@@ -169,12 +169,21 @@ const SECRET: &str = "s3cret-for-the-stream-tests";
 /// A node in token mode; the secret file ends with a newline. The tempdir
 /// must outlive the node.
 async fn token_node(env: &Env) -> (TestNode, tempfile::TempDir) {
+    token_node_with(env, |_| {}).await
+}
+
+/// [`token_node`] with more of `[auth]` set by `set`.
+async fn token_node_with(
+    env: &Env,
+    set: impl FnOnce(&mut sse_notify::config::Config),
+) -> (TestNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwt.secret");
     std::fs::write(&path, format!("{SECRET}\n")).unwrap();
     let mut c = env.config();
     c.auth.mode = AuthMode::Token;
     c.auth.token_secret_file = path.to_string_lossy().into_owned();
+    set(&mut c);
     (TestNode::start(c).await, dir)
 }
 
@@ -830,6 +839,61 @@ on_both_engines! {
             assert_eq!(c.status, 200, "{what}");
             assert_eq!(established(&mut c).await["username"], "hal", "{what}");
         }
+    }
+
+    async fn token_issuer_and_audience_are_checked_when_set(env: Env) {
+        let (node, _dir) = token_node_with(&env, |c| {
+            c.auth.token_issuer = "https://app.example".into();
+            c.auth.token_audience = "sse-notify".into();
+            c.auth.token_max_lifetime_secs = 0;
+        })
+        .await;
+        let url = node.stream_url();
+        let t = now() as u64;
+        let (iss, aud) = ("https://app.example", "sse-notify");
+        for (what, claims, names) in [
+            ("no iss", json!({"sub": "jo", "exp": t + 600, "aud": aud}), "iss"),
+            ("another iss", json!({"sub": "jo", "exp": t + 600, "iss": "x", "aud": aud}), "iss"),
+            ("no aud", json!({"sub": "jo", "exp": t + 600, "iss": iss}), "aud"),
+            (
+                "another aud",
+                json!({"sub": "jo", "exp": t + 600, "iss": iss, "aud": ["a", "b"]}),
+                "aud",
+            ),
+        ] {
+            let tok = hs256(SECRET.as_bytes(), &claims);
+            let body = expect_envelope(get(&format!("{url}?token={tok}"), &[]).await, 401, what)
+                .await;
+            let msg = body["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(names), "{what}: the message names {names}: {body}");
+        }
+        // Both right (aud may be a list), and no lifetime limit (0).
+        let year = 365 * 86_400;
+        for (what, claims) in [
+            ("single aud", json!({"sub": "jo", "exp": t + 600, "iss": iss, "aud": aud})),
+            ("aud list", json!({"sub": "jo", "exp": t + year, "iss": iss, "aud": ["x", aud]})),
+        ] {
+            let tok = hs256(SECRET.as_bytes(), &claims);
+            let mut c = SseClient::open(&format!("{url}?token={tok}"), &[]).await;
+            assert_eq!(c.status, 200, "{what}");
+            assert_eq!(established(&mut c).await["username"], "jo", "{what}");
+        }
+
+        // Not set: any iss passes; a token for some audience is not ours.
+        let (plain, _dir2) = token_node(&env).await;
+        let url = plain.stream_url();
+        let tok = hs256(SECRET.as_bytes(), &json!({"sub": "jo", "exp": t + 600, "iss": "x"}));
+        let mut c = SseClient::open(&format!("{url}?token={tok}"), &[]).await;
+        assert_eq!(c.status, 200, "iss is not checked when auth.token_issuer is empty");
+        established(&mut c).await;
+        let tok = hs256(SECRET.as_bytes(), &json!({"sub": "jo", "exp": t + 600, "aud": aud}));
+        let body =
+            expect_envelope(get(&format!("{url}?token={tok}"), &[]).await, 401, "aud, none set")
+                .await;
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains("auth.token_audience"),
+            "{body}"
+        );
     }
 
     async fn token_lifetime_is_bounded_by_default(env: Env) {
