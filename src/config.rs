@@ -206,7 +206,23 @@ pub struct AuthConfig {
     pub trusted_proxies: Vec<String>,
     pub cookie: String,
     pub token_secret_file: String,
+    /// The `iss` a stream token must carry; empty: not checked.
+    pub token_issuer: String,
+    /// The `aud` a stream token must name; empty: a token naming any
+    /// audience is refused (RFC 7519 4.1.3), one naming none is accepted.
+    pub token_audience: String,
+    /// Longest lifetime of a stream token (`exp - iat`, or `exp - now`
+    /// without `iat`); 0 for no limit.
+    pub token_max_lifetime_secs: u64,
 }
+
+/// A day: longer than any page's token needs (a stream ends at `exp` and
+/// the page fetches another), short enough that a token minted never to
+/// expire, or one copied from a log, is refused.
+pub const DEFAULT_TOKEN_MAX_LIFETIME_SECS: u64 = 86_400;
+
+/// Below this, tokens within the clock-skew leeway would be refused.
+const MIN_TOKEN_MAX_LIFETIME_SECS: u64 = 10;
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -216,6 +232,9 @@ impl Default for AuthConfig {
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
             cookie: "sse_token".into(),
             token_secret_file: String::new(),
+            token_issuer: String::new(),
+            token_audience: String::new(),
+            token_max_lifetime_secs: DEFAULT_TOKEN_MAX_LIFETIME_SECS,
         }
     }
 }
@@ -440,6 +459,26 @@ impl Config {
             return Err(invalid(
                 "auth.token_secret_file",
                 "is required when auth.mode = \"token\"",
+            ));
+        }
+        for (key, value) in [
+            ("auth.token_issuer", &self.auth.token_issuer),
+            ("auth.token_audience", &self.auth.token_audience),
+        ] {
+            if value.trim() != value || value.chars().any(char::is_control) {
+                return Err(invalid(
+                    key,
+                    format!("{value:?} must have no surrounding whitespace and no control characters (\"\" to not check it)"),
+                ));
+            }
+        }
+        let lifetime = self.auth.token_max_lifetime_secs;
+        if lifetime != 0 && lifetime < MIN_TOKEN_MAX_LIFETIME_SECS {
+            return Err(invalid(
+                "auth.token_max_lifetime_secs",
+                format!(
+                    "{lifetime} must be 0 (no limit) or at least {MIN_TOKEN_MAX_LIFETIME_SECS}"
+                ),
             ));
         }
         if self.api.max_body_bytes == 0 {
@@ -836,6 +875,37 @@ mod tests {
 
         let err = Config::parse("[auth]\nmode = \"magic\"\n").unwrap_err();
         assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn token_checks_are_named() {
+        for (set, key) in [
+            (
+                (|c: &mut Config| c.auth.token_issuer = " https://app.example".into())
+                    as fn(&mut Config),
+                "auth.token_issuer",
+            ),
+            (
+                |c: &mut Config| c.auth.token_audience = "sse\n".into(),
+                "auth.token_audience",
+            ),
+            (
+                |c: &mut Config| c.auth.token_max_lifetime_secs = 3,
+                "auth.token_max_lifetime_secs",
+            ),
+        ] {
+            let mut c = Config::default();
+            set(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let mut c = Config::default();
+        c.auth.token_issuer = "https://app.example".into();
+        c.auth.token_audience = "sse-notify".into();
+        c.auth.token_max_lifetime_secs = 0;
+        c.validate().expect("set checks and no lifetime limit");
+        let err = Config::parse("[auth]\ntoken_max_lifetime_secs = -1\n").unwrap_err();
+        assert!(err.contains("token_max_lifetime_secs"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Start order, background tasks (heartbeat ticker, stale sweeper),
-//! signals (SIGHUP reload + clear, SIGTERM/SIGINT graceful stop) and the
-//! shutdown sequence (README "Signals and lifecycle"). One [`CancellationToken`] is passed down to
+//! Start order, background tasks (heartbeat ticker, stale sweeper, token
+//! expiry), signals (SIGHUP reload + clear, SIGTERM/SIGINT graceful stop)
+//! and the shutdown sequence (README "Signals and lifecycle"). One [`CancellationToken`] is passed down to
 //! everything; every task is owned by a [`TaskTracker`] and joined.
 
 use std::path::PathBuf;
@@ -250,6 +250,11 @@ impl Daemon {
         servers.close();
         tasks.spawn(crate::systemd::watchdog(shutdown.clone()));
         tasks.spawn(heartbeat_loop(app.clone()));
+        tasks.spawn(crate::node::expiry::run(
+            app.expiries.clone(),
+            app.hub.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(memory_loop(app.clone()));
         tasks.spawn(sweep_loop(app.clone()));
         tasks.spawn(crate::http::console::sampler(app.clone()));

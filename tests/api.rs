@@ -622,6 +622,78 @@ on_both_engines! {
 }
 
 on_both_engines! {
+    async fn duplicate_keys_are_400_naming_the_key_and_data_passes_through(env: Env) {
+    let node = TestNode::start(env.config()).await;
+    let (mut tab, _) = SseClient::connect(&node, "alice").await;
+    for (body, field) in [
+        (r#"{"to":"alice","to":"bob","data":1}"#, "to"),
+        (r#"{"to":"bob","data":1,"to":"alice"}"#, "to"),
+        (r#"{"to":null,"data":1,"to":"alice"}"#, "to"),
+        (r#"{"to":"alice","data":1,"data":2}"#, "data"),
+        (r#"{"to":"alice","data":1,"event":"a","event":"b"}"#, "event"),
+        (
+            r#"{"to":"alice","data":1,"all_connections":true,"all_connections":false}"#,
+            "all_connections",
+        ),
+        // An escaped name is the same name.
+        (r#"{"to":"bob","\u0074o":"alice","data":1}"#, "to"),
+    ] {
+        assert_error(&post_send(&node, body).await, 400, Some(field), body);
+    }
+    let batch = node.admin_url("/notifications/send/batch/");
+    for (body, field) in [
+        (
+            r#"{"messages":[{"to":"alice","data":1},{"to":"bob","data":2,"to":"alice"}]}"#,
+            "to",
+        ),
+        (
+            r#"{"messages":[{"to":"bob","data":1}],"messages":[{"to":"alice","data":1}]}"#,
+            "messages",
+        ),
+    ] {
+        let r = call(Method::POST, &batch, Some(body), &[]).await;
+        assert_error(&r, 400, Some(field), body);
+    }
+    let r = call(
+        Method::POST,
+        &batch,
+        Some(r#"{"messages":[{"to":"alice","data":1},{"to":"bob","to":"alice","data":2}]}"#),
+        &[],
+    )
+    .await;
+    assert!(r.json["message"].as_str().unwrap_or_default().contains("messages[1]"), "{r:?}");
+    let marker = send_marker(&node, "alice", 1).await;
+    expect_nothing_before_marker(&mut tab, &marker, "a send with a duplicate key was delivered")
+        .await;
+
+    // Inside `data` the names are the application's: passed through as sent.
+    let r = post_send(&node, r#"{"to":"alice","data":{"k":1,"k":2,"n":{"x":1,"x":[]}}}"#).await;
+    let id = assert_sent(&r, Some("alice"), "message", Some(true), 1);
+    let ev = expect_event(&mut tab, "message", &id, "duplicate names inside data").await;
+    assert_eq!(ev.data, r#"{"k":1,"k":2,"n":{"x":1,"x":[]}}"#);
+}
+}
+
+on_both_engines! {
+    async fn invisible_usernames_are_400_in_the_admin_api(env: Env) {
+    let node = TestNode::start(env.config()).await;
+    let (mut tab, _) = SseClient::connect(&node, "alice").await;
+    for user in ["ali\u{202E}ecn", "a\u{2067}b", "\u{200B}alice", "alice\u{FEFF}", "a\u{2061}b"] {
+        let body = json!({"to": user, "data": 1}).to_string();
+        assert_error(&post_send(&node, &body).await, 400, Some("to"), &body);
+        let path = format!("/notifications/connections/{}/", enc(user));
+        for method in [Method::GET, Method::DELETE] {
+            let r = call(method.clone(), &node.admin_url(&path), None, &[]).await;
+            assert_error(&r, 400, Some("username"), &format!("{method} {path}"));
+        }
+    }
+    let marker = send_marker(&node, "alice", 1).await;
+    expect_nothing_before_marker(&mut tab, &marker, "a send to an invisible name was delivered")
+        .await;
+}
+}
+
+on_both_engines! {
     async fn body_over_max_body_bytes_is_413_with_content_length(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;

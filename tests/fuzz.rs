@@ -157,11 +157,32 @@ fn arbitrary_usernames_in_paths_never_5xx() {
         });
         check(status, &text)?;
         let chars = name.chars().count();
+        let invisible = name.chars().find(|&c| invisible(c));
         if (1..=150).contains(&chars) && !name.chars().any(char::is_control) {
-            prop_assert_eq!(status, 200, "{}", text);
+            match invisible {
+                None => prop_assert_eq!(status, 200, "{}", text),
+                Some(c) => {
+                    prop_assert_eq!(status, 400, "{}", text);
+                    let code = format!("U+{:04X}", u32::from(c));
+                    prop_assert!(text.contains(&code), "{} not named: {}", code, text);
+                }
+            }
         }
         Ok(())
     });
+}
+
+/// The README's username rule, read from the Unicode tables: format
+/// characters, line and paragraph separators, default ignorables.
+fn invisible(c: char) -> bool {
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
+    use icu_properties::{CodePointMapData, CodePointSetData};
+    matches!(
+        CodePointMapData::<GeneralCategory>::new().get(c),
+        GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
 }
 
 #[test]

@@ -169,12 +169,21 @@ const SECRET: &str = "s3cret-for-the-stream-tests";
 /// A node in token mode; the secret file ends with a newline. The tempdir
 /// must outlive the node.
 async fn token_node(env: &Env) -> (TestNode, tempfile::TempDir) {
+    token_node_with(env, |_| {}).await
+}
+
+/// [`token_node`] with more of `[auth]` set by `set`.
+async fn token_node_with(
+    env: &Env,
+    set: impl FnOnce(&mut sse_notify::config::Config),
+) -> (TestNode, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwt.secret");
     std::fs::write(&path, format!("{SECRET}\n")).unwrap();
     let mut c = env.config();
     c.auth.mode = AuthMode::Token;
     c.auth.token_secret_file = path.to_string_lossy().into_owned();
+    set(&mut c);
     (TestNode::start(c).await, dir)
 }
 
@@ -753,6 +762,218 @@ fn b64url_matches_rfc4648_vectors() {
     assert_eq!(b64url(b"foo"), "Zm9v");
     assert_eq!(b64url(b"foobar"), "Zm9vYmFy");
     assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
+}
+
+// ------------------------------------------------- token lifetime (SPEC 6) ---
+
+/// The leeway sse-notify allows on `exp` and `nbf` (README "Auth").
+const LEEWAY: u64 = 5;
+
+on_both_engines! {
+    async fn token_stream_ends_when_its_token_does(env: Env) {
+        let (node, _dir) = token_node(&env).await;
+        let (url, admin) = (node.stream_url(), node.admin_base());
+        // Expiring now: still accepted for the leeway, then closed.
+        let exp = now() as u64;
+        let token = hs256(SECRET.as_bytes(), &json!({"sub": "gina", "exp": exp}));
+        let mut tab = SseClient::open(&format!("{url}?token={token}"), &[]).await;
+        assert_eq!(tab.status, 200, "a token within its leeway opens a stream");
+        let id = established(&mut tab).await["connection_id"]
+            .as_str()
+            .expect("connection_id")
+            .to_string();
+        let before = send_ok(&admin, json!({"to": "gina", "data": "before"})).await;
+        let ev = tab.next_event(SECS * 5).await.expect("a message before exp arrives");
+        assert_eq!((ev.id.as_str(), ev.data.as_str()), (before.as_str(), "\"before\""));
+
+        // The next event is the notice, not before exp + leeway.
+        let ev = tab
+            .next_event(Duration::from_secs(LEEWAY + 30))
+            .await
+            .expect("token_expired within 30 s after exp + leeway");
+        let at = now();
+        assert_eq!(ev.event, "token_expired", "{ev:?}");
+        assert_eq!(ev.id, before, "the notice does not move Last-Event-ID: {ev:?}");
+        let data: Value = serde_json::from_str(&ev.data).expect("token_expired data is JSON");
+        assert_eq!(data, json!({"connection_id": id, "exp": exp}));
+        assert!(
+            at >= (exp + LEEWAY) as f64 - 0.1,
+            "token_expired at {at}, before exp {exp} + {LEEWAY} s of leeway"
+        );
+        // Then the close, and the record goes.
+        assert!(tab.ends_within(SECS * 10).await, "the stream ends after token_expired");
+        listed_ids_become(&admin, &[]).await;
+        let (status, resp) = send(&admin, json!({"to": "gina", "data": "after"})).await;
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(resp["data"]["connections"], 0, "no stream of gina is left: {resp}");
+
+        // What the page does: a fresh token, Last-Event-ID, nothing missed.
+        let fresh = hs256(SECRET.as_bytes(), &json!({"sub": "gina", "exp": now() as u64 + 600}));
+        let mut back =
+            SseClient::open(&format!("{url}?token={fresh}"), &[("Last-Event-ID", &before)]).await;
+        assert_eq!(back.status, 200);
+        established(&mut back).await;
+        let ev = back.next_event(SECS * 5).await.expect("the message sent meanwhile is replayed");
+        assert_eq!((ev.event.as_str(), ev.data.as_str()), ("message", "\"after\""));
+    }
+
+    async fn token_not_valid_yet_is_401(env: Env) {
+        let (node, _dir) = token_node(&env).await;
+        let url = node.stream_url();
+        let t = now() as u64;
+        let claims = |nbf: u64| json!({"sub": "hal", "nbf": nbf, "exp": t + 7200});
+        let later = hs256(SECRET.as_bytes(), &claims(t + 3600));
+        let body = expect_envelope(
+            get(&format!("{url}?token={later}"), &[]).await,
+            401,
+            "nbf an hour from now",
+        )
+        .await;
+        let msg = body["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("nbf"), "the message names nbf: {body}");
+        assert!(!msg.contains(&later), "the message echoes the token: {body}");
+        // Within the leeway, and in the past: accepted.
+        for (what, nbf) in [("nbf 2 s ahead (skew)", t + 2), ("nbf a minute ago", t - 60)] {
+            let tok = hs256(SECRET.as_bytes(), &claims(nbf));
+            let mut c = SseClient::open(&format!("{url}?token={tok}"), &[]).await;
+            assert_eq!(c.status, 200, "{what}");
+            assert_eq!(established(&mut c).await["username"], "hal", "{what}");
+        }
+    }
+
+    async fn token_issuer_and_audience_are_checked_when_set(env: Env) {
+        let (node, _dir) = token_node_with(&env, |c| {
+            c.auth.token_issuer = "https://app.example".into();
+            c.auth.token_audience = "sse-notify".into();
+            c.auth.token_max_lifetime_secs = 0;
+        })
+        .await;
+        let url = node.stream_url();
+        let t = now() as u64;
+        let (iss, aud) = ("https://app.example", "sse-notify");
+        for (what, claims, names) in [
+            ("no iss", json!({"sub": "jo", "exp": t + 600, "aud": aud}), "iss"),
+            ("another iss", json!({"sub": "jo", "exp": t + 600, "iss": "x", "aud": aud}), "iss"),
+            ("no aud", json!({"sub": "jo", "exp": t + 600, "iss": iss}), "aud"),
+            (
+                "another aud",
+                json!({"sub": "jo", "exp": t + 600, "iss": iss, "aud": ["a", "b"]}),
+                "aud",
+            ),
+        ] {
+            let tok = hs256(SECRET.as_bytes(), &claims);
+            let body = expect_envelope(get(&format!("{url}?token={tok}"), &[]).await, 401, what)
+                .await;
+            let msg = body["message"].as_str().unwrap_or_default();
+            assert!(msg.contains(names), "{what}: the message names {names}: {body}");
+        }
+        // Both right (aud may be a list), and no lifetime limit (0).
+        let year = 365 * 86_400;
+        for (what, claims) in [
+            ("single aud", json!({"sub": "jo", "exp": t + 600, "iss": iss, "aud": aud})),
+            ("aud list", json!({"sub": "jo", "exp": t + year, "iss": iss, "aud": ["x", aud]})),
+        ] {
+            let tok = hs256(SECRET.as_bytes(), &claims);
+            let mut c = SseClient::open(&format!("{url}?token={tok}"), &[]).await;
+            assert_eq!(c.status, 200, "{what}");
+            assert_eq!(established(&mut c).await["username"], "jo", "{what}");
+        }
+
+        // Not set: any iss passes; a token for some audience is not ours.
+        let (plain, _dir2) = token_node(&env).await;
+        let url = plain.stream_url();
+        let tok = hs256(SECRET.as_bytes(), &json!({"sub": "jo", "exp": t + 600, "iss": "x"}));
+        let mut c = SseClient::open(&format!("{url}?token={tok}"), &[]).await;
+        assert_eq!(c.status, 200, "iss is not checked when auth.token_issuer is empty");
+        established(&mut c).await;
+        let tok = hs256(SECRET.as_bytes(), &json!({"sub": "jo", "exp": t + 600, "aud": aud}));
+        let body =
+            expect_envelope(get(&format!("{url}?token={tok}"), &[]).await, 401, "aud, none set")
+                .await;
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains("auth.token_audience"),
+            "{body}"
+        );
+    }
+
+    async fn token_lifetime_is_bounded_by_default(env: Env) {
+        let (node, _dir) = token_node(&env).await;
+        let url = node.stream_url();
+        let t = now() as u64;
+        let month = 30 * 86_400;
+        for (what, claims) in [
+            ("exp a month away, no iat", json!({"sub": "ivy", "exp": t + month})),
+            ("iat now, exp a month away", json!({"sub": "ivy", "iat": t, "exp": t + month})),
+            (
+                "minted a month ago, valid for 10 more minutes",
+                json!({"sub": "ivy", "iat": t - month, "exp": t + 600}),
+            ),
+        ] {
+            let tok = hs256(SECRET.as_bytes(), &claims);
+            let body = expect_envelope(get(&format!("{url}?token={tok}"), &[]).await, 401, what)
+                .await;
+            let msg = body["message"].as_str().unwrap_or_default();
+            assert!(
+                msg.contains("auth.token_max_lifetime_secs"),
+                "{what}: the message names the key: {body}"
+            );
+        }
+        let ok = hs256(SECRET.as_bytes(), &json!({"sub": "ivy", "iat": t, "exp": t + 3600}));
+        let mut c = SseClient::open(&format!("{url}?token={ok}"), &[]).await;
+        assert_eq!(c.status, 200, "an hour-long token");
+        assert_eq!(established(&mut c).await["username"], "ivy");
+    }
+
+    async fn invisible_usernames_are_refused_in_every_auth_mode(env: Env) {
+        // Bidi overrides and isolates, zero-width characters, other format
+        // characters (Cf), line and paragraph separators, other default
+        // ignorables (Hangul filler, variation selector).
+        let bad = [
+            "ali\u{202E}ecn", "a\u{202A}b", "a\u{2066}b", "a\u{2069}", "a\u{200B}b", "\u{200D}a",
+            "a\u{200E}", "a\u{2060}b", "\u{FEFF}alice", "a\u{00AD}b", "a\u{061C}b", "a\u{E0041}",
+            "a\u{2028}b", "a\u{3164}b", "a\u{FE0F}",
+        ];
+        let enc = |u: &str| {
+            percent_encoding::utf8_percent_encode(u, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        // header
+        let header = TestNode::start(env.config()).await;
+        for user in bad {
+            let body = expect_envelope(
+                get(&header.stream_url(), &[("X-Remote-User", user.as_bytes())]).await,
+                400,
+                &format!("header {user:?}"),
+            )
+            .await;
+            assert!(body["message"].as_str().unwrap_or_default().contains("username"), "{body}");
+        }
+        // none
+        let mut c = env.config();
+        c.auth.mode = AuthMode::None;
+        let none = TestNode::start(c).await;
+        for user in bad {
+            let url = format!("{}?user={}", none.stream_url(), enc(user));
+            expect_envelope(get(&url, &[]).await, 400, &format!("none {user:?}")).await;
+        }
+        // token
+        let (token, _dir) = token_node(&env).await;
+        let exp = now() as u64 + 600;
+        for user in bad {
+            let tok = hs256(SECRET.as_bytes(), &json!({"sub": user, "exp": exp}));
+            let url = format!("{}?token={tok}", token.stream_url());
+            expect_envelope(get(&url, &[]).await, 400, &format!("token {user:?}")).await;
+        }
+        // What stays allowed: letters of any script, spaces, emoji.
+        for user in ["émile 李", "مریم", "\u{1F600}x"] {
+            let url = format!("{}?user={}", none.stream_url(), enc(user));
+            let mut c = SseClient::open(&url, &[]).await;
+            assert_eq!(c.status, 200, "{user:?}");
+            assert_eq!(established(&mut c).await["username"], user);
+        }
+        for node in [&header, &token] {
+            assert!(listed_ids(&node.admin_base()).await.is_empty(), "a refused name registered");
+        }
+    }
 }
 
 on_both_engines! {

@@ -2,8 +2,8 @@
 //! `/metrics`. Input is validated here, field by field, before anything is
 //! sent or changed; errors leave through [`super::envelope`].
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -532,20 +532,109 @@ pub(crate) fn validate_event(event: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The top level of a send body, each field as raw JSON, read in one pass
+/// without allocating for the known names.
+#[derive(Default)]
+struct SendFields<'a> {
+    to: Option<&'a RawValue>,
+    data: Option<&'a RawValue>,
+    event: Option<&'a RawValue>,
+    all_connections: Option<&'a RawValue>,
+    /// The first field given more than once: JSON parsers disagree on
+    /// which one counts (serde and Python keep the last), so a front end
+    /// that checked the first `to` would be fooled.
+    repeated: Option<&'static str>,
+    unknown: Vec<String>,
+}
+
+const SEND_FIELDS: [&str; 4] = ["to", "data", "event", "all_connections"];
+
+impl<'de> serde::Deserialize<'de> for SendFields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SendFieldsVisitor)
+    }
+}
+
+struct SendFieldsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SendFieldsVisitor {
+    type Value = SendFields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut f = SendFields::default();
+        while let Some(name) = map.next_key::<FieldName>()? {
+            // Read whatever the name, so that the whole body is checked.
+            let value: &'de RawValue = map.next_value()?;
+            let slot = match name {
+                FieldName::Known(0) => &mut f.to,
+                FieldName::Known(1) => &mut f.data,
+                FieldName::Known(2) => &mut f.event,
+                FieldName::Known(_) => &mut f.all_connections,
+                FieldName::Unknown(name) => {
+                    f.unknown.push(name);
+                    continue;
+                }
+            };
+            if slot.replace(value).is_some() && f.repeated.is_none() {
+                if let FieldName::Known(i) = name {
+                    f.repeated = Some(SEND_FIELDS[i]);
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// A name of the send body: an index into [`SEND_FIELDS`], or another
+/// name. Escaped names (`"\u0074o"`) arrive unescaped.
+enum FieldName {
+    Known(usize),
+    Unknown(String),
+}
+
+impl<'de> serde::Deserialize<'de> for FieldName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = FieldName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<FieldName, E> {
+                Ok(match SEND_FIELDS.iter().position(|k| *k == name) {
+                    Some(i) => FieldName::Known(i),
+                    None => FieldName::Unknown(name.to_string()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
 /// Validates a send body into a message. The top level is read as raw
 /// fields, without building a tree: `data` is only checked and copied
-/// (byte-exact, big integers and all), and the small fields are typed one
-/// by one so that every error names its field.
+/// (byte-exact, big integers and all, the names inside it as the app sent
+/// them), and the small fields are typed one by one so that every error
+/// names its field. A field given twice is an error naming it.
 pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
-    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+    let fields: SendFields = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::bad_request("body: must be a JSON object")
         } else {
             ApiError::bad_request(format!("body: not valid JSON: {e}"))
         }
     })?;
-    reject_unknown(fields.keys(), &["to", "data", "event", "all_connections"])?;
-    let to = match fields.remove("to") {
+    if let Some(name) = fields.repeated {
+        return Err(ApiError::bad_request(format!(
+            "{name}: given more than once (each field at most once)"
+        )));
+    }
+    reject_unknown(fields.unknown.iter(), &SEND_FIELDS)?;
+    let to = match fields.to {
         None => None,
         Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
             .map_err(|_| ApiError::bad_request("to: must be a string or null"))?,
@@ -554,9 +643,9 @@ pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
         validate_username(user).map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
     }
     let data = fields
-        .remove("data")
+        .data
         .ok_or_else(|| ApiError::bad_request("data: required (null is allowed)"))?;
-    let event = match fields.remove("event") {
+    let event = match fields.event {
         None => "message".to_string(),
         Some(raw) => {
             let e = serde_json::from_str::<String>(raw.get())
@@ -565,7 +654,7 @@ pub(crate) fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
             e
         }
     };
-    let all_connections = match fields.remove("all_connections") {
+    let all_connections = match fields.all_connections {
         None => true,
         Some(raw) => serde_json::from_str::<bool>(raw.get())
             .map_err(|_| ApiError::bad_request("all_connections: must be true or false"))?,
@@ -890,6 +979,28 @@ mod tests {
             "all_connections: must be true or false"
         );
         assert!(parse_send(br#"{"to":null,"data":1}"#).unwrap().to.is_none());
+    }
+
+    #[test]
+    fn a_field_given_twice_is_named_and_data_is_the_apps() {
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        assert!(err(r#"{"to":"a","to":"b","data":1}"#).starts_with("to: given more than once"));
+        assert!(err(r#"{"to":"a","\u0074o":"b","data":1}"#).starts_with("to:"));
+        assert!(err(r#"{"data":1,"data":2}"#).starts_with("data:"));
+        assert!(err(r#"{"data":1,"x":1,"x":2}"#).starts_with("unknown field(s): x"));
+        // The body is still read to its end: bad JSON after the repeat.
+        assert!(err(r#"{"to":"a","to":"b","data":}"#).starts_with("body: not valid JSON"));
+        let ok = parse_send(br#"{"data":{"k":1,"k":[2]}}"#).unwrap();
+        assert_eq!(ok.data, r#"{"k":1,"k":[2]}"#);
+        let batch = |b: &str| parse_batch(b.as_bytes(), 3, 100).unwrap_err().message;
+        assert!(
+            batch(r#"{"messages":[{"data":1},{"event":"a","data":1,"event":"b"}]}"#)
+                .starts_with("messages[1].event: given more than once")
+        );
+        assert!(
+            batch(r#"{"messages":[{"data":1}],"messages":[{"data":2}]}"#)
+                .contains("duplicate field `messages`")
+        );
     }
 
     #[test]

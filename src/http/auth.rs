@@ -4,12 +4,17 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
+use icu_properties::{CodePointMapData, CodePointSetData};
 use ipnet::IpNet;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use warp::http::HeaderMap;
 
 use crate::config::{AuthMode, Config};
+use crate::node::expiry::TOKEN_LEEWAY_SECS;
+use crate::store::unix_now;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub(crate) enum AuthError {
@@ -32,7 +37,8 @@ pub enum AuthSetupError {
     EmptySecret { path: String },
 }
 
-/// Usernames: 1 to 150 Unicode scalar values, no control characters.
+/// Usernames: 1 to 150 Unicode scalar values, no control characters and
+/// nothing invisible ([`invisible`]).
 pub(crate) fn validate_username(name: &str) -> Result<(), String> {
     let n = name.chars().count();
     if n == 0 {
@@ -44,12 +50,79 @@ pub(crate) fn validate_username(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
+    // ASCII holds nothing invisible but the control characters above: the
+    // usual name costs no table look-up.
+    if !name.is_ascii() {
+        if let Some((at, c)) = name.chars().enumerate().find(|&(_, c)| invisible(c)) {
+            return Err(format!(
+                "must not contain invisible or bidirectional formatting characters (U+{:04X} at character {})",
+                u32::from(c),
+                at + 1
+            ));
+        }
+    }
     Ok(())
 }
 
+/// Characters that change how a name shows without showing themselves:
+/// Unicode format characters (general category Cf: bidirectional embeddings,
+/// overrides, isolates and marks, zero-width space and joiners, word joiner,
+/// BOM, soft hyphen, tags, ...), line and paragraph separators (Zl, Zp), and
+/// the other default-ignorable code points (variation selectors, Hangul
+/// fillers, combining grapheme joiner). A console, a log line or an admin
+/// page would show `ali\u{202E}ecn` as another name than the one routed to.
+fn invisible(c: char) -> bool {
+    let gc = CodePointMapData::<GeneralCategory>::new().get(c);
+    matches!(
+        gc,
+        GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+}
+
+/// Who opened a stream.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Identity {
+    pub username: String,
+    /// Token mode: the token's `exp` (unix secs); the stream ends then.
+    pub expires: Option<u64>,
+}
+
+/// The claims read besides what [`Validation`] checks; optional here so
+/// that a missing one is reported by the validation, by name.
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
+    sub: Option<String>,
+    exp: Option<f64>,
+    iat: Option<f64>,
+}
+
+/// What a refused token is told: the claim or key at fault, never the
+/// token itself.
+fn token_error(e: &jsonwebtoken::errors::Error, audience_set: bool) -> String {
+    let why = match e.kind() {
+        ErrorKind::ExpiredSignature => "expired (exp is past)".to_string(),
+        ErrorKind::ImmatureSignature => "not valid yet (nbf is in the future)".to_string(),
+        ErrorKind::InvalidIssuer => "its issuer (iss) is not auth.token_issuer".to_string(),
+        ErrorKind::InvalidAudience if audience_set => {
+            "its audience (aud) does not name auth.token_audience".to_string()
+        }
+        ErrorKind::InvalidAudience => {
+            "it names an audience (aud) but auth.token_audience is not set".to_string()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
+        ErrorKind::InvalidClaimFormat(claim) => format!("the {claim} claim is not a number"),
+        ErrorKind::InvalidSignature => {
+            "bad signature (not signed with auth.token_secret_file)".to_string()
+        }
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "only HS256 is accepted".to_string()
+        }
+        ErrorKind::Json(_) => "its claims are not of the expected types".to_string(),
+        _ => "not a JWT".to_string(),
+    };
+    format!("invalid token: {why}")
 }
 
 enum Mode {
@@ -61,6 +134,8 @@ enum Mode {
         key: DecodingKey,
         validation: Box<Validation>,
         cookie: String,
+        /// `auth.token_max_lifetime_secs`; 0 for no limit.
+        max_lifetime: u64,
     },
     None,
 }
@@ -88,13 +163,25 @@ impl Authenticator {
                 if secret.is_empty() {
                     return Err(AuthSetupError::EmptySecret { path });
                 }
+                let a = &config.auth;
                 let mut validation = Validation::new(Algorithm::HS256);
-                validation.set_required_spec_claims(&["exp", "sub"]);
-                validation.leeway = 5;
+                let mut required = vec!["exp", "sub"];
+                validation.leeway = TOKEN_LEEWAY_SECS;
+                validation.validate_nbf = true;
+                if !a.token_issuer.is_empty() {
+                    validation.set_issuer(&[&a.token_issuer]);
+                    required.push("iss");
+                }
+                if !a.token_audience.is_empty() {
+                    validation.set_audience(&[&a.token_audience]);
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
                 Mode::Token {
                     key: DecodingKey::from_secret(secret),
                     validation: Box::new(validation),
-                    cookie: config.auth.cookie.clone(),
+                    cookie: a.cookie.clone(),
+                    max_lifetime: a.token_max_lifetime_secs,
                 }
             }
         };
@@ -105,13 +192,14 @@ impl Authenticator {
         matches!(self.mode, Mode::None)
     }
 
-    /// The username of a stream request.
+    /// Who a stream request is from.
     pub(crate) fn identify(
         &self,
         peer: Option<SocketAddr>,
         headers: &HeaderMap,
         query: &HashMap<String, String>,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Identity, AuthError> {
+        let mut expires = None;
         let user = match &self.mode {
             Mode::None => query.get("user").cloned().unwrap_or_default(),
             Mode::Header { name, trusted } => {
@@ -136,6 +224,7 @@ impl Authenticator {
                 key,
                 validation,
                 cookie,
+                max_lifetime,
             } => {
                 let token = query
                     .get("token")
@@ -143,17 +232,54 @@ impl Authenticator {
                     .or_else(|| cookie_value(headers, cookie))
                     .or_else(|| bearer(headers).map(str::to_string))
                     .ok_or_else(|| AuthError::Unauthorized("missing token".into()))?;
-                let data = jsonwebtoken::decode::<Claims>(&token, key, validation)
-                    .map_err(|e| AuthError::Unauthorized(format!("invalid token: {e}")))?;
-                data.claims.sub
+                let claims = jsonwebtoken::decode::<Claims>(&token, key, validation)
+                    .map_err(|e| {
+                        AuthError::Unauthorized(token_error(&e, validation.aud.is_some()))
+                    })?
+                    .claims;
+                // Both are there: the validation requires them.
+                let (Some(sub), Some(exp)) = (claims.sub, claims.exp) else {
+                    return Err(AuthError::Unauthorized(
+                        "invalid token: sub and exp are required".into(),
+                    ));
+                };
+                check_lifetime(exp, claims.iat, *max_lifetime)?;
+                // The validation rounds `exp` the same way.
+                expires = Some(exp.round() as u64);
+                sub
             }
         };
         if user.is_empty() {
             return Err(AuthError::Unauthorized("no identity".into()));
         }
         validate_username(&user).map_err(|e| AuthError::BadUsername(format!("username {e}")))?;
-        Ok(user)
+        Ok(Identity {
+            username: user,
+            expires,
+        })
     }
+}
+
+/// `auth.token_max_lifetime_secs`: a token living longer (from `iat` to
+/// `exp`, or from now when it has no `iat`) is refused, so that a token
+/// minted to never expire, or one leaked from a log, is not honoured for
+/// months.
+fn check_lifetime(exp: f64, iat: Option<f64>, max: u64) -> Result<(), AuthError> {
+    if max == 0 {
+        return Ok(());
+    }
+    let (lifetime, allowed, from) = match iat {
+        Some(iat) => (exp - iat, max as f64, "iat"),
+        // The issuer's clock may be ahead of ours by the leeway.
+        None => (exp - unix_now(), (max + TOKEN_LEEWAY_SECS) as f64, "now"),
+    };
+    if lifetime > allowed {
+        return Err(AuthError::Unauthorized(format!(
+            "invalid token: it is valid for {} s from {from} to exp, more than auth.token_max_lifetime_secs ({max})",
+            lifetime.round()
+        )));
+    }
+    Ok(())
 }
 
 /// An IPv4 peer on a dual-stack socket shows as `::ffff:a.b.c.d`.
@@ -227,6 +353,40 @@ mod tests {
         assert!(validate_username("").is_err());
         assert!(validate_username("a\nb").is_err());
         assert!(validate_username("a\u{7f}b").is_err());
+        for bad in [
+            "ali\u{202E}ecn",
+            "a\u{202A}b",
+            "a\u{2066}b",
+            "a\u{2069}",
+            "\u{200B}",
+            "a\u{200C}b",
+            "a\u{200F}",
+            "a\u{2060}",
+            "\u{FEFF}a",
+            "a\u{00AD}b",
+            "a\u{E0001}",
+            "a\u{2028}",
+            "a\u{2029}",
+            "a\u{3164}",
+            "a\u{FE0F}",
+            "a\u{034F}",
+        ] {
+            let e = validate_username(bad).unwrap_err();
+            assert!(e.contains("U+"), "{bad:?}: {e}");
+        }
+        assert!(validate_username("ali\u{202E}ecn")
+            .unwrap_err()
+            .contains("U+202E at character 4"));
+        for good in [
+            "émile 李",
+            "مریم",
+            "Ωmega-ß",
+            "\u{1F600}",
+            "a\u{00A0}b",
+            "x\u{0301}",
+        ] {
+            assert!(validate_username(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
@@ -242,8 +402,12 @@ mod tests {
             Err(AuthError::Unauthorized(_))
         ));
         h.insert("x-remote-user", "bob".parse().unwrap());
-        assert_eq!(auth.identify(Some(local), &h, &q).unwrap(), "bob");
-        assert_eq!(auth.identify(Some(mapped), &h, &q).unwrap(), "bob");
+        let bob = Identity {
+            username: "bob".into(),
+            expires: None,
+        };
+        assert_eq!(auth.identify(Some(local), &h, &q).unwrap(), bob);
+        assert_eq!(auth.identify(Some(mapped), &h, &q).unwrap(), bob);
         assert!(matches!(
             auth.identify(Some(far), &h, &q),
             Err(AuthError::Forbidden(_))

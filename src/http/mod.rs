@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::node::expiry::Expiries;
 use crate::node::hub::Hub;
 use crate::node::ratelimit::ConnectLimiter;
 use crate::node::router::Router;
@@ -33,6 +34,8 @@ pub(crate) struct App {
     pub config_path: Option<PathBuf>,
     pub node_id: String,
     pub hub: Arc<Hub>,
+    /// Token-mode streams, closed when their token runs out.
+    pub expiries: Arc<Expiries>,
     pub router: Router,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
@@ -64,6 +67,7 @@ impl App {
             auth: RwLock::new(Arc::new(p.auth)),
             config_path: p.config_path,
             hub: p.hub,
+            expiries: Arc::default(),
             router: p.router,
             metrics: p.metrics,
             shutdown: p.shutdown,

@@ -3,8 +3,9 @@
 //! A stream is authenticated, put in the hub and the registry (before its
 //! first frame, so a send right after reaches it), given what it missed
 //! (history), then its queue of encoded frames becomes the response body.
-//! Whatever ends the body (client gone, close, shutdown) drops its guard,
-//! which removes the connection from the hub and the registry.
+//! Whatever ends the body (client gone, close, token expiry, shutdown)
+//! drops its guard, which removes the connection from the hub and the
+//! registry.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,10 +17,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::auth::AuthError;
+use super::auth::{AuthError, Identity};
 use super::envelope::ApiError;
 use super::App;
 use crate::config::Config;
+use crate::node::expiry::Expiries;
 use crate::node::frame;
 use crate::node::hub::HubError;
 use crate::node::queue::Receiver;
@@ -143,7 +145,7 @@ fn auth_error(e: AuthError) -> ApiError {
 
 async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, ApiError> {
     let (headers, query, peer) = (&req.headers, &req.query, req.peer);
-    let username = app
+    let Identity { username, expires } = app
         .auth()
         .identify(peer, headers, query)
         .map_err(auth_error)?;
@@ -186,13 +188,20 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
             }
             ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
         })?;
+    // In the hub first: the expiry closes it there (at once if the token
+    // ran out meanwhile).
+    let expires = expires.map_or(0, Expiries::clamp);
+    if expires != 0 {
+        app.expiries.add(expires, &conn.connection_id);
+    }
     // From here on, any exit (error, client gone mid-registration) cleans up.
     let mut guard = ConnGuard {
         app: app.clone(),
         conn: conn.clone(),
         opened: Instant::now(),
         established: false,
-        wrote: None,
+        expires,
+        released: false,
     };
     let user_count = app.router.register(&conn).await.map_err(|e| {
         app.metrics.rejected_connections.inc();
@@ -312,16 +321,33 @@ struct ConnGuard {
     conn: LiveConn,
     opened: Instant,
     established: bool,
-    /// Set by the body when it ends: what it wrote to the socket, if
-    /// one-tab messages were queued to it.
-    wrote: Option<Wrote>,
+    /// Token mode: the token's `exp` as [`Expiries`] keeps it; 0 for none.
+    /// A `u32` fits in the padding after `established`: nothing added to
+    /// a stream of the other modes.
+    expires: u32,
+    /// [`ConnGuard::release`] ran (the body ended and said what it wrote).
+    released: bool,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.app
-            .router
-            .unregister(&self.conn.connection_id, self.wrote.take());
+        self.release(None);
+    }
+}
+
+impl ConnGuard {
+    /// The stream ended: out of the hub and the registry, with what it
+    /// wrote when it was sent one-tab messages. Once.
+    fn release(&mut self, wrote: Option<Wrote>) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        if self.expires != 0 {
+            self.app
+                .expiries
+                .remove(self.expires, &self.conn.connection_id);
+        }
+        self.app.router.unregister(&self.conn.connection_id, wrote);
         if self.established {
             self.app.metrics.disconnects.inc();
             tracing::info!(
@@ -351,12 +377,14 @@ impl Drop for SseBody {
     fn drop(&mut self) {
         // What it wrote matters only for one-tab messages: a replay must
         // not give another tab one this stream wrote.
-        if let (true, Some(upto)) = (self.rx.had_one_tab(), self.wrote) {
-            self.guard.wrote = Some(Wrote {
+        let wrote = match (self.rx.had_one_tab(), self.wrote) {
+            (true, Some(upto)) => Some(Wrote {
                 username: self.guard.conn.username.clone(),
                 upto,
-            });
-        }
+            }),
+            _ => None,
+        };
+        self.guard.release(wrote);
     }
 }
 

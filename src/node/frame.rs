@@ -40,6 +40,13 @@ pub(crate) fn evicted(connection_id: &str, reason: &str) -> Bytes {
     event("evicted", &data.to_string())
 }
 
+/// `event: token_expired`: the stream's token ran out and it is closed
+/// (README "Auth"); the page fetches a fresh token and reconnects.
+pub(crate) fn token_expired(connection_id: &str, exp: u32) -> Bytes {
+    let data = serde_json::json!({"connection_id": connection_id, "exp": exp});
+    event("token_expired", &data.to_string())
+}
+
 /// `retry:` frame telling the client how long to wait before reconnecting.
 pub(crate) fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
@@ -104,5 +111,9 @@ mod tests {
         assert_eq!(&retry(3000)[..], b"retry: 3000\n\n");
         assert_eq!(&heartbeat(17)[..], b": heartbeat 17\n\n");
         assert_eq!(&event("evicted", "{}")[..], b"event: evicted\ndata: {}\n\n");
+        assert_eq!(
+            &token_expired("c1", 1700000000)[..],
+            b"event: token_expired\ndata: {\"connection_id\":\"c1\",\"exp\":1700000000}\n\n"
+        );
     }
 }
