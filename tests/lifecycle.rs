@@ -637,8 +637,13 @@ on_both_engines! {
             node.log()
         );
         assert!(node.still_running());
-        // The old stream survived the reload and is registered.
-        assert!(listed_ids(&node.admin_base()).await.contains(&before_id));
+        // The old stream survived the reload (a full clear) and is written
+        // back into the registry by its node.
+        let admin = node.admin_base();
+        wait_until(Duration::from_secs(5), "the old stream listed again", || async {
+            listed_ids(&admin).await.contains(&before_id)
+        })
+        .await;
         let (status, _) = send(
             &node.admin_url(""),
             json!({"to": "alice", "data": "still-here"}),
