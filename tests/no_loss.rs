@@ -448,9 +448,10 @@ async fn one_tab_messages_survive_redis_restarts_under_load() {
 }
 
 on_both_engines! {
-    /// `cleanup --timeout 0` removes every record, live streams' too: they
-    /// are all back at once, the youngest as well, and a one-tab send right
-    /// after it reaches a tab and says so (README "Cleanup").
+    /// `cleanup --timeout 0` (from the CLI or the API) removes every
+    /// record, live streams' too: they are all back at once, the youngest
+    /// as well, and a one-tab send right after it reaches a tab and says so
+    /// (README "Remove stale records").
     async fn a_cleanup_leaves_no_live_stream_out(env: Env) {
         let node = BinaryNode::on(
             &env,
@@ -460,24 +461,64 @@ on_both_engines! {
         let older = Tab::open(&node, "yan", None).await;
         wait_for_heartbeat_rounds(&node.admin_base(), "yan", 1).await;
         let young = Tab::open(&node, "yan", None).await;
-        let (code, out, err) = cli(&["cleanup", "--timeout", "0", "-c", &node.cli_config()]);
-        assert_eq!(code, 0, "{out}{err}");
-        assert!(out.contains("removed 2 connections of 1 user"), "{out}");
-        let (status, body) = send_one_tab(&node, "yan", 1).await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["data"]["connections"], 1, "counted: {body}");
-        wait_until(WAIT, "the one-tab message on a tab", || async {
-            older.seqs().contains(&1) || young.seqs().contains(&1)
-        })
-        .await;
-        // The README promises within a heartbeat (1 s here); the nodes are
-        // told to write back at once.
         let want = sorted(&[&older.connection_id, &young.connection_id]);
+        for (seq, by) in [(1, "cli"), (2, "api")] {
+            if by == "cli" {
+                let (code, out, err) =
+                    cli(&["cleanup", "--timeout", "0", "-c", &node.cli_config()]);
+                assert_eq!(code, 0, "{out}{err}");
+                assert!(out.contains("removed 2 connections of 1 user"), "{out}");
+            } else {
+                let (status, body) = admin(
+                    reqwest::Method::POST,
+                    &node.admin_url("/notifications/cleanup/"),
+                    Some(r#"{"timeout": 0}"#),
+                )
+                .await;
+                assert_eq!((status, &body["data"]["connection_count"]), (200, &json!(2)), "{body}");
+            }
+            let (status, body) = send_one_tab(&node, "yan", seq).await;
+            assert_eq!(status, 200, "{by}: {body}");
+            assert_eq!(body["data"]["connections"], 1, "{by}: counted: {body}");
+            wait_until(WAIT, format!("{by}: the one-tab message on a tab"), || async {
+                older.seqs().contains(&seq) || young.seqs().contains(&seq)
+            })
+            .await;
+            // The README promises within a heartbeat (1 s here); the nodes
+            // are told to write back at once.
+            let back = eventually(Duration::from_secs(5), || async {
+                listed_ids(&node.admin_base()).await == want
+            })
+            .await;
+            assert!(back, "{by}: not both back: {:?}", listed_ids(&node.admin_base()).await);
+        }
+    }
+}
+
+on_both_engines! {
+    /// The same through the API of the node that holds the streams, with
+    /// heartbeats a minute apart: the node writes its own streams back at
+    /// once, not at its next heartbeat.
+    async fn an_api_cleanup_writes_the_nodes_own_streams_back_at_once(env: Env) {
+        let node = BinaryNode::on(
+            &env,
+            "[stream]\nheartbeat_secs = 60\n[sweep]\nstale_timeout_secs = 121\n",
+        )
+        .await;
+        let tab = Tab::open(&node, "ava", None).await;
+        let (status, body) = admin(
+            reqwest::Method::POST,
+            &node.admin_url("/notifications/cleanup/"),
+            Some(r#"{"timeout": 0}"#),
+        )
+        .await;
+        assert_eq!((status, &body["data"]["connection_count"]), (200, &json!(1)), "{body}");
+        let want = vec![tab.connection_id.clone()];
         let back = eventually(Duration::from_secs(5), || async {
             listed_ids(&node.admin_base()).await == want
         })
         .await;
-        assert!(back, "not both back: {:?}", listed_ids(&node.admin_base()).await);
+        assert!(back, "not back: {:?}", listed_ids(&node.admin_base()).await);
     }
 }
 

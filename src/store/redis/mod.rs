@@ -69,8 +69,7 @@ pub(crate) async fn sweep(
     heartbeat: Duration,
     origin: &str,
 ) -> Result<Removed> {
-    let age = crate::store::unix_now() - stale_before;
-    let short = age <= 2.0 * heartbeat.as_secs_f64();
+    let short = removes_live(stale_before, heartbeat);
     let threshold = route::ms(stale_before);
     if short {
         route::untargeted_for(registry, threshold, write_back_within(heartbeat)).await?;
@@ -80,6 +79,12 @@ pub(crate) async fn sweep(
         bus::publish_resync(registry, origin, threshold).await?;
     }
     Ok(removed)
+}
+
+/// Whether a sweep of the records not beaten since `stale_before` may
+/// remove live streams' records (the nodes beat every `heartbeat`).
+fn removes_live(stale_before: f64, heartbeat: Duration) -> bool {
+    crate::store::unix_now() - stale_before <= 2.0 * heartbeat.as_secs_f64()
 }
 
 /// [`RedisStore::clear`], for the CLI too: users' messages go to every
@@ -384,7 +389,12 @@ impl RedisStore {
     /// Removes the records whose heartbeat is at or before `stale_before`;
     /// see [`sweep`].
     pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
-        sweep(&self.registry, stale_before, self.heartbeat, &self.origin).await
+        let removed = sweep(&self.registry, stale_before, self.heartbeat, &self.origin).await?;
+        // The bus skips our own event: write ours back here.
+        if removes_live(stale_before, self.heartbeat) && removed.connection_count() > 0 {
+            self.presence.resync();
+        }
+        Ok(removed)
     }
 
     /// Redis answers a PING, and this node hears the bus: a node that cannot
