@@ -470,6 +470,11 @@ def _exchange(sock, method, data, deadline, recv_size):
     except socket.timeout:
         raise TransportError("timed out sending the request", True) from None
     except OSError as e:
+        # The daemon may have answered before reading the whole body (413)
+        # and closed: that answer is the one to report.
+        early = _early_answer(sock, method)
+        if early is not None:
+            return early
         raise _NotSent("connection lost while sending: %s" % _os_reason(e)) from None
     reader = ResponseReader(method)
     while True:
@@ -492,6 +497,27 @@ def _exchange(sock, method, data, deadline, recv_size):
         if left <= 0:
             raise TransportError("timed out waiting for the answer", True)
         sock.settimeout(left)
+
+
+def _early_answer(sock, method):
+    """A complete answer already received on a socket whose write failed,
+    or None."""
+    reader = ResponseReader(method)
+    try:
+        sock.setblocking(False)
+        while True:
+            chunk = sock.recv(RECV_SIZE)
+            if not chunk:
+                response = reader.eof() if reader.received else None
+                break
+            response = reader.feed(chunk)
+            if response is not None:
+                break
+    except (OSError, ProtocolError):
+        return None
+    if response is not None:
+        response.keep_alive = False
+    return response
 
 
 if sys.version_info >= (3, 11):
@@ -571,6 +597,9 @@ async def _aexchange(sock, method, data, recv_size, stage):
     try:
         await loop.sock_sendall(sock, data)
     except OSError as e:
+        early = _early_answer(sock, method)
+        if early is not None:
+            return early
         raise _NotSent("connection lost while sending: %s" % _os_reason(e)) from None
     stage[0] = "waiting for the answer"
     reader = ResponseReader(method)

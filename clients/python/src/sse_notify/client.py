@@ -90,7 +90,7 @@ def setting(name):
     """A setting's value: Django's settings, else the environment, else the
     default."""
     settings = _settings_object()
-    if settings and settings.configured:
+    if settings is not False and settings.configured:
         value = getattr(settings, name, _MISSING)
         if value is not _MISSING:
             return value
