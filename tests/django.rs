@@ -1,82 +1,76 @@
-//! The Django side: `etc/django/services.py` (the drop-in replacement of the
-//! old app's `apps/notifications/services.py`) and the management commands
-//! of `etc/django/management/commands/`, driven by their Python tests
-//! against the real binary and a real Redis.
+//! The Django side: the `sse-notify` Python package of `clients/python`
+//! (the admin API client and its async twins, the Django app's commands,
+//! checks and views, its HTTP/1.1 transport), driven by its own tests under
+//! Django's test runner against the real binary, on both engines.
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn django_services_module_against_the_real_daemon() {
-    let redis = RedisServer::start();
-    // Heartbeats far apart, so that no heartbeat writes records back while
-    // the Python test checks what a cleanup removed.
-    let node = BinaryNode::spawn(
-        &redis.url(),
-        "[stream]\nheartbeat_secs = 60\n\n[sweep]\nstale_timeout_secs = 300\n",
-    )
-    .await;
-    // A second daemon (same Redis) that requires the admin token.
-    let token = "django-test-token";
-    let guarded = BinaryNode::spawn(
-        &redis.url(),
-        &format!("[startup]\nclear = false\n\n[api]\ntoken = \"{token}\"\n"),
-    )
-    .await;
+fn python_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python"))
+}
 
-    let root = env!("CARGO_MANIFEST_DIR");
-    let admin_url = node.admin_url("");
-    let stream_url = node.stream_url();
-    let token_url = guarded.admin_url("");
-    let cli_config = node.cli_config();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args(["-m", "unittest", "-v", "tests/django/test_services.py"])
-            .current_dir(root)
-            .env("SSE_NOTIFY_URL", admin_url)
-            .env("SSE_STREAM_URL", stream_url)
-            .env("SSE_TOKEN_NODE_URL", token_url)
+on_both_engines! {
+    async fn python_package_against_the_real_daemon(env: Env) {
+        // Heartbeats far apart, so that no heartbeat writes records back
+        // while a test checks what a cleanup removed.
+        let node = BinaryNode::on(
+            &env,
+            "[stream]\nheartbeat_secs = 60\n\n[sweep]\nstale_timeout_secs = 300\n",
+        )
+        .await;
+        // A second daemon that requires the admin token.
+        let token = "django-test-token";
+        let guarded = BinaryNode::on(
+            &env,
+            &format!("[startup]\nclear = false\n\n[api]\ntoken = \"{token}\"\n"),
+        )
+        .await;
+
+        let mut cmd = Command::new("python3");
+        cmd.arg("runtests.py")
+            .current_dir(python_dir())
+            // The working tree's package, not an installed copy.
+            .env("PYTHONPATH", python_dir().join("src"))
+            .env("SSE_NOTIFY_URL", node.admin_url(""))
+            .env("SSE_STREAM_URL", node.stream_url())
+            .env("SSE_TOKEN_NODE_URL", guarded.admin_url(""))
             .env("SSE_TOKEN_NODE_TOKEN", token)
-            // The management commands' output is checked against the CLI's.
             .env("SSE_NOTIFY_BIN", bin())
-            .env("SSE_NOTIFY_CLI_CONFIG", cli_config)
+            .env("SSE_NOTIFY_CLI_CONFIG", node.cli_config())
+            .env("SSE_REDIS_URL", env.url())
             .env_remove("SSE_NOTIFY_BASE_PATH")
             .env_remove("SSE_NOTIFY_TOKEN")
             .env_remove("SSE_NOTIFY_TIMEOUT")
             .env_remove("DJANGO_SETTINGS_MODULE")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 must be installed");
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("python thread")
+            .expect("python3 must be installed (tests/setup.sh)");
 
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report = format!(
-        "python3 -m unittest tests/django/test_services.py: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- sse-notify log\n{}",
-        out.status,
-        node.log()
-    );
-    println!("{stderr}");
-    assert!(out.status.success(), "{report}");
-    // unittest writes its report on stderr; make sure it ran the tests, and
-    // that none was skipped (a skip would hide a missing environment).
-    assert!(stderr.contains("\nOK"), "{report}");
-    assert!(!stderr.contains("skipped"), "{report}");
-    let ran = stderr
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Ran ")?
-                .split(' ')
-                .next()?
-                .parse::<u32>()
-                .ok()
-        })
-        .unwrap_or(0);
-    assert!(ran >= 20, "only {ran} Python tests ran\n{report}");
-
-    drop(guarded);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let report = format!(
+            "python3 runtests.py ({}): {}\n--- stdout\n{}\n--- stderr\n{stderr}\n--- sse-notify log\n{}",
+            env.engine(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            node.log()
+        );
+        println!("{stderr}");
+        assert!(out.status.success(), "{report}");
+        // Django's runner reports on stderr: it ran the tests, none skipped
+        // (a skip would hide a missing environment).
+        assert!(stderr.contains("\nOK"), "{report}");
+        assert!(!stderr.contains("skipped"), "{report}");
+        let ran = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        assert!(ran >= 45, "only {ran} Python tests ran\n{report}");
+        drop(guarded);
+    }
 }

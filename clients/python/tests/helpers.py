@@ -201,6 +201,14 @@ class Daemon:
         subprocess.run(["kill", "-%s" % sig, str(self.proc.pid)], check=True)
         if sig in ("TERM", "KILL", "INT"):
             self.proc.wait(timeout=20)
+        elif sig == "STOP":
+            # kill(2) returns before every thread has stopped.
+            if not eventually(lambda: self._state() == "T", within=10):
+                raise RuntimeError("sse-notify did not stop on SIGSTOP")
+
+    def _state(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
 
     def log_text(self):
         try:
