@@ -74,3 +74,114 @@ on_both_engines! {
         drop(guarded);
     }
 }
+
+/// Runs `program args` in `dir`; its stdout, or a panic with everything it
+/// said.
+fn run_ok(program: &str, args: &[&str], dir: &Path, envs: &[(&str, &str)]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PYTHONPATH")
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .envs(envs.iter().copied())
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (tests/setup.sh installs it)"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// What a site does: `pip wheel` / `pip install` of clients/python (offline:
+/// no build isolation), then the installed package, away from the source
+/// tree, holds its static file and commands and talks to a real daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wheel_builds_installs_and_serves() {
+    let node = BinaryNode::on(&Env::memory(), "").await;
+    let admin = node.admin_url("");
+    tokio::task::spawn_blocking(move || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let t = tmp.path();
+        // A copy: building in place would leave build/ and *.egg-info in the
+        // working tree.
+        let src = t.join("pkg");
+        run_ok("cp", &["-a", python_dir().to_str().unwrap(), src.to_str().unwrap()], t, &[]);
+        run_ok(
+            "python3",
+            &["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "./pkg"],
+            t,
+            &[],
+        );
+        let wheels: Vec<_> = std::fs::read_dir(t.join("dist"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(wheels.len(), 1, "one wheel: {wheels:?}");
+        let wheel = wheels[0].to_str().unwrap().to_string();
+        assert!(wheel.contains("sse_notify-0.1.0-py3-none-any.whl"), "{wheel}");
+        let listing = run_ok(
+            "python3",
+            &["-c", "import sys, zipfile; print('\\n'.join(zipfile.ZipFile(sys.argv[1]).namelist()))", &wheel],
+            t,
+            &[],
+        );
+        for file in [
+            "sse_notify/__init__.py",
+            "sse_notify/_transport.py",
+            "sse_notify/apps.py",
+            "sse_notify/checks.py",
+            "sse_notify/urls.py",
+            "sse_notify/static/sse_notify/sse-notify.js",
+            "sse_notify/management/commands/cleanup_sse_connections.py",
+            "sse_notify/management/commands/clear_all_sse_connections.py",
+            "sse_notify/management/commands/sse_connections.py",
+            "sse_notify/py.typed",
+        ] {
+            assert!(listing.lines().any(|l| l == file), "{file} not in the wheel:\n{listing}");
+        }
+        assert!(!listing.contains("tests/"), "the wheel ships the tests:\n{listing}");
+
+        // A virtualenv of its own (Django from the system's packages).
+        run_ok("python3", &["-m", "venv", "--system-site-packages", "--without-pip", "venv"], t, &[]);
+        let python = t.join("venv/bin/python");
+        let python = python.to_str().unwrap();
+        run_ok(
+            "python3",
+            &["-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", &wheel],
+            t,
+            &[],
+        );
+        std::fs::write(
+            t.join("site_settings.py"),
+            "SECRET_KEY = 'x'\nINSTALLED_APPS = ['django.contrib.auth', 'django.contrib.contenttypes', \
+             'django.contrib.staticfiles', 'sse_notify']\nSTATIC_URL = '/static/'\n",
+        )
+        .unwrap();
+        let envs = [("SSE_NOTIFY_URL", admin.as_str()), ("DJANGO_SETTINGS_MODULE", "site_settings"), ("PYTHONPATH", ".")];
+        let sent = run_ok(
+            python,
+            &[
+                "-c",
+                "import sse_notify, sys; assert '/venv/' in sse_notify.__file__, sse_notify.__file__; \
+                 print(sse_notify.send_notification('wheel-user', {'from': 'the wheel'})['to'])",
+            ],
+            t,
+            &envs[..1],
+        );
+        assert_eq!(sent.trim(), "wheel-user");
+        let envs = [envs[0], envs[1], ("PYTHONPATH", t.to_str().unwrap())];
+        let check = run_ok(python, &["-m", "django", "check"], t, &envs);
+        assert!(check.contains("no issues"), "{check}");
+        let listed = run_ok(python, &["-m", "django", "sse_connections"], t, &envs);
+        assert_eq!(listed.trim(), "0 connections of 0 users");
+        let found = run_ok(python, &["-m", "django", "findstatic", "sse_notify/sse-notify.js"], t, &envs);
+        assert!(found.contains("/venv/") && found.contains("sse-notify.js"), "{found}");
+    })
+    .await
+    .expect("wheel test thread");
+}
