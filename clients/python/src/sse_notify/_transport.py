@@ -262,8 +262,7 @@ class ResponseReader:
         return self._response(self._keep_alive and not self._buf)
 
     def _head(self, head):
-        lines = head.split(b"\r\n")
-        status_line = lines[0]
+        status_line = head.split(b"\r\n", 1)[0]
         parts = status_line.split(b" ", 2)
         if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0"):
             raise ProtocolError("not an HTTP/1.x status line: %r" % status_line[:80])
@@ -272,12 +271,12 @@ class ResponseReader:
             raise ProtocolError("bad status code %r" % code[:10])
         status = int(code)
         headers = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name or name[-1] in " \t" or name[0] in " \t":
                 raise ProtocolError("bad header line %r" % line[:80])
-            key = name.decode("latin-1").lower()
-            value = value.strip(b" \t").decode("latin-1")
+            key = name.lower()
+            value = value.strip(" \t")
             headers[key] = headers[key] + ", " + value if key in headers else value
         if 100 <= status < 200:
             if status == 101:
@@ -440,7 +439,7 @@ def request(endpoint, method, target, data, timeout, pool=sync_pool, recv_size=R
                 raise TransportError("timed out connecting", False) from None
             except OSError as e:
                 raise TransportError(_os_reason(e), False) from e
-        else:
+        elif sock.gettimeout() != timeout:
             sock.settimeout(timeout)
         try:
             response = _exchange(sock, method, data, deadline, recv_size)

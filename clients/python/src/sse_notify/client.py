@@ -113,16 +113,9 @@ def _endpoint(url):
     return endpoint
 
 
-def _target(endpoint, path):
-    base_path = "/" + str(setting("SSE_NOTIFY_BASE_PATH")).strip("/")
-    if base_path == "/":
-        base_path = ""
-    return endpoint.prefix + base_path + path
-
-
-def _timeout():
+def _timeout(value):
     try:
-        timeout = float(setting("SSE_NOTIFY_TIMEOUT"))
+        timeout = float(value)
     except (TypeError, ValueError):
         timeout = -1
     if not timeout > 0:
@@ -146,17 +139,38 @@ def _dumps(body):
     return _encode(body).encode("utf-8")
 
 
+_CALL_SETTINGS = ("SSE_NOTIFY_URL", "SSE_NOTIFY_BASE_PATH", "SSE_NOTIFY_TOKEN", "SSE_NOTIFY_TIMEOUT")
+
+
+def _call_settings():
+    """The four settings of a call, read together (one look at Django's
+    settings object per call: this runs for every notification)."""
+    settings = _settings_object()
+    values = []
+    if settings is not False and settings.configured:
+        for name in _CALL_SETTINGS:
+            value = getattr(settings, name, _MISSING)
+            values.append(os.environ.get(name, DEFAULTS[name]) if value is _MISSING else value)
+    else:
+        environ = os.environ
+        for name in _CALL_SETTINGS:
+            values.append(environ.get(name, DEFAULTS[name]))
+    return values
+
+
 def _prepare(method, path, body):
-    endpoint = _endpoint(setting("SSE_NOTIFY_URL"))
-    target = _target(endpoint, path)
+    url, base_path, token, timeout = _call_settings()
+    endpoint = _endpoint(url)
+    base_path = "/" + str(base_path).strip("/")
+    target = endpoint.prefix + (base_path if base_path != "/" else "") + path
     data = _transport.build_request(
         method,
         target,
         endpoint.host_header,
         None if body is None else _dumps(body),
-        setting("SSE_NOTIFY_TOKEN"),
+        token,
     )
-    return endpoint, target, data, _timeout()
+    return endpoint, target, data, _timeout(timeout)
 
 
 def _where(method, endpoint, target):
