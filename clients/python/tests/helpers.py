@@ -231,13 +231,18 @@ class ScriptedPeer:
     It records every request it read whole, so a test can count what
     reached it."""
 
-    def __init__(self, scripts):
+    def __init__(self, scripts, unix_path=None):
         self.scripts = list(scripts)
         self.requests = []
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
+        if unix_path:
+            self.listener = socket.socket(socket.AF_UNIX)
+            self.listener.bind(unix_path)
+            self.url = "unix://" + unix_path
+        else:
+            self.listener = socket.socket()
+            self.listener.bind(("127.0.0.1", 0))
+            self.url = "http://127.0.0.1:%d" % self.listener.getsockname()[1]
         self.listener.listen(16)
-        self.url = "http://127.0.0.1:%d" % self.listener.getsockname()[1]
         self.conns = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from unittest import mock
 
@@ -278,8 +279,8 @@ class ScriptedFaultsTest(SimpleTestCase):
         _transport.sync_pool.clear()
         _transport.async_pool.clear()
 
-    def peer(self, scripts):
-        peer = ScriptedPeer(scripts)
+    def peer(self, scripts, unix_path=None):
+        peer = ScriptedPeer(scripts, unix_path)
         self.addCleanup(peer.close)
         return peer
 
@@ -357,6 +358,31 @@ class ScriptedFaultsTest(SimpleTestCase):
                 self.assertIsNone(cm.exception.status)
                 self.assertIn(words, cm.exception.message)
         self.assertEqual(_transport.sync_pool.idle_count(), 0)
+
+    def test_a_unix_socket_endpoint(self):
+        # The daemon's Unix-socket admin listener is not there yet: a
+        # scripted peer on a socket file checks what goes over it, sync and
+        # async, and that the connection is kept.
+        body = b'{"code":200,"data":{"ok":true}}'
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "admin.sock")
+            peer = self.peer([[("read_request",), ("send", answer), ("read_request",), ("send", answer)],
+                              [("read_request",), ("send", answer)]], unix_path=path)
+            for url in ("unix://" + path, "unix:" + path):
+                with self.subTest(url=url), override_settings(SSE_NOTIFY_URL=url, SSE_NOTIFY_TOKEN="t"):
+                    self.assertEqual(send_notification("a", 1), {"ok": True})
+            with override_settings(SSE_NOTIFY_URL="unix://" + path):
+                self.assertEqual(asyncio.run(asend_notification("a", 2)), {"ok": True})
+            with override_settings(SSE_NOTIFY_URL="unix://" + os.path.join(d, "missing.sock")):
+                with self.assertRaises(SSENotifyError) as cm:
+                    send_notification("a", 1)
+            self.assertIn("missing.sock", cm.exception.message)
+        self.assertEqual(len(peer.requests), 3, "two calls on one kept connection, one async")
+        head = peer.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+        self.assertEqual(head[0], b"POST /notifications/send/ HTTP/1.1")
+        self.assertIn(b"Host: localhost", head)
+        self.assertIn(b"Authorization: Bearer t", head)
 
     def test_a_forked_child_does_not_use_the_parents_connections(self):
         user = unique("fork")
