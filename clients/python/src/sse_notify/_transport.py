@@ -429,8 +429,10 @@ def request(endpoint, method, target, data, timeout, pool=sync_pool, recv_size=R
     ProtocolError."""
     deadline = time.monotonic() + timeout
     retry_after_send = method == "GET"
-    while True:
-        sock = pool.take(endpoint.key)
+    # Each retry spends a pooled connection; past the pool's size a fresh
+    # one is used, and a fresh connection is never retried.
+    for attempt in range(pool.max_idle + 2):
+        sock = pool.take(endpoint.key) if attempt <= pool.max_idle else None
         reused = sock is not None
         if sock is None:
             try:
@@ -555,8 +557,8 @@ async def arequest(endpoint, method, target, data, timeout, pool=async_pool, rec
     stage = ["connecting"]
     try:
         async with _timeout(timeout):
-            while True:
-                sock = pool.take(endpoint.key)
+            for attempt in range(pool.max_idle + 2):
+                sock = pool.take(endpoint.key) if attempt <= pool.max_idle else None
                 reused = sock is not None
                 if sock is None:
                     stage[0] = "connecting"
