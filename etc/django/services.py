@@ -9,7 +9,7 @@ Copy this file to ``apps/notifications/services.py``; new code imports
 ``sse_notify`` directly.
 """
 
-from sse_notify import (  # noqa: F401
+from sse_notify import (
     SSEConnectionManager,
     SSENotifyError,
     abroadcast_notification,
@@ -20,4 +20,15 @@ from sse_notify import (  # noqa: F401
     send_many,
     send_notification,
 )
-from sse_notify import __all__  # noqa: F401
+
+__all__ = [
+    "SSEConnectionManager",
+    "SSENotifyError",
+    "abroadcast_notification",
+    "asend_many",
+    "asend_notification",
+    "broadcast_notification",
+    "connection_manager",
+    "send_many",
+    "send_notification",
+]

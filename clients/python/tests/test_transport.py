@@ -9,9 +9,6 @@ peer."""
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 from unittest import mock
@@ -22,7 +19,7 @@ from sse_notify import SSENotifyError, asend_notification, connection_manager, s
 from sse_notify import _transport
 from sse_notify._transport import ProtocolError, ResponseReader
 
-from .helpers import ADMIN_URL, Daemon, ScriptedPeer, Stream, eventually, require, unique
+from .helpers import ADMIN_URL, Daemon, ScriptedPeer, Stream, require, unique
 
 
 def setUpModule():

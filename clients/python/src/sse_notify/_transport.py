@@ -37,6 +37,7 @@ MAX_IDLE_SECS = 60.0
 RECV_SIZE = 65536
 MAX_HEAD = 65536  # bytes of status line and headers
 MAX_CHUNK_LINE = 4096
+USER_AGENT = "sse-notify-python"
 
 
 class EndpointError(ValueError):
@@ -329,9 +330,6 @@ def build_request(method, target, host, body, token):
         return (head + "\r\n").encode("latin-1")
     return (head + "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)).encode(
         "latin-1") + body
-
-
-USER_AGENT = "sse-notify-python"
 
 
 class TransportError(Exception):
