@@ -422,7 +422,8 @@ async fn token_mode(chromium: PathBuf) {
         &Env::memory(),
         &format!(
             "[stream]\nretry_ms = 500\ncors_origins = [\"http://127.0.0.1:{site_port}\"]\n\n\
-             [auth]\nmode = \"token\"\ntoken_secret_file = \"{}\"\n",
+             [auth]\nmode = \"token\"\ntoken_secret_file = \"{}\"\n\n\
+             [limits]\nmax_connections_per_user = 2\n",
             secret.display()
         ),
     )
@@ -532,6 +533,50 @@ async fn token_mode(chromium: PathBuf) {
         1,
         "the replaced streams are closed"
     );
+
+    // A reconnection with an id the daemon does not know: the page is told
+    // (its onHistoryGap shows a line).
+    b.run(
+        json!({"op": "eval", "tab": "A", "js": "sse.lastEventId = 'not-an-id'; sse.renew(); true"}),
+    )
+    .await;
+    b.wait_shown("A", "the history gap", |s| {
+        s["notes"].as_array().is_some_and(|n| {
+            n.iter()
+                .any(|n| n["text"] == "(some notifications may be missing)")
+        })
+    })
+    .await;
+
+    // Two more tabs with limits.max_connections_per_user = 2: the oldest
+    // (A) is evicted, shows it, and stays closed (reopening it would evict
+    // another tab in turn), while B and C go on renewing.
+    for tab in ["B", "C"] {
+        b.run(json!({"op": "open", "context": "alice", "tab": tab, "url": format!("{}/", site.origin())}))
+            .await;
+        b.wait_shown(tab, "an open stream", is_open).await;
+    }
+    b.wait_shown("A", "its eviction", |s| s["state"] == "evicted")
+        .await;
+    let c_first = b.shown("C")["connectionId"].clone();
+    b.wait_shown("C", "a renewed stream", |s| {
+        is_open(s) && s["connectionId"] != c_first
+    })
+    .await;
+    assert_eq!(b.shown("A")["state"], "evicted", "{}", logs(&b));
+    let mut ids = alice_ids(&node).await;
+    ids.sort();
+    let mut shown: Vec<String> = ["B", "C"]
+        .iter()
+        .map(|t| {
+            b.shown(t)["connectionId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    shown.sort();
+    assert_eq!(ids, shown, "the registry holds B and C only\n{}", logs(&b));
     let status = b.br.finish(Duration::from_secs(20)).await;
     assert!(
         status.is_some_and(|s| s.success()),
