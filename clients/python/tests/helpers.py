@@ -156,7 +156,9 @@ class Daemon:
             f.write(
                 '[server]\nlisten = "%s"\nadmin_listen = "%s"\nnode_id = "py-%s"\n'
                 'shutdown_grace_secs = 3\n\n[redis]\nurl = "%s"\nconnect_timeout_secs = 5\n\n'
-                "[stream]\nheartbeat_secs = 60\n\n%s\n"
+                # No startup clear: on a shared Redis it would clear the
+                # records of the harness's nodes too.
+                "[startup]\nclear = false\n\n[stream]\nheartbeat_secs = 60\n\n%s\n"
                 % (self.public, self.admin, uuid.uuid4().hex[:8], self.redis_url, extra)
             )
         self.log = os.path.join(self.dir.name, "log.txt")
