@@ -55,14 +55,14 @@ fi
 
 # tests/django.rs and tests/django_e2e.rs run the Python package of
 # clients/python (its tests, the example site) under Django, and build its
-# wheel offline (no build isolation: setuptools >= 70.1 builds wheels alone).
+# wheel offline (no build isolation: setuptools >= 77 reads the SPDX license and builds wheels alone).
 section "python3, Django, setuptools (tests/django.rs, tests/django_e2e.rs)"
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3
 fi
 python3 --version
 django_py='import django, setuptools, sys
-sys.exit(0 if django.__version__ == "5.2.19" and tuple(map(int, setuptools.__version__.split(".")[:2])) >= (70, 1) else 1)'
+sys.exit(0 if django.__version__ == "5.2.19" and int(setuptools.__version__.split(".")[0]) >= 77 else 1)'
 if ! python3 -c "$django_py" >/dev/null 2>&1; then
     if ! python3 -m pip --version >/dev/null 2>&1; then
         apt_install python3-pip python3-venv
