@@ -55,7 +55,7 @@ fi
 
 # tests/django.rs and tests/django_e2e.rs run the Python package of
 # clients/python (its tests, the example site) under Django, and build its
-# wheel offline (no build isolation: setuptools >= 77 reads the SPDX license and builds wheels alone).
+# wheel offline (no build isolation: setuptools >= 77 builds it alone).
 section "python3, Django, setuptools (tests/django.rs, tests/django_e2e.rs)"
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3
