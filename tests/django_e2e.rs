@@ -577,6 +577,36 @@ async fn token_mode(chromium: PathBuf) {
         .collect();
     shown.sort();
     assert_eq!(ids, shown, "the registry holds B and C only\n{}", logs(&b));
+
+    // Tab C stops renewing ahead (its next renewal 1000 s away): within the
+    // wait only the daemon ends its stream, at exp (plus its leeway) with
+    // token_expired, and the helper reopens it with a fresh token and the
+    // last event id (the user-visible guarantee; a helper without the
+    // token_expired handler would get there too, through the refused
+    // reconnection and its backoff); a message sent before arrives once.
+    let c_before = b
+        .run(json!({"op": "eval", "tab": "C", "js":
+            "sse.options.renewBefore = -1000; sse.renew(); new Promise((resolve) => \
+             setTimeout(() => resolve(document.getElementById('connection-id').textContent), 1000))"}))
+        .await;
+    let c_before = b
+        .wait_shown("C", "the stream reopened once more", |s| {
+            is_open(s) && s["connectionId"] != c_before
+        })
+        .await["connectionId"]
+        .clone();
+    let text = "sent before the token ran out";
+    send_ok(
+        &node.admin_base(),
+        json!({"to": "alice", "event": "note", "data": {"text": text}}),
+    )
+    .await;
+    let after = b
+        .wait_shown("C", "a stream reopened after token_expired", |s| {
+            is_open(s) && s["connectionId"] != c_before && notes(s, text).len() == 1
+        })
+        .await;
+    assert_eq!(notes(&after, text).len(), 1, "{}", logs(&b));
     let status = b.br.finish(Duration::from_secs(20)).await;
     assert!(
         status.is_some_and(|s| s.success()),

@@ -203,10 +203,16 @@
     });
     source.addEventListener("token_expired", function () {
       if (source !== self.source) return;
+      // The daemon closes the stream now; the browser's own reconnection
+      // would present the expired token.
+      source.close();
+      self.setState("connecting");
       self.renew();
     });
     source.onerror = function (e) {
-      if (source !== self.source || self.closed) return;
+      // (During a renewal the stream being replaced may end: the renewal
+      // opens the next one.)
+      if (source !== self.source || self.closed || self.renewing) return;
       if (source.readyState === EventSource.CLOSED) {
         self.failed(e);
       } else {
