@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Directories whose files the README names by path.
-const PREFIXES: [&str; 5] = ["etc/", "src/", "tests/", "systemd/", ".ci/"];
+const PREFIXES: [&str; 6] = ["etc/", "src/", "tests/", "systemd/", ".ci/", "clients/"];
 
 /// Fewer paths than this means the extraction broke, not that the README
 /// names so few: it names dozens.

@@ -53,12 +53,31 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 "$(command -v nginx || echo /usr/sbin/nginx)" -v
 
-# tests/django.rs runs tests/django/test_services.py (standard library only).
-section "python3 (tests/django.rs)"
+# tests/django.rs and tests/django_e2e.rs run the Python package of
+# clients/python (its tests, the example site) under Django, and build its
+# wheel offline (no build isolation: setuptools >= 77 builds it alone).
+section "python3, Django, setuptools (tests/django.rs, tests/django_e2e.rs)"
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3
 fi
 python3 --version
+django_py='import django, setuptools, sys
+sys.exit(0 if django.__version__ == "5.2.19" and int(setuptools.__version__.split(".")[0]) >= 77 else 1)'
+if ! python3 -c "$django_py" >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip python3-venv
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "tests/setup.sh: python packages Django and setuptools missing; installing them system-wide needs root" >&2
+        exit 1
+    fi
+    pip_args=(-q --disable-pip-version-check --root-user-action=ignore Django==5.2.19 setuptools==80.9.0)
+    # A Debian-managed python3 refuses plain installs (PEP 668).
+    timeout 600 python3 -m pip install "${pip_args[@]}" ||
+        timeout 600 python3 -m pip install --break-system-packages "${pip_args[@]}"
+fi
+python3 -c 'import django, setuptools; print("Django", django.__version__, "+ setuptools", setuptools.__version__)'
+python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
 
 # tests/nginx.rs also watches a stream with `curl -N` through that nginx.
 section "curl (tests/nginx.rs)"

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod binary;
+mod nginx;
 mod poll;
 mod redis_server;
 mod sse;
@@ -12,6 +13,8 @@ mod sse;
 // Each test crate uses a part of the harness.
 #[allow(unused_imports)]
 pub use binary::*;
+#[allow(unused_imports)]
+pub use nginx::*;
 #[allow(unused_imports)]
 pub use poll::*;
 #[allow(unused_imports)]
