@@ -124,6 +124,15 @@ impl Default for RedisConfig {
     }
 }
 
+/// `stream.write_timeout_secs`: long enough for a phone on a bad network
+/// to take a frame, short enough that a closed stream's socket is gone
+/// before an operator wonders why.
+const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+/// `api.request_timeout_secs`: a whole admin request, head and body.
+const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+/// `api.max_connections`: admin connections open at once.
+const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamConfig {
@@ -131,6 +140,9 @@ pub struct StreamConfig {
     pub retry_ms: u64,
     pub queue_size: usize,
     pub cors_origins: Vec<String>,
+    /// A stream whose writes make no progress this long is closed, and
+    /// every close ends the socket within it (README "Limits").
+    pub write_timeout_secs: u64,
 }
 
 impl Default for StreamConfig {
@@ -140,6 +152,7 @@ impl Default for StreamConfig {
             retry_ms: 3000,
             queue_size: 256,
             cors_origins: Vec::new(),
+            write_timeout_secs: DEFAULT_WRITE_TIMEOUT_SECS,
         }
     }
 }
@@ -252,6 +265,10 @@ pub struct ApiConfig {
     /// Host names (no port) a request's `Host` may name besides IP
     /// addresses and `localhost`; any other gets 421 (DNS rebinding).
     pub allowed_hosts: Vec<String>,
+    /// A whole request (head and body) must arrive within this; else 408.
+    pub request_timeout_secs: u64,
+    /// Admin connections open at once; beyond it, 503.
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -262,6 +279,8 @@ impl Default for ApiConfig {
             max_batch: 1000,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         }
     }
 }
@@ -405,6 +424,9 @@ impl Config {
         if self.stream.queue_size == 0 {
             return Err(invalid("stream.queue_size", "must be at least 1"));
         }
+        if self.stream.write_timeout_secs == 0 {
+            return Err(invalid("stream.write_timeout_secs", "must be at least 1"));
+        }
         for origin in &self.stream.cors_origins {
             if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
@@ -486,6 +508,12 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.api.max_batch) {
             return Err(invalid("api.max_batch", "must be 1 to 100000"));
+        }
+        if self.api.request_timeout_secs == 0 {
+            return Err(invalid("api.request_timeout_secs", "must be at least 1"));
+        }
+        if self.api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1"));
         }
         for origin in &self.api.allowed_origins {
             if !is_origin(origin) {
@@ -875,6 +903,21 @@ mod tests {
 
         let err = Config::parse("[auth]\nmode = \"magic\"\n").unwrap_err();
         assert!(err.contains("mode"), "{err}");
+
+        let mut c = Config::default();
+        c.stream.write_timeout_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("stream.write_timeout_secs"), "{err}");
+
+        let mut c = Config::default();
+        c.api.request_timeout_secs = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("api.request_timeout_secs"), "{err}");
+
+        let mut c = Config::default();
+        c.api.max_connections = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("api.max_connections"), "{err}");
     }
 
     #[test]

@@ -244,6 +244,7 @@ impl Daemon {
             "admin",
             listeners.admin,
             api::routes(app.clone()),
+            app.clone(),
             shutdown.clone(),
             grace,
         ));

@@ -26,6 +26,8 @@ pub(crate) struct Metrics {
     pub messages_sent: Counter,
     pub messages_delivered: Counter,
     pub slow_consumer_drops: Counter,
+    pub write_timeouts: Counter,
+    pub admin_refused_connections: Counter,
     pub sweeps: Counter,
     pub swept_records: Counter,
     pub redis_errors: Counter,
@@ -54,6 +56,8 @@ impl Metrics {
             messages_sent: Counter::default(),
             messages_delivered: Counter::default(),
             slow_consumer_drops: Counter::default(),
+            write_timeouts: Counter::default(),
+            admin_refused_connections: Counter::default(),
             sweeps: Counter::default(),
             swept_records: Counter::default(),
             redis_errors: Counter::default(),
@@ -91,6 +95,16 @@ impl Metrics {
             "slow_consumer_drops",
             "Streams disconnected because their queue was full",
             m.slow_consumer_drops.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Streams whose socket was reset because their writes made no progress for stream.write_timeout_secs (closing or not)",
+            m.write_timeouts.clone(),
+        );
+        registry.register(
+            "admin_refused_connections",
+            "Admin connections answered 503 because api.max_connections were open",
+            m.admin_refused_connections.clone(),
         );
         registry.register("sweeps", "Stale-record sweeps run", m.sweeps.clone());
         registry.register(

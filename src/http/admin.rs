@@ -8,24 +8,47 @@
 //! listener ([`stream_fd_cap`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
+use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
+use super::deadline::{self, RequestClock, TimedStream};
+use super::envelope::ApiError;
+use super::public::OpenSocket;
+use super::App;
 use crate::throttle::LogThrottle;
+
+/// Refused connections being answered at once; beyond it, a refused
+/// connection is closed without a word rather than take more descriptors.
+const REFUSING_MAX: usize = 128;
+
+/// How long hyper waits for the next request on a keep-alive connection
+/// (its header timer runs from when it waits, so it is the idle timeout):
+/// longer than the idle time of common client pools (reqwest: 90 s), which
+/// would otherwise reuse a connection just as it closes. The request
+/// itself, once its first byte came, has `api.request_timeout_secs`
+/// ([`super::deadline`]).
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
 
 /// Serves `filter` on `listener` until `shutdown`; then stops accepting,
 /// lets open requests finish for at most `grace`, and closes the rest.
+/// At most `api.max_connections` connections are served at once; one more
+/// is answered 503 and closed.
 pub(crate) async fn serve<F>(
     name: &'static str,
     listener: TcpListener,
     filter: F,
+    app: Arc<App>,
     shutdown: CancellationToken,
     grace: Duration,
 ) where
@@ -40,23 +63,55 @@ pub(crate) async fn serve<F>(
     let force_close = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut accept_errors = LogThrottle::new(Duration::from_secs(10));
+    let mut refusals = LogThrottle::new(Duration::from_secs(10));
+    let open = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let Some((stream, peer)) = accept(name, &listener, &shutdown, &mut accept_errors).await
         else {
             break;
         };
+        let config = app.config();
+        if open.load(Ordering::Relaxed) >= config.api.max_connections {
+            app.metrics.admin_refused_connections.inc();
+            if let Some(suppressed) = refusals.allow() {
+                tracing::warn!(
+                    listener = name,
+                    limit = config.api.max_connections,
+                    suppressed,
+                    "connection refused: api.max_connections open"
+                );
+            }
+            let answer = refusal(config.api.max_connections);
+            if refusing.load(Ordering::Relaxed) < REFUSING_MAX {
+                let guard = OpenSocket::new(&refusing);
+                tasks.spawn(refuse(stream, answer, guard));
+            } else {
+                refuse_now(&stream, &answer);
+            }
+            continue;
+        }
+        let guard = OpenSocket::new(&open);
         let kill = force_close.child_token();
-        let svc = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
-        // The timer makes hyper's header read timeout effective: a client
-        // that opens a socket and sends nothing is not kept forever. It also
-        // closes idle keep-alive connections, so it is longer than the idle
-        // time of common client pools (reqwest: 90 s), which would otherwise
-        // reuse a connection just as it closes.
+        let clock = RequestClock::new(Duration::from_secs(config.api.request_timeout_secs));
+        let routes = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
+        let svc = {
+            let clock = clock.clone();
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let routes = routes.clone();
+                deadline::within_deadline(
+                    clock.clone(),
+                    req,
+                    move |req| routes.call(req),
+                    ApiError::into_response,
+                )
+            })
+        };
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(120))
+            .header_read_timeout(KEEP_ALIVE_IDLE)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(TimedStream::new(stream, clock)), svc);
         let conn = graceful.watch(conn);
         tasks.spawn(async move {
             tokio::select! {
@@ -69,6 +124,7 @@ pub(crate) async fn serve<F>(
                     tracing::debug!(%peer, "connection closed by the server");
                 }
             }
+            drop(guard);
         });
     }
     drop(listener);
@@ -82,6 +138,68 @@ pub(crate) async fn serve<F>(
     }
     force_close.cancel();
     tasks.wait().await;
+}
+
+/// How long a refused connection may take to send its request head
+/// before it is answered anyway.
+const REFUSE_READ: Duration = Duration::from_secs(1);
+/// Request head read from a refused connection at most.
+const REFUSE_HEAD_MAX: usize = 16 * 1024;
+
+/// The 503 of a connection over the cap, as bytes.
+fn refusal(limit: usize) -> Vec<u8> {
+    let e = ApiError::unavailable(format!(
+        "the admin listener holds its maximum of {limit} connections (api.max_connections); retry later"
+    ))
+    .with_retry_after(Duration::from_secs(1));
+    super::public::error_bytes(e)
+}
+
+/// Answers a connection over the cap with a 503 and closes it. Its request
+/// head is read first (an HTTP client takes an answer that comes before
+/// its request is written as a broken connection, not as a 503), and what
+/// it still sends is drained for a moment so that closing does not reset
+/// the answer away.
+async fn refuse(mut stream: TcpStream, answer: Vec<u8>, _guard: OpenSocket) {
+    let read_head = async {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 2048];
+        while head.len() < REFUSE_HEAD_MAX {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSE_READ, read_head).await;
+    let write = async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(REFUSE_READ, write)
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        super::public::linger(&mut stream).await;
+    }
+}
+
+/// [`refuse`] without waiting, when too many refusals are under way (a
+/// flood): takes what the client already sent, answers if the socket takes
+/// it at once, and closes.
+fn refuse_now(stream: &TcpStream, answer: &[u8]) {
+    let mut chunk = [0u8; 2048];
+    let mut taken = 0;
+    while taken < REFUSE_HEAD_MAX {
+        match stream.try_read(&mut chunk) {
+            Ok(n) if n > 0 => taken += n,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(answer);
 }
 
 /// The next connection, or `None` at shutdown. EMFILE/ENFILE leave the

@@ -234,6 +234,9 @@ where
                 .saturating_mul(config.api.max_batch);
             let body = read_body(headers, body, limit).await?;
             let msgs = parse_batch(&body, config.api.max_batch, config.api.max_body_bytes)?;
+            // The messages own their payloads now: the body (up to
+            // max_batch x max_body_bytes) goes before the store copies them.
+            drop(body);
             let results = app.router.send(msgs, &config.history).await?;
             streams_first(app).await;
             Ok(envelope::ok(&json!({ "results": results })))
@@ -474,7 +477,9 @@ where
         return Err(ApiError::too_large(limit));
     }
     let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
+    // Sized once from the announced length: growing by doubling would hold
+    // up to twice a large body while it is copied over.
+    let mut buf = BytesMut::with_capacity(announced.map_or(0, |n| n as usize));
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
         if buf.len() + chunk.remaining() > limit {

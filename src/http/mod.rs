@@ -21,6 +21,7 @@ pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod console;
+pub(crate) mod deadline;
 pub(crate) mod envelope;
 pub(crate) mod listing;
 pub(crate) mod public;

@@ -14,21 +14,25 @@
 //! close`). The admin listener stays on warp/hyper.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::envelope::ApiError;
-use super::stream::{self, Reply, ReplyBody, Request};
+use super::stream::{self, Reply, ReplyBody, Request, SseBody};
 use super::App;
 use crate::throttle::LogThrottle;
 
@@ -59,9 +63,9 @@ pub(crate) async fn serve(
     let force_close = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut errors = LogThrottle::new(Duration::from_secs(10));
-    let pending = Arc::new(AtomicUsize::new(0));
+    let sockets = Arc::new(AtomicUsize::new(0));
     loop {
-        if !fd_room(&app, &pending, &shutdown).await {
+        if !fd_room(&app, &sockets, &shutdown).await {
             break;
         }
         let Some((socket, peer)) =
@@ -71,12 +75,14 @@ pub(crate) async fn serve(
         };
         let kill = force_close.child_token();
         let app = app.clone();
-        let guard = Pending::new(&pending);
+        let guard = OpenSocket::new(&sockets);
         tasks.spawn(async move {
             tokio::select! {
-                _ = connection(&app, socket, peer, kill.clone(), guard) => {}
+                _ = connection(&app, socket, peer, kill.clone()) => {}
                 _ = kill.cancelled() => {}
             }
+            // The socket is closed by now (dropped with the future above).
+            drop(guard);
         });
     }
     drop(listener);
@@ -91,7 +97,7 @@ pub(crate) async fn serve(
     }
 }
 
-/// Descriptors that connections being answered (not yet streams: reading
+/// Descriptors that connections being answered (not streams: reading
 /// their request, or being refused) may take beyond the streams the
 /// open-file limit allows. At the limit, a crowd of refused clients would
 /// otherwise take every descriptor: accept would fail with EMFILE and so
@@ -100,11 +106,13 @@ pub(crate) async fn serve(
 const PENDING_ROOM: usize = 128;
 
 /// Waits until a new connection fits under the open-file limit; false at
-/// shutdown. Meanwhile clients wait in the listen backlog.
-async fn fd_room(app: &App, pending: &AtomicUsize, shutdown: &CancellationToken) -> bool {
+/// shutdown. Meanwhile clients wait in the listen backlog. Every socket
+/// still open counts: a stream the hub has closed and forgotten keeps its
+/// descriptor until it has written its last frames or its write deadline
+/// cuts it (`stream.write_timeout_secs`).
+async fn fd_room(app: &App, sockets: &AtomicUsize, shutdown: &CancellationToken) -> bool {
     loop {
-        let in_use = app.hub.len() + pending.load(Ordering::Relaxed);
-        if in_use < app.fd_cap.saturating_add(PENDING_ROOM) {
+        if sockets.load(Ordering::Relaxed) < app.fd_cap.saturating_add(PENDING_ROOM) {
             return true;
         }
         tokio::select! {
@@ -114,26 +122,19 @@ async fn fd_room(app: &App, pending: &AtomicUsize, shutdown: &CancellationToken)
     }
 }
 
-/// One accepted connection that is not (yet) a stream counted by the hub.
-struct Pending(Option<Arc<AtomicUsize>>);
+/// One accepted socket, counted until it is closed.
+pub(crate) struct OpenSocket(Arc<AtomicUsize>);
 
-impl Pending {
-    fn new(count: &Arc<AtomicUsize>) -> Self {
+impl OpenSocket {
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        Pending(Some(count.clone()))
-    }
-
-    /// It became a stream: the hub counts it from now on.
-    fn done(&mut self) {
-        if let Some(count) = self.0.take() {
-            count.fetch_sub(1, Ordering::Relaxed);
-        }
+        OpenSocket(count.clone())
     }
 }
 
-impl Drop for Pending {
+impl Drop for OpenSocket {
     fn drop(&mut self) {
-        self.done();
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -158,7 +159,6 @@ async fn connection(
     mut socket: TcpStream,
     peer: SocketAddr,
     kill: CancellationToken,
-    mut pending: Pending,
 ) {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut socket)).await {
         Ok(r) => r,
@@ -196,10 +196,16 @@ async fn connection(
         )),
         Err(HeadError::Malformed(m)) => error_reply(ApiError::bad_request(m)),
     };
-    if matches!(reply.body, ReplyBody::Events(_)) {
-        pending.done();
-    }
-    let _ = respond(socket, reply, chunked, is_head).await;
+    let _ = respond(app, socket, reply, chunked, is_head).await;
+}
+
+/// A whole error response as bytes, for writing straight to a socket
+/// (the admin listener's refusals, outside hyper).
+pub(crate) fn error_bytes(e: ApiError) -> Vec<u8> {
+    let (status, headers, body) = e.into_parts();
+    let mut out = head_bytes(status, &headers, Length::Content(body.len()));
+    out.extend_from_slice(&body);
+    out
 }
 
 fn error_reply(e: ApiError) -> Reply {
@@ -289,6 +295,7 @@ fn head_bytes(status: StatusCode, headers: &HeaderMap, length: Length) -> Vec<u8
 }
 
 async fn respond(
+    app: &App,
     mut socket: TcpStream,
     reply: Reply,
     chunked: bool,
@@ -305,7 +312,7 @@ async fn respond(
             let head = head_bytes(reply.status, &reply.headers, length);
             // A reply to HEAD announces the length of the body it omits.
             let body = if is_head { Bytes::new() } else { body };
-            write_all(&mut socket, &[&head, &body]).await?;
+            write_all(&mut socket, &[&head, &body], None).await?;
             socket.shutdown().await?;
             linger(&mut socket).await;
             Ok(())
@@ -318,46 +325,138 @@ async fn respond(
             };
             let head = head_bytes(reply.status, &reply.headers, length);
             drop(reply.headers);
-            let mut head = Some(head);
-            let (mut rd, mut wr) = socket.split();
-            let mut batch: Vec<Bytes> = Vec::new();
-            let mut sink = [0u8; 64];
-            loop {
-                while batch.len() < BATCH {
-                    match events.next_ready() {
-                        Some(f) => batch.push(f),
-                        None => break,
-                    }
-                }
-                if !batch.is_empty() || head.is_some() {
-                    write_frames(&mut wr, head.take().as_deref(), &batch, chunked).await?;
-                    events.written(&batch);
-                    batch.clear();
-                }
-                tokio::select! {
-                    f = events.next() => match f {
-                        Some(f) => batch.push(f),
-                        None => break,
-                    },
-                    // The client is not expected to send anything more: a
-                    // read returns only when it leaves (EOF) or errs.
-                    r = rd.read(&mut sink) => match r {
-                        Ok(0) | Err(_) => return Ok(()),
-                        Ok(_) => {}
-                    },
-                }
+            let limit = Duration::from_secs(app.config().stream.write_timeout_secs);
+            let mut deadline = WriteDeadline::new(limit);
+            let r = write_events(&mut socket, head, &mut events, chunked, &mut deadline).await;
+            if deadline.expired {
+                app.metrics.write_timeouts.inc();
+                let conn = events.conn();
+                tracing::warn!(
+                    connection_id = %conn.connection_id,
+                    username = %conn.username,
+                    closing = deadline.closing,
+                    timeout_secs = deadline.limit.as_secs(),
+                    "stream write timed out: the client took nothing for stream.write_timeout_secs; socket reset"
+                );
+                // A reset, not a FIN queued behind the unsent frames: the
+                // kernel frees the send buffer at once instead of keeping
+                // an orphan probing a client that does not read.
+                let _ = socket.set_zero_linger();
             }
-            if chunked {
-                write_all(&mut wr, &[b"0\r\n\r\n"]).await?;
+            r
+        }
+    }
+}
+
+/// Writes the head, then the stream's frames until it is closed (chunked:
+/// then the last chunk), the client leaves, or the write deadline passes.
+async fn write_events(
+    socket: &mut TcpStream,
+    head: Vec<u8>,
+    events: &mut SseBody,
+    chunked: bool,
+    deadline: &mut WriteDeadline,
+) -> std::io::Result<()> {
+    let mut head = Some(head);
+    let (mut rd, mut wr) = socket.split();
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut sink = [0u8; 64];
+    loop {
+        while batch.len() < BATCH {
+            match events.next_ready() {
+                Some(f) => batch.push(f),
+                None => break,
             }
-            wr.shutdown().await
+        }
+        if !batch.is_empty() || head.is_some() {
+            let watch: Watch<'_> = Some((&mut *deadline, &*events));
+            write_frames(&mut wr, head.take().as_deref(), &batch, chunked, watch).await?;
+            events.written(&batch);
+            batch.clear();
+        }
+        tokio::select! {
+            f = events.next() => match f {
+                Some(f) => batch.push(f),
+                None => break,
+            },
+            // The client is not expected to send anything more: a
+            // read returns only when it leaves (EOF) or errs.
+            r = rd.read(&mut sink) => match r {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            },
+        }
+    }
+    if chunked {
+        write_all(&mut wr, &[b"0\r\n\r\n"], Some((deadline, &*events))).await?;
+    }
+    wr.shutdown().await
+}
+
+/// Bounds a stream's writes (README "Limits"): a write that makes no
+/// progress for `stream.write_timeout_secs` fails, and once the stream is
+/// closed what it still has to write must be written within that time of
+/// the close, however slowly the client reads. The timer is boxed and
+/// armed only while a write waits for room in the socket, or from the
+/// close on: an idle stream carries none (it is the daemon's unit of
+/// cost), and a write that goes through at once costs nothing.
+struct WriteDeadline {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The close was seen: the timer runs to the close's deadline, and
+    /// progress no longer disarms it.
+    closing: bool,
+    /// The deadline passed (a kernel's own ETIMEDOUT is not this).
+    expired: bool,
+}
+
+impl WriteDeadline {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            timer: None,
+            closing: false,
+            expired: false,
+        }
+    }
+
+    /// The stream's queue was closed: everything left must be written by
+    /// now + the limit (or earlier, if a stalled write already runs out).
+    fn close_seen(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        let at = tokio::time::Instant::now() + self.limit;
+        match &mut self.timer {
+            Some(t) if t.deadline() <= at => {}
+            Some(t) => t.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// A write waits for room: Ready once the deadline passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        let r = timer.as_mut().poll(cx);
+        self.expired |= r.is_ready();
+        r
+    }
+
+    /// Some bytes went out.
+    fn progress(&mut self) {
+        if !self.closing {
+            self.timer = None;
         }
     }
 }
 
 /// Reads and drops what the client still sends, until it closes, a limit
 /// of bytes, or [`LINGER`].
-async fn linger(socket: &mut TcpStream) {
+pub(crate) async fn linger(socket: &mut TcpStream) {
     let drain = async {
         // On the heap: a buffer in the future would make every stream's
         // task (the same future type) that much larger.
@@ -373,13 +472,29 @@ async fn linger(socket: &mut TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
+/// What a write waiting for room watches for its stream's close.
+trait Closes {
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl Closes for SseBody {
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        SseBody::poll_closed(self, cx)
+    }
+}
+
+/// The write deadline of a stream, and the stream (to see its close while
+/// a write waits); `None` for a plain reply.
+type Watch<'w> = Option<(&'w mut WriteDeadline, &'w (dyn Closes + Sync))>;
+
 /// Writes the response head (first time only) and `frames`: as one chunk
 /// when `chunked`, else as they are.
-async fn write_frames<W: AsyncWriteExt + Unpin>(
+async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     head: Option<&[u8]>,
     frames: &[Bytes],
     chunked: bool,
+    watch: Watch<'_>,
 ) -> std::io::Result<()> {
     let mut size = [0u8; 20];
     let mut parts: Vec<&[u8]> = Vec::with_capacity(frames.len() + 3);
@@ -394,7 +509,7 @@ async fn write_frames<W: AsyncWriteExt + Unpin>(
     if chunked && len > 0 {
         parts.push(b"\r\n");
     }
-    write_all(w, &parts).await
+    write_all(w, &parts, watch).await
 }
 
 /// `{len:x}\r\n` into `buf`, without allocating.
@@ -413,8 +528,13 @@ fn chunk_size(len: usize, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// Writes every buffer, vectored.
-async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[&[u8]]) -> std::io::Result<()> {
+/// Writes every buffer, vectored; with a `watch`, a write that waits
+/// longer than the stream's deadline fails with `TimedOut`.
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bufs: &[&[u8]],
+    mut watch: Watch<'_>,
+) -> std::io::Result<()> {
     let mut idx = 0;
     let mut offset = 0;
     loop {
@@ -428,9 +548,31 @@ async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[&[u8]]) -> std::
         let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&bufs[idx][offset..]))
             .chain(bufs[idx + 1..].iter().map(|b| IoSlice::new(b)))
             .collect();
-        let mut n = w.write_vectored(&slices).await?;
+        let mut n = poll_fn(
+            |cx| match Pin::new(&mut *w).poll_write_vectored(cx, &slices) {
+                Poll::Ready(r) => Poll::Ready(r),
+                Poll::Pending => match &mut watch {
+                    None => Poll::Pending,
+                    Some((deadline, events)) => {
+                        if events.poll_closed(cx).is_ready() {
+                            deadline.close_seen();
+                        }
+                        match deadline.poll_expired(cx) {
+                            Poll::Ready(()) => {
+                                Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+                            }
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }
+                },
+            },
+        )
+        .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if let Some((deadline, _)) = &mut watch {
+            deadline.progress();
         }
         while idx < bufs.len() && n >= bufs[idx].len() - offset {
             n -= bufs[idx].len() - offset;
@@ -444,6 +586,105 @@ async fn write_all<W: AsyncWriteExt + Unpin>(w: &mut W, bufs: &[&[u8]]) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::queue::{self, Receiver};
+
+    impl Closes for Receiver {
+        fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+            Receiver::poll_closed(self, cx)
+        }
+    }
+
+    /// A client that takes one byte every `every`: always progressing.
+    struct Trickle {
+        every: Duration,
+        next: Pin<Box<Sleep>>,
+        taken: usize,
+    }
+
+    impl Trickle {
+        fn new(every: Duration) -> Self {
+            Self {
+                every,
+                next: Box::pin(tokio::time::sleep(every)),
+                taken: 0,
+            }
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.next.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let at = tokio::time::Instant::now() + self.every;
+            self.next.as_mut().reset(at);
+            self.taken += 1;
+            Poll::Ready(Ok(1))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const LIMIT: Duration = Duration::from_secs(2);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_keeps_progressing_is_not_cut_until_the_close() {
+        let (tx, rx) = queue::queue(4);
+        let mut client = Trickle::new(Duration::from_millis(100));
+        let mut deadline = WriteDeadline::new(LIMIT);
+        let data = vec![0u8; 100];
+        let start = tokio::time::Instant::now();
+        // 100 bytes at 10 a second: 10 s, five times the limit, and done.
+        write_all(&mut client, &[&data], Some((&mut deadline, &rx)))
+            .await
+            .expect("a progressing write completes");
+        assert_eq!(client.taken, 100);
+        assert!(start.elapsed() >= Duration::from_secs(10));
+        assert!(!deadline.expired);
+
+        // Closed after 5 s into a 1 MB write at that pace: cut at the
+        // close plus the limit, although bytes still go out.
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(tx);
+        });
+        let big = vec![0u8; 1 << 20];
+        let start = tokio::time::Instant::now();
+        let err = write_all(&mut client, &[&big], Some((&mut deadline, &rx)))
+            .await
+            .expect_err("cut after the close");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(deadline.expired && deadline.closing);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(7) && took < Duration::from_millis(7200),
+            "{took:?}"
+        );
+        closer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_fails_after_the_limit() {
+        let (_tx, rx) = queue::queue(4);
+        // Never takes a byte.
+        let mut client = Trickle::new(Duration::from_secs(3600));
+        let mut deadline = WriteDeadline::new(LIMIT);
+        let start = tokio::time::Instant::now();
+        let err = write_all(&mut client, &[b"frame"], Some((&mut deadline, &rx)))
+            .await
+            .expect_err("a stalled write fails");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(deadline.expired && !deadline.closing);
+        assert_eq!(start.elapsed(), LIMIT);
+    }
 
     #[test]
     fn chunk_sizes_in_hex() {

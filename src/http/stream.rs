@@ -428,6 +428,16 @@ impl SseBody {
         }
     }
 
+    /// Ready once the stream was closed (frames may be left to write).
+    pub(crate) fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.rx.poll_closed(cx)
+    }
+
+    /// The connection this body serves, for its log lines.
+    pub(crate) fn conn(&self) -> &LiveConn {
+        &self.guard.conn
+    }
+
     /// A frame that is ready now, without waiting.
     pub(crate) fn next_ready(&mut self) -> Option<Bytes> {
         if let Some(p) = self.prefix.pop_front() {

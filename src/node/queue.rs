@@ -165,6 +165,21 @@ impl Receiver {
         self.shared.lock().one_tab
     }
 
+    /// Ready once the sender is gone (the stream was closed), frames left
+    /// or not: a stream blocked writing to a full socket learns of its
+    /// close here, where `recv` is not polled.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.shared.lock();
+        if !s.sender {
+            return Poll::Ready(());
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// A frame queued now, without waiting.
     pub(crate) fn try_recv(&mut self) -> Result<Bytes, TryRecvError> {
         let mut s = self.shared.lock();
@@ -232,6 +247,22 @@ mod tests {
         }
         while rx.try_recv().is_ok() {}
         assert!(tx.shared.lock().frames.capacity() <= KEEP);
+    }
+
+    #[tokio::test]
+    async fn the_close_wakes_a_receiver_that_only_watches_for_it() {
+        let (tx, rx) = queue(4);
+        tx.try_send(f("left")).unwrap();
+        let watcher = tokio::spawn(async move {
+            poll_fn(|cx| rx.poll_closed(cx)).await;
+            rx
+        });
+        tokio::task::yield_now().await;
+        drop(tx);
+        let mut rx = watcher.await.unwrap();
+        // Closed, yet what was queued before the close is still there.
+        assert_eq!(rx.try_recv(), Ok(f("left")));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ mod nginx;
 mod poll;
 mod redis_server;
 mod sse;
+mod tcp;
 
 // Each test crate uses a part of the harness.
 #[allow(unused_imports)]
@@ -21,6 +22,8 @@ pub use poll::*;
 pub use redis_server::*;
 #[allow(unused_imports)]
 pub use sse::*;
+#[allow(unused_imports)]
+pub use tcp::*;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
