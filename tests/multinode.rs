@@ -730,5 +730,27 @@ async fn per_user_cap_counts_all_processes() {
     let (status, body) = send(&a.admin_url(""), json!({"to": "carol", "data": 1})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["connections"], 2, "{body}");
+
+    // A tab renewing its stream (a fresh token) names the one it replaces:
+    // that one goes, not the user's oldest tab, which is another's.
+    let (mut fourth, fourth_id) = (_fourth, fourth_id);
+    let renewal = format!("{}?replaces={fourth_id}", b.stream_url());
+    let (_fifth, fifth_id) = SseClient::connect_url(&renewal, "carol").await;
+    let ev = fourth
+        .next_named("evicted", WAIT)
+        .await
+        .unwrap_or_else(|| panic!("the replaced stream (on A) is closed\n{}", logs(&named)));
+    assert!(ev.data.contains(&fourth_id), "{}", ev.data);
+    let got = third.next_named("message", WAIT).await;
+    assert_eq!(
+        got.map(|e| e.data),
+        Some("1".to_string()),
+        "the 3rd got the send"
+    );
+    receives_nothing(&mut third, "the older tab (3rd, on B) stays").await;
+    let want = RedisRegistry::of(&[("carol", &third_id), ("carol", &fifth_id)]);
+    if let Err(got) = redis.registry_becomes(&want).await {
+        panic!("want {want:?}\ngot  {got:?}\n{}", logs(&named));
+    }
     assert_no_panic(&named);
 }

@@ -214,12 +214,16 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
     // The registration told how many connections the user has on all
     // nodes: only a user over the limit costs another round trip.
     if user_count > config.limits.max_connections_per_user {
+        // A page renewing its stream (a fresh token) names the stream it
+        // replaces: that one goes first, not another tab of the user.
+        let replaces = query.get("replaces").map(String::as_str);
         if let Err(e) = app
             .router
             .enforce_user_limit(
                 &conn.username,
                 config.limits.max_connections_per_user,
                 &conn.connection_id,
+                replaces,
             )
             .await
         {

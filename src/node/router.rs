@@ -217,18 +217,25 @@ impl Router {
 
     /// When `username` holds more than `max` connections (all nodes), the
     /// oldest ones but `keep` are closed with an `evicted` notice until
-    /// `max` remain.
+    /// `max` remain; `replaces`, a stream of the user that the new one
+    /// takes over, goes first.
     pub(crate) async fn enforce_user_limit(
         &self,
         username: &str,
         max: usize,
         keep: &str,
+        replaces: Option<&str>,
     ) -> Result<usize> {
-        let ids = self.store.user_connection_ids(username, None).await?;
+        let mut ids = self.store.user_connection_ids(username, None).await?;
         if ids.len() <= max {
             return Ok(0);
         }
         let excess = ids.len() - max;
+        // Only a stream of this user: the id comes from the page.
+        if let Some(pos) = replaces.and_then(|r| ids.iter().position(|id| id == r)) {
+            let replaced = ids.remove(pos);
+            ids.insert(0, replaced);
+        }
         let victims: Vec<String> = ids
             .into_iter()
             .filter(|id| id != keep)

@@ -101,6 +101,9 @@
       topics: this.topics,
       token: token,
       last_event_id: this.lastEventId,
+      // The stream this one takes over: at the per-user limit the daemon
+      // closes that one, not another tab of the user.
+      replaces: this.connectionId,
     });
   };
 
