@@ -840,7 +840,7 @@ mod tests {
 
     #[test]
     fn sample_config_parses_and_equals_defaults() {
-        let text = include_str!("../etc/sse-notify.toml");
+        let text = include_str!("../../etc/sse-notify.toml");
         let parsed = Config::parse(text).expect("etc/sse-notify.toml parses");
         parsed.validate().expect("etc/sse-notify.toml is valid");
         assert_eq!(
@@ -852,7 +852,7 @@ mod tests {
 
     #[test]
     fn sample_config_documents_every_key() {
-        let text = include_str!("../etc/sse-notify.toml");
+        let text = include_str!("../../etc/sse-notify.toml");
         let defaults = toml::to_string(&Config::default()).unwrap();
         let table: toml::Table = toml::from_str(&defaults).unwrap();
         let sample: toml::Table = toml::from_str(text).unwrap();
