@@ -315,10 +315,7 @@ impl Daemon {
             tracing::warn!(keys = ?restart, "reload: these changes need a restart; their old values stay in force");
         }
         let mut effective = new;
-        effective.server = old.server.clone();
-        effective.redis = old.redis.clone();
-        effective.log.format = old.log.format;
-        effective.history.enabled = old.history.enabled;
+        effective.keep_restart_values(&old);
         match Authenticator::from_config(&effective) {
             Ok(auth) => app.set_auth(auth),
             Err(e) => {
