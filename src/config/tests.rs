@@ -1,10 +1,14 @@
-//! The config against its documentation: the sample file names every key
-//! of the schema with its default, and every key says how a reload treats
-//! it; plus the checks that cut across sections.
+//! The config against its documentation: the sample file and the README's
+//! key table name every key of the schema with its default, and every key
+//! says how a reload treats it; plus the checks that cut across sections.
 
+use std::collections::BTreeMap;
+
+use super::reload::OnReload;
 use super::*;
 
 const SAMPLE: &str = include_str!("../../etc/sse-notify.toml");
+const README: &str = include_str!("../../README.md");
 
 /// Every key of the schema (`section.key`) with its default, in file order.
 fn schema_keys() -> Vec<(String, toml::Value)> {
@@ -43,6 +47,71 @@ fn sample_config_documents_every_key() {
                 .and_then(|s| s.as_table())
                 .is_some_and(|s| s.contains_key(key)),
             "etc/sse-notify.toml lacks {name}"
+        );
+    }
+}
+
+/// The README's table under `heading`: (key, default) for every key its
+/// rows name; a row may name several keys, with as many defaults.
+fn readme_table(heading: &str) -> Vec<(String, String)> {
+    let mut lines = README
+        .lines()
+        .skip_while(|l| *l != heading)
+        .skip(1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2);
+    let mut rows = Vec::new();
+    for line in lines.by_ref() {
+        let cells: Vec<&str> = line.split('|').collect();
+        let spans = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let (keys, defaults) = (spans(cells[1]), spans(cells[2]));
+        assert_eq!(
+            keys.len(),
+            defaults.len(),
+            "README row names {keys:?} with defaults {defaults:?}: one default per key"
+        );
+        rows.extend(keys.into_iter().zip(defaults));
+    }
+    rows
+}
+
+/// A default as the README's table shows it: strings bare but the empty
+/// one, the rest as TOML writes it.
+fn shown(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) if s.is_empty() => "\"\"".into(),
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn readme_key_table_names_every_key_with_its_default() {
+    let heading = "### Every key";
+    let table: BTreeMap<String, String> = readme_table(heading).into_iter().collect();
+    assert!(!table.is_empty(), "README has no table under {heading:?}");
+    let schema = schema_keys();
+    for (name, default) in &schema {
+        let Some(documented) = table.get(name) else {
+            panic!("README {heading:?} lacks `{name}`");
+        };
+        assert_eq!(
+            *documented,
+            shown(default),
+            "README {heading:?}: the default of `{name}`"
+        );
+    }
+    for name in table.keys() {
+        assert!(
+            schema.iter().any(|(key, _)| key == name),
+            "README {heading:?} names `{name}`, which is no key"
         );
     }
 }
@@ -116,6 +185,28 @@ fn a_reload_names_the_restart_keys_it_changes_and_keeps_their_old_values() {
     // What a reload applies stays new.
     assert_eq!((new.history.size, new.log.level.as_str()), (7, "debug"));
     assert_eq!((new.stream.heartbeat_secs, new.startup.clear), (5, false));
+}
+
+#[test]
+fn readme_names_the_keys_that_need_a_restart() {
+    let paragraph: String = README
+        .lines()
+        .skip_while(|l| !l.starts_with("Needing a restart"))
+        .take_while(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut named: Vec<&str> = paragraph.split('`').skip(1).step_by(2).collect();
+    named.sort_unstable();
+    let mut declared: Vec<&str> = keys()
+        .filter(|key| !matches!(key.on_reload, OnReload::Live))
+        .map(|key| key.name)
+        .collect();
+    declared.sort_unstable();
+    assert!(!declared.is_empty());
+    assert_eq!(
+        named, declared,
+        "README \"Reload (SIGHUP)\" names the keys that need a restart (and startup.clear, read only at start)"
+    );
 }
 
 #[test]
