@@ -108,6 +108,8 @@ impl RedisTarget {
         if let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) {
             return parse_sentinel(rest);
         }
+        // A `redis+cluster://` seed list is recognized here, before redis-rs
+        // would take it for one server.
         redis::Client::open(url).map_err(|e| format!("not a valid Redis URL: {e}"))?;
         Ok(RedisTarget::Direct(url.to_string()))
     }

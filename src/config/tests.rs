@@ -10,7 +10,7 @@ use super::*;
 const SAMPLE: &str = include_str!("../../etc/sse-notify.toml");
 const README: &str = include_str!("../../README.md");
 
-/// Every key of the schema (`section.key`) with its default, in file order.
+/// Every key of the schema (`section.key`) with its default.
 fn schema_keys() -> Vec<(String, toml::Value)> {
     let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
     let mut keys = Vec::new();
