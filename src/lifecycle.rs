@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::auth::{AuthSetupError, Authenticator};
-use crate::http::{admin, api, App, AppParts};
+use crate::http::{admin, api, socket, App, AppParts};
 use crate::metrics::Metrics;
 use crate::node::frame;
 use crate::node::hub::Hub;
@@ -192,7 +192,7 @@ impl Daemon {
             router,
             metrics,
             shutdown: shutdown.clone(),
-            fd_cap: admin::stream_fd_cap(),
+            fd_cap: socket::stream_fd_cap(),
         }));
         app.publish_max_streams();
         if app.fd_cap < app.config().limits.max_connections {

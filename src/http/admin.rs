@@ -1,13 +1,12 @@
 //! HTTP/1.1 serving of a warp filter (the admin listener) on an
-//! already-bound listener, and the accept loop both listeners share.
+//! already-bound listener.
 //!
 //! Our own accept loop instead of `warp::serve` because the daemon needs
-//! what warp's does not give: TCP_NODELAY, no busy loop when the process
-//! runs out of file descriptors, a shutdown that waits for open requests
-//! only up to the grace period, and the open-file cap of the stream
-//! listener ([`stream_fd_cap`]).
+//! what warp's does not give: TCP_NODELAY and no busy loop when the process
+//! runs out of file descriptors ([`socket::accept`]), a cap on open
+//! connections, and a shutdown that waits for open requests only up to the
+//! grace period.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use warp::Filter;
 
 use super::deadline::{self, RequestClock, TimedStream};
 use super::envelope::ApiError;
-use super::public::OpenSocket;
+use super::socket::{self, accept, OpenSocket};
 use super::App;
 use crate::throttle::LogThrottle;
 
@@ -152,7 +151,7 @@ fn refusal(limit: usize) -> Vec<u8> {
         "the admin listener holds its maximum of {limit} connections (api.max_connections); retry later"
     ))
     .with_retry_after(Duration::from_secs(1));
-    super::public::error_bytes(e)
+    socket::error_bytes(e)
 }
 
 /// Answers a connection over the cap with a 503 and closes it. Its request
@@ -183,7 +182,7 @@ async fn refuse(mut stream: TcpStream, answer: Vec<u8>, _guard: OpenSocket) {
         .await
         .is_ok_and(|r| r.is_ok())
     {
-        super::public::linger(&mut stream).await;
+        socket::linger(&mut stream).await;
     }
 }
 
@@ -200,87 +199,4 @@ fn refuse_now(stream: &TcpStream, answer: &[u8]) {
         }
     }
     let _ = stream.try_write(answer);
-}
-
-/// The next connection, or `None` at shutdown. EMFILE/ENFILE leave the
-/// pending connection in the backlog and accept would fail again at once:
-/// pause instead of spinning.
-pub(crate) async fn accept(
-    name: &'static str,
-    listener: &TcpListener,
-    shutdown: &CancellationToken,
-    errors: &mut LogThrottle,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return Some((stream, peer));
-            }
-            Err(e) => {
-                if let Some(suppressed) = errors.allow() {
-                    tracing::error!(listener = name, error = %e, suppressed, "accept failed");
-                }
-                if !is_connection_error(&e) {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// File descriptors kept for everything but streams (Redis, admin
-/// requests, the config and secret files, logs).
-const FD_RESERVE: u64 = 256;
-
-/// How many streams the open-file limit allows, after raising the soft
-/// limit to the hard one. Beyond it, accept would fail with EMFILE and
-/// clients would wait in the backlog; with the cap they get a 503 instead.
-pub(crate) fn stream_fd_cap() -> usize {
-    #[cfg(unix)]
-    {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit/setrlimit only read and write `lim`.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return usize::MAX;
-            }
-            if lim.rlim_cur < lim.rlim_max {
-                let raised = libc::rlimit {
-                    rlim_cur: lim.rlim_max,
-                    rlim_max: lim.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    lim = raised;
-                }
-            }
-        }
-        if lim.rlim_cur == libc::RLIM_INFINITY {
-            return usize::MAX;
-        }
-        usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX)
-    }
-    #[cfg(not(unix))]
-    {
-        usize::MAX
-    }
-}
-
-fn is_connection_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-    )
 }

@@ -100,7 +100,7 @@ impl TimedStream {
     /// takes it at once (no response is under way while a head arrives, so
     /// it cannot cut into one); then the writing side is shut.
     fn refuse_head(&mut self, cx: &mut Context<'_>) {
-        let bytes = super::public::error_bytes(timeout_error(self.clock.limit));
+        let bytes = super::socket::error_bytes(timeout_error(self.clock.limit));
         let _ = self.inner.try_write(&bytes);
         let _ = Pin::new(&mut self.inner).poll_shutdown(cx);
     }

@@ -25,6 +25,7 @@ pub(crate) mod deadline;
 pub(crate) mod envelope;
 pub(crate) mod listing;
 pub(crate) mod public;
+pub(crate) mod socket;
 pub(crate) mod stream;
 
 /// The state one running node shares between its routes and background

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::envelope::ApiError;
+use super::socket::{self, head_bytes, linger, Length, OpenSocket};
 use super::stream::{self, Reply, ReplyBody, Request, SseBody};
 use super::App;
 use crate::throttle::LogThrottle;
@@ -44,12 +45,6 @@ const MAX_HEADERS: usize = 64;
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written in one vectored write when several are queued.
 const BATCH: usize = 32;
-/// After an error reply, how long the client may keep sending what we
-/// will not read (the rest of a head over the limit, a body) before the
-/// socket is closed: closing with unread bytes makes the kernel send a
-/// reset, which can destroy the reply before the client reads it.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 256 * 1024;
 
 /// Serves the stream route on `listener` until `shutdown`; then stops
 /// accepting and waits for open streams (closed by the node's shutdown)
@@ -69,7 +64,7 @@ pub(crate) async fn serve(
             break;
         }
         let Some((socket, peer)) =
-            super::admin::accept("public", &listener, &shutdown, &mut errors).await
+            socket::accept("public", &listener, &shutdown, &mut errors).await
         else {
             break;
         };
@@ -102,7 +97,7 @@ pub(crate) async fn serve(
 /// open-file limit allows. At the limit, a crowd of refused clients would
 /// otherwise take every descriptor: accept would fail with EMFILE and so
 /// would the admin API's and Redis's sockets. Half of the reserve kept for
-/// everything but streams ([`super::admin::stream_fd_cap`]).
+/// everything but streams ([`socket::stream_fd_cap`]).
 const PENDING_ROOM: usize = 128;
 
 /// Waits until a new connection fits under the open-file limit; false at
@@ -119,22 +114,6 @@ async fn fd_room(app: &App, sockets: &AtomicUsize, shutdown: &CancellationToken)
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
-    }
-}
-
-/// One accepted socket, counted until it is closed.
-pub(crate) struct OpenSocket(Arc<AtomicUsize>);
-
-impl OpenSocket {
-    pub(crate) fn new(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        OpenSocket(count.clone())
-    }
-}
-
-impl Drop for OpenSocket {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,15 +178,6 @@ async fn connection(
     let _ = respond(app, socket, reply, chunked, is_head).await;
 }
 
-/// A whole error response as bytes, for writing straight to a socket
-/// (the admin listener's refusals, outside hyper).
-pub(crate) fn error_bytes(e: ApiError) -> Vec<u8> {
-    let (status, headers, body) = e.into_parts();
-    let mut out = head_bytes(status, &headers, Length::Content(body.len()));
-    out.extend_from_slice(&body);
-    out
-}
-
 fn error_reply(e: ApiError) -> Reply {
     let (status, headers, body) = e.into_parts();
     Reply {
@@ -262,36 +232,6 @@ async fn read_head(socket: &mut TcpStream) -> Result<Head, HeadError> {
 
 fn parse_query(q: &str) -> HashMap<String, String> {
     serde_urlencoded::from_str(q).unwrap_or_default()
-}
-
-/// How the body is delimited.
-enum Length {
-    Content(usize),
-    Chunked,
-    /// No length header: the body ends at the close (or there is none).
-    Close,
-}
-
-fn head_bytes(status: StatusCode, headers: &HeaderMap, length: Length) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match length {
-        Length::Content(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        Length::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Length::Close => {}
-    }
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out
 }
 
 async fn respond(
@@ -452,24 +392,6 @@ impl WriteDeadline {
             self.timer = None;
         }
     }
-}
-
-/// Reads and drops what the client still sends, until it closes, a limit
-/// of bytes, or [`LINGER`].
-pub(crate) async fn linger(socket: &mut TcpStream) {
-    let drain = async {
-        // On the heap: a buffer in the future would make every stream's
-        // task (the same future type) that much larger.
-        let mut buf = vec![0u8; 4096];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// What a write waiting for room watches for its stream's close.
