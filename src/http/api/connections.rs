@@ -11,7 +11,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::super::envelope::{self, ApiError};
-use super::super::{listing, App};
+use super::super::{listing, Front};
 use super::extract::{
     base, body_within, end, only, query, query_pairs, reject, reject_unknown, with_app, FromQuery,
 };
@@ -19,7 +19,7 @@ use super::model::{CleanedUp, ConnectionsPage, Counts};
 use crate::config::Config;
 use crate::store::{Cursor, MAX_PAGE};
 
-pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let connections = base(base_path).and(warp::path("connections")).and(end());
     let cleanup = base(base_path).and(warp::path("cleanup")).and(end());
     connections
@@ -96,18 +96,18 @@ impl FromQuery for ListingQuery {
     }
 }
 
-async fn list(app: Arc<App>, asked: ListingQuery) -> Result<Response, Rejection> {
+async fn list(app: Arc<Front>, asked: ListingQuery) -> Result<Response, Rejection> {
     match asked {
         ListingQuery::Page { after, limit } => {
             let page = app
-                .router
+                .node()
                 .list_page(after.as_ref(), limit)
                 .await
                 .map_err(|e| reject(e.into()))?;
             Ok(envelope::ok(&ConnectionsPage::from(&page)))
         }
         ListingQuery::Whole => {
-            let body = listing::body(app.router.store().clone())
+            let body = listing::body(app.node().listing())
                 .await
                 .map_err(|e| reject(e.into()))?;
             Ok(envelope::streamed(body, "application/json"))
@@ -115,14 +115,14 @@ async fn list(app: Arc<App>, asked: ListingQuery) -> Result<Response, Rejection>
     }
 }
 
-async fn clear(app: Arc<App>) -> Result<Response, Rejection> {
-    let cleared = app.router.clear().await.map_err(|e| reject(e.into()))?;
+async fn clear(app: Arc<Front>) -> Result<Response, Rejection> {
+    let cleared = app.node().clear().await.map_err(|e| reject(e.into()))?;
     Ok(envelope::ok(&Counts::from(cleared)))
 }
 
-async fn clean_up(app: Arc<App>, timeout: f64) -> Result<Response, Rejection> {
+async fn clean_up(app: Arc<Front>, timeout: f64) -> Result<Response, Rejection> {
     let removed = app
-        .router
+        .node()
         .cleanup(timeout)
         .await
         .map_err(|e| reject(e.into()))?;
@@ -131,10 +131,10 @@ async fn clean_up(app: Arc<App>, timeout: f64) -> Result<Response, Rejection> {
 
 /// A cleanup body: empty, or `{"timeout": secs}`; without a timeout,
 /// `sweep.stale_timeout_secs`.
-fn stale_timeout(app: &Arc<App>) -> impl Filter<Extract = (f64,), Error = Rejection> + Clone {
+fn stale_timeout(app: &Arc<Front>) -> impl Filter<Extract = (f64,), Error = Rejection> + Clone {
     body_within(app, |c: &Config| c.api.max_body_bytes)
         .and(with_app(app))
-        .and_then(|body: bytes::Bytes, app: Arc<App>| async move {
+        .and_then(|body: bytes::Bytes, app: Arc<Front>| async move {
             let default = app.config().sweep.stale_timeout_secs as f64;
             parse_cleanup(&body, default).map_err(reject)
         })

@@ -11,12 +11,12 @@ use warp::{Filter, Rejection};
 
 use super::super::console::{self as page, Asset};
 use super::super::envelope::{self, ApiError};
-use super::super::App;
+use super::super::Front;
 use super::extract::{base, end, only, query, query_pairs, reject, with_app, FromQuery, UserName};
 use super::model::{ConsoleUser, UserCount, UsersPage};
 use crate::store::Cursor;
 
-pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let admin = base(base_path).and(warp::path("admin"));
     let asset = |at: BoxedFilter<()>, which: Asset| {
         let base_path = base_path.to_string();
@@ -81,10 +81,10 @@ pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)
 }
 
 /// A user's connections with the node holding each, oldest first.
-async fn user_connections(user: UserName, app: Arc<App>) -> Result<Response, Rejection> {
+async fn user_connections(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
     let list = app
-        .router
+        .node()
         .list_user(&user)
         .await
         .map_err(|e| reject(e.into()))?;
@@ -139,7 +139,7 @@ impl FromQuery for UsersQuery {
     }
 }
 
-async fn list_users(app: Arc<App>, q: UsersQuery) -> Result<Response, Rejection> {
+async fn list_users(app: Arc<Front>, q: UsersQuery) -> Result<Response, Rejection> {
     let page = users(&app, &q).await.map_err(reject)?;
     Ok(envelope::ok(&page))
 }
@@ -149,11 +149,11 @@ async fn list_users(app: Arc<App>, q: UsersQuery) -> Result<Response, Rejection>
 /// next page's cursor. Names are in order, so the ones with a prefix are
 /// one run: the exact name first, then the names after it, until one does
 /// not start with it.
-async fn users(app: &App, q: &UsersQuery) -> Result<UsersPage, ApiError> {
+async fn users(app: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     let mut users: Vec<UserCount> = Vec::new();
     let mut after = q.after.clone();
     if after.is_none() && !q.prefix.is_empty() {
-        let exact = app.router.list_user(&q.prefix).await?;
+        let exact = app.node().list_user(&q.prefix).await?;
         if !exact.is_empty() {
             users.push(UserCount {
                 connection_count: exact.len(),
@@ -167,7 +167,7 @@ async fn users(app: &App, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     let mut totals = None;
     if want > 0 {
         // One more than shown, to know whether a next page holds any.
-        let page = app.router.list_page(after.as_ref(), want + 1).await?;
+        let page = app.node().list_page(after.as_ref(), want + 1).await?;
         totals = Some((page.user_count, page.total_connections));
         more = page.next.is_some();
         for (user, list) in page.users {

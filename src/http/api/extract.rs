@@ -14,12 +14,12 @@ use warp::{Filter, Rejection};
 
 use super::super::auth::validate_username;
 use super::super::envelope::{ApiError, WrongMethod};
-use super::super::App;
+use super::super::Front;
 
 /// The node's state, handed to a handler.
 pub(super) fn with_app(
-    app: &Arc<App>,
-) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
+    app: &Arc<Front>,
+) -> impl Filter<Extract = (Arc<Front>,), Error = Infallible> + Clone {
     let app = app.clone();
     warp::any().map(move || app.clone())
 }
@@ -85,17 +85,19 @@ pub(super) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError
 /// The whole body, at most `limit(config)` bytes; more is a 413, whether
 /// announced by Content-Length or found while reading a chunked body.
 pub(super) fn body_within(
-    app: &Arc<App>,
+    app: &Arc<Front>,
     limit: fn(&crate::config::Config) -> usize,
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     with_app(app)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .and_then(move |app: Arc<App>, headers: HeaderMap, body| async move {
-            read_body(&headers, body, limit(&app.config()))
-                .await
-                .map_err(reject)
-        })
+        .and_then(
+            move |app: Arc<Front>, headers: HeaderMap, body| async move {
+                read_body(&headers, body, limit(&app.config()))
+                    .await
+                    .map_err(reject)
+            },
+        )
 }
 
 async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>

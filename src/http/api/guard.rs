@@ -13,14 +13,14 @@ use warp::{Filter, Rejection};
 
 use super::super::auth::admin_allowed;
 use super::super::envelope::ApiError;
-use super::super::App;
+use super::super::Front;
 use super::extract::{reject, with_app};
 use super::PathKind;
 
 /// The guards as one filter: it extracts nothing and rejects with the
 /// first refusal.
 pub(super) fn guards(
-    app: &Arc<App>,
+    app: &Arc<Front>,
     base_path: &str,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     let base_path: Arc<str> = Arc::from(base_path);
@@ -29,7 +29,7 @@ pub(super) fn guards(
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and_then(
-            move |app: Arc<App>, method: Method, path: FullPath, headers: HeaderMap| {
+            move |app: Arc<Front>, method: Method, path: FullPath, headers: HeaderMap| {
                 let open = PathKind::of(&base_path, path.as_str()).is_open();
                 async move {
                     let config = app.config();

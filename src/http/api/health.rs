@@ -9,11 +9,11 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::super::envelope;
-use super::super::App;
+use super::super::Front;
 use super::extract::{end, only, with_app};
 use super::model::Health;
 
-pub(super) fn routes(app: &Arc<App>) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(app: &Arc<Front>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path("healthz").and(end());
     let metrics = warp::path("metrics").and(end());
     healthz
@@ -36,17 +36,17 @@ pub(super) fn routes(app: &Arc<App>) -> BoxedFilter<(Response,)> {
 /// 200 only when the store answers (Redis engine: Redis answers and the
 /// bus subscription is up: a node that cannot hear the bus silently misses
 /// other nodes' messages).
-async fn health(app: Arc<App>) -> Response {
-    let state = app.router.store().health().await;
+async fn health(app: Arc<Front>) -> Response {
+    let state = app.node().health().await;
     let mut health = Health {
         bus: state
             .bus
             .map(|up| if up { "ok" } else { "down" }.to_string()),
         code: None,
-        connections: app.hub.len(),
+        connections: app.node().live_streams(),
         engine: state.engine.to_string(),
         message: None,
-        node_id: app.node_id.clone(),
+        node_id: app.node().id().to_string(),
         redis: state
             .redis
             .as_ref()
@@ -70,15 +70,15 @@ async fn health(app: Arc<App>) -> Response {
 }
 
 /// The classic text format, or OpenMetrics to a scraper that asks for it.
-fn metrics_text(headers: HeaderMap, app: Arc<App>) -> Response {
+fn metrics_text(headers: HeaderMap, app: Arc<Front>) -> Response {
     let (text, content_type) = if wants_openmetrics(&headers) {
         (
-            app.metrics.render(),
+            app.node().metrics().render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
     } else {
         (
-            app.metrics.render_classic(),
+            app.node().metrics().render_classic(),
             "text/plain; version=0.0.4; charset=utf-8",
         )
     };

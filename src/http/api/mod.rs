@@ -13,7 +13,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::envelope;
-use super::{relative, App};
+use super::{relative, Front};
 
 mod connections;
 mod console;
@@ -27,7 +27,7 @@ mod users;
 /// The whole admin listener as one filter; each answer is counted by its
 /// route and status.
 pub(crate) fn routes(
-    app: Arc<App>,
+    app: Arc<Front>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     // A restart key: the filters are built once for the process's life.
     let base_path = app.config().server.base_path.clone();
@@ -52,7 +52,7 @@ pub(crate) fn routes(
     label
         .and(answered)
         .map(move |label: &'static str, resp: Response| {
-            app.metrics.http(label, resp.status().as_u16());
+            app.node().metrics().http(label, resp.status().as_u16());
             resp
         })
 }

@@ -12,13 +12,13 @@ use warp::{Filter, Rejection};
 
 use super::super::auth::validate_username;
 use super::super::envelope::{self, ApiError};
-use super::super::App;
+use super::super::Front;
 use super::extract::{base, body_within, end, only, reject, reject_unknown, with_app};
 use super::model::{BatchSent, Sent};
 use crate::config::Config;
 use crate::node::router::Outgoing;
 
-pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let send = base(base_path).and(warp::path("send")).and(end());
     let batch = base(base_path)
         .and(warp::path("send"))
@@ -44,7 +44,7 @@ pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)
 }
 
 /// A send body, validated into a message.
-fn message(app: &Arc<App>) -> impl Filter<Extract = (Outgoing,), Error = Rejection> + Clone {
+fn message(app: &Arc<Front>) -> impl Filter<Extract = (Outgoing,), Error = Rejection> + Clone {
     body_within(app, |c: &Config| c.api.max_body_bytes)
         .and_then(|body: bytes::Bytes| async move { parse_send(&body).map_err(reject) })
 }
@@ -52,21 +52,23 @@ fn message(app: &Arc<App>) -> impl Filter<Extract = (Outgoing,), Error = Rejecti
 /// A batch body, validated into its messages. They own their payloads:
 /// the body (up to max_batch x max_body_bytes) is dropped here, before
 /// the store copies them.
-fn messages(app: &Arc<App>) -> impl Filter<Extract = (Vec<Outgoing>,), Error = Rejection> + Clone {
+fn messages(
+    app: &Arc<Front>,
+) -> impl Filter<Extract = (Vec<Outgoing>,), Error = Rejection> + Clone {
     body_within(app, |c: &Config| {
         c.api.max_body_bytes.saturating_mul(c.api.max_batch)
     })
     .and(with_app(app))
-    .and_then(|body: bytes::Bytes, app: Arc<App>| async move {
+    .and_then(|body: bytes::Bytes, app: Arc<Front>| async move {
         let api = &app.config().api;
         parse_batch(&body, api.max_batch, api.max_body_bytes).map_err(reject)
     })
 }
 
-async fn send_one(app: Arc<App>, msg: Outgoing) -> Result<Response, Rejection> {
+async fn send_one(app: Arc<Front>, msg: Outgoing) -> Result<Response, Rejection> {
     let config = app.config();
     let sent = app
-        .router
+        .node()
         .send(vec![msg], &config.history)
         .await
         .map_err(|e| reject(e.into()))?;
@@ -77,10 +79,10 @@ async fn send_one(app: Arc<App>, msg: Outgoing) -> Result<Response, Rejection> {
     }
 }
 
-async fn send_batch(app: Arc<App>, msgs: Vec<Outgoing>) -> Result<Response, Rejection> {
+async fn send_batch(app: Arc<Front>, msgs: Vec<Outgoing>) -> Result<Response, Rejection> {
     let config = app.config();
     let results = app
-        .router
+        .node()
         .send(msgs, &config.history)
         .await
         .map_err(|e| reject(e.into()))?;
@@ -92,8 +94,8 @@ async fn send_batch(app: Arc<App>, msgs: Vec<Outgoing>) -> Result<Response, Reje
 /// When a send has already queued its frames (the embedded engine), lets
 /// the streams write them before the response is written: a message then
 /// reaches the browser one system call sooner (nchan's order).
-async fn streams_first(app: &App) {
-    if app.router.store().queues_on_send() {
+async fn streams_first(app: &Front) {
+    if app.node().queues_on_send() {
         tokio::task::yield_now().await;
     }
 }

@@ -8,11 +8,11 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::super::envelope;
-use super::super::App;
+use super::super::Front;
 use super::extract::{base, end, only, reject, with_app, UserName};
 use super::model::{Counts, UserConnections};
 
-pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let user = base(base_path)
         .and(warp::path("connections"))
         .and(warp::path::param::<UserName>())
@@ -35,20 +35,20 @@ pub(super) fn routes(app: &Arc<App>, base_path: &str) -> BoxedFilter<(Response,)
         .boxed()
 }
 
-async fn list(user: UserName, app: Arc<App>) -> Result<Response, Rejection> {
+async fn list(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
     let list = app
-        .router
+        .node()
         .list_user(&user)
         .await
         .map_err(|e| reject(e.into()))?;
     Ok(envelope::ok(&UserConnections::new(&user, &list)))
 }
 
-async fn disconnect(user: UserName, app: Arc<App>) -> Result<Response, Rejection> {
+async fn disconnect(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
     let removed = app
-        .router
+        .node()
         .disconnect_user(&user)
         .await
         .map_err(|e| reject(e.into()))?;
