@@ -17,6 +17,7 @@ use warp::Filter;
 use super::auth::{admin_allowed, validate_username};
 use super::console::{self, ConsoleRoute};
 use super::envelope::{self, ApiError};
+use super::listener::Via;
 use super::listing;
 use super::App;
 use crate::node::router::Outgoing;
@@ -110,6 +111,7 @@ pub(crate) fn routes(
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::optional::<Via>())
         .and(warp::body::stream())
         .then(
             |app: Arc<App>,
@@ -117,6 +119,7 @@ pub(crate) fn routes(
              path: warp::path::FullPath,
              headers: HeaderMap,
              query: String,
+             via: Option<Via>,
              body| async move {
                 let config = app.config();
                 let route = parse_route(&config.server.base_path, path.as_str());
@@ -126,6 +129,7 @@ pub(crate) fn routes(
                     method,
                     headers: &headers,
                     query: &query,
+                    via: via.as_ref(),
                 };
                 let resp = envelope::respond(dispatch(&app, req, body).await);
                 app.metrics.http(label, resp.status().as_u16());
@@ -143,6 +147,8 @@ struct Req<'a> {
     headers: &'a HeaderMap,
     /// The raw query string ("" when there is none).
     query: &'a str,
+    /// The listener it came through (set by the admin server).
+    via: Option<&'a Via>,
 }
 
 async fn dispatch<S, B>(app: &Arc<App>, req: Req<'_>, body: S) -> Result<Response, ApiError>
@@ -155,11 +161,17 @@ where
         method,
         headers,
         query,
+        via,
     } = req;
     let config = app.config();
     // Before the token: a page in the operator's browser must get nothing,
     // not even a 401 that tells it the listener exists behind that name.
-    check_host(&config.api.allowed_hosts, headers)?;
+    // Over the Unix socket `Host` is whatever the client chose to write
+    // (`localhost`, `unix`, the socket's name): no browser connects there,
+    // so there is no rebinding to guard against and any name is answered.
+    if !via.is_some_and(|v| v.unix) {
+        check_host(&config.api.allowed_hosts, headers)?;
+    }
     check_origin(&config.api.allowed_origins, headers)?;
     // The token guards every request but /healthz and the console's page
     // (which holds no data and asks for the token), unknown routes too, so
@@ -184,7 +196,7 @@ where
         return Err(ApiError::method_not_allowed(&allowed.join(", ")));
     }
     match (route, method) {
-        (AdminRoute::Healthz, _) => Ok(healthz(app).await),
+        (AdminRoute::Healthz, _) => Ok(healthz(app, via).await),
         (AdminRoute::Console(ConsoleRoute::Asset(which)), _) => {
             Ok(console::asset(which, &config.server.base_path))
         }
@@ -433,11 +445,14 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
 /// 200 only when the store answers (Redis engine: Redis answers and the
 /// bus subscription is up: a node that cannot hear the bus silently misses
 /// other nodes' messages).
-async fn healthz(app: &App) -> Response {
+async fn healthz(app: &App, via: Option<&Via>) -> Response {
     let connections = app.hub.len();
     let health = app.router.store().health().await;
     let mut body = json!({"status": "ok", "engine": health.engine, "node_id": app.node_id,
                           "connections": connections});
+    if let Some(via) = via {
+        body["admin_listen"] = json!(&*via.listener);
+    }
     let mut problem = None;
     if let Some(redis) = &health.redis {
         body["redis"] = json!(if redis.is_ok() { "ok" } else { "unreachable" });
