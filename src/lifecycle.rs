@@ -15,11 +15,12 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ListenAddr};
 use crate::http::auth::{AuthSetupError, Authenticator};
 use crate::http::listener::AdminListener;
-use crate::http::{admin, api, socket, App, AppParts};
+use crate::http::{admin, api, socket, Front};
 use crate::metrics::Metrics;
 use crate::node::frame;
 use crate::node::hub::Hub;
-use crate::node::router::{Delivery, Router};
+use crate::node::router::Delivery;
+use crate::node::Node;
 use crate::store::{unix_now, Backend, Open, Store, StoreError};
 use crate::throttle::LogThrottle;
 
@@ -151,7 +152,9 @@ pub async fn connect(config: &Config) -> Result<Backend, LifecycleError> {
 
 /// A running node.
 pub struct Daemon {
-    app: Arc<App>,
+    app: Arc<Front>,
+    /// The file a reload reads again.
+    config_path: Option<PathBuf>,
     pub public_addr: std::net::SocketAddr,
     /// The admin listener: its TCP address, or its socket file.
     pub admin_addr: ListenAddr,
@@ -200,27 +203,24 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        let router = Router::new(store, hub.clone(), metrics.clone(), config.node_id());
-        let app = Arc::new(App::new(AppParts {
+        let node = Arc::new(Node::new(
             config,
-            config_path,
-            auth,
+            store,
             hub,
-            router,
             metrics,
-            shutdown: shutdown.clone(),
-            fd_cap: socket::stream_fd_cap(),
-        }));
-        app.publish_max_streams();
-        if app.fd_cap < app.config().limits.max_connections {
+            shutdown.clone(),
+            socket::stream_fd_cap(),
+        ));
+        let app = Arc::new(Front::new(node.clone(), auth));
+        if node.fd_cap() < node.config().limits.max_connections {
             tracing::warn!(
-                max_connections = app.config().limits.max_connections,
-                open_file_limit_allows = app.fd_cap,
+                max_connections = node.config().limits.max_connections,
+                open_file_limit_allows = node.fd_cap(),
                 "the open-file limit caps this node below limits.max_connections; streams beyond it get 503 (raise LimitNOFILE)"
             );
         }
         if startup_clear {
-            let removed = app.router.clear().await?;
+            let removed = node.clear().await?;
             tracing::info!(
                 connections = removed.connection_count,
                 users = removed.user_count,
@@ -268,18 +268,15 @@ impl Daemon {
         ));
         servers.close();
         tasks.spawn(crate::systemd::watchdog(shutdown.clone()));
-        tasks.spawn(heartbeat_loop(app.clone()));
-        tasks.spawn(crate::node::expiry::run(
-            app.expiries.clone(),
-            app.hub.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(memory_loop(app.clone()));
-        tasks.spawn(sweep_loop(app.clone()));
+        tasks.spawn(heartbeat_loop(node.clone()));
+        tasks.spawn(node.expiry_task());
+        tasks.spawn(memory_loop(node.clone()));
+        tasks.spawn(sweep_loop(node.clone()));
         tasks.spawn(crate::http::console::sampler(app.clone()));
-        tracing::info!(%public_addr, %admin_addr, node_id = %app.node_id, engine = app.router.store().engine(), worker_threads = tokio::runtime::Handle::current().metrics().num_workers(), "sse-notify serving");
+        tracing::info!(%public_addr, %admin_addr, node_id = %node.id(), engine = node.engine(), worker_threads = tokio::runtime::Handle::current().metrics().num_workers(), "sse-notify serving");
         Ok(Daemon {
             app,
+            config_path,
             public_addr,
             admin_addr,
             tasks,
@@ -290,27 +287,27 @@ impl Daemon {
 
     /// How many streams this node holds now.
     pub fn live_streams(&self) -> usize {
-        self.app.hub.len()
+        self.app.node().live_streams()
     }
 
     pub fn node_id(&self) -> &str {
-        &self.app.node_id
+        self.app.node().id()
     }
 
     /// `"memory"` or `"redis"`.
     pub fn engine(&self) -> &'static str {
-        self.app.router.store().engine()
+        self.app.node().engine()
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.app.shutdown.clone()
+        self.app.node().shutdown().clone()
     }
 
     /// SIGHUP: re-read the config file (an invalid one is logged and the
     /// old kept), apply what can change live, then clear the registry.
     pub async fn reload(&self) {
-        let app = &self.app;
-        match &app.config_path {
+        let node = self.app.node();
+        match &self.config_path {
             None => tracing::info!("reload: no config file in use; defaults stay"),
             Some(path) => match Config::load(Some(path)) {
                 Err(e) => {
@@ -319,8 +316,8 @@ impl Daemon {
                 Ok(new) => self.apply(new),
             },
         }
-        if let Err(e) = app.router.clear().await {
-            app.metrics.redis_errors.inc();
+        if let Err(e) = node.clear().await {
+            node.metrics().redis_errors.inc();
             tracing::error!(error = %e, "reload: clear failed");
         }
     }
@@ -349,7 +346,7 @@ impl Daemon {
                 }
             }
         }
-        app.set_config(effective);
+        app.node().set_config(effective);
         tracing::info!("reload: config applied");
     }
 
@@ -358,7 +355,7 @@ impl Daemon {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut signals = signal_hook_tokio::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
         let handle = signals.handle();
-        let shutdown = self.app.shutdown.clone();
+        let shutdown = self.app.node().shutdown().clone();
         self.tasks.spawn(async move {
             loop {
                 let signal = tokio::select! {
@@ -389,26 +386,24 @@ impl Daemon {
     /// come back and closed, requests finished within the grace period,
     /// this node's records removed, every task joined.
     pub async fn wait(&self) {
-        let app = &self.app;
-        app.shutdown.cancelled().await;
+        let node = self.app.node();
+        node.shutdown().cancelled().await;
         crate::systemd::stopping();
-        let config = app.config();
+        let config = node.config();
         let spread = crate::node::ratelimit::reconnect_spread_ms(
-            app.hub.len(),
+            node.live_streams(),
             config.stream.retry_ms,
             config.limits.max_connect_rate,
         );
         let base = config.stream.retry_ms;
-        let closed = app
-            .hub
-            .close_all(|| frame::retry(base + fastrand::u64(0..=spread)));
+        let closed = node.close_all(|| frame::retry(base + fastrand::u64(0..=spread)));
         tracing::info!(
             streams = closed,
             reconnect_spread_ms = spread,
             "closing streams"
         );
         self.servers.wait().await;
-        app.router.store().shutdown().await;
+        node.close_store().await;
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");
@@ -417,35 +412,34 @@ impl Daemon {
 
 /// Every `stream.heartbeat_secs`: one shared comment frame into every
 /// queue, one batched registry write.
-async fn heartbeat_loop(app: Arc<App>) {
+async fn heartbeat_loop(node: Arc<Node>) {
     loop {
-        let every = app.config().heartbeat_interval();
+        let every = node.config().heartbeat_interval();
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = node.shutdown().cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let now = unix_now();
-        app.hub.heartbeat(&frame::heartbeat(now as u64));
-        app.router.store().heartbeat();
+        node.heartbeat(&frame::heartbeat(now as u64));
     }
 }
 
 /// Every second: give freed memory back when many streams closed (see
 /// [`crate::node::trim::Trimmer`]). Often enough that a steady churn keeps the
 /// RSS flat instead of a sawtooth; the check itself is two counters.
-async fn memory_loop(app: Arc<App>) {
+async fn memory_loop(node: Arc<Node>) {
     let mut trimmer = crate::node::trim::Trimmer::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = node.shutdown().cancelled() => return,
             _ = tick.tick() => {}
         }
-        let closes = app.metrics.disconnects.get();
-        if trimmer.tick(app.hub.len(), closes, || app.hub.shrink()) {
+        let closes = node.metrics().disconnects.get();
+        if trimmer.tick(node.live_streams(), closes, || node.shrink()) {
             tracing::debug!(
-                streams = app.hub.len(),
+                streams = node.live_streams(),
                 "many streams closed; free memory returned"
             );
         }
@@ -454,17 +448,17 @@ async fn memory_loop(app: Arc<App>) {
 
 /// Every `sweep.interval_secs`: remove records not heartbeated for
 /// `sweep.stale_timeout_secs` (left by a node that died).
-async fn sweep_loop(app: Arc<App>) {
+async fn sweep_loop(node: Arc<Node>) {
     let mut log = LogThrottle::new(Duration::from_secs(60));
     loop {
-        let every = app.config().sweep_interval();
+        let every = node.config().sweep_interval();
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = node.shutdown().cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let timeout = app.config().sweep.stale_timeout_secs as f64;
-        if let Err(e) = app.router.cleanup(timeout).await {
-            app.metrics.redis_errors.inc();
+        let timeout = node.config().sweep.stale_timeout_secs as f64;
+        if let Err(e) = node.cleanup(timeout).await {
+            node.metrics().redis_errors.inc();
             if let Some(suppressed) = log.allow() {
                 tracing::error!(error = %e, suppressed, "sweep failed; will retry next interval");
             }

@@ -24,7 +24,7 @@ use super::deadline::{self, RequestClock, TimedStream};
 use super::envelope::ApiError;
 use super::listener::{AdminConn, AdminListener, Via};
 use super::socket::{self, OpenSocket};
-use super::App;
+use super::Front;
 use crate::throttle::LogThrottle;
 
 /// Refused connections being answered at once; beyond it, a refused
@@ -47,7 +47,7 @@ pub(crate) async fn serve<F>(
     name: &'static str,
     listener: AdminListener,
     filter: F,
-    app: Arc<App>,
+    app: Arc<Front>,
     shutdown: CancellationToken,
     grace: Duration,
 ) where
@@ -79,7 +79,7 @@ pub(crate) async fn serve<F>(
         };
         let config = app.config();
         if open.load(Ordering::Relaxed) >= config.api.max_connections {
-            app.metrics.admin_refused_connections.inc();
+            app.node().metrics().admin_refused_connections.inc();
             if let Some(suppressed) = refusals.allow() {
                 tracing::warn!(
                     listener = name,

@@ -19,7 +19,7 @@ use super::console::{self, ConsoleRoute};
 use super::envelope::{self, ApiError};
 use super::listener::Via;
 use super::listing;
-use super::App;
+use super::Front;
 use crate::node::router::Outgoing;
 use crate::store::{Cleared, ConnectionRecord, Cursor, Page, Removed, MAX_PAGE};
 
@@ -103,7 +103,7 @@ pub(crate) fn parse_route(base: &str, path: &str) -> Option<AdminRoute> {
 
 /// The whole admin listener as one filter.
 pub(crate) fn routes(
-    app: Arc<App>,
+    app: Arc<Front>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     warp::any()
         .map(move || app.clone())
@@ -114,7 +114,7 @@ pub(crate) fn routes(
         .and(warp::ext::optional::<Via>())
         .and(warp::body::stream())
         .then(
-            |app: Arc<App>,
+            |app: Arc<Front>,
              method: Method,
              path: warp::path::FullPath,
              headers: HeaderMap,
@@ -132,7 +132,7 @@ pub(crate) fn routes(
                     via: via.as_ref(),
                 };
                 let resp = envelope::respond(dispatch(&app, req, body).await);
-                app.metrics.http(label, resp.status().as_u16());
+                app.node().metrics().http(label, resp.status().as_u16());
                 resp
             },
         )
@@ -151,7 +151,7 @@ struct Req<'a> {
     via: Option<&'a Via>,
 }
 
-async fn dispatch<S, B>(app: &Arc<App>, req: Req<'_>, body: S) -> Result<Response, ApiError>
+async fn dispatch<S, B>(app: &Arc<Front>, req: Req<'_>, body: S) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send,
     B: Buf,
@@ -207,18 +207,18 @@ where
         }
         (AdminRoute::Console(ConsoleRoute::User(user)), _) => {
             validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
-            let list = app.router.list_user(&user).await?;
+            let list = app.node().list_user(&user).await?;
             Ok(envelope::ok(&console::user_json(&user, &list)))
         }
         (AdminRoute::Metrics, _) => {
             let (text, content_type) = if wants_openmetrics(headers) {
                 (
-                    app.metrics.render(),
+                    app.node().metrics().render(),
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
             } else {
                 (
-                    app.metrics.render_classic(),
+                    app.node().metrics().render_classic(),
                     "text/plain; version=0.0.4; charset=utf-8",
                 )
             };
@@ -232,7 +232,7 @@ where
         (AdminRoute::Send, _) => {
             let body = read_body(headers, body, config.api.max_body_bytes).await?;
             let msg = parse_send(&body)?;
-            let sent = app.router.send(vec![msg], &config.history).await?;
+            let sent = app.node().send(vec![msg], &config.history).await?;
             streams_first(app).await;
             match sent.first() {
                 Some(sent) => Ok(envelope::ok(sent)),
@@ -249,17 +249,17 @@ where
             // The messages own their payloads now: the body (up to
             // max_batch x max_body_bytes) goes before the store copies them.
             drop(body);
-            let results = app.router.send(msgs, &config.history).await?;
+            let results = app.node().send(msgs, &config.history).await?;
             streams_first(app).await;
             Ok(envelope::ok(&json!({ "results": results })))
         }
         (AdminRoute::Connections, Method::GET) => match parse_paging(query)? {
             Some((cursor, limit)) => {
-                let page = app.router.list_page(cursor.as_ref(), limit).await?;
+                let page = app.node().list_page(cursor.as_ref(), limit).await?;
                 Ok(envelope::ok(&page_json(&page)))
             }
             None => {
-                let body = listing::body(app.router.store().clone()).await?;
+                let body = listing::body(app.node().listing()).await?;
                 let mut resp = warp::Reply::into_response(warp::reply::stream(body));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -269,23 +269,23 @@ where
             }
         },
         (AdminRoute::Connections, _) => {
-            let cleared: Cleared = app.router.clear().await?;
+            let cleared: Cleared = app.node().clear().await?;
             Ok(envelope::ok(&cleared))
         }
         (AdminRoute::UserConnections(user), Method::GET) => {
             validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
-            let list = app.router.list_user(&user).await?;
+            let list = app.node().list_user(&user).await?;
             Ok(envelope::ok(&user_json(&user, &list)))
         }
         (AdminRoute::UserConnections(user), _) => {
             validate_username(&user).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
-            let removed = app.router.disconnect_user(&user).await?;
+            let removed = app.node().disconnect_user(&user).await?;
             Ok(envelope::ok(&counts(&removed)))
         }
         (AdminRoute::Cleanup, _) => {
             let body = read_body(headers, body, config.api.max_body_bytes).await?;
             let timeout = parse_cleanup(&body, config.sweep.stale_timeout_secs as f64)?;
-            let removed = app.router.cleanup(timeout).await?;
+            let removed = app.node().cleanup(timeout).await?;
             let mut data = counts(&removed);
             data["connection_ids"] = json!(removed.connection_ids);
             Ok(envelope::ok(&data))
@@ -298,8 +298,8 @@ where
 /// reaches the browser one system call sooner (nchan's order). It halved
 /// the median publish-to-stream latency of `run-peers.sh` unicast at no
 /// cost in messages per second.
-async fn streams_first(app: &App) {
-    if app.router.store().queues_on_send() {
+async fn streams_first(app: &Front) {
+    if app.node().queues_on_send() {
         tokio::task::yield_now().await;
     }
 }
@@ -445,10 +445,10 @@ fn wants_openmetrics(headers: &HeaderMap) -> bool {
 /// 200 only when the store answers (Redis engine: Redis answers and the
 /// bus subscription is up: a node that cannot hear the bus silently misses
 /// other nodes' messages).
-async fn healthz(app: &App, via: Option<&Via>) -> Response {
-    let connections = app.hub.len();
-    let health = app.router.store().health().await;
-    let mut body = json!({"status": "ok", "engine": health.engine, "node_id": app.node_id,
+async fn healthz(app: &Front, via: Option<&Via>) -> Response {
+    let connections = app.node().live_streams();
+    let health = app.node().health().await;
+    let mut body = json!({"status": "ok", "engine": health.engine, "node_id": app.node().id(),
                           "connections": connections});
     if let Some(via) = via {
         body["admin_listen"] = json!(&*via.listener);

@@ -21,7 +21,7 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::envelope::ApiError;
-use super::App;
+use super::Front;
 use crate::store::nodes::NodeStatus;
 use crate::store::{unix_now, ConnectionRecord, Cursor};
 
@@ -163,7 +163,6 @@ impl Rates {
 /// The console's state in the node: the ring and the latest tick, which
 /// every open console stream is sent.
 pub(crate) struct Console {
-    started_at: f64,
     ring: Mutex<VecDeque<Sample>>,
     /// The latest `tick` event's data (compact JSON).
     tick: watch::Sender<Option<Arc<str>>>,
@@ -172,7 +171,6 @@ pub(crate) struct Console {
 impl Default for Console {
     fn default() -> Self {
         Self {
-            started_at: unix_now(),
             ring: Mutex::new(VecDeque::with_capacity(RING)),
             tick: watch::channel(None).0,
         }
@@ -199,17 +197,17 @@ impl Console {
 }
 
 /// This node's report now.
-async fn this_node(app: &App) -> NodeStatus {
-    let m = &app.metrics;
-    let health = app.router.store().health().await;
+async fn this_node(app: &Front) -> NodeStatus {
+    let m = app.node().metrics();
+    let health = app.node().health().await;
     NodeStatus {
-        node_id: app.node_id.clone(),
+        node_id: app.node().id().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         engine: health.engine.to_string(),
-        started_at: app.console.started_at,
+        started_at: app.node().started_at(),
         seen_at: unix_now(),
-        live_streams: app.hub.len() as u64,
-        max_streams: app.max_streams() as u64,
+        live_streams: app.node().live_streams() as u64,
+        max_streams: app.node().max_streams() as u64,
         redis: health.redis.map(|r| match r {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("unreachable: {e}"),
@@ -227,22 +225,22 @@ async fn this_node(app: &App) -> NodeStatus {
 
 /// Every second until shutdown: report this node, read the deployment,
 /// push a sample, publish the tick. At shutdown this node's report goes.
-pub(crate) async fn sampler(app: Arc<App>) {
+pub(crate) async fn sampler(app: Arc<Front>) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rates = Rates::default();
     let mut log = crate::throttle::LogThrottle::new(Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = app.node().shutdown().cancelled() => break,
             _ = every.tick() => {}
         }
         let me = this_node(&app).await;
         let t = me.seen_at;
-        let (nodes, totals, error) = match app.router.store().report_node(&me).await {
+        let (nodes, totals, error) = match app.node().report(&me).await {
             Ok(d) => (d.nodes, Some((d.users, d.connections)), None),
             Err(e) => {
-                app.metrics.redis_errors.inc();
+                app.node().metrics().redis_errors.inc();
                 if let Some(suppressed) = log.allow() {
                     tracing::warn!(error = %e, suppressed, "console: node report failed");
                 }
@@ -250,21 +248,21 @@ pub(crate) async fn sampler(app: Arc<App>) {
             }
         };
         let sample = rates.sample(t, &nodes);
-        app.console.push(sample.clone());
+        app.console().push(sample.clone());
         let tick = json!({
             "t": t,
-            "node_id": app.node_id,
+            "node_id": app.node().id(),
             "sample": sample,
             "nodes": nodes,
             "users": totals.map(|t| t.0),
             "connections": totals.map(|t| t.1),
             "error": error,
         });
-        app.console
+        app.console()
             .tick
             .send_replace(Some(Arc::from(tick.to_string())));
     }
-    if let Err(e) = app.router.store().forget_node(&app.node_id).await {
+    if let Err(e) = app.node().forget_report().await {
         tracing::debug!(error = %e, "console: could not remove this node's report");
     }
 }
@@ -384,11 +382,11 @@ impl UsersQuery {
 /// next page's cursor. Names are in order, so the ones with a prefix are
 /// one run: the exact name first, then the names after it, until one does
 /// not start with it.
-pub(crate) async fn users(app: &App, q: &UsersQuery) -> Result<serde_json::Value, ApiError> {
+pub(crate) async fn users(app: &Front, q: &UsersQuery) -> Result<serde_json::Value, ApiError> {
     let mut users: Vec<(String, usize)> = Vec::new();
     let mut after = q.after.clone();
     if after.is_none() && !q.prefix.is_empty() {
-        let exact = app.router.list_user(&q.prefix).await?;
+        let exact = app.node().list_user(&q.prefix).await?;
         if !exact.is_empty() {
             users.push((q.prefix.clone(), exact.len()));
         }
@@ -399,7 +397,7 @@ pub(crate) async fn users(app: &App, q: &UsersQuery) -> Result<serde_json::Value
     let mut totals = None;
     if want > 0 {
         // One more than shown, to know whether a next page holds any.
-        let page = app.router.list_page(after.as_ref(), want + 1).await?;
+        let page = app.node().list_page(after.as_ref(), want + 1).await?;
         totals = Some((page.user_count, page.total_connections));
         more = page.next.is_some();
         for (user, list) in page.users {
@@ -436,14 +434,14 @@ fn frame(event: &str, data: &str) -> Bytes {
 
 /// The console's live stream: `hello` (the ring so far) and then a `tick`
 /// a second; it ends when the node shuts down.
-pub(crate) fn events(app: Arc<App>) -> Response {
+pub(crate) fn events(app: Arc<Front>) -> Response {
     let hello = json!({
-        "node_id": app.node_id,
+        "node_id": app.node().id(),
         "interval_secs": SAMPLE_EVERY.as_secs(),
         "window_secs": SAMPLE_EVERY.as_secs() * RING as u64,
-        "samples": app.console.samples(),
+        "samples": app.console().samples(),
     });
-    let mut ticks = app.console.tick.subscribe();
+    let mut ticks = app.console().tick.subscribe();
     ticks.mark_changed();
     let first = frame("hello", &hello.to_string());
     let state = (app, ticks, Some(first));
@@ -453,7 +451,7 @@ pub(crate) fn events(app: Arc<App>) -> Response {
         }
         loop {
             tokio::select! {
-                _ = app.shutdown.cancelled() => return None,
+                _ = app.node().shutdown().cancelled() => return None,
                 changed = ticks.changed() => {
                     if changed.is_err() {
                         return None;

@@ -81,12 +81,14 @@ impl AdminListener {
                     tracing::info!(path = %path.display(), "replacing a stale admin socket file (nothing listens on it)");
                     std::fs::remove_file(path)?;
                 }
-                Err(e) => return Err(io::Error::new(
-                    e.kind(),
-                    format!(
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
                         "a socket file is there and probing it failed ({e}); it is left as it is"
                     ),
-                )),
+                    ))
+                }
             },
         }
         let socket = tokio::net::UnixSocket::new_stream()?;

@@ -2,19 +2,11 @@
 //! server in [`public`] answering through [`stream`]), the admin listener
 //! (hyper + warp in [`admin`], routes in [`api`]), stream auth and the one
 //! error envelope ([`envelope`]). It knows nothing of engines: everything
-//! goes through the node's router.
+//! goes through the node ([`Front::node`]).
 
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use tokio_util::sync::CancellationToken;
-
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::node::expiry::Expiries;
-use crate::node::hub::Hub;
-use crate::node::ratelimit::ConnectLimiter;
-use crate::node::router::Router;
+use crate::node::Node;
 use auth::Authenticator;
 
 pub(crate) mod admin;
@@ -29,94 +21,43 @@ pub(crate) mod public;
 pub(crate) mod socket;
 pub(crate) mod stream;
 
-/// The state one running node shares between its routes and background
-/// tasks. The live config and authenticator are swapped whole on reload.
-pub(crate) struct App {
-    config: RwLock<Arc<Config>>,
+/// What the listeners share: the node they front, and what is HTTP's own
+/// (the stream authenticator, swapped whole on reload, and the console).
+pub(crate) struct Front {
+    node: Arc<Node>,
     auth: RwLock<Arc<Authenticator>>,
-    pub config_path: Option<PathBuf>,
-    pub node_id: String,
-    pub hub: Arc<Hub>,
-    /// Token-mode streams, closed when their token runs out.
-    pub expiries: Arc<Expiries>,
-    pub router: Router,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
-    pub connect_limiter: ConnectLimiter,
-    /// Streams the open-file limit allows.
-    pub fd_cap: usize,
-    /// One log line per interval for refused streams, however many.
-    pub refusals: std::sync::Mutex<crate::throttle::LogThrottle>,
     /// The admin console's samples and live ticks.
-    pub console: console::Console,
+    console: console::Console,
 }
 
-pub(crate) struct AppParts {
-    pub config: Config,
-    pub config_path: Option<PathBuf>,
-    pub auth: Authenticator,
-    pub hub: Arc<Hub>,
-    pub router: Router,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
-    pub fd_cap: usize,
-}
-
-impl App {
-    pub(crate) fn new(p: AppParts) -> Self {
+impl Front {
+    pub(crate) fn new(node: Arc<Node>, auth: Authenticator) -> Self {
         Self {
-            node_id: p.config.node_id(),
-            config: RwLock::new(Arc::new(p.config)),
-            auth: RwLock::new(Arc::new(p.auth)),
-            config_path: p.config_path,
-            hub: p.hub,
-            expiries: Arc::default(),
-            router: p.router,
-            metrics: p.metrics,
-            shutdown: p.shutdown,
-            connect_limiter: ConnectLimiter::new(),
-            fd_cap: p.fd_cap,
-            refusals: std::sync::Mutex::new(crate::throttle::LogThrottle::new(
-                std::time::Duration::from_secs(10),
-            )),
+            node,
+            auth: RwLock::new(Arc::new(auth)),
             console: console::Console::default(),
         }
     }
 
-    /// The config in force now (reloads swap it).
-    pub(crate) fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
-    /// The node's stream cap now: `limits.max_connections`, or less if the
-    /// open-file limit is lower.
-    pub(crate) fn max_streams(&self) -> usize {
-        self.config().limits.max_connections.min(self.fd_cap)
+    /// The config in force now (the node's; reloads swap it).
+    pub(crate) fn config(&self) -> Arc<crate::config::Config> {
+        self.node.config()
     }
 
     pub(crate) fn auth(&self) -> Arc<Authenticator> {
         self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub(crate) fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-        self.publish_max_streams();
-    }
-
-    /// Exports [`App::max_streams`] as `sse_notify_max_streams`, so that an
-    /// alert can compare live streams with the cap; called at start and on
-    /// every reload, the only times it changes.
-    pub(crate) fn publish_max_streams(&self) {
-        self.metrics
-            .max_streams
-            .set(i64::try_from(self.max_streams()).unwrap_or(i64::MAX));
-    }
-
     pub(crate) fn set_auth(&self, auth: Authenticator) {
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+    }
+
+    pub(crate) fn console(&self) -> &console::Console {
+        &self.console
     }
 }
 

@@ -34,7 +34,7 @@ use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use super::envelope::ApiError;
 use super::socket::{self, head_bytes, linger, Length, OpenSocket};
 use super::stream::{self, Reply, ReplyBody, Request, SseBody};
-use super::App;
+use super::Front;
 use crate::throttle::LogThrottle;
 
 /// Largest request head accepted; browsers send well under 2 KiB, cookies
@@ -51,7 +51,7 @@ const BATCH: usize = 32;
 /// at most `grace`, closing what is left.
 pub(crate) async fn serve(
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<Front>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -105,9 +105,9 @@ const PENDING_ROOM: usize = 128;
 /// still open counts: a stream the hub has closed and forgotten keeps its
 /// descriptor until it has written its last frames or its write deadline
 /// cuts it (`stream.write_timeout_secs`).
-async fn fd_room(app: &App, sockets: &AtomicUsize, shutdown: &CancellationToken) -> bool {
+async fn fd_room(app: &Front, sockets: &AtomicUsize, shutdown: &CancellationToken) -> bool {
     loop {
-        if sockets.load(Ordering::Relaxed) < app.fd_cap.saturating_add(PENDING_ROOM) {
+        if sockets.load(Ordering::Relaxed) < app.node().fd_cap().saturating_add(PENDING_ROOM) {
             return true;
         }
         tokio::select! {
@@ -134,7 +134,7 @@ enum HeadError {
 }
 
 async fn connection(
-    app: &Arc<App>,
+    app: &Arc<Front>,
     mut socket: TcpStream,
     peer: SocketAddr,
     kill: CancellationToken,
@@ -235,7 +235,7 @@ fn parse_query(q: &str) -> HashMap<String, String> {
 }
 
 async fn respond(
-    app: &App,
+    app: &Front,
     mut socket: TcpStream,
     reply: Reply,
     chunked: bool,
@@ -269,7 +269,7 @@ async fn respond(
             let mut deadline = WriteDeadline::new(limit);
             let r = write_events(&mut socket, head, &mut events, chunked, &mut deadline).await;
             if deadline.expired {
-                app.metrics.write_timeouts.inc();
+                app.node().metrics().write_timeouts.inc();
                 let conn = events.conn();
                 tracing::warn!(
                     connection_id = %conn.connection_id,

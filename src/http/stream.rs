@@ -19,12 +19,12 @@ use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::auth::{AuthError, Identity};
 use super::envelope::ApiError;
-use super::App;
+use super::Front;
 use crate::config::Config;
 use crate::node::expiry::Expiries;
 use crate::node::frame;
-use crate::node::hub::HubError;
 use crate::node::queue::Receiver;
+use crate::node::{Refused, Registered};
 use crate::store::{unix_now, LiveConn, MsgId, Wrote};
 
 /// A request to the public listener, as the HTTP layer parsed it.
@@ -52,7 +52,7 @@ pub(crate) enum ReplyBody {
 }
 
 /// Answers one request of the public listener.
-pub(crate) async fn handle(app: &Arc<App>, req: Request) -> Reply {
+pub(crate) async fn handle(app: &Arc<Front>, req: Request) -> Reply {
     let config = app.config();
     let is_stream = super::api::relative(&config.server.base_path, &req.path) == Some("/stream");
     let result = if !is_stream {
@@ -73,7 +73,7 @@ pub(crate) async fn handle(app: &Arc<App>, req: Request) -> Reply {
         }
     });
     cors(&config, &req.headers, &mut reply.headers);
-    app.metrics.http(
+    app.node().metrics().http(
         if is_stream { "stream" } else { "unknown" },
         reply.status.as_u16(),
     );
@@ -143,7 +143,7 @@ fn auth_error(e: AuthError) -> ApiError {
     }
 }
 
-async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, ApiError> {
+async fn open(app: &Arc<Front>, config: &Config, req: &Request) -> Result<Reply, ApiError> {
     let (headers, query, peer) = (&req.headers, &req.query, req.peer);
     let Identity { username, expires } = app
         .auth()
@@ -154,63 +154,30 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         username,
         connection_time: unix_now(),
     };
-    let kill = req.kill.clone();
     let retry_later = Duration::from_millis(config.stream.retry_ms.max(1000));
-    if let Err(wait) = app
-        .connect_limiter
-        .try_acquire(config.limits.max_connect_rate)
-    {
-        app.metrics.rejected_connections.inc();
-        return Err(ApiError::unavailable(format!(
-            "too many new streams on this node (limits.max_connect_rate = {}/s); retry later",
-            config.limits.max_connect_rate
-        ))
-        .with_retry_after(wait + Duration::from_millis(fastrand::u64(0..1000))));
-    }
-    let rx = app
-        .hub
-        .register(&conn, config.stream.queue_size, app.max_streams(), kill)
-        .map_err(|e| {
-            app.metrics.rejected_connections.inc();
-            if let HubError::Full(limit) = e {
-                let allowed = app
-                    .refusals
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .allow();
-                if let Some(suppressed) = allowed {
-                    tracing::warn!(
-                        limit,
-                        suppressed,
-                        "stream refused: limits.max_connections (or the open-file limit) reached"
-                    );
-                }
+    let node = app.node();
+    let Registered { rx, user_count } = node
+        .register(config, &conn, req.kill.clone())
+        .await
+        .map_err(|e| match e {
+            Refused::Rate { wait, .. } => ApiError::unavailable(e.to_string())
+                .with_retry_after(wait + Duration::from_millis(fastrand::u64(0..1000))),
+            Refused::Hub(_) | Refused::Store(_) => {
+                ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
             }
-            ApiError::unavailable(e.to_string()).with_retry_after(retry_later)
         })?;
-    // In the hub first: the expiry closes it there (at once if the token
-    // ran out meanwhile).
+    // Admitted: from here on, any exit (client gone) takes it out again.
     let expires = expires.map_or(0, Expiries::clamp);
     if expires != 0 {
-        app.expiries.add(expires, &conn.connection_id);
+        node.expire_at(expires, &conn.connection_id);
     }
-    // From here on, any exit (error, client gone mid-registration) cleans up.
-    let mut guard = ConnGuard {
+    let guard = ConnGuard {
         app: app.clone(),
         conn: conn.clone(),
         opened: Instant::now(),
-        established: false,
         expires,
         released: false,
     };
-    let user_count = app.router.register(&conn).await.map_err(|e| {
-        app.metrics.rejected_connections.inc();
-        ApiError::unavailable(format!("cannot register the connection: {e}"))
-            .with_retry_after(retry_later)
-    })?;
-    app.router.registered(&conn.connection_id);
-    guard.established = true;
-    app.metrics.connects.inc();
     // The registration told how many connections the user has on all
     // nodes: only a user over the limit costs another round trip.
     if user_count > config.limits.max_connections_per_user {
@@ -218,7 +185,7 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
         // replaces: that one goes first, not another tab of the user.
         let replaces = query.get("replaces").map(String::as_str);
         if let Err(e) = app
-            .router
+            .node()
             .enforce_user_limit(
                 &conn.username,
                 config.limits.max_connections_per_user,
@@ -227,7 +194,7 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
             )
             .await
         {
-            app.metrics.redis_errors.inc();
+            app.node().metrics().redis_errors.inc();
             tracing::warn!(error = %e, username = %conn.username, "per-user limit not enforced");
         }
     }
@@ -273,7 +240,7 @@ async fn open(app: &Arc<App>, config: &Config, req: &Request) -> Result<Reply, A
 /// to which the client now has everything, so that the same messages are
 /// not written again when they also reach the queue (the replay/live seam).
 async fn replay(
-    app: &App,
+    app: &Front,
     config: &Config,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -291,13 +258,13 @@ async fn replay(
     let last: Option<MsgId> = raw.trim().parse().ok();
     let gap = |prefix: &mut VecDeque<Bytes>| prefix.push_back(frame::history_gap(&raw));
     let replay = match app
-        .router
+        .node()
         .replay(&conn.username, &conn.connection_id, last, &config.history)
         .await
     {
         Ok(r) => r,
         Err(e) => {
-            app.metrics.redis_errors.inc();
+            app.node().metrics().redis_errors.inc();
             tracing::warn!(error = %e, connection_id = %conn.connection_id, "history unreadable; replay skipped");
             gap(prefix);
             return None;
@@ -321,12 +288,11 @@ async fn replay(
 
 /// Removes the connection from the hub and the registry when dropped.
 struct ConnGuard {
-    app: Arc<App>,
+    app: Arc<Front>,
     conn: LiveConn,
     opened: Instant,
-    established: bool,
     /// Token mode: the token's `exp` as [`Expiries`] keeps it; 0 for none.
-    /// A `u32` fits in the padding after `established`: nothing added to
+    /// A `u32` fits in the padding before `released`: nothing added to
     /// a stream of the other modes.
     expires: u32,
     /// [`ConnGuard::release`] ran (the body ended and said what it wrote).
@@ -346,21 +312,18 @@ impl ConnGuard {
         if std::mem::replace(&mut self.released, true) {
             return;
         }
+        let node = self.app.node();
         if self.expires != 0 {
-            self.app
-                .expiries
-                .remove(self.expires, &self.conn.connection_id);
+            node.forget_expiry(self.expires, &self.conn.connection_id);
         }
-        self.app.router.unregister(&self.conn.connection_id, wrote);
-        if self.established {
-            self.app.metrics.disconnects.inc();
-            tracing::info!(
-                connection_id = %self.conn.connection_id,
-                username = %self.conn.username,
-                secs = self.opened.elapsed().as_secs(),
-                "stream closed"
-            );
-        }
+        node.unregister(&self.conn.connection_id, wrote);
+        node.metrics().disconnects.inc();
+        tracing::info!(
+            connection_id = %self.conn.connection_id,
+            username = %self.conn.username,
+            secs = self.opened.elapsed().as_secs(),
+            "stream closed"
+        );
     }
 }
 
