@@ -357,7 +357,11 @@ async fn connections_of(config: &Config, user: &str, json: bool) -> Result<(), C
         records_from(&data["connections"], &answering_node_id(config).await?)?
     };
     if json {
-        println!("{}", crate::http::api::user_json(user, &list));
+        println!(
+            "{}",
+            serde_json::to_string(&crate::http::api::model::UserConnections::new(user, &list))
+                .unwrap_or_default()
+        );
     } else {
         println!("{user}: {} connection{}", list.len(), plural(list.len()));
         print_table(list.iter(), true);

@@ -12,18 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::Stream;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::{header, HeaderValue};
 use warp::reply::Response;
-use warp::Reply;
 
-use super::envelope::ApiError;
+use super::envelope;
 use super::Front;
 use crate::store::nodes::NodeStatus;
-use crate::store::{unix_now, ConnectionRecord, Cursor};
+use crate::store::unix_now;
 
 const PAGE: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/console.js");
@@ -40,34 +38,6 @@ pub(crate) enum Asset {
     Page,
     Script,
     Style,
-}
-
-/// The console's paths below `{base}/admin` (already without the trailing
-/// slash).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ConsoleRoute {
-    Asset(Asset),
-    Events,
-    /// One page of users with their connection counts, by name, optionally
-    /// only the names that start with a prefix (the console's search).
-    Users,
-    /// A user's connections with the node holding each (the API's listing
-    /// leaves the node out: its shape is fixed).
-    User(String),
-}
-
-pub(crate) fn parse(rest: &str) -> Option<ConsoleRoute> {
-    match rest {
-        "" => Some(ConsoleRoute::Asset(Asset::Page)),
-        "/console.js" => Some(ConsoleRoute::Asset(Asset::Script)),
-        "/console.css" => Some(ConsoleRoute::Asset(Asset::Style)),
-        "/events" => Some(ConsoleRoute::Events),
-        "/users" => Some(ConsoleRoute::Users),
-        _ => {
-            let user = super::path_username(rest)?;
-            Some(ConsoleRoute::User(user))
-        }
-    }
 }
 
 /// One point of the chart: deployment-wide, rates per second over the
@@ -311,123 +281,6 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// A user's connections with their node, oldest first.
-pub(crate) fn user_json(user: &str, list: &[ConnectionRecord]) -> serde_json::Value {
-    let connections: Vec<_> = list
-        .iter()
-        .map(|r| {
-            json!({
-                "connection_id": r.connection_id,
-                "node_id": r.node_id,
-                "connection_time": r.connection_time,
-                "last_heartbeat": r.last_heartbeat,
-            })
-        })
-        .collect();
-    json!({"username": user, "connection_count": list.len(), "connections": connections})
-}
-
-/// Users per page when the page does not say.
-const USERS_PAGE: usize = 50;
-const USERS_PAGE_MAX: usize = 500;
-
-/// `?prefix=P&cursor=C&limit=N` of the console's user list.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct UsersQuery {
-    pub prefix: String,
-    /// The page starts after this username.
-    pub after: Option<Cursor>,
-    pub limit: usize,
-}
-
-impl UsersQuery {
-    pub(crate) fn parse(query: &str) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-            .map_err(|e| ApiError::bad_request(format!("query string: {e}")))?;
-        let mut q = UsersQuery {
-            limit: USERS_PAGE,
-            ..Default::default()
-        };
-        for (key, value) in pairs {
-            match key.as_str() {
-                "prefix" => q.prefix = value,
-                "cursor" if value.is_empty() => q.after = None,
-                "cursor" => {
-                    q.after = Some(
-                        value
-                            .parse::<Cursor>()
-                            .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?,
-                    )
-                }
-                "limit" => {
-                    q.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=USERS_PAGE_MAX).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::bad_request(format!(
-                                "limit: a whole number from 1 to {USERS_PAGE_MAX}"
-                            ))
-                        })?
-                }
-                _ => {}
-            }
-        }
-        Ok(q)
-    }
-}
-
-/// One page of users (name, connection count) whose names start with the
-/// prefix, after the cursor, through the registry's paged listing; and the
-/// next page's cursor. Names are in order, so the ones with a prefix are
-/// one run: the exact name first, then the names after it, until one does
-/// not start with it.
-pub(crate) async fn users(app: &Front, q: &UsersQuery) -> Result<serde_json::Value, ApiError> {
-    let mut users: Vec<(String, usize)> = Vec::new();
-    let mut after = q.after.clone();
-    if after.is_none() && !q.prefix.is_empty() {
-        let exact = app.node().list_user(&q.prefix).await?;
-        if !exact.is_empty() {
-            users.push((q.prefix.clone(), exact.len()));
-        }
-        after = Some(Cursor(q.prefix.clone()));
-    }
-    let want = q.limit - users.len();
-    let mut more = want == 0;
-    let mut totals = None;
-    if want > 0 {
-        // One more than shown, to know whether a next page holds any.
-        let page = app.node().list_page(after.as_ref(), want + 1).await?;
-        totals = Some((page.user_count, page.total_connections));
-        more = page.next.is_some();
-        for (user, list) in page.users {
-            if !user.starts_with(&q.prefix) {
-                more = false;
-                break;
-            }
-            if users.len() == q.limit {
-                more = true;
-                break;
-            }
-            users.push((user, list.len()));
-        }
-    }
-    let next = match users.last() {
-        Some((last, _)) if more => Some(Cursor(last.clone())),
-        _ => None,
-    };
-    let listed: Vec<_> = users
-        .iter()
-        .map(|(u, n)| json!({"username": u, "connection_count": n}))
-        .collect();
-    Ok(json!({
-        "users": listed,
-        "next_cursor": next.map(|c| c.to_string()),
-        "user_count": totals.map(|t| t.0),
-        "total_connections": totals.map(|t| t.1),
-    }))
-}
-
 fn frame(event: &str, data: &str) -> Bytes {
     Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
@@ -471,42 +324,11 @@ pub(crate) fn events(app: Arc<Front>) -> Response {
             }
         }
     });
-    let mut resp = warp::reply::stream(Synced::new(stream)).into_response();
-    *resp.status_mut() = StatusCode::OK;
+    let mut resp = envelope::streamed(stream, "text/event-stream");
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
-}
-
-/// warp wants a `Sync` stream for a streaming body; an async stream's
-/// future is `Send` only. Polling needs `&mut`, so the mutex is never
-/// contended: it only lends the wrapper `Sync`.
-struct Synced<S>(Mutex<std::pin::Pin<Box<S>>>);
-
-impl<S> Synced<S> {
-    fn new(s: S) -> Self {
-        Self(Mutex::new(Box::pin(s)))
-    }
-}
-
-impl<S: Stream> Stream for Synced<S> {
-    type Item = S::Item;
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.get_mut()
-            .0
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .poll_next(cx)
-    }
 }
 
 #[cfg(test)]
@@ -522,34 +344,6 @@ mod tests {
             live_streams: live,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn users_query() {
-        let q = UsersQuery::parse("prefix=al&cursor=616c&limit=20").unwrap();
-        assert_eq!(
-            q,
-            UsersQuery {
-                prefix: "al".into(),
-                after: Some(Cursor("al".into())),
-                limit: 20
-            }
-        );
-        assert_eq!(UsersQuery::parse("").unwrap().limit, USERS_PAGE);
-        assert!(UsersQuery::parse("limit=0").is_err());
-        assert!(UsersQuery::parse("cursor=zz").is_err());
-    }
-
-    #[test]
-    fn console_paths() {
-        assert_eq!(parse(""), Some(ConsoleRoute::Asset(Asset::Page)));
-        assert_eq!(parse("/events"), Some(ConsoleRoute::Events));
-        assert_eq!(
-            parse("/connections/al%C3%A9"),
-            Some(ConsoleRoute::User("alé".into()))
-        );
-        assert_eq!(parse("/connections/"), None);
-        assert_eq!(parse("/nope"), None);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! either listener (ours and warp's rejections) becomes that envelope.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::Stream;
 use serde::Serialize;
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -19,6 +23,8 @@ pub(crate) struct ApiError {
     pub retry_after: Option<Duration>,
     /// Methods for `Allow` on a 405.
     pub allow: Option<String>,
+    /// The scheme for `WWW-Authenticate` on a 401 that asks for a token.
+    pub challenge: Option<&'static str>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -30,6 +36,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             allow: None,
+            challenge: None,
         }
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -37,6 +44,13 @@ impl ApiError {
     }
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    /// 401 with `WWW-Authenticate: Bearer`: the admin token is missing or
+    /// wrong.
+    pub(crate) fn bearer_required(message: impl Into<String>) -> Self {
+        let mut e = Self::unauthorized(message);
+        e.challenge = Some("Bearer");
+        e
     }
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
@@ -89,6 +103,9 @@ impl ApiError {
         {
             headers.insert(header::ALLOW, allow);
         }
+        if let Some(scheme) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs().max(1);
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -127,8 +144,9 @@ pub(crate) fn ok<T: Serialize>(data: &T) -> Response {
     body_response(StatusCode::OK, body)
 }
 
-pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    body_response(status, body.to_string().into_bytes())
+/// A JSON body outside the envelope (`/healthz`).
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    body_response(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
 fn body_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -141,10 +159,57 @@ fn body_response(status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
-/// `.recover()` handler of both listeners.
+/// A body written as `stream` yields it, with this `Content-Type`.
+pub(crate) fn streamed<S, E>(stream: S, content_type: &'static str) -> Response
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let mut resp = warp::reply::stream(SyncStream::new(stream)).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// warp's response body must be `Sync`, and a stream made of async steps
+/// is `Send` only. Polling needs `&mut`, so the mutex is never contended:
+/// it only lends the stream `Sync`.
+struct SyncStream<S>(Mutex<Pin<Box<S>>>);
+
+impl<S> SyncStream<S> {
+    fn new(s: S) -> Self {
+        Self(Mutex::new(Box::pin(s)))
+    }
+}
+
+impl<S: Stream> Stream for SyncStream<S> {
+    type Item = S::Item;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .poll_next(cx)
+    }
+}
+
+/// The rejection of a path asked with a method it has not; the methods it
+/// has, for `Allow`.
+#[derive(Debug)]
+pub(crate) struct WrongMethod(pub &'static str);
+
+impl warp::reject::Reject for WrongMethod {}
+
+/// `.recover()` handler of both listeners. A rejection can combine those
+/// of several routes tried in turn: an [`ApiError`] (the one route whose
+/// path and method matched refused the request) wins over the 405 of a
+/// path asked with another method, which wins over warp's own.
 pub(crate) async fn recover(err: Rejection) -> Result<Response, Infallible> {
     let e = if let Some(e) = err.find::<ApiError>() {
         e.clone()
+    } else if let Some(WrongMethod(allowed)) = err.find::<WrongMethod>() {
+        ApiError::method_not_allowed(allowed)
     } else if err.is_not_found() {
         ApiError::not_found("no such route")
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -156,12 +221,6 @@ pub(crate) async fn recover(err: Rejection) -> Result<Response, Infallible> {
         ApiError::bad_request(format!("bad request: {err:?}"))
     };
     Ok(e.into_response())
-}
-
-/// Lets handlers return `Result<Response, ApiError>` and still produce the
-/// envelope without a rejection round trip.
-pub(crate) fn respond(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(ApiError::into_response)
 }
 
 impl Reply for ApiError {

@@ -12,8 +12,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -192,36 +190,13 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// A body stream that hyper may share between threads: the pieces are
-/// produced by a future that is `Send` only, polled under a mutex nobody
-/// else takes.
-pub(crate) struct SyncStream<T>(std::sync::Mutex<Pin<Box<dyn Stream<Item = T> + Send>>>);
-
-impl<T> SyncStream<T> {
-    pub(crate) fn new(s: impl Stream<Item = T> + Send + 'static) -> Self {
-        Self(std::sync::Mutex::new(Box::pin(s)))
-    }
-}
-
-impl<T> Stream for SyncStream<T> {
-    type Item = T;
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let inner = self
-            .get_mut()
-            .0
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner());
-        inner.as_mut().poll_next(cx)
-    }
-}
-
 /// The listing as an HTTP body inside the success envelope. The first
 /// step is read before the answer starts, so an unreachable registry is
 /// still a 503 envelope; a failure later ends the body early (the client
 /// sees a cut, invalid JSON, never a wrong listing).
 pub(crate) async fn body<S: ListingSource>(
     source: S,
-) -> Result<SyncStream<std::io::Result<Bytes>>> {
+) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
     let mut json = ListingJson::new(source);
     let mut head = String::from("{\"code\":200,\"data\":");
     for _ in 0..2 {
@@ -241,5 +216,5 @@ pub(crate) async fn body<S: ListingSource>(
         }
     });
     let first = futures_util::stream::once(async move { Ok(Bytes::from(head)) });
-    Ok(SyncStream::new(futures_util::StreamExt::chain(first, rest)))
+    Ok(futures_util::StreamExt::chain(first, rest))
 }

@@ -61,15 +61,16 @@ impl Front {
     }
 }
 
-/// `/connections/{username}` (percent-encoded) to the username: the
-/// API's route and the console's share the shape.
-pub(crate) fn path_username(rest: &str) -> Option<String> {
-    let user = rest.strip_prefix("/connections/")?;
-    if user.is_empty() || user.contains('/') {
+/// `path` below `base_path`, without one trailing slash: `/notifications/send/`
+/// is `/send`.
+pub(crate) fn relative<'a>(base_path: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(base_path)?;
+    if !rest.is_empty() && !rest.starts_with('/') {
         return None;
     }
-    percent_encoding::percent_decode_str(user)
-        .decode_utf8()
-        .ok()
-        .map(|u| u.into_owned())
+    Some(if rest.len() > 1 {
+        rest.strip_suffix('/').unwrap_or(rest)
+    } else {
+        rest
+    })
 }

@@ -54,7 +54,7 @@ pub(crate) enum ReplyBody {
 /// Answers one request of the public listener.
 pub(crate) async fn handle(app: &Arc<Front>, req: Request) -> Reply {
     let config = app.config();
-    let is_stream = super::api::relative(&config.server.base_path, &req.path) == Some("/stream");
+    let is_stream = super::relative(&config.server.base_path, &req.path) == Some("/stream");
     let result = if !is_stream {
         Err(ApiError::not_found("no such route"))
     } else if req.method == Method::GET {

@@ -1,0 +1,168 @@
+//! The filters every route group builds on: the shared state, the base
+//! path, a username segment, a query string and a body read within its
+//! limit, typed; and the 405 of a path asked with a method it has not.
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use warp::filters::BoxedFilter;
+use warp::http::{header, HeaderMap};
+use warp::{Filter, Rejection};
+
+use super::super::auth::validate_username;
+use super::super::envelope::{ApiError, WrongMethod};
+use super::super::Front;
+
+/// The node's state, handed to a handler.
+pub(super) fn with_app(
+    app: &Arc<Front>,
+) -> impl Filter<Extract = (Arc<Front>,), Error = Infallible> + Clone {
+    let app = app.clone();
+    warp::any().map(move || app.clone())
+}
+
+/// `server.base_path` (a restart key, so fixed for the filters' life),
+/// one path filter per segment.
+pub(super) fn base(base_path: &str) -> BoxedFilter<()> {
+    base_path
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .fold(warp::any().boxed(), |path, segment| {
+            path.and(warp::path(segment.to_string())).boxed()
+        })
+}
+
+/// The end of a path, with or without its trailing slash (warp's `end`
+/// takes both: `/send` and `/send/` are one route).
+pub(super) fn end() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::path::end()
+}
+
+/// A username path segment, percent-decoded (`al%C3%A9` is `alé`); not
+/// validated here, so that a bad name is a 400 naming it, not a 404.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct UserName(pub String);
+
+impl FromStr for UserName {
+    type Err = std::str::Utf8Error;
+    fn from_str(segment: &str) -> Result<Self, Self::Err> {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map(|name| UserName(name.into_owned()))
+    }
+}
+
+impl UserName {
+    /// The name, checked as every username is ([`validate_username`]).
+    pub(super) fn validated(self) -> Result<String, ApiError> {
+        validate_username(&self.0).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
+        Ok(self.0)
+    }
+}
+
+/// A query string read into `T`; a missing query is the empty one.
+pub(super) trait FromQuery: Sized {
+    fn from_query(query: &str) -> Result<Self, ApiError>;
+}
+
+pub(super) fn query<T: FromQuery + Send + 'static>(
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|query: String| async move { T::from_query(&query).map_err(reject) })
+}
+
+/// The `key=value` pairs of a query string, in order.
+pub(super) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
+}
+
+/// The whole body, at most `limit(config)` bytes; more is a 413, whether
+/// announced by Content-Length or found while reading a chunked body.
+pub(super) fn body_within(
+    app: &Arc<Front>,
+    limit: fn(&crate::config::Config) -> usize,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    with_app(app)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and_then(
+            move |app: Arc<Front>, headers: HeaderMap, body| async move {
+                read_body(&headers, body, limit(&app.config()))
+                    .await
+                    .map_err(reject)
+            },
+        )
+}
+
+async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut body = std::pin::pin!(body);
+    // Sized once from the announced length: growing by doubling would hold
+    // up to twice a large body while it is copied over.
+    let mut buf = BytesMut::with_capacity(announced.map_or(0, |n| n as usize));
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Names the fields of a body that are not `known`.
+pub(super) fn reject_unknown<'a>(
+    keys: impl Iterator<Item = &'a String>,
+    known: &[&str],
+) -> Result<(), ApiError> {
+    let unknown: Vec<&str> = keys
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "unknown field(s): {} (known: {})",
+            unknown.join(", "),
+            known.join(", ")
+        )))
+    }
+}
+
+/// The last alternative of a path: any other method is a 405 that lists
+/// the methods the path has (`Allow`, e.g. `"GET, POST"`).
+pub(super) fn only(
+    allowed: &'static str,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::any().and_then(move || async move {
+        Err::<warp::reply::Response, _>(warp::reject::custom(WrongMethod(allowed)))
+    })
+}
+
+/// An [`ApiError`] as the rejection that the one `recover` turns back
+/// into the envelope.
+pub(super) fn reject(e: ApiError) -> Rejection {
+    warp::reject::custom(e)
+}

@@ -1,0 +1,237 @@
+//! The shapes of the admin API's answers (README "HTTP API"): what the
+//! routes serialize inside the envelope's `data`, and what the command
+//! line reads back from a node. One struct per shape, so the server and
+//! its client cannot drift apart.
+//!
+//! Fields stand in name order where the answer was first written as a
+//! JSON map (which serializes in name order): the bytes on the wire stay
+//! the ones clients have seen.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::router;
+use crate::store::{ConnectionRecord, Page, Removed};
+
+/// `data` of `POST {base}/send/`, and each of a batch's `results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Sent {
+    pub message_id: String,
+    pub to: Option<String>,
+    pub event: String,
+    pub all_connections: bool,
+    pub connections: usize,
+}
+
+impl From<router::Sent> for Sent {
+    fn from(s: router::Sent) -> Self {
+        Sent {
+            message_id: s.message_id,
+            to: s.to,
+            event: s.event,
+            all_connections: s.all_connections,
+            connections: s.connections,
+        }
+    }
+}
+
+/// `data` of `POST {base}/send/batch/`: one result per message, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BatchSent {
+    pub results: Vec<Sent>,
+}
+
+/// `data` of a full clear (`POST {base}/connections/`) and of a user's
+/// disconnect (`DELETE {base}/connections/{username}/`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Counts {
+    pub connection_count: usize,
+    pub user_count: usize,
+}
+
+impl From<&Removed> for Counts {
+    fn from(removed: &Removed) -> Self {
+        Counts {
+            connection_count: removed.connection_count(),
+            user_count: removed.user_count(),
+        }
+    }
+}
+
+impl From<crate::store::Cleared> for Counts {
+    fn from(cleared: crate::store::Cleared) -> Self {
+        Counts {
+            connection_count: cleared.connection_count,
+            user_count: cleared.user_count,
+        }
+    }
+}
+
+/// `data` of `POST {base}/cleanup/`: the counts and the removed ids.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CleanedUp {
+    pub connection_count: usize,
+    pub connection_ids: Vec<String>,
+    pub user_count: usize,
+}
+
+impl From<Removed> for CleanedUp {
+    fn from(removed: Removed) -> Self {
+        CleanedUp {
+            connection_count: removed.connection_count(),
+            user_count: removed.user_count(),
+            connection_ids: removed.connection_ids,
+        }
+    }
+}
+
+/// One connection in a listing. The node that holds it is not part of
+/// the API's shape (the console's [`NodeConnection`] has it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Connection {
+    pub connection_id: String,
+    pub connection_time: f64,
+    pub last_heartbeat: f64,
+    pub username: String,
+}
+
+impl From<&ConnectionRecord> for Connection {
+    fn from(r: &ConnectionRecord) -> Self {
+        Connection {
+            connection_id: r.connection_id.clone(),
+            connection_time: r.connection_time,
+            last_heartbeat: r.last_heartbeat,
+            username: r.username.clone(),
+        }
+    }
+}
+
+fn connections(list: &[ConnectionRecord]) -> Vec<Connection> {
+    list.iter().map(Connection::from).collect()
+}
+
+/// `data` of `GET {base}/connections/{username}/`, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct UserConnections {
+    pub connection_count: usize,
+    pub connection_ids: Vec<String>,
+    pub connections: Vec<Connection>,
+    pub username: String,
+}
+
+impl UserConnections {
+    pub(crate) fn new(username: &str, list: &[ConnectionRecord]) -> Self {
+        UserConnections {
+            connection_count: list.len(),
+            connection_ids: list.iter().map(|r| r.connection_id.clone()).collect(),
+            connections: connections(list),
+            username: username.to_string(),
+        }
+    }
+}
+
+/// `data` of one page of `GET {base}/connections/?limit=N&cursor=C`: the
+/// unpaged shape for the page's users, the registry-wide counts, and the
+/// next page's cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ConnectionsPage {
+    pub active_users: Vec<String>,
+    pub connection_details: BTreeMap<String, Vec<Connection>>,
+    pub next_cursor: Option<String>,
+    pub total_connections: usize,
+    pub user_count: usize,
+}
+
+impl From<&Page> for ConnectionsPage {
+    fn from(page: &Page) -> Self {
+        ConnectionsPage {
+            active_users: page.users.iter().map(|(u, _)| u.clone()).collect(),
+            connection_details: page
+                .users
+                .iter()
+                .map(|(user, list)| (user.clone(), connections(list)))
+                .collect(),
+            next_cursor: page.next.as_ref().map(ToString::to_string),
+            total_connections: page.total_connections,
+            user_count: page.user_count,
+        }
+    }
+}
+
+/// `GET /healthz` (no envelope): 200 with `status: "ok"`, or 503 with
+/// `status: "error"` and the envelope's `code` and `message` beside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Health {
+    /// The admin listener as the start line names it: `127.0.0.1:8091`,
+    /// or `unix:/run/sse-notify/admin.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// Redis engine: `"ok"` or `"down"` (this node's bus subscription).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    pub connections: usize,
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub node_id: String,
+    /// Redis engine: `"ok"` or `"unreachable"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    pub status: String,
+}
+
+/// One connection in the console's view of a user: with the node that
+/// holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NodeConnection {
+    pub connection_id: String,
+    pub connection_time: f64,
+    pub last_heartbeat: f64,
+    pub node_id: String,
+}
+
+/// `data` of the console's `GET {base}/admin/connections/{username}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ConsoleUser {
+    pub connection_count: usize,
+    pub connections: Vec<NodeConnection>,
+    pub username: String,
+}
+
+impl ConsoleUser {
+    pub(crate) fn new(username: &str, list: &[ConnectionRecord]) -> Self {
+        ConsoleUser {
+            connection_count: list.len(),
+            connections: list
+                .iter()
+                .map(|r| NodeConnection {
+                    connection_id: r.connection_id.clone(),
+                    connection_time: r.connection_time,
+                    last_heartbeat: r.last_heartbeat,
+                    node_id: r.node_id.clone(),
+                })
+                .collect(),
+            username: username.to_string(),
+        }
+    }
+}
+
+/// A user and how many connections it has, in the console's user list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct UserCount {
+    pub connection_count: usize,
+    pub username: String,
+}
+
+/// `data` of the console's `GET {base}/admin/users`: a page of users and
+/// the registry-wide counts (absent when the page read none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct UsersPage {
+    pub next_cursor: Option<String>,
+    pub total_connections: Option<usize>,
+    pub user_count: Option<usize>,
+    pub users: Vec<UserCount>,
+}
