@@ -31,6 +31,7 @@ pub(crate) mod hub;
 pub(crate) mod queue;
 pub(crate) mod ratelimit;
 pub(crate) mod router;
+pub(crate) mod session;
 pub(crate) mod trim;
 
 /// Why a stream was not admitted.
