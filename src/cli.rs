@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ListenAddr};
 use crate::http::listing::{ListingJson, ListingSource};
 use crate::store::redis::{clear as clear_redis, sweep, Keys, Registry, SharedConn};
 use crate::store::{unix_now, Cleared, ConnectionRecord, Removed, StoreError};
@@ -449,13 +449,14 @@ async fn print_listing_json_from_node(config: &Config) -> Result<(), CliError> {
         admin_root(config),
         config.server.base_path
     );
-    let mut req = admin_client()?.get(&url);
+    let mut req = admin_client(config)?.get(&url);
     if !config.api.token.is_empty() {
         req = req.bearer_auth(config.api.token.expose());
     }
     let mut resp = req.send().await.map_err(|e| {
         CliError::Runtime(format!(
-            "no sse-notify node answers at {url} (server.admin_listen): {e}"
+            "no sse-notify node answers at {} (server.admin_listen): {e}",
+            admin_target(config, &url)
         ))
     })?;
     let status = resp.status();
@@ -589,9 +590,14 @@ async fn send_batch(config: &Config, file: &std::path::Path, json: bool) -> Resu
 }
 
 /// `http://host:port` of the node's admin listener (an unspecified
-/// address is reached on loopback).
+/// address is reached on loopback); over its Unix socket `http://localhost`,
+/// a name for the `Host` header only ([`admin_client`] connects to the
+/// socket file whatever the URL names).
 fn admin_root(config: &Config) -> String {
-    let mut addr = config.admin_addr();
+    let mut addr = match config.admin_listen() {
+        ListenAddr::Tcp(addr) => addr,
+        ListenAddr::Unix(_) => return "http://localhost".into(),
+    };
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -602,9 +608,22 @@ fn admin_root(config: &Config) -> String {
     format!("http://{addr}")
 }
 
-fn admin_client() -> Result<reqwest::Client, CliError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+/// Where an error says the CLI looked: the URL, or the socket file.
+fn admin_target(config: &Config, url: &str) -> String {
+    match config.admin_listen() {
+        ListenAddr::Tcp(_) => url.to_string(),
+        unix => format!("{unix} ({url})"),
+    }
+}
+
+/// The HTTP client of the admin API; over a Unix socket (reqwest's own
+/// transport for it: no second HTTP client in the binary).
+fn admin_client(config: &Config) -> Result<reqwest::Client, CliError> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let ListenAddr::Unix(path) = config.admin_listen() {
+        builder = builder.unix_socket(path);
+    }
+    builder
         .build()
         .map_err(|e| CliError::Runtime(e.to_string()))
 }
@@ -614,9 +633,10 @@ fn admin_client() -> Result<reqwest::Client, CliError> {
 /// the node that holds the streams, as the Redis records do.
 async fn answering_node_id(config: &Config) -> Result<String, CliError> {
     let url = format!("{}/healthz", admin_root(config));
-    let resp = admin_client()?.get(&url).send().await.map_err(|e| {
+    let resp = admin_client(config)?.get(&url).send().await.map_err(|e| {
         CliError::Runtime(format!(
-            "no sse-notify node answers at {url} (server.admin_listen): {e}"
+            "no sse-notify node answers at {} (server.admin_listen): {e}",
+            admin_target(config, &url)
         ))
     })?;
     let health: Value = resp
@@ -638,7 +658,7 @@ async fn admin_call(
     body: Option<Value>,
 ) -> Result<Value, CliError> {
     let url = format!("{}{}{path}", admin_root(config), config.server.base_path);
-    let mut req = admin_client()?.request(method, &url);
+    let mut req = admin_client(config)?.request(method, &url);
     if let Some(body) = &body {
         req = req.json(body);
     }
@@ -647,7 +667,8 @@ async fn admin_call(
     }
     let resp = req.send().await.map_err(|e| {
         CliError::Runtime(format!(
-            "no sse-notify node answers at {url} (server.admin_listen): {e}"
+            "no sse-notify node answers at {} (server.admin_listen): {e}",
+            admin_target(config, &url)
         ))
     })?;
     let status = resp.status();

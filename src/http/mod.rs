@@ -15,6 +15,7 @@ pub(crate) mod auth;
 pub(crate) mod console;
 pub(crate) mod deadline;
 pub(crate) mod envelope;
+pub(crate) mod listener;
 pub(crate) mod listing;
 pub(crate) mod public;
 pub(crate) mod socket;
