@@ -11,58 +11,12 @@
 //! snapshot: each user's connections are read together, later users later.
 
 use std::collections::VecDeque;
-use std::future::Future;
 
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::store::redis::Registry;
-use crate::store::{ConnectionRecord, Result, Store};
-
-/// Where a listing reads the registry from: a node's store, or Redis
-/// directly (the CLI).
-pub(crate) trait ListingSource: Send + Sync + 'static {
-    /// Up to `limit` usernames after `after`, in name order.
-    fn names(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// The connections of each of `users` that has any, in that order.
-    fn details(
-        &self,
-        users: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send;
-    /// How many names one step reads.
-    fn step(&self) -> usize;
-}
-
-/// Both sources answer with the same methods of their own.
-macro_rules! listing_source {
-    ($source:ty, $step:expr) => {
-        impl ListingSource for $source {
-            fn names(
-                &self,
-                after: Option<&str>,
-                limit: usize,
-            ) -> impl Future<Output = Result<Vec<String>>> + Send {
-                self.user_names(after, limit)
-            }
-            fn details(
-                &self,
-                users: &[String],
-            ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send {
-                self.users_connections(users)
-            }
-            fn step(&self) -> usize {
-                $step(self)
-            }
-        }
-    };
-}
-
-listing_source!(Store, Store::listing_step);
-listing_source!(Registry, |_: &Registry| 100_000);
+pub(crate) use crate::store::listing::ListingSource;
+use crate::store::Result;
 
 /// Names written per piece of `active_users`.
 const NAMES_PER_PIECE: usize = 2_000;

@@ -1,8 +1,9 @@
 //! The embedded engine (`redis.url` empty): one node, the registry and the
 //! kept messages in the process, nothing to install.
 //!
-//! It answers exactly what the Redis engine answers (same ids, same replay
-//! window and gap rules, same counts), from one mutex-guarded state. A send
+//! It answers exactly what the Redis engine answers (same ids, the same
+//! routing ([`crate::store::target`]) and replay rules
+//! ([`crate::store::kept`]), same counts), from one mutex-guarded state. A send
 //! is kept, routed and handed to the node's router under that mutex, so
 //! every stream sees messages in id order, as the Redis bus gives them.
 //! Whenever the state needs the streams the node holds, it asks while
@@ -14,6 +15,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{Config, HistoryConfig};
+use crate::store::target::Route;
+use crate::store::{kept, seam, Result};
 use crate::store::{
     sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, KeptFor,
     LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target, Wrote,
@@ -102,23 +105,14 @@ impl KeptStream {
         }
     }
 
-    /// What is served: the newest `size` entries younger than `oldest_ms`.
-    /// True in the second place when an entry after `last` fell out of that
-    /// window (by count or by age).
+    /// What is served ([`kept::window`]); also lost: what was trimmed
+    /// after `last`.
     fn window(&self, size: usize, oldest_ms: u64, last: MsgId, now_ms: u64) -> (Vec<Kept>, bool) {
         if !self.live(now_ms) {
             return (Vec::new(), false);
         }
-        let mut served = Vec::new();
-        let mut lost = self.trimmed.is_some_and(|t| t > last);
-        for (i, k) in self.entries.iter().rev().enumerate() {
-            if i >= size || k.id.ms < oldest_ms {
-                lost |= k.id > last;
-                break;
-            }
-            served.push(k.clone());
-        }
-        (served, lost)
+        let (served, lost) = kept::window(self.entries.iter().rev(), size, oldest_ms, Some(last));
+        (served, lost || self.trimmed.is_some_and(|t| t > last))
     }
 }
 
@@ -211,19 +205,20 @@ impl MemoryStore {
                 None
             };
             let text_id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), |i| i.to_string());
-            let (target, connections, to) = match &m.to {
+            let route = m.route();
+            let (first, connections) = match route {
                 // Counted and picked without copying the user's ids: this
                 // runs for every message, under the lock.
-                Some(user) if m.first_only => match st.oldest_id(user) {
-                    Some(first) => (Target::Tab(first.clone()), 1, KeptFor::Tab(first)),
-                    None => (Target::Ids(Vec::new()), 0, KeptFor::FirstBack),
-                },
-                Some(user) => {
-                    let n = st.user_conns(user).count();
-                    (Target::User(user.clone()), n, KeptFor::All)
+                Route::FirstOnly(user) => {
+                    let first = st.oldest_id(user);
+                    let n = usize::from(first.is_some());
+                    (first, n)
                 }
-                None => (Target::All, st.conns.len(), KeptFor::All),
+                Route::User(user) => (None, st.user_conns(user).count()),
+                Route::Broadcast => (None, st.conns.len()),
             };
+            let to = route.kept_for(first.as_deref());
+            let target = route.target(first.into_iter().collect());
             if let Some(id) = id {
                 let k = Kept {
                     id,
@@ -272,22 +267,15 @@ impl MemoryStore {
         let st = &mut *st;
         let mine = st.kept_users.get_mut(user).unwrap_or(&mut empty);
         let all = &st.kept_broadcasts;
-        let mut gap = !mine.contains(last_id, now_ms) && !all.contains(last_id, now_ms);
+        let missing = !mine.contains(last_id, now_ms) && !all.contains(last_id, now_ms);
         let (mine_served, lost_mine) = mine.window(size, oldest_ms, last_id, now_ms);
         let (all, lost_all) = all.window(size, oldest_ms, last_id, now_ms);
-        gap |= lost_mine || lost_all || last_id == zero;
+        let mut replay = kept::finish(last, missing || lost_mine || lost_all, mine_served, all);
         // Asked under the lock: a stream leaves the hub before it removes
         // its record (and says what it wrote).
         let holds = |c: &str| self.link.holds(c);
-        let mut entries: Vec<Kept> = mine_served
-            .into_iter()
-            .chain(all)
-            .filter(|k| gap || k.id > last_id)
-            .collect();
-        entries.sort_by_key(|k| k.id);
-        entries.dedup_by_key(|k| k.id);
-        entries.retain(|k| mine.claim(k, holds));
-        Replay { gap, entries }
+        replay.entries.retain(|k| mine.claim(k, holds));
+        replay
     }
 
     pub(crate) fn user_connection_ids(&self, user: &str, limit: Option<usize>) -> Vec<String> {
@@ -579,6 +567,73 @@ impl State {
         };
         self.last_id = Some(id);
         id
+    }
+}
+
+impl seam::Registry for MemoryStore {
+    /// The lock is held for each step: few names at a time.
+    const LISTING_STEP: usize = 1_000;
+
+    async fn register(&self, record: ConnectionRecord) -> Result<usize> {
+        Ok(MemoryStore::register(self, record))
+    }
+    fn remove(&self, connection_id: String, wrote: Option<Wrote>) {
+        MemoryStore::remove(self, &connection_id, wrote);
+    }
+    fn heartbeat(&self) {
+        MemoryStore::heartbeat(self);
+    }
+    async fn user_connection_ids(&self, user: &str, limit: Option<usize>) -> Result<Vec<String>> {
+        Ok(MemoryStore::user_connection_ids(self, user, limit))
+    }
+    async fn user_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Ok(MemoryStore::user_names(self, after, limit))
+    }
+    async fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
+        Ok(MemoryStore::users_connections(self, users))
+    }
+    async fn totals(&self) -> Result<(usize, usize)> {
+        Ok(MemoryStore::totals(self))
+    }
+    async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
+        Ok(MemoryStore::list_user(self, user))
+    }
+    async fn clear(&self) -> Result<Cleared> {
+        Ok(MemoryStore::clear(self).await)
+    }
+    async fn sweep(&self, stale_before: f64) -> Result<Removed> {
+        Ok(MemoryStore::sweep(self, stale_before))
+    }
+}
+
+impl seam::History for MemoryStore {
+    async fn replay(
+        &self,
+        user: &str,
+        _connection_id: &str,
+        last: Option<MsgId>,
+        kept: &HistoryConfig,
+    ) -> Result<Replay> {
+        Ok(MemoryStore::replay(self, user, last, kept))
+    }
+}
+
+impl seam::Delivery for MemoryStore {
+    /// Delivery is in the process, under the send's lock.
+    const QUEUES_ON_SEND: bool = true;
+
+    async fn send(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Result<Vec<Accepted>> {
+        Ok(MemoryStore::send(self, msgs, kept))
+    }
+    async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
+        MemoryStore::evict(self, ids, reason);
+        Ok(())
+    }
+    async fn disconnect_user(&self, user: &str) -> Result<Removed> {
+        Ok(MemoryStore::disconnect_user(self, user))
     }
 }
 

@@ -8,6 +8,11 @@
 //! - [`redis`]: several nodes sharing one Redis (keys, Lua scripts,
 //!   pub/sub bus, Sentinel, reconnects all live behind it).
 //!
+//! Each engine answers the three concerns of [`seam`] (registry, history,
+//! delivery); the rules they share are written once here: where a message
+//! goes ([`target`]), what a replay serves ([`kept`]), how a whole listing
+//! is read ([`listing`]). [`Store`] is the node's handle on its engine.
+//!
 //! The node hands the store messages ([`Store::send`]) and gets back what
 //! to deliver through its [`NodeLink`], in id order, whichever node sent
 //! them: the router is the one delivery path in both engines.
@@ -24,10 +29,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HistoryConfig};
 use crate::metrics::Metrics;
+use seam::{Delivery, History, Registry};
 
+#[cfg(test)]
+mod contract;
+pub(crate) mod kept;
+pub(crate) mod listing;
 pub(crate) mod memory;
 pub(crate) mod nodes;
 pub(crate) mod redis;
+pub(crate) mod seam;
+pub(crate) mod target;
 
 /// Why the store could not answer. Every variant means "nothing was
 /// changed or delivered": the HTTP layer answers 503 and a retry is safe.
@@ -358,6 +370,16 @@ pub(crate) enum Store {
     Redis(Arc<redis::RedisStore>),
 }
 
+/// The same call on whichever engine the store is.
+macro_rules! each {
+    ($store:expr, $e:ident => $call:expr) => {
+        match $store {
+            Store::Memory($e) => $call,
+            Store::Redis($e) => $call,
+        }
+    };
+}
+
 /// What opening a store needs from the node.
 pub(crate) struct Open<'a> {
     pub config: &'a Config,
@@ -396,34 +418,28 @@ impl Store {
     /// the time it returns (the embedded engine); the Redis engine queues
     /// them when the bus brings them back.
     pub(crate) fn queues_on_send(&self) -> bool {
-        matches!(self, Store::Memory(_))
+        fn of<D: Delivery>(_: &D) -> bool {
+            D::QUEUES_ON_SEND
+        }
+        each!(self, e => of(&**e))
     }
 
     /// Records a new connection; returns once it is stored, with how many
     /// connections its user then has (all nodes).
     pub(crate) async fn register(&self, record: ConnectionRecord) -> Result<usize> {
-        match self {
-            Store::Memory(m) => Ok(m.register(record)),
-            Store::Redis(r) => r.register(record).await,
-        }
+        each!(self, e => Registry::register(&**e, record).await)
     }
 
     /// Forgets a connection that ended (retried by the engine until done).
     /// `wrote`: what its stream wrote, when it was sent one-tab messages.
     pub(crate) fn remove(&self, connection_id: String, wrote: Option<Wrote>) {
-        match self {
-            Store::Memory(m) => m.remove(&connection_id, wrote),
-            Store::Redis(r) => r.remove(connection_id, wrote),
-        }
+        each!(self, e => Registry::remove(&**e, connection_id, wrote))
     }
 
     /// Writes the heartbeat of every stream this node holds, and writes
     /// back the records of live streams that someone removed.
     pub(crate) fn heartbeat(&self) {
-        match self {
-            Store::Memory(m) => m.heartbeat(),
-            Store::Redis(r) => r.heartbeat(),
-        }
+        each!(self, e => Registry::heartbeat(&**e))
     }
 
     /// Keeps the messages (history on), reads their targets, and delivers
@@ -436,10 +452,7 @@ impl Store {
         msgs: Vec<Message>,
         history: &HistoryConfig,
     ) -> Result<Vec<Accepted>> {
-        match self {
-            Store::Memory(m) => Ok(m.send(msgs, history)),
-            Store::Redis(r) => r.send(msgs, history).await,
-        }
+        each!(self, e => Delivery::send(&**e, msgs, history).await)
     }
 
     /// What the stream `connection_id` of `user` missed after `last`
@@ -452,10 +465,7 @@ impl Store {
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        match self {
-            Store::Memory(m) => Ok(m.replay(user, last, history)),
-            Store::Redis(r) => r.replay(user, connection_id, last, history).await,
-        }
+        each!(self, e => History::replay(&**e, user, connection_id, last, history).await)
     }
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1
@@ -465,31 +475,19 @@ impl Store {
         user: &str,
         limit: Option<usize>,
     ) -> Result<Vec<String>> {
-        match self {
-            Store::Memory(m) => Ok(m.user_connection_ids(user, limit)),
-            Store::Redis(r) => r.registry().user_connection_ids(user, limit).await,
-        }
+        each!(self, e => Registry::user_connection_ids(&**e, user, limit).await)
     }
 
     /// Removes these connections' records and closes their streams on
     /// whichever node holds them, each with an `evicted` notice.
     pub(crate) async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
-        match self {
-            Store::Memory(m) => {
-                m.evict(ids, reason);
-                Ok(())
-            }
-            Store::Redis(r) => r.evict(ids, reason).await,
-        }
+        each!(self, e => Delivery::evict(&**e, ids, reason).await)
     }
 
     /// Closes every stream of `user` on every node and removes their
     /// records.
     pub(crate) async fn disconnect_user(&self, user: &str) -> Result<Removed> {
-        match self {
-            Store::Memory(m) => Ok(m.disconnect_user(user)),
-            Store::Redis(r) => r.disconnect_user(user).await,
-        }
+        each!(self, e => Delivery::disconnect_user(&**e, user).await)
     }
 
     /// Full clear, in bounded steps: every record whose heartbeat is not
@@ -498,18 +496,12 @@ impl Store {
     /// while the clear runs (a new stream, a heartbeat) is a live stream's
     /// and is kept.
     pub(crate) async fn clear(&self) -> Result<Cleared> {
-        match self {
-            Store::Memory(m) => Ok(m.clear().await),
-            Store::Redis(r) => r.clear().await,
-        }
+        each!(self, e => Registry::clear(&**e).await)
     }
 
     /// Removes the records whose heartbeat is at or before `stale_before`.
     pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
-        match self {
-            Store::Memory(m) => Ok(m.sweep(stale_before)),
-            Store::Redis(r) => r.sweep(stale_before).await,
-        }
+        each!(self, e => Registry::sweep(&**e, stale_before).await)
     }
 
     /// Up to `limit` usernames after `after` (all, without it), in name
@@ -520,10 +512,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        match self {
-            Store::Memory(m) => Ok(m.user_names(after, limit)),
-            Store::Redis(r) => r.registry().user_names(after, limit).await,
-        }
+        each!(self, e => Registry::user_names(&**e, after, limit).await)
     }
 
     /// The connections of each of `users` that has any, in the order
@@ -532,28 +521,22 @@ impl Store {
         &self,
         users: &[String],
     ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
-        match self {
-            Store::Memory(m) => Ok(m.users_connections(users)),
-            Store::Redis(r) => r.registry().users_connections(users).await,
-        }
+        each!(self, e => Registry::users_connections(&**e, users).await)
     }
 
     /// Registry-wide (users, connections).
     pub(crate) async fn totals(&self) -> Result<(usize, usize)> {
-        match self {
-            Store::Memory(m) => Ok(m.totals()),
-            Store::Redis(r) => r.registry().totals().await,
-        }
+        each!(self, e => Registry::totals(&**e).await)
     }
 
     /// How many usernames a whole listing reads per step: Redis scans the
     /// whole users set once per step, so it takes many at a time; the
     /// embedded engine holds its lock for each step, so it takes few.
     pub(crate) fn listing_step(&self) -> usize {
-        match self {
-            Store::Memory(_) => 1_000,
-            Store::Redis(_) => 100_000,
+        fn of<R: Registry>(_: &R) -> usize {
+            R::LISTING_STEP
         }
+        each!(self, e => of(&**e))
     }
 
     /// One page of the listing: up to `limit` users after `after`.
@@ -577,10 +560,7 @@ impl Store {
     }
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
-        match self {
-            Store::Memory(m) => Ok(m.list_user(user)),
-            Store::Redis(r) => r.registry().list_user(user).await,
-        }
+        each!(self, e => Registry::list_user(&**e, user).await)
     }
 
     pub(crate) async fn health(&self) -> Health {

@@ -25,6 +25,7 @@ use super::registry::Registry;
 use super::route::{self, resync_window_ms, untargeted_for_resync, LUA_ROUTE};
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
+use crate::store::target::Route;
 use crate::store::{
     unix_ms, Inbound, Kept, KeptFor, LiveConn, Message, MsgId, NodeLink, Result, StoreError, Target,
 };
@@ -53,13 +54,13 @@ pub(crate) async fn publish_unkept(
         .arg(keys.conn_prefix())
         .arg(resync_window_ms());
     for (m, id) in msgs.iter().zip(ids) {
-        let (mode, tkey) = match &m.to {
-            Some(user) if m.first_only => ("first", keys.user(user)),
-            Some(user) => ("all", keys.user(user)),
-            None => ("broadcast", keys.heartbeats()),
+        let route = m.route();
+        let tkey = match route {
+            Route::FirstOnly(user) | Route::User(user) => keys.user(user),
+            Route::Broadcast => keys.heartbeats(),
         };
         inv.key(tkey)
-            .arg(mode)
+            .arg(route.script_name())
             .arg(id)
             .arg(bus_event_head(origin, m));
     }
@@ -166,14 +167,9 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
                 }
                 recent.insert(parsed);
             }
-            let target = match (broadcast, to, first_only) {
-                (true, _, _) => Target::All,
-                (false, Some(user), false) => Target::User(user),
-                (false, _, true) => match <[String; 1]>::try_from(ids) {
-                    Ok([id]) => Target::Tab(id),
-                    Err(ids) => Target::Ids(ids),
-                },
-                _ => Target::Ids(ids),
+            let target = match Route::on_bus(broadcast, to.as_deref(), first_only) {
+                Some(route) => route.target(ids),
+                None => Target::Ids(ids),
             };
             link.receive(Inbound::Deliver {
                 id,

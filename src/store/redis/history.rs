@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{Kept, KeptFor, Message, MsgId, Replay, Result, StoreError};
+use crate::store::target::Route;
+use crate::store::{kept, Kept, KeptFor, Message, MsgId, Replay, Result, StoreError};
 
 type AppendReply = oneshot::Sender<Result<(String, Targets)>>;
 
@@ -161,22 +162,18 @@ impl History {
             .arg(self.keys.conn_prefix())
             .arg(super::route::resync_window_ms());
         for m in batch {
-            let (stream, mode, targets) = match &m.to {
-                Some(user) if m.first_only => {
-                    (self.keys.history_user(user), "first", self.keys.user(user))
+            let route = m.route();
+            let (stream, targets) = match route {
+                Route::FirstOnly(user) | Route::User(user) => {
+                    (self.keys.history_user(user), self.keys.user(user))
                 }
-                Some(user) => (self.keys.history_user(user), "all", self.keys.user(user)),
-                None => (
-                    self.keys.history_broadcast(),
-                    "broadcast",
-                    self.keys.heartbeats(),
-                ),
+                Route::Broadcast => (self.keys.history_broadcast(), self.keys.heartbeats()),
             };
             inv.key(stream)
                 .key(targets)
                 .arg(&m.event)
                 .arg(&m.data)
-                .arg(mode)
+                .arg(route.script_name())
                 .arg(bus_event_head(&self.origin, m));
         }
         let mut c = self.conn.get();
@@ -211,12 +208,11 @@ impl History {
         size: u64,
         ttl_secs: u64,
     ) -> Result<Replay> {
-        let last = last.unwrap_or(MsgId { ms: 0, seq: 0 });
         let mut inv = self.replay.prepare_invoke();
         inv.key(self.keys.history_user(user))
             .key(self.keys.history_broadcast())
             .key(self.keys.history_claims(user))
-            .arg(last.to_string())
+            .arg(last.unwrap_or(MsgId { ms: 0, seq: 0 }).to_string())
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
             .arg(self.keys.conn_prefix())
@@ -226,10 +222,12 @@ impl History {
         let (gap, mine, all): (i64, Vec<RawEntry>, Vec<RawEntry>) = self
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
-        Ok(Replay {
-            gap: gap == 1 || last == (MsgId { ms: 0, seq: 0 }),
-            entries: merge(parse_entries(mine), parse_entries(all)),
-        })
+        Ok(kept::finish(
+            last,
+            gap == 1,
+            parse_entries(mine),
+            parse_entries(all),
+        ))
     }
 
     /// Messages kept since `since_ms` for each of `users`, and broadcasts:
@@ -367,13 +365,6 @@ fn parse_entries(raw: Vec<RawEntry>) -> Vec<Kept> {
             Some(kept)
         })
         .collect()
-}
-
-fn merge(a: Vec<Kept>, b: Vec<Kept>) -> Vec<Kept> {
-    let mut out: Vec<Kept> = a.into_iter().chain(b).collect();
-    out.sort_by_key(|k| k.id);
-    out.dedup_by_key(|k| k.id);
-    out
 }
 
 /// The node's [`RecentIds`], shared by the bus subscriber and its catch-up.

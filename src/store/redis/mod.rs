@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
+use crate::store::seam;
 use crate::store::{
     Accepted, Cleared, ConnectionRecord, Health, Inbound, Message, MsgId, NodeLink, Open, Removed,
-    Replay, Result, StoreError, Target, Wrote,
+    Replay, Result, StoreError, Wrote,
 };
 
 mod bus;
@@ -29,6 +30,11 @@ mod registry;
 mod route;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
+
+/// How many usernames a whole listing reads per step, from a node or the
+/// command line: each step scans the whole users set once, so it takes
+/// many at a time.
+pub(crate) const LISTING_STEP: usize = 100_000;
 pub(crate) use keys::Keys;
 pub(crate) use registry::Registry;
 
@@ -194,10 +200,6 @@ impl RedisStore {
         }))
     }
 
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     pub(crate) async fn register(&self, record: ConnectionRecord) -> Result<usize> {
         self.presence.register(record).await
     }
@@ -288,16 +290,9 @@ impl RedisStore {
             bus::publish_unkept(&self.registry, &self.unkept, &self.origin, &msgs, &ids).await?;
         let mut out = Vec::with_capacity(msgs.len());
         for ((m, (conns, count)), id) in msgs.into_iter().zip(targets).zip(ids) {
-            let target = match m.to {
-                // Every local tab of the user, also one whose record is
-                // still being written or was lost with a Redis restart.
-                Some(user) if !m.first_only => Target::User(user),
-                Some(_) => match <[String; 1]>::try_from(conns) {
-                    Ok([one]) => Target::Tab(one),
-                    Err(none) => Target::Ids(none),
-                },
-                None => Target::All,
-            };
+            // Every local tab of the user, also one whose record is still
+            // being written or was lost with a Redis restart.
+            let target = m.route().target(conns);
             self.link.receive(Inbound::Deliver {
                 id: id.clone(),
                 event: m.event,
@@ -418,5 +413,71 @@ impl RedisStore {
 
     pub(crate) async fn forget_node(&self, node_id: &str) -> Result<()> {
         nodes::forget(&self.registry, node_id).await
+    }
+}
+
+impl seam::Registry for RedisStore {
+    /// Each step scans the whole users set once: many names at a time.
+    const LISTING_STEP: usize = LISTING_STEP;
+
+    async fn register(&self, record: ConnectionRecord) -> Result<usize> {
+        RedisStore::register(self, record).await
+    }
+    fn remove(&self, connection_id: String, wrote: Option<Wrote>) {
+        RedisStore::remove(self, connection_id, wrote);
+    }
+    fn heartbeat(&self) {
+        RedisStore::heartbeat(self);
+    }
+    async fn user_connection_ids(&self, user: &str, limit: Option<usize>) -> Result<Vec<String>> {
+        self.registry.user_connection_ids(user, limit).await
+    }
+    async fn user_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.registry.user_names(after, limit).await
+    }
+    async fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
+        self.registry.users_connections(users).await
+    }
+    async fn totals(&self) -> Result<(usize, usize)> {
+        self.registry.totals().await
+    }
+    async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
+        self.registry.list_user(user).await
+    }
+    async fn clear(&self) -> Result<Cleared> {
+        RedisStore::clear(self).await
+    }
+    async fn sweep(&self, stale_before: f64) -> Result<Removed> {
+        RedisStore::sweep(self, stale_before).await
+    }
+}
+
+impl seam::History for RedisStore {
+    async fn replay(
+        &self,
+        user: &str,
+        connection_id: &str,
+        last: Option<MsgId>,
+        kept: &HistoryConfig,
+    ) -> Result<Replay> {
+        RedisStore::replay(self, user, connection_id, last, kept).await
+    }
+}
+
+impl seam::Delivery for RedisStore {
+    /// Frames are queued when the bus brings the message back.
+    const QUEUES_ON_SEND: bool = false;
+
+    async fn send(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Result<Vec<Accepted>> {
+        RedisStore::send(self, msgs, kept).await
+    }
+    async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
+        RedisStore::evict(self, ids, reason).await
+    }
+    async fn disconnect_user(&self, user: &str) -> Result<Removed> {
+        RedisStore::disconnect_user(self, user).await
     }
 }

@@ -3,7 +3,8 @@
 -- younger than ARGV[3] ms. Answers whether the id ARGV[1] is a gap (not
 -- kept in either stream, or something after it is no longer served by
 -- one of them) and, per stream, what follows it (everything served on a
--- gap), newest first.
+-- gap), newest first. The rule is store/kept.rs's (`window`, which the
+-- embedded engine runs); the caller finishes with its `finish`.
 --
 -- One-tab entries (append.lua's `f` 1 and 2) are given to this stream
 -- only when no other tab got them: its target `c` is gone (no record, or
