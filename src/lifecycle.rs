@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::http::auth::{AuthSetupError, Authenticator};
+use crate::http::listener::AdminListener;
 use crate::http::{admin, api, socket, Front};
 use crate::metrics::Metrics;
 use crate::node::frame;
@@ -28,7 +29,7 @@ pub enum LifecycleError {
     #[error("cannot listen on {addr} (config key `{key}`): {source}")]
     Bind {
         key: &'static str,
-        addr: std::net::SocketAddr,
+        addr: ListenAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -53,10 +54,10 @@ impl LifecycleError {
 pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Both listeners, bound before the daemon starts so that tests can bind
-/// port 0 and read the addresses.
+/// port 0 and read the addresses. The admin one may be a Unix socket.
 pub struct Listeners {
     pub public: TcpListener,
-    pub admin: TcpListener,
+    pub admin: AdminListener,
 }
 
 /// Listen backlog: a reconnect wave arrives faster than one accept loop
@@ -77,14 +78,29 @@ impl Listeners {
                 socket.bind(addr)?;
                 socket.listen(BACKLOG)
             };
-            listen().map_err(|source| LifecycleError::Bind { key, addr, source })
+            listen().map_err(|source| LifecycleError::Bind {
+                key,
+                addr: ListenAddr::Tcp(addr),
+                source,
+            })
         };
         let public = bind("server.listen", config.listen_addr())?;
         defer_accept(&public);
-        Ok(Self {
-            public,
-            admin: bind("server.admin_listen", config.admin_addr())?,
-        })
+        let admin = match config.admin_listen() {
+            ListenAddr::Tcp(addr) => AdminListener::Tcp(bind("server.admin_listen", addr)?),
+            ListenAddr::Unix(path) => {
+                let mode = config.server.admin_socket_mode()?;
+                let gid = config.server.admin_socket_gid()?;
+                AdminListener::bind_unix(&path, mode, gid, BACKLOG).map_err(|source| {
+                    LifecycleError::Bind {
+                        key: "server.admin_listen",
+                        addr: ListenAddr::Unix(path.clone()),
+                        source,
+                    }
+                })?
+            }
+        };
+        Ok(Self { public, admin })
     }
 }
 
@@ -140,7 +156,8 @@ pub struct Daemon {
     /// The file a reload reads again.
     config_path: Option<PathBuf>,
     pub public_addr: std::net::SocketAddr,
-    pub admin_addr: std::net::SocketAddr,
+    /// The admin listener: its TCP address, or its socket file.
+    pub admin_addr: ListenAddr,
     tasks: TaskTracker,
     servers: TaskTracker,
     log_reload: Option<LogReload>,
@@ -216,7 +233,7 @@ impl Daemon {
             .local_addr()
             .map_err(|source| LifecycleError::Bind {
                 key: "server.listen",
-                addr: app.config().listen_addr(),
+                addr: ListenAddr::Tcp(app.config().listen_addr()),
                 source,
             })?;
         let admin_addr = listeners
@@ -224,10 +241,11 @@ impl Daemon {
             .local_addr()
             .map_err(|source| LifecycleError::Bind {
                 key: "server.admin_listen",
-                addr: app.config().admin_addr(),
+                addr: app.config().admin_listen(),
                 source,
             })?;
-        if app.config().api.token.is_empty() {
+        // Over a Unix socket the file's mode and group decide who connects.
+        if app.config().api.token.is_empty() && matches!(admin_addr, ListenAddr::Tcp(_)) {
             tracing::warn!(
                 %admin_addr,
                 "api.token is empty: the admin API (send, connections, cleanup) is open to anything that can reach the admin listener; set api.token unless only trusted processes can"
@@ -254,7 +272,7 @@ impl Daemon {
         tasks.spawn(node.expiry_task());
         tasks.spawn(memory_loop(node.clone()));
         tasks.spawn(sweep_loop(node.clone()));
-        tasks.spawn(crate::http::console::sampler(app.clone()));
+        tasks.spawn(crate::node::report::run(node.clone()));
         tracing::info!(%public_addr, %admin_addr, node_id = %node.id(), engine = node.engine(), worker_threads = tokio::runtime::Handle::current().metrics().num_workers(), "sse-notify serving");
         Ok(Daemon {
             app,

@@ -12,12 +12,12 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::http::api::model::{
     BatchSent, CleanedUp, ConnectionsPage, Counts, Envelope, Health, Refusal, Sent, UserConnections,
 };
 
-/// A send body (README "POST {base}/send/").
+/// A send body (README "HTTP API").
 #[derive(Debug, Serialize)]
 pub(super) struct SendBody<'a> {
     pub to: Option<&'a str>,
@@ -32,8 +32,12 @@ pub(super) struct SendBody<'a> {
 /// The node's admin listener, as `server.admin_listen` and `api.token`
 /// of the command line's config name it.
 pub(super) struct AdminClient {
-    /// `http://host:port` (an unspecified address is reached on loopback).
+    /// `http://host:port` (an unspecified address is reached on loopback);
+    /// over a Unix socket `http://localhost`, a name for the `Host` header
+    /// only (the client connects to the socket file whatever it names).
     root: String,
+    /// The socket file, when the listener is one (errors name it).
+    socket: Option<String>,
     base_path: String,
     token: String,
     http: reqwest::Client,
@@ -41,20 +45,32 @@ pub(super) struct AdminClient {
 
 impl AdminClient {
     pub(super) fn new(config: &Config) -> Result<Self, CliError> {
-        let mut addr = config.admin_addr();
-        if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        let (root, socket) = match config.admin_listen() {
+            ListenAddr::Tcp(mut addr) => {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                (format!("http://{addr}"), None)
+            }
+            ListenAddr::Unix(path) => {
+                let shown = ListenAddr::Unix(path.clone()).to_string();
+                // reqwest's own transport for it: no second HTTP client in
+                // the binary.
+                builder = builder.unix_socket(path);
+                ("http://localhost".to_string(), Some(shown))
+            }
+        };
+        let http = builder
             .build()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         Ok(AdminClient {
-            root: format!("http://{addr}"),
+            root,
+            socket,
             base_path: config.server.base_path.clone(),
             token: config.api.token.expose().to_string(),
             http,
@@ -117,7 +133,7 @@ impl AdminClient {
             .get(&url)
             .send()
             .await
-            .map_err(|e| unreachable(&url, &e))?;
+            .map_err(|e| self.unreachable(&url, &e))?;
         let health: Health = resp
             .json()
             .await
@@ -135,7 +151,7 @@ impl AdminClient {
             .authorized(self.http.get(&url))
             .send()
             .await
-            .map_err(|e| unreachable(&url, &e))?;
+            .map_err(|e| self.unreachable(&url, &e))?;
         let status = resp.status();
         if !status.is_success() {
             let refusal: Refusal = resp.json().await.unwrap_or(Refusal { message: None });
@@ -171,6 +187,18 @@ impl AdminClient {
         writeln!(out).map_err(|e| cut(&e))
     }
 
+    /// The node did not answer: where the client looked, the URL or the
+    /// socket file.
+    fn unreachable(&self, url: &str, e: &reqwest::Error) -> CliError {
+        let at = match &self.socket {
+            Some(socket) => format!("{socket} ({url})"),
+            None => url.to_string(),
+        };
+        CliError::Runtime(format!(
+            "no sse-notify node answers at {at} (server.admin_listen): {e}"
+        ))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{}{path}", self.root, self.base_path)
     }
@@ -195,7 +223,7 @@ impl AdminClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|e| unreachable(&url, &e))?;
+        let resp = req.send().await.map_err(|e| self.unreachable(&url, &e))?;
         let status = resp.status();
         let bad =
             |e: &dyn std::fmt::Display| CliError::Runtime(format!("bad answer from {url}: {e}"));
@@ -207,12 +235,6 @@ impl AdminClient {
         let answer: Envelope<T> = serde_json::from_slice(&bytes).map_err(|e| bad(&e))?;
         Ok(answer.data)
     }
-}
-
-fn unreachable(url: &str, e: &reqwest::Error) -> CliError {
-    CliError::Runtime(format!(
-        "no sse-notify node answers at {url} (server.admin_listen): {e}"
-    ))
 }
 
 /// An error envelope as one line: a refusal of what was asked is a usage

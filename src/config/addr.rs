@@ -1,10 +1,14 @@
 //! Addresses and host names as the config writes them and the admin API
-//! reads them: listener addresses (`server.listen`), `host[:port]`
+//! reads them: listener addresses (`server.listen`, and
+//! `server.admin_listen`, which may be a Unix socket: [`ListenAddr`]),
+//! `host[:port]`
 //! authorities (the admin API's `Host` guard splits with
 //! [`split_host_port`]), host names (`api.allowed_hosts`) and origins
 //! (`api.allowed_origins`).
 
+use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use super::{invalid, ConfigError};
 
@@ -16,6 +20,73 @@ pub(super) fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, C
             format!("{value:?} is not an address like \"127.0.0.1:8090\""),
         )
     })
+}
+
+/// Where a listener listens: a TCP address, or a Unix socket file
+/// (`unix:/run/sse-notify/admin.sock`, or `unix:///...` as URLs write it).
+/// It displays as the config writes it (`unix:/path`), in logs and in
+/// `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => addr.fmt(f),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The longest socket path the kernel takes (`sun_path` is 108 bytes on
+/// Linux, with its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A listener that may be a Unix socket, or an error naming `key`.
+pub(super) fn parse_listen(key: &'static str, value: &str) -> Result<ListenAddr, ConfigError> {
+    let Some(rest) = value.strip_prefix("unix:") else {
+        return parse_addr(key, value).map(ListenAddr::Tcp);
+    };
+    // `unix:///run/x.sock` is the URL form of `unix:/run/x.sock`; the
+    // authority between `//` and the path must be empty.
+    let path = match rest.strip_prefix("//") {
+        Some(url_path) if url_path.is_empty() || url_path.starts_with('/') => url_path,
+        Some(_) => {
+            return Err(invalid(
+                key,
+                format!("{value:?}: write a Unix socket as \"unix:/absolute/path\" (or \"unix:///absolute/path\")"),
+            ))
+        }
+        None => rest,
+    };
+    if path.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{value:?} names no socket file (e.g. \"unix:/run/sse-notify/admin.sock\")"),
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(invalid(
+            key,
+            format!("{value:?}: the socket path must be absolute (e.g. \"unix:/run/sse-notify/admin.sock\"), not relative to wherever the daemon starts"),
+        ));
+    }
+    if path.ends_with('/') || path.contains('\0') {
+        return Err(invalid(
+            key,
+            format!("{value:?}: the socket path must name a file"),
+        ));
+    }
+    if path.len() > MAX_SOCKET_PATH {
+        return Err(invalid(
+            key,
+            format!("{value:?}: the socket path is {} bytes, the kernel takes at most {MAX_SOCKET_PATH}", path.len()),
+        ));
+    }
+    Ok(ListenAddr::Unix(Path::new(path).to_path_buf()))
 }
 
 /// `host[:port]` or `[v6][:port]` -> (host, port); the brackets stay on a
@@ -74,6 +145,43 @@ pub(super) fn is_origin(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_listen_may_be_a_unix_socket() {
+        let key = "server.admin_listen";
+        for (value, path) in [
+            (
+                "unix:/run/sse-notify/admin.sock",
+                "/run/sse-notify/admin.sock",
+            ),
+            (
+                "unix:///run/sse-notify/admin.sock",
+                "/run/sse-notify/admin.sock",
+            ),
+        ] {
+            let parsed = parse_listen(key, value).unwrap();
+            assert_eq!(parsed, ListenAddr::Unix(PathBuf::from(path)));
+            assert_eq!(parsed.to_string(), format!("unix:{path}"));
+        }
+        assert_eq!(
+            parse_listen(key, "127.0.0.1:8091").unwrap(),
+            ListenAddr::Tcp("127.0.0.1:8091".parse().unwrap())
+        );
+        let long = format!("unix:/{}", "x".repeat(120));
+        for (bad, says) in [
+            ("unix:", "names no socket file"),
+            ("unix://", "names no socket file"),
+            ("unix:admin.sock", "must be absolute"),
+            ("unix:run/admin.sock", "must be absolute"),
+            ("unix://host/admin.sock", "unix:/absolute/path"),
+            ("unix:/run/sse-notify/", "must name a file"),
+            (long.as_str(), "at most 107"),
+            ("/run/admin.sock", "not an address"),
+        ] {
+            let e = parse_listen(key, bad).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn host_and_port_split() {

@@ -49,7 +49,7 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
-pub use addr::split_host_port;
+pub use addr::{split_host_port, ListenAddr};
 pub use api::ApiConfig;
 pub use auth::{AuthConfig, AuthMode, DEFAULT_TOKEN_MAX_LIFETIME_SECS};
 pub use history::HistoryConfig;
@@ -186,8 +186,9 @@ impl Config {
         addr::parse_addr("server.listen", &self.server.listen).expect("validated")
     }
 
-    pub fn admin_addr(&self) -> SocketAddr {
-        addr::parse_addr("server.admin_listen", &self.server.admin_listen).expect("validated")
+    /// `server.admin_listen`: a TCP address or a Unix socket file.
+    pub fn admin_listen(&self) -> ListenAddr {
+        self.server.admin_listen().expect("validated")
     }
 
     pub fn trusted_proxies(&self) -> Result<Vec<IpNet>, ConfigError> {

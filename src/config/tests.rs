@@ -139,6 +139,8 @@ fn a_reload_names_the_restart_keys_it_changes_and_keeps_their_old_values() {
         [server]
         listen = "127.0.0.1:9090"
         admin_listen = "127.0.0.1:9091"
+        admin_socket_mode = "0600"
+        admin_socket_group = "root"
         base_path = ""
         node_id = "n2"
         shutdown_grace_secs = 3
@@ -166,6 +168,8 @@ fn a_reload_names_the_restart_keys_it_changes_and_keeps_their_old_values() {
         [
             "server.listen",
             "server.admin_listen",
+            "server.admin_socket_mode",
+            "server.admin_socket_group",
             "server.base_path",
             "server.node_id",
             "server.shutdown_grace_secs",

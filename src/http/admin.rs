@@ -1,5 +1,5 @@
 //! HTTP/1.1 serving of a warp filter (the admin listener) on an
-//! already-bound listener.
+//! already-bound listener, TCP or Unix socket alike.
 //!
 //! Our own accept loop instead of `warp::serve` because the daemon needs
 //! what warp's does not give: TCP_NODELAY and no busy loop when the process
@@ -16,14 +16,14 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 use super::deadline::{self, RequestClock, TimedStream};
 use super::envelope::ApiError;
-use super::socket::{self, accept, OpenSocket};
+use super::listener::{AdminConn, AdminListener, Via};
+use super::socket::{self, OpenSocket};
 use super::Front;
 use crate::throttle::LogThrottle;
 
@@ -45,7 +45,7 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
 /// is answered 503 and closed.
 pub(crate) async fn serve<F>(
     name: &'static str,
-    listener: TcpListener,
+    listener: AdminListener,
     filter: F,
     app: Arc<Front>,
     shutdown: CancellationToken,
@@ -65,8 +65,15 @@ pub(crate) async fn serve<F>(
     let mut refusals = LogThrottle::new(Duration::from_secs(10));
     let open = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
+    let via = Via {
+        unix: matches!(listener, AdminListener::Unix(_)),
+        listener: match listener.local_addr() {
+            Ok(addr) => addr.to_string().into(),
+            Err(_) => "?".into(),
+        },
+    };
     loop {
-        let Some((stream, peer)) = accept(name, &listener, &shutdown, &mut accept_errors).await
+        let Some((stream, peer)) = listener.accept(name, &shutdown, &mut accept_errors).await
         else {
             break;
         };
@@ -96,8 +103,10 @@ pub(crate) async fn serve<F>(
         let routes = hyper_util::service::TowerToHyperService::new(warp::service(filter.clone()));
         let svc = {
             let clock = clock.clone();
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let via = via.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let routes = routes.clone();
+                req.extensions_mut().insert(via.clone());
                 deadline::within_deadline(
                     clock.clone(),
                     req,
@@ -159,7 +168,7 @@ fn refusal(limit: usize) -> Vec<u8> {
 /// its request is written as a broken connection, not as a 503), and what
 /// it still sends is drained for a moment so that closing does not reset
 /// the answer away.
-async fn refuse(mut stream: TcpStream, answer: Vec<u8>, _guard: OpenSocket) {
+async fn refuse(mut stream: AdminConn, answer: Vec<u8>, _guard: OpenSocket) {
     let read_head = async {
         let mut head = Vec::new();
         let mut chunk = [0u8; 2048];
@@ -189,7 +198,7 @@ async fn refuse(mut stream: TcpStream, answer: Vec<u8>, _guard: OpenSocket) {
 /// [`refuse`] without waiting, when too many refusals are under way (a
 /// flood): takes what the client already sent, answers if the socket takes
 /// it at once, and closes.
-fn refuse_now(stream: &TcpStream, answer: &[u8]) {
+fn refuse_now(stream: &AdminConn, answer: &[u8]) {
     let mut chunk = [0u8; 2048];
     let mut taken = 0;
     while taken < REFUSE_HEAD_MAX {

@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use warp::http::{header, HeaderValue, StatusCode};
 
 use super::envelope::ApiError;
+use super::listener::AdminConn;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -81,14 +81,14 @@ impl RequestClock {
 /// of each request and cuts a head that is not complete by the deadline
 /// with a 408.
 pub(crate) struct TimedStream {
-    inner: TcpStream,
+    inner: AdminConn,
     clock: Arc<RequestClock>,
     /// Armed while a head arrives.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl TimedStream {
-    pub(crate) fn new(inner: TcpStream, clock: Arc<RequestClock>) -> Self {
+    pub(crate) fn new(inner: AdminConn, clock: Arc<RequestClock>) -> Self {
         Self {
             inner,
             clock,

@@ -33,8 +33,9 @@ use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::envelope::ApiError;
 use super::socket::{self, head_bytes, linger, Length, OpenSocket};
-use super::stream::{self, Reply, ReplyBody, Request, SseBody};
+use super::stream::{self, Reply, ReplyBody, Request};
 use super::Front;
+use crate::node::session::Session;
 use crate::throttle::LogThrottle;
 
 /// Largest request head accepted; browsers send well under 2 KiB, cookies
@@ -293,7 +294,7 @@ async fn respond(
 async fn write_events(
     socket: &mut TcpStream,
     head: Vec<u8>,
-    events: &mut SseBody,
+    events: &mut Session,
     chunked: bool,
     deadline: &mut WriteDeadline,
 ) -> std::io::Result<()> {
@@ -399,9 +400,9 @@ trait Closes {
     fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
-impl Closes for SseBody {
+impl Closes for Session {
     fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        SseBody::poll_closed(self, cx)
+        Session::poll_closed(self, cx)
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::http::{HeaderMap, StatusCode};
 
@@ -81,7 +81,7 @@ pub(crate) fn head_bytes(status: StatusCode, headers: &HeaderMap, length: Length
 
 /// Reads and drops what the client still sends, until it closes, a limit
 /// of bytes, or [`LINGER`].
-pub(crate) async fn linger(socket: &mut TcpStream) {
+pub(crate) async fn linger(socket: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let drain = async {
         // On the heap: a buffer in the future would make every stream's
         // task (the same future type) that much larger.
@@ -106,16 +106,30 @@ pub(crate) async fn accept(
     shutdown: &CancellationToken,
     errors: &mut LogThrottle,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let (stream, peer) = accept_with(name, || listener.accept(), shutdown, errors).await?;
+    let _ = stream.set_nodelay(true);
+    Some((stream, peer))
+}
+
+/// [`accept`] for any listener (the admin listener's Unix socket too):
+/// `next` is its accept call.
+pub(crate) async fn accept_with<T, F, Fut>(
+    name: &'static str,
+    mut next: F,
+    shutdown: &CancellationToken,
+    errors: &mut LogThrottle,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = listener.accept() => r,
+            r = next() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return Some((stream, peer));
-            }
+            Ok(conn) => return Some(conn),
             Err(e) => {
                 if let Some(suppressed) = errors.allow() {
                     tracing::error!(listener = name, error = %e, suppressed, "accept failed");

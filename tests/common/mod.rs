@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sse_notify::config::Config;
+use sse_notify::config::{Config, ListenAddr};
 use sse_notify::lifecycle::{self, Daemon, Listeners};
 
 /// A port nobody listens on right now.
@@ -248,7 +248,10 @@ impl TestNode {
         let waiter = tokio::spawn(async move { d.wait().await });
         TestNode {
             public: daemon.public_addr,
-            admin: daemon.admin_addr,
+            admin: match &daemon.admin_addr {
+                ListenAddr::Tcp(addr) => *addr,
+                unix => panic!("TestNode serves its admin API on TCP, not {unix}"),
+            },
             daemon,
             waiter: Some(waiter),
         }

@@ -13,6 +13,7 @@ use warp::{Filter, Rejection};
 
 use super::super::auth::admin_allowed;
 use super::super::envelope::ApiError;
+use super::super::listener::Via;
 use super::super::Front;
 use super::extract::{reject, with_app};
 use super::PathKind;
@@ -28,12 +29,18 @@ pub(super) fn guards(
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<Via>())
         .and_then(
-            move |app: Arc<Front>, method: Method, path: FullPath, headers: HeaderMap| {
+            move |app: Arc<Front>,
+                  method: Method,
+                  path: FullPath,
+                  headers: HeaderMap,
+                  via: Option<Via>| {
                 let open = PathKind::of(&base_path, path.as_str()).is_open();
+                let unix = via.is_some_and(|v| v.unix);
                 async move {
                     let config = app.config();
-                    check(&config.api, open, &method, &headers).map_err(reject)
+                    check(&config.api, open, unix, &method, &headers).map_err(reject)
                 }
             },
         )
@@ -43,12 +50,18 @@ pub(super) fn guards(
 fn check(
     api: &crate::config::ApiConfig,
     open: bool,
+    unix: bool,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
     // Before the token: a page in the operator's browser must get nothing,
     // not even a 401 that tells it the listener exists behind that name.
-    check_host(&api.allowed_hosts, headers)?;
+    // Over the Unix socket `Host` is whatever the client chose to write
+    // (`localhost`, `unix`, the socket's name): no browser connects there,
+    // so there is no rebinding to guard against and any name is answered.
+    if !unix {
+        check_host(&api.allowed_hosts, headers)?;
+    }
     check_origin(&api.allowed_origins, headers)?;
     // The token guards every request but the open paths (/healthz and the
     // console's page, which holds no data and asks for the token), unknown

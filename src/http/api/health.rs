@@ -9,6 +9,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::super::envelope;
+use super::super::listener::Via;
 use super::super::Front;
 use super::extract::{end, only, with_app};
 use super::model::Health;
@@ -19,6 +20,7 @@ pub(super) fn routes(app: &Arc<Front>) -> BoxedFilter<(Response,)> {
     healthz
         .and(warp::get())
         .and(with_app(app))
+        .and(warp::ext::optional::<Via>())
         .then(health)
         .or(healthz.and(only("GET")))
         .unify()
@@ -36,9 +38,10 @@ pub(super) fn routes(app: &Arc<Front>) -> BoxedFilter<(Response,)> {
 /// 200 only when the store answers (Redis engine: Redis answers and the
 /// bus subscription is up: a node that cannot hear the bus silently misses
 /// other nodes' messages).
-async fn health(app: Arc<Front>) -> Response {
+async fn health(app: Arc<Front>, via: Option<Via>) -> Response {
     let state = app.node().health().await;
     let mut health = Health {
+        admin_listen: via.map(|v| v.listener.to_string()),
         bus: state
             .bus
             .map(|up| if up { "ok" } else { "down" }.to_string()),

@@ -176,6 +176,10 @@ impl From<&Page> for ConnectionsPage {
 /// `status: "error"` and the envelope's `code` and `message` beside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Health {
+    /// The admin listener as the start line names it: `127.0.0.1:8091`,
+    /// or `unix:/run/sse-notify/admin.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
     /// Redis engine: `"ok"` or `"down"` (this node's bus subscription).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus: Option<String>,
