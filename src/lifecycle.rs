@@ -272,7 +272,7 @@ impl Daemon {
         tasks.spawn(node.expiry_task());
         tasks.spawn(memory_loop(node.clone()));
         tasks.spawn(sweep_loop(node.clone()));
-        tasks.spawn(crate::http::console::sampler(app.clone()));
+        tasks.spawn(crate::node::report::run(node.clone()));
         tracing::info!(%public_addr, %admin_addr, node_id = %node.id(), engine = node.engine(), worker_threads = tokio::runtime::Handle::current().metrics().num_workers(), "sse-notify serving");
         Ok(Daemon {
             app,

@@ -22,12 +22,10 @@ pub(crate) mod socket;
 pub(crate) mod stream;
 
 /// What the listeners share: the node they front, and what is HTTP's own
-/// (the stream authenticator, swapped whole on reload, and the console).
+/// (the stream authenticator, swapped whole on reload).
 pub(crate) struct Front {
     node: Arc<Node>,
     auth: RwLock<Arc<Authenticator>>,
-    /// The admin console's samples and live ticks.
-    console: console::Console,
 }
 
 impl Front {
@@ -35,7 +33,6 @@ impl Front {
         Self {
             node,
             auth: RwLock::new(Arc::new(auth)),
-            console: console::Console::default(),
         }
     }
 
@@ -54,10 +51,6 @@ impl Front {
 
     pub(crate) fn set_auth(&self, auth: Authenticator) {
         *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
-    }
-
-    pub(crate) fn console(&self) -> &console::Console {
-        &self.console
     }
 }
 

@@ -1,7 +1,9 @@
 //! A running node: [`Node`] owns its state and what it does with it. The
 //! streams it holds ([`hub`], each with its [`queue`]), the one delivery
-//! path ([`router`]), frames encoded once ([`frame`]), and what limits it
-//! (connect rate, memory given back, token lifetimes in [`expiry`]). It
+//! path ([`router`]), a stream's admission and session ([`session`]),
+//! frames encoded once ([`frame`]), what it reports of itself
+//! ([`report`]), and what limits it (connect rate, memory given back,
+//! token lifetimes in [`expiry`]). It
 //! knows nothing of HTTP; the store behind it knows nothing of the hub,
 //! and nothing above the node reaches the store.
 
@@ -30,6 +32,7 @@ pub(crate) mod frame;
 pub(crate) mod hub;
 pub(crate) mod queue;
 pub(crate) mod ratelimit;
+pub(crate) mod report;
 pub(crate) mod router;
 pub(crate) mod session;
 pub(crate) mod trim;
@@ -74,6 +77,8 @@ pub(crate) struct Node {
     fd_cap: usize,
     /// One log line per interval for refused streams, however many.
     refusals: Mutex<LogThrottle>,
+    /// What the reporter sampled, for the admin console.
+    reports: report::Reports,
 }
 
 impl Node {
@@ -99,6 +104,7 @@ impl Node {
             connect_limiter: ConnectLimiter::new(),
             fd_cap,
             refusals: Mutex::new(LogThrottle::new(Duration::from_secs(10))),
+            reports: report::Reports::default(),
         };
         node.publish_max_streams();
         node
@@ -143,6 +149,11 @@ impl Node {
 
     pub(crate) fn started_at(&self) -> f64 {
         self.started_at
+    }
+
+    /// What the reporter ([`report::run`]) sampled.
+    pub(crate) fn reports(&self) -> &report::Reports {
+        &self.reports
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
