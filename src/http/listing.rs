@@ -11,58 +11,11 @@
 //! snapshot: each user's connections are read together, later users later.
 
 use std::collections::VecDeque;
-use std::future::Future;
 
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::store::redis::Registry;
-use crate::store::{ConnectionRecord, Result, Store};
-
-/// Where a listing reads the registry from: a node's store, or Redis
-/// directly (the CLI).
-pub(crate) trait ListingSource: Send + Sync + 'static {
-    /// Up to `limit` usernames after `after`, in name order.
-    fn names(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// The connections of each of `users` that has any, in that order.
-    fn details(
-        &self,
-        users: &[String],
-    ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send;
-    /// How many names one step reads.
-    fn step(&self) -> usize;
-}
-
-/// Both sources answer with the same methods of their own.
-macro_rules! listing_source {
-    ($source:ty, $step:expr) => {
-        impl ListingSource for $source {
-            fn names(
-                &self,
-                after: Option<&str>,
-                limit: usize,
-            ) -> impl Future<Output = Result<Vec<String>>> + Send {
-                self.user_names(after, limit)
-            }
-            fn details(
-                &self,
-                users: &[String],
-            ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send {
-                self.users_connections(users)
-            }
-            fn step(&self) -> usize {
-                $step(self)
-            }
-        }
-    };
-}
-
-listing_source!(Store, Store::listing_step);
-listing_source!(Registry, |_: &Registry| 100_000);
+use crate::store::{Listed, Result};
 
 /// Names written per piece of `active_users`.
 const NAMES_PER_PIECE: usize = 2_000;
@@ -94,7 +47,7 @@ pub(crate) struct ListingJson<S> {
     connections: usize,
 }
 
-impl<S: ListingSource> ListingJson<S> {
+impl<S: Listed> ListingJson<S> {
     pub(crate) fn new(source: S) -> Self {
         Self {
             source,
@@ -115,8 +68,8 @@ impl<S: ListingSource> ListingJson<S> {
             if self.exhausted {
                 return Ok(false);
             }
-            let step = self.source.step();
-            let names = self.source.names(self.after.as_deref(), step).await?;
+            let step = self.source.listing_step();
+            let names = self.source.user_names(self.after.as_deref(), step).await?;
             self.exhausted = names.len() < step;
             self.after = names.last().cloned().or(self.after.take());
             self.queue.extend(names);
@@ -172,7 +125,7 @@ impl<S: ListingSource> ListingJson<S> {
                 }
                 let n = self.queue.len().min(USERS_PER_PIECE);
                 let users: Vec<String> = self.queue.drain(..n).collect();
-                for (user, list) in self.source.details(&users).await? {
+                for (user, list) in self.source.users_connections(&users).await? {
                     self.comma(&mut out);
                     out.push_str(&json_string(&user));
                     out.push(':');
@@ -194,7 +147,7 @@ fn json_string(s: &str) -> String {
 /// step is read before the answer starts, so an unreachable registry is
 /// still a 503 envelope; a failure later ends the body early (the client
 /// sees a cut, invalid JSON, never a wrong listing).
-pub(crate) async fn body<S: ListingSource>(
+pub(crate) async fn body<S: Listed>(
     source: S,
 ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
     let mut json = ListingJson::new(source);

@@ -25,9 +25,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, HistoryConfig};
 use crate::metrics::Metrics;
 
+mod direct;
+mod listing;
 pub(crate) mod memory;
 pub(crate) mod nodes;
 pub(crate) mod redis;
+
+pub(crate) use direct::Direct;
+pub(crate) use listing::Listed;
 
 /// Why the store could not answer. Every variant means "nothing was
 /// changed or delivered": the HTTP layer answers 503 and a retry is safe.
@@ -558,22 +563,7 @@ impl Store {
 
     /// One page of the listing: up to `limit` users after `after`.
     pub(crate) async fn list_page(&self, after: Option<&Cursor>, limit: usize) -> Result<Page> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let mut names = self
-            .user_names(after.map(|c| c.0.as_str()), limit + 1)
-            .await?;
-        let more = names.len() > limit;
-        names.truncate(limit);
-        let users = self.users_connections(&names).await?;
-        let (user_count, total_connections) = self.totals().await?;
-        Ok(Page {
-            users,
-            user_count,
-            total_connections,
-            // The last name asked for, listed or not: a user who left
-            // meanwhile must not make the next page start over.
-            next: if more { names.pop().map(Cursor) } else { None },
-        })
+        listing::page(self, after, limit).await
     }
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
@@ -625,6 +615,24 @@ impl Store {
             Store::Memory(m) => m.shutdown(),
             Store::Redis(r) => r.shutdown().await,
         }
+    }
+}
+
+impl Listed for Store {
+    async fn user_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Store::user_names(self, after, limit).await
+    }
+    async fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
+        Store::users_connections(self, users).await
+    }
+    async fn totals(&self) -> Result<(usize, usize)> {
+        Store::totals(self).await
+    }
+    fn listing_step(&self) -> usize {
+        Store::listing_step(self)
     }
 }
 

@@ -107,6 +107,19 @@ impl From<&ConnectionRecord> for Connection {
     }
 }
 
+impl Connection {
+    /// The record again, held by `node_id`.
+    pub(crate) fn into_record(self, node_id: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: self.connection_id,
+            username: self.username,
+            connection_time: self.connection_time,
+            last_heartbeat: self.last_heartbeat,
+            node_id: node_id.to_string(),
+        }
+    }
+}
+
 fn connections(list: &[ConnectionRecord]) -> Vec<Connection> {
     list.iter().map(Connection::from).collect()
 }
@@ -234,4 +247,17 @@ pub(crate) struct UsersPage {
     pub total_connections: Option<usize>,
     pub user_count: Option<usize>,
     pub users: Vec<UserCount>,
+}
+
+/// The error envelope, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct Refusal {
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The success envelope, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct Envelope<T> {
+    pub data: T,
 }
