@@ -12,7 +12,6 @@ use auth::Authenticator;
 pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod auth;
-pub(crate) mod console;
 pub(crate) mod deadline;
 pub(crate) mod envelope;
 pub(crate) mod listener;

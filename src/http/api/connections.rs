@@ -195,7 +195,7 @@ mod tests {
         assert!(parse_cleanup(br#"{"timeout":-1}"#, 300.0).is_err());
         assert!(parse_cleanup(br#"{"timeot":1}"#, 300.0)
             .unwrap_err()
-            .message
+            .message()
             .starts_with("unknown field(s): timeot"));
     }
 }

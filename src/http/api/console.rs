@@ -1,19 +1,27 @@
-//! The admin console's routes below `{base}/admin`: its page and assets
-//! (open: they hold no data), its live stream, and the two reads the API
-//! has no shape for (a page of users by name prefix; a user's connections
-//! with their nodes). The page's actions use the ordinary routes.
+//! The admin console (README "Admin console") below `{base}/admin`: its
+//! page and assets, served from the binary (open: they hold no data), its
+//! live stream of what the node's reporter ([`crate::node::report`])
+//! samples, and the two reads the API has no shape for (a page of users by
+//! name prefix; a user's connections with their nodes). The page's actions
+//! (send, disconnect, cleanup, clear) use the ordinary routes.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use warp::http::{header, HeaderValue};
 
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::super::console::{self as page, Asset};
 use super::super::envelope::{self, ApiError};
 use super::super::Front;
 use super::extract::{base, end, only, query, query_pairs, reject, with_app, FromQuery, UserName};
 use super::model::{ConsoleUser, UserCount, UsersPage};
+use crate::node::frame;
+use crate::node::report::{RING, SAMPLE_EVERY};
 use crate::store::Cursor;
 
 pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
@@ -22,7 +30,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         let base_path = base_path.to_string();
         at.clone()
             .and(warp::get())
-            .map(move || page::asset(which, &base_path))
+            .map(move || asset_response(which, &base_path))
             .or(at.and(only("GET")))
             .unify()
     };
@@ -56,7 +64,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
             .clone()
             .and(warp::get())
             .and(with_app(app))
-            .map(page::events))
+            .map(live_events))
         .unify()
         .or(events.and(only("GET")))
         .unify()
@@ -78,6 +86,109 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(user.map(|_: UserName| ()).untuple_one().and(only("GET")))
         .unify()
         .boxed()
+}
+
+const PAGE: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/console.js");
+const STYLE: &str = include_str!("../console/console.css");
+
+/// The page and its assets: what answers without `api.token` (they hold
+/// no data). Everything else of the console needs the token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Asset {
+    Page,
+    Script,
+    Style,
+}
+
+/// The page or one of its assets, with headers that keep it from being
+/// framed or from loading anything but itself.
+fn asset_response(which: Asset, base: &str) -> Response {
+    let (body, content_type): (Bytes, &str) = match which {
+        Asset::Page => (
+            Bytes::from(PAGE.replace("{{BASE}}", &html_escape(base))),
+            "text/html; charset=utf-8",
+        ),
+        Asset::Script => (
+            Bytes::from_static(SCRIPT.as_bytes()),
+            "text/javascript; charset=utf-8",
+        ),
+        Asset::Style => (
+            Bytes::from_static(STYLE.as_bytes()),
+            "text/css; charset=utf-8",
+        ),
+    };
+    let mut resp = Response::new(body.into());
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The console's live stream: `hello` (the ring so far) and then a `tick`
+/// a second; it ends when the node shuts down.
+fn live_events(app: Arc<Front>) -> Response {
+    let hello = json!({
+        "node_id": app.node().id(),
+        "interval_secs": SAMPLE_EVERY.as_secs(),
+        "window_secs": SAMPLE_EVERY.as_secs() * RING as u64,
+        "samples": app.node().reports().samples(),
+    });
+    let mut ticks = app.node().reports().ticks();
+    ticks.mark_changed();
+    let first = frame::event("hello", &hello.to_string());
+    let state = (app, ticks, Some(first));
+    let stream = futures_util::stream::unfold(state, |(app, mut ticks, first)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, std::convert::Infallible>(first), (app, ticks, None)));
+        }
+        loop {
+            tokio::select! {
+                _ = app.node().shutdown().cancelled() => return None,
+                changed = ticks.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    let latest = ticks.borrow_and_update().clone();
+                    if let Some(tick) = latest {
+                        let f = frame::event("tick", &tick);
+                        return Some((Ok(f), (app, ticks, None)));
+                    }
+                }
+                // Nothing for a while (the sampler waits on Redis): a
+                // comment keeps proxies and the page from timing out.
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                    let f = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok(f), (app, ticks, None)));
+                }
+            }
+        }
+    });
+    let mut resp = envelope::streamed(stream, "text/event-stream");
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
 }
 
 /// A user's connections with the node holding each, oldest first.

@@ -311,9 +311,9 @@ fn parse_batch(body: &[u8], max: usize, max_bytes: usize) -> Result<Vec<Outgoing
                 )));
             }
             parse_send(text.as_bytes()).map_err(|e| {
-                let what = match e.message.strip_prefix("body") {
+                let what = match e.message().strip_prefix("body") {
                     Some(rest) => format!("messages[{i}]{rest}"),
-                    None => format!("messages[{i}].{}", e.message),
+                    None => format!("messages[{i}].{}", e.message()),
                 };
                 ApiError::bad_request(what)
             })
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn send_errors_name_the_field() {
-        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
         assert_eq!(err("[1]"), "body: must be a JSON object");
         assert!(err("{").starts_with("body: not valid JSON"));
         assert!(err(r#"{"data":1,"data":}"#).starts_with("body: not valid JSON"));
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_field_given_twice_is_named_and_data_is_the_apps() {
-        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
         assert!(err(r#"{"to":"a","to":"b","data":1}"#).starts_with("to: given more than once"));
         assert!(err(r#"{"to":"a","\u0074o":"b","data":1}"#).starts_with("to:"));
         assert!(err(r#"{"data":1,"data":2}"#).starts_with("data:"));
@@ -369,7 +369,12 @@ mod tests {
         assert!(err(r#"{"to":"a","to":"b","data":}"#).starts_with("body: not valid JSON"));
         let ok = parse_send(br#"{"data":{"k":1,"k":[2]}}"#).unwrap();
         assert_eq!(ok.data, r#"{"k":1,"k":[2]}"#);
-        let batch = |b: &str| parse_batch(b.as_bytes(), 3, 100).unwrap_err().message;
+        let batch = |b: &str| {
+            parse_batch(b.as_bytes(), 3, 100)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
         assert!(
             batch(r#"{"messages":[{"data":1},{"event":"a","data":1,"event":"b"}]}"#)
                 .starts_with("messages[1].event: given more than once")
@@ -382,7 +387,12 @@ mod tests {
 
     #[test]
     fn batch_validation_names_the_index_and_field() {
-        let err = |b: &str| parse_batch(b.as_bytes(), 3, 100).unwrap_err().message;
+        let err = |b: &str| {
+            parse_batch(b.as_bytes(), 3, 100)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
         assert!(err("[]").starts_with("body"));
         assert!(err(r#"{"messages":[],"x":1}"#).starts_with("body"));
         assert!(err(r#"{"messages":[]}"#).starts_with("messages:"));
@@ -410,7 +420,7 @@ mod tests {
 
     #[test]
     fn send_validation_names_the_field() {
-        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
         assert!(err("nope").starts_with("body"));
         assert!(err("[]").starts_with("body"));
         assert!(err(r#"{"to":"a"}"#).starts_with("data"));
