@@ -13,10 +13,11 @@ use warp::{Filter, Rejection};
 use super::extract::{
     base, body_within, end, only, query, query_pairs, reject, reject_unknown, with_front, FromQuery,
 };
+use super::listing;
 use super::model::{CleanedUp, ConnectionsPage, Counts};
 use crate::config::Config;
 use crate::http::envelope::{self, ApiError};
-use crate::http::{listing, Front};
+use crate::http::Front;
 use crate::store::{Cursor, MAX_PAGE};
 
 pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {

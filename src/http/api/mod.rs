@@ -2,7 +2,8 @@
 //! `/metrics`, as warp filters: the [`guard`]s in front of everything,
 //! then one filter per route with its path, query and body extracted into
 //! types ([`extract`]), a file per route group, the answers' shapes in
-//! [`model`]; every rejection becomes the envelope in the one `recover`
+//! [`model`] (the whole listing, too long to hold, written piece by piece
+//! in [`listing`]); every rejection becomes the envelope in the one `recover`
 //! ([`envelope::recover`]).
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ mod console;
 mod extract;
 mod guard;
 mod health;
+pub(crate) mod listing;
 pub(crate) mod model;
 mod send;
 mod users;
