@@ -33,8 +33,10 @@ pub(crate) fn routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     // A restart key: the filters are built once for the process's life.
     let base_path = front.config().server.base_path.clone();
-    let routes = health::routes(&front)
-        .or(send::routes(&front, &base_path))
+    // The paths are disjoint: the order only spares the hottest route
+    // (send) the misses of the others.
+    let routes = send::routes(&front, &base_path)
+        .or(health::routes(&front))
         .unify()
         .or(connections::routes(&front, &base_path))
         .unify()
