@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::client::AdminClient;
 use super::{output, CliError};
 use crate::config::Config;
+use crate::http::api::listing::ListingJson;
 use crate::http::api::model::{CleanedUp, Counts, UserConnections};
-use crate::http::listing::ListingJson;
 use crate::store::{unix_now, ConnectionRecord, Cursor, Direct};
 
 /// How long the command line waits for Redis to answer.

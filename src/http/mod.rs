@@ -15,7 +15,6 @@ pub(crate) mod auth;
 pub(crate) mod deadline;
 pub(crate) mod envelope;
 pub(crate) mod listener;
-pub(crate) mod listing;
 pub(crate) mod public;
 pub(crate) mod socket;
 pub(crate) mod stream;

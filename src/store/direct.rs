@@ -14,10 +14,6 @@ use crate::config::{mask_url_password, Config};
 /// Who tells the nodes on the bus (the nodes' own events carry their ids).
 const ORIGIN: &str = "cli";
 
-/// How many usernames a whole listing reads per step: Redis scans the
-/// whole users set once per step, so it takes many at a time.
-const LISTING_STEP: usize = 100_000;
-
 pub(crate) struct Direct {
     registry: Registry,
     /// The nodes' `stream.heartbeat_secs`: how soon they write their
@@ -80,6 +76,6 @@ impl Listed for Direct {
         self.registry.totals().await
     }
     fn listing_step(&self) -> usize {
-        LISTING_STEP
+        listing::REDIS_STEP
     }
 }

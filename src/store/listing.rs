@@ -7,6 +7,14 @@ use std::future::Future;
 
 use super::{ConnectionRecord, Cursor, Page, Result, MAX_PAGE};
 
+/// Usernames a whole listing reads per step from Redis, which scans the
+/// whole users set once per step: many at a time.
+pub(crate) const REDIS_STEP: usize = 100_000;
+
+/// Usernames a whole listing reads per step from the embedded engine,
+/// which holds its lock for each step: few at a time.
+pub(crate) const MEMORY_STEP: usize = 1_000;
+
 /// A registry that can be read in name order.
 pub(crate) trait Listed: Send + Sync + 'static {
     /// Up to `limit` usernames after `after` (all, without it), in name

@@ -556,8 +556,8 @@ impl Store {
     /// embedded engine holds its lock for each step, so it takes few.
     pub(crate) fn listing_step(&self) -> usize {
         match self {
-            Store::Memory(_) => 1_000,
-            Store::Redis(_) => 100_000,
+            Store::Memory(_) => listing::MEMORY_STEP,
+            Store::Redis(_) => listing::REDIS_STEP,
         }
     }
 

@@ -16,15 +16,17 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::super::envelope::{self, ApiError};
-use super::super::Front;
-use super::extract::{base, end, only, query, query_pairs, reject, with_app, FromQuery, UserName};
+use super::extract::{
+    base, end, only, query, query_pairs, reject, with_front, FromQuery, UserName,
+};
 use super::model::{ConsoleUser, UserCount, UsersPage};
+use crate::http::envelope::{self, ApiError};
+use crate::http::Front;
 use crate::node::frame;
 use crate::node::report::{RING, SAMPLE_EVERY};
 use crate::store::Cursor;
 
-pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let admin = base(base_path).and(warp::path("admin"));
     let asset = |at: BoxedFilter<()>, which: Asset| {
         let base_path = base_path.to_string();
@@ -63,7 +65,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(events
             .clone()
             .and(warp::get())
-            .and(with_app(app))
+            .and(with_front(front))
             .map(live_events))
         .unify()
         .or(events.and(only("GET")))
@@ -71,7 +73,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(users
             .clone()
             .and(warp::get())
-            .and(with_app(app))
+            .and(with_front(front))
             .and(query::<UsersQuery>())
             .and_then(list_users))
         .unify()
@@ -80,7 +82,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(user
             .clone()
             .and(warp::get())
-            .and(with_app(app))
+            .and(with_front(front))
             .and_then(user_connections))
         .unify()
         .or(user.map(|_: UserName| ()).untuple_one().and(only("GET")))
@@ -147,24 +149,27 @@ fn html_escape(s: &str) -> String {
 
 /// The console's live stream: `hello` (the ring so far) and then a `tick`
 /// a second; it ends when the node shuts down.
-fn live_events(app: Arc<Front>) -> Response {
+fn live_events(front: Arc<Front>) -> Response {
     let hello = json!({
-        "node_id": app.node().id(),
+        "node_id": front.node().id(),
         "interval_secs": SAMPLE_EVERY.as_secs(),
         "window_secs": SAMPLE_EVERY.as_secs() * RING as u64,
-        "samples": app.node().reports().samples(),
+        "samples": front.node().reports().samples(),
     });
-    let mut ticks = app.node().reports().ticks();
+    let mut ticks = front.node().reports().ticks();
     ticks.mark_changed();
     let first = frame::event("hello", &hello.to_string());
-    let state = (app, ticks, Some(first));
-    let stream = futures_util::stream::unfold(state, |(app, mut ticks, first)| async move {
+    let state = (front, ticks, Some(first));
+    let stream = futures_util::stream::unfold(state, |(front, mut ticks, first)| async move {
         if let Some(first) = first {
-            return Some((Ok::<_, std::convert::Infallible>(first), (app, ticks, None)));
+            return Some((
+                Ok::<_, std::convert::Infallible>(first),
+                (front, ticks, None),
+            ));
         }
         loop {
             tokio::select! {
-                _ = app.node().shutdown().cancelled() => return None,
+                _ = front.node().shutdown().cancelled() => return None,
                 changed = ticks.changed() => {
                     if changed.is_err() {
                         return None;
@@ -172,14 +177,14 @@ fn live_events(app: Arc<Front>) -> Response {
                     let latest = ticks.borrow_and_update().clone();
                     if let Some(tick) = latest {
                         let f = frame::event("tick", &tick);
-                        return Some((Ok(f), (app, ticks, None)));
+                        return Some((Ok(f), (front, ticks, None)));
                     }
                 }
                 // Nothing for a while (the sampler waits on Redis): a
                 // comment keeps proxies and the page from timing out.
                 _ = tokio::time::sleep(Duration::from_secs(15)) => {
                     let f = Bytes::from_static(b": keep-alive\n\n");
-                    return Some((Ok(f), (app, ticks, None)));
+                    return Some((Ok(f), (front, ticks, None)));
                 }
             }
         }
@@ -192,9 +197,9 @@ fn live_events(app: Arc<Front>) -> Response {
 }
 
 /// A user's connections with the node holding each, oldest first.
-async fn user_connections(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
+async fn user_connections(user: UserName, front: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
-    let list = app
+    let list = front
         .node()
         .list_user(&user)
         .await
@@ -250,8 +255,8 @@ impl FromQuery for UsersQuery {
     }
 }
 
-async fn list_users(app: Arc<Front>, q: UsersQuery) -> Result<Response, Rejection> {
-    let page = users(&app, &q).await.map_err(reject)?;
+async fn list_users(front: Arc<Front>, q: UsersQuery) -> Result<Response, Rejection> {
+    let page = users(&front, &q).await.map_err(reject)?;
     Ok(envelope::ok(&page))
 }
 
@@ -260,11 +265,11 @@ async fn list_users(app: Arc<Front>, q: UsersQuery) -> Result<Response, Rejectio
 /// next page's cursor. Names are in order, so the ones with a prefix are
 /// one run: the exact name first, then the names after it, until one does
 /// not start with it.
-async fn users(app: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
+async fn users(front: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     let mut users: Vec<UserCount> = Vec::new();
     let mut after = q.after.clone();
     if after.is_none() && !q.prefix.is_empty() {
-        let exact = app.node().list_user(&q.prefix).await?;
+        let exact = front.node().list_user(&q.prefix).await?;
         if !exact.is_empty() {
             users.push(UserCount {
                 connection_count: exact.len(),
@@ -278,7 +283,7 @@ async fn users(app: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     let mut totals = None;
     if want > 0 {
         // One more than shown, to know whether a next page holds any.
-        let page = app.node().list_page(after.as_ref(), want + 1).await?;
+        let page = front.node().list_page(after.as_ref(), want + 1).await?;
         totals = Some((page.user_count, page.total_connections));
         more = page.next.is_some();
         for (user, list) in page.users {

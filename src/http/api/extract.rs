@@ -12,16 +12,17 @@ use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderMap};
 use warp::{Filter, Rejection};
 
-use super::super::auth::validate_username;
-use super::super::envelope::{ApiError, WrongMethod};
-use super::super::Front;
+use crate::http::auth::validate_username;
+use crate::http::envelope::{ApiError, WrongMethod};
+use crate::http::Front;
 
-/// The node's state, handed to a handler.
-pub(super) fn with_app(
-    app: &Arc<Front>,
+/// What the listeners share (the node, and what is HTTP's own), handed
+/// to a handler.
+pub(super) fn with_front(
+    front: &Arc<Front>,
 ) -> impl Filter<Extract = (Arc<Front>,), Error = Infallible> + Clone {
-    let app = app.clone();
-    warp::any().map(move || app.clone())
+    let front = front.clone();
+    warp::any().map(move || front.clone())
 }
 
 /// `server.base_path` (a restart key, so fixed for the filters' life),
@@ -85,15 +86,15 @@ pub(super) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError
 /// The whole body, at most `limit(config)` bytes; more is a 413, whether
 /// announced by Content-Length or found while reading a chunked body.
 pub(super) fn body_within(
-    app: &Arc<Front>,
+    front: &Arc<Front>,
     limit: fn(&crate::config::Config) -> usize,
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    with_app(app)
+    with_front(front)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and_then(
-            move |app: Arc<Front>, headers: HeaderMap, body| async move {
-                read_body(&headers, body, limit(&app.config()))
+            move |front: Arc<Front>, headers: HeaderMap, body| async move {
+                read_body(&headers, body, limit(&front.config()))
                     .await
                     .map_err(reject)
             },
