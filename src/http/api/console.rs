@@ -28,7 +28,8 @@ use crate::store::Cursor;
 
 pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let admin = base(base_path).and(warp::path("admin"));
-    let asset = |at: BoxedFilter<()>, which: Asset| {
+    // An asset's path answers GET with it, any other method with a 405.
+    let asset_route = |at: BoxedFilter<()>, which: Asset| {
         let base_path = base_path.to_string();
         at.clone()
             .and(warp::get())
@@ -43,8 +44,8 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
         .and(warp::path("connections"))
         .and(warp::path::param::<UserName>())
         .and(end());
-    asset(admin.clone().and(end()).boxed(), Asset::Page)
-        .or(asset(
+    asset_route(admin.clone().and(end()).boxed(), Asset::Page)
+        .or(asset_route(
             admin
                 .clone()
                 .and(warp::path("console.js"))
@@ -53,7 +54,7 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
             Asset::Script,
         ))
         .unify()
-        .or(asset(
+        .or(asset_route(
             admin
                 .clone()
                 .and(warp::path("console.css"))
