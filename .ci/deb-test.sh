@@ -4,7 +4,9 @@
 # modes, run the installed daemon as user sse-notify with the installed config
 # and open a stream; upgrade from an older version over an edited config;
 # remove, then purge, checking what each leaves. The package is purged on
-# exit, failed or not.
+# exit, failed or not. A second run puts the admin listener on a Unix socket
+# in /run/sse-notify (as the unit's RuntimeDirectory= makes it) and checks
+# the socket's owner and mode, who may connect, and its removal at stop.
 #
 # The daemon is started by hand (not by systemd): the check must hold in a
 # container, where the maintainer scripts skip starting the unit.
@@ -25,6 +27,9 @@ unit=/lib/systemd/system/sse-notify.service
 # The shipped config's server.listen and server.admin_listen.
 public_addr=127.0.0.1:8090
 admin_addr=127.0.0.1:8091
+# The socket a sysadmin configures with server.admin_listen = "unix:...".
+run_dir=/run/sse-notify
+admin_sock=$run_dir/admin.sock
 # Below any real version, so installing the current package is an upgrade.
 old_version=0~previous-1
 
@@ -51,6 +56,7 @@ if getent passwd sse-notify >/dev/null || getent group sse-notify >/dev/null; th
     fail "user or group sse-notify already exists; the purge would delete it"
 fi
 [ ! -e "$conf_dir" ] || fail "$conf_dir already exists; the purge would delete it"
+[ ! -e "$run_dir" ] || fail "$run_dir already exists (a running sse-notify?); this test creates and removes it"
 
 port_in_use() {
     (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null
@@ -77,6 +83,7 @@ cleanup() {
             wait "$pid" 2>/dev/null
         fi
     done
+    rm -rf "$run_dir"
     if dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qv '^not-installed$'; then
         echo "deb-test: purging $pkg"
         dpkg -P "$pkg" >/dev/null
@@ -145,6 +152,8 @@ check_installed() {
     grep -qx 'ExecStart=/usr/bin/sse-notify serve -c /etc/sse-notify/sse-notify.toml' "$unit" ||
         fail "$unit does not start /usr/bin/sse-notify with $conf: $(grep '^ExecStart=' "$unit")"
     grep -qx 'User=sse-notify' "$unit" || fail "$unit does not run as User=sse-notify"
+    grep -qx 'RuntimeDirectory=sse-notify' "$unit" ||
+        fail "$unit has no RuntimeDirectory=sse-notify (the admin socket's directory $run_dir)"
     dpkg-query --control-show "$pkg" conffiles | grep -qx "$conf" ||
         fail "$conf is not a conffile: $(dpkg-query --control-show "$pkg" conffiles)"
 
@@ -269,6 +278,60 @@ wait "$daemon_pid" || status=$?
 daemon_pid=
 [ "$status" = 0 ] || fail "the daemon exited $status after SIGTERM: $(tail -n 20 "$work/daemon.log")"
 echo "exited 0"
+
+# ---------------------------------------------------------------- admin socket
+step "admin listener on a Unix socket: $admin_sock"
+# What RuntimeDirectory=sse-notify (RuntimeDirectoryMode=0755) makes before
+# the unit starts; the daemon is started by hand here.
+install -d -m 0755 -o sse-notify -g sse-notify "$run_dir"
+install -d -m 0750 -o root -g sse-notify "$work/sock-conf"
+sock_conf=$work/sock-conf/sse-notify.toml
+sed "s|^admin_listen = .*|admin_listen = \"unix:$admin_sock\"|" "$run_conf" >"$sock_conf"
+chown root:sse-notify "$sock_conf"
+chmod 0640 "$sock_conf"
+grep -qx "admin_listen = \"unix:$admin_sock\"" "$sock_conf" ||
+    fail "the config copy has no admin_listen line to point at the socket"
+setpriv --reuid sse-notify --regid sse-notify --init-groups \
+    /usr/bin/sse-notify serve -c "$sock_conf" >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+deadline=$((SECONDS + 40))
+until curl -fsS -o /dev/null --unix-socket "$admin_sock" http://localhost/healthz 2>/dev/null; do
+    kill -0 "$daemon_pid" 2>/dev/null || fail "the daemon exited: $(cat "$work/daemon.log")"
+    [ "$SECONDS" -lt "$deadline" ] ||
+        fail "$admin_sock never answered /healthz: $(tail -n 20 "$work/daemon.log")"
+    sleep 0.1
+done
+[ -S "$admin_sock" ] || fail "$admin_sock is not a socket"
+expect_stat "$admin_sock" sse-notify:sse-notify 660
+health=$(curl -fsS --unix-socket "$admin_sock" http://localhost/healthz)
+echo "healthz: $health"
+case "$health" in
+*"\"admin_listen\":\"unix:$admin_sock\""*) ;;
+*) fail "/healthz does not name the socket: $health" ;;
+esac
+# Who may connect is who may write to the file: the group yes, others no.
+setpriv --reuid sse-notify --regid sse-notify --init-groups \
+    /usr/bin/sse-notify send '{"deb":"test"}' -c "$sock_conf" >"$work/send.out" ||
+    fail "the CLI as sse-notify could not send over $admin_sock: $(cat "$work/send.out")"
+echo "send as sse-notify: $(cat "$work/send.out")"
+if setpriv --reuid nobody --regid nogroup --clear-groups \
+    curl -fsS -o /dev/null --unix-socket "$admin_sock" http://localhost/healthz 2>/dev/null; then
+    fail "user nobody can connect to $admin_sock"
+fi
+kill -TERM "$daemon_pid"
+deadline=$((SECONDS + 20))
+while kill -0 "$daemon_pid" 2>/dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the daemon did not exit within 20 s of SIGTERM"
+    sleep 0.1
+done
+status=0
+wait "$daemon_pid" || status=$?
+daemon_pid=
+[ "$status" = 0 ] || fail "the daemon exited $status after SIGTERM: $(tail -n 20 "$work/daemon.log")"
+[ ! -e "$admin_sock" ] || fail "SIGTERM left $admin_sock behind"
+rm -rf "$run_dir"
+echo "socket sse-notify:sse-notify 660, nobody refused, removed at stop"
+
 if [ -n "$redis_pid" ]; then
     kill "$redis_pid"
     wait "$redis_pid" 2>/dev/null || true

@@ -5,18 +5,35 @@ mod common;
 
 use std::process::Command;
 
-use common::{BinaryNode, Node, RedisServer};
+use common::{BinaryNode, Env, Node, RedisServer, UnixNode};
 use serde_json::Value;
 
 /// Runs `sse-bench MODE --conns 50 ... EXTRA` against `node`; returns the
 /// parsed JSON line (stdout must hold exactly one).
 async fn bench(node: &BinaryNode, mode: &str, extra: &[&str]) -> Value {
+    let log = node.log();
+    bench_at(
+        (&node.stream_url(), &node.admin_url(""), node.child.id()),
+        mode,
+        extra,
+        || log.clone(),
+    )
+    .await
+}
+
+/// [`bench`] against a node given as (stream URL, admin URL, pid).
+async fn bench_at(
+    (stream_url, admin_url, pid): (&str, &str, u32),
+    mode: &str,
+    extra: &[&str],
+    daemon_log: impl Fn() -> String,
+) -> Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sse-bench"));
     cmd.arg(mode)
-        .args(["--stream-url", &node.stream_url()])
-        .args(["--admin-url", &node.admin_url("")])
+        .args(["--stream-url", stream_url])
+        .args(["--admin-url", admin_url])
         .args(["--conns", "50", "--users", "50", "--settle", "0.2"])
-        .args(["--server-pid", &node.child.id().to_string()])
+        .args(["--server-pid", &pid.to_string()])
         .args(["--max-runtime", "25"])
         .args(extra)
         .env_remove("SSE_BENCH_API_TOKEN");
@@ -29,7 +46,7 @@ async fn bench(node: &BinaryNode, mode: &str, extra: &[&str]) -> Value {
         out.status.success(),
         "sse-bench {mode} failed: {:?}\nstdout: {stdout}\nstderr: {stderr}\ndaemon log:\n{}",
         out.status,
-        node.log()
+        daemon_log()
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON line on stdout: {stdout}");
@@ -90,6 +107,27 @@ async fn unicast_mode() {
     assert_eq!(d["routed_by_server"], 200, "{v}");
     assert_eq!(d["routed_mismatch"], 0, "{v}");
     assert_eq!(d["extra"], 0, "{v}");
+}
+
+/// `--admin-url unix:/path`: the sends and the registry figures go over
+/// the node's admin socket.
+#[tokio::test]
+async fn unicast_over_the_admin_socket() {
+    let node = UnixNode::start(&Env::memory(), "").await;
+    let admin = format!("unix:{}", node.sock.display());
+    let v = bench_at(
+        (&node.stream_url(), &admin, node.child.id()),
+        "unicast",
+        &["--messages", "100", "--publishers", "2", "--drain", "5"],
+        || node.log(),
+    )
+    .await;
+    assert_delivered(&v, 100);
+    assert_eq!(v["delivery"]["sends_ok"], 100, "{v}");
+    assert_eq!(
+        v["registry_baseline"], 0,
+        "the listing over the socket: {v}"
+    );
 }
 
 #[tokio::test]

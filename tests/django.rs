@@ -13,65 +13,105 @@ fn python_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python"))
 }
 
+/// The daemons one run of the suite talks to, as its environment names
+/// them.
+struct Daemons {
+    /// `SSE_NOTIFY_URL`: `http://...` or `unix:///...`.
+    admin_url: String,
+    stream_url: String,
+    /// The admin URL of the daemon that requires [`TOKEN`].
+    guarded_url: String,
+    cli_config: String,
+}
+
+const TOKEN: &str = "django-test-token";
+/// Heartbeats far apart, so that no heartbeat writes records back while a
+/// test checks what a cleanup removed.
+const QUIET: &str = "[stream]\nheartbeat_secs = 60\n\n[sweep]\nstale_timeout_secs = 300\n";
+
+fn guarded_extra() -> String {
+    format!("[startup]\nclear = false\n\n[api]\ntoken = \"{TOKEN}\"\n")
+}
+
+/// `python3 runtests.py` against `daemons`; asserts it passed, skipped
+/// nothing and ran the whole suite.
+async fn run_suite(env: &Env, over: &str, daemons: Daemons, daemon_log: impl Fn() -> String) {
+    let mut cmd = Command::new("python3");
+    cmd.arg("runtests.py")
+        .current_dir(python_dir())
+        // The working tree's package, not an installed copy.
+        .env("PYTHONPATH", python_dir().join("src"))
+        .env("SSE_NOTIFY_URL", &daemons.admin_url)
+        .env("SSE_STREAM_URL", &daemons.stream_url)
+        .env("SSE_TOKEN_NODE_URL", &daemons.guarded_url)
+        .env("SSE_TOKEN_NODE_TOKEN", TOKEN)
+        .env("SSE_NOTIFY_BIN", bin())
+        .env("SSE_NOTIFY_CLI_CONFIG", &daemons.cli_config)
+        .env("SSE_REDIS_URL", env.url())
+        .env_remove("SSE_NOTIFY_BASE_PATH")
+        .env_remove("SSE_NOTIFY_TOKEN")
+        .env_remove("SSE_NOTIFY_TIMEOUT")
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("python thread")
+        .expect("python3 must be installed (tests/setup.sh)");
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!(
+        "python3 runtests.py ({}, admin API over {over}): {}\n--- stdout\n{}\n--- stderr\n{stderr}\n--- sse-notify log\n{}",
+        env.engine(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        daemon_log()
+    );
+    println!("{stderr}");
+    assert!(out.status.success(), "{report}");
+    // Django's runner reports on stderr: it ran the tests, none skipped
+    // (a skip would hide a missing environment).
+    assert!(stderr.contains("\nOK"), "{report}");
+    assert!(!stderr.contains("skipped"), "{report}");
+    let ran = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(ran >= 45, "only {ran} Python tests ran\n{report}");
+}
+
 on_both_engines! {
     async fn python_package_against_the_real_daemon(env: Env) {
-        // Heartbeats far apart, so that no heartbeat writes records back
-        // while a test checks what a cleanup removed.
-        let node = BinaryNode::on(
-            &env,
-            "[stream]\nheartbeat_secs = 60\n\n[sweep]\nstale_timeout_secs = 300\n",
-        )
-        .await;
+        let node = BinaryNode::on(&env, QUIET).await;
         // A second daemon that requires the admin token.
-        let token = "django-test-token";
-        let guarded = BinaryNode::on(
-            &env,
-            &format!("[startup]\nclear = false\n\n[api]\ntoken = \"{token}\"\n"),
-        )
-        .await;
+        let guarded = BinaryNode::on(&env, &guarded_extra()).await;
+        let daemons = Daemons {
+            admin_url: node.admin_url(""),
+            stream_url: node.stream_url(),
+            guarded_url: guarded.admin_url(""),
+            cli_config: node.cli_config(),
+        };
+        run_suite(&env, "TCP", daemons, || node.log()).await;
+    }
 
-        let mut cmd = Command::new("python3");
-        cmd.arg("runtests.py")
-            .current_dir(python_dir())
-            // The working tree's package, not an installed copy.
-            .env("PYTHONPATH", python_dir().join("src"))
-            .env("SSE_NOTIFY_URL", node.admin_url(""))
-            .env("SSE_STREAM_URL", node.stream_url())
-            .env("SSE_TOKEN_NODE_URL", guarded.admin_url(""))
-            .env("SSE_TOKEN_NODE_TOKEN", token)
-            .env("SSE_NOTIFY_BIN", bin())
-            .env("SSE_NOTIFY_CLI_CONFIG", node.cli_config())
-            .env("SSE_REDIS_URL", env.url())
-            .env_remove("SSE_NOTIFY_BASE_PATH")
-            .env_remove("SSE_NOTIFY_TOKEN")
-            .env_remove("SSE_NOTIFY_TIMEOUT")
-            .env_remove("DJANGO_SETTINGS_MODULE")
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .expect("python thread")
-            .expect("python3 must be installed (tests/setup.sh)");
-
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let report = format!(
-            "python3 runtests.py ({}): {}\n--- stdout\n{}\n--- stderr\n{stderr}\n--- sse-notify log\n{}",
-            env.engine(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            node.log()
-        );
-        println!("{stderr}");
-        assert!(out.status.success(), "{report}");
-        // Django's runner reports on stderr: it ran the tests, none skipped
-        // (a skip would hide a missing environment).
-        assert!(stderr.contains("\nOK"), "{report}");
-        assert!(!stderr.contains("skipped"), "{report}");
-        let ran = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("Ran ")?.split(' ').next()?.parse::<u32>().ok())
-            .unwrap_or(0);
-        assert!(ran >= 45, "only {ran} Python tests ran\n{report}");
-        drop(guarded);
+    /// The same suite with both daemons' admin listeners on Unix sockets
+    /// (`SSE_NOTIFY_URL = "unix:///..."`): every call, command and check
+    /// of the package over the socket.
+    async fn python_package_over_the_unix_socket(env: Env) {
+        let node = UnixNode::start(&env, QUIET).await;
+        let guarded = UnixNode::start(&env, &guarded_extra()).await;
+        let daemons = Daemons {
+            admin_url: node.admin_url(),
+            stream_url: node.stream_url(),
+            guarded_url: guarded.admin_url(),
+            cli_config: node.config.to_string_lossy().into_owned(),
+        };
+        run_suite(&env, "a Unix socket", daemons, || node.log()).await;
     }
 }
 

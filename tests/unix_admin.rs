@@ -7,135 +7,14 @@
 //! admin limits (connection cap, request deadline) over it.
 mod common;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-/// A daemon whose admin listener is the socket `dir/admin.sock`.
-struct UnixNode {
-    child: Child,
-    public: SocketAddr,
-    sock: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// The public address of the start line, once logged (the admin one is
-/// the socket path, not an address).
-fn serving_public(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("sse-notify serving"))?;
-    let rest = &line[line.find("public_addr=")? + "public_addr=".len()..];
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// Writes the config of a daemon with its admin listener on `sock`.
-fn unix_config(dir: &Path, sock: &Path, env: &Env, extra: &str) -> PathBuf {
-    write_config_at(
-        dir,
-        "127.0.0.1:0",
-        &format!("unix:{}", sock.display()),
-        &env.url(),
-        3,
-        extra,
-    )
-}
-
-impl UnixNode {
-    async fn start(env: &Env, extra: &str) -> UnixNode {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("admin.sock");
-        let config = unix_config(dir.path(), &sock, env, extra);
-        Self::start_at(dir, sock, config).await
-    }
-
-    async fn start_at(dir: tempfile::TempDir, sock: PathBuf, config: PathBuf) -> UnixNode {
-        let log = dir
-            .path()
-            .join(format!("log-{}.txt", uuid::Uuid::new_v4().simple()));
-        let mut child = spawn_serve(&config, &log);
-        let mut public = None;
-        let mut exited = None;
-        eventually(Duration::from_secs(15), || {
-            public = serving_public(&std::fs::read_to_string(&log).unwrap_or_default());
-            exited = child.try_wait().ok().flatten();
-            let done = public.is_some() || exited.is_some();
-            async move { done }
-        })
-        .await;
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let Some(public) = public else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sse-notify did not start (exit {exited:?}); log:\n{text}");
-        };
-        UnixNode {
-            child,
-            public,
-            sock,
-            config,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn client(&self) -> reqwest::Client {
-        unix_client(&self.sock)
-    }
-
-    /// An admin request over the socket: (status, JSON body).
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .client()
-            .request(method, format!("http://localhost{path}"));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("admin request over the socket");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for UnixNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// reqwest over the socket file; the URL's host is only the `Host` header.
-fn unix_client(sock: &Path) -> reqwest::Client {
-    reqwest::Client::builder()
-        .unix_socket(sock)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("HTTP client")
-}
 
 /// Mode bits and group of the file at `path`, asserting it is a socket.
 fn socket_stat(path: &Path) -> (u32, u32) {
@@ -382,7 +261,7 @@ async fn a_stale_socket_file_is_replaced() {
     assert!(node.sock.exists(), "SIGKILL cannot remove the file");
     let UnixNode { sock, config, .. } = &node;
     let (sock, config) = (sock.clone(), config.clone());
-    let dir = std::mem::replace(&mut node._dir, tempfile::tempdir().unwrap());
+    let dir = std::mem::replace(&mut node.dir, tempfile::tempdir().unwrap());
     let again = UnixNode::start_at(dir, sock, config).await;
     let (status, _) = again.call(reqwest::Method::GET, "/healthz", None).await;
     assert_eq!(status, 200, "{}", again.log());

@@ -6,8 +6,9 @@ and the standard library's kept-alive ``http.client``.
     cargo build --release
     python3 clients/python/bench.py --binary target/release/sse-notify
 
-starts the daemon (embedded engine, its own free ports; over a Unix socket
-too when the daemon supports ``server.admin_listen = "unix:..."``), or
+starts the daemon twice (embedded engine, its own free ports): its admin
+listener on TCP, then on a Unix socket (``server.admin_listen =
+"unix:..."``); or
 measures one already running with ``--url http://127.0.0.1:8091``. Each
 call sends to a user with no open stream: what is measured is the client and
 the admin API's round trip, not delivery. Prints a Markdown table: p50 and

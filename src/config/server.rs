@@ -103,13 +103,13 @@ impl ServerConfig {
     }
 
     /// `server.admin_listen`: a TCP address or a Unix socket file.
-    pub fn admin_listen(&self) -> Result<ListenAddr, ConfigError> {
+    pub(crate) fn admin_listen(&self) -> Result<ListenAddr, ConfigError> {
         parse_listen("server.admin_listen", &self.admin_listen)
     }
 
     /// `server.admin_socket_mode` as permission bits: three or four octal
     /// digits, no set-id or sticky bits (they mean nothing on a socket).
-    pub fn admin_socket_mode(&self) -> Result<u32, ConfigError> {
+    pub(crate) fn admin_socket_mode(&self) -> Result<u32, ConfigError> {
         let value = &self.admin_socket_mode;
         let digits = value
             .strip_prefix('0')
@@ -129,7 +129,7 @@ impl ServerConfig {
     /// The group id of `server.admin_socket_group`, `None` when empty (the
     /// file keeps the daemon's group). A group this host does not know is
     /// an error naming the key.
-    pub fn admin_socket_gid(&self) -> Result<Option<u32>, ConfigError> {
+    pub(crate) fn admin_socket_gid(&self) -> Result<Option<u32>, ConfigError> {
         let name = &self.admin_socket_group;
         if name.is_empty() {
             return Ok(None);

@@ -17,14 +17,14 @@ use warp::{Rejection, Reply};
 /// An HTTP error answered as `{"code": status, "message": ...}`.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
+    status: StatusCode,
+    message: String,
     /// Seconds for `Retry-After` on 503s that a client should retry.
-    pub retry_after: Option<Duration>,
+    retry_after: Option<Duration>,
     /// Methods for `Allow` on a 405.
-    pub allow: Option<String>,
+    allow: Option<String>,
     /// The scheme for `WWW-Authenticate` on a 401 that asks for a token.
-    pub challenge: Option<&'static str>,
+    challenge: Option<&'static str>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -38,6 +38,10 @@ impl ApiError {
             allow: None,
             challenge: None,
         }
+    }
+    /// The message, as the envelope's `message` says it.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)

@@ -48,6 +48,10 @@ impl Drop for SocketFile {
     }
 }
 
+const NOT_A_SOCKET: &str =
+    "the path exists and is not a socket; it is left as it is (remove it, or choose another path)";
+const IN_USE: &str = "address in use: another process listens on this socket (another sse-notify?)";
+
 impl AdminListener {
     /// Binds the Unix socket `path` with permissions `mode` and group
     /// `gid` (`None`: the daemon's), listening with `backlog`.
@@ -63,33 +67,26 @@ impl AdminListener {
         gid: Option<u32>,
         backlog: u32,
     ) -> io::Result<AdminListener> {
+        let error = |kind, message: String| io::Error::new(kind, message);
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
             Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a socket; it is left as it is (remove it, or choose another path)",
-                ));
+                return Err(error(io::ErrorKind::AlreadyExists, NOT_A_SOCKET.into()));
             }
-            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "address in use: another process listens on this socket (another sse-notify?)",
-                )),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "replacing a stale admin socket file (nothing listens on it)");
-                    std::fs::remove_file(path)?;
+            Ok(_) => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => return Err(error(io::ErrorKind::AddrInUse, IN_USE.into())),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        tracing::info!(path = %path.display(), "replacing a stale admin socket file (nothing listens on it)");
+                        std::fs::remove_file(path)?;
+                    }
+                    Err(e) => {
+                        let message = format!("a socket file is there and probing it failed ({e}); it is left as it is");
+                        return Err(error(e.kind(), message));
+                    }
                 }
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!(
-                        "a socket file is there and probing it failed ({e}); it is left as it is"
-                    ),
-                    ))
-                }
-            },
+            }
         }
         let socket = tokio::net::UnixSocket::new_stream()?;
         socket.bind(path).map_err(|e| match path.parent() {

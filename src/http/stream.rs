@@ -1,5 +1,5 @@
-//! What the public listener answers: `GET {base}/stream/` (README "The
-//! stream") and its CORS preflight, independent of the HTTP server
+//! What the public listener answers: `GET {base}/stream/`
+//! (README "The stream") and its CORS preflight, independent of the HTTP server
 //! ([`super::public`]). A stream request is read (auth, `Last-Event-ID`,
 //! `replaces`) and handed to the node ([`crate::node::session`]), whose
 //! session becomes the response body; a refusal becomes the envelope.

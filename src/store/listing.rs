@@ -1,52 +1,61 @@
-//! Reading the whole registry in bounded steps, from a node's store or
-//! from Redis directly (the command line): what a whole listing needs.
+//! Reading a registry in name order, a bounded step at a time: what the
+//! paged listing, the whole listing and the command line share, written
+//! once over [`Listed`] (a node's [`Store`](super::Store), or Redis reached
+//! without a node, [`Direct`](super::Direct)).
 
 use std::future::Future;
 
-use super::redis::Registry;
-use super::{ConnectionRecord, Result, Store};
+use super::{ConnectionRecord, Cursor, Page, Result, MAX_PAGE};
 
-/// Where a listing reads the registry from: a node's store, or Redis
-/// directly (the CLI).
-pub(crate) trait ListingSource: Send + Sync + 'static {
-    /// Up to `limit` usernames after `after`, in name order.
-    fn names(
+/// Usernames a whole listing reads per step from Redis, which scans the
+/// whole users set once per step: many at a time.
+pub(crate) const REDIS_STEP: usize = 100_000;
+
+/// Usernames a whole listing reads per step from the embedded engine,
+/// which holds its lock for each step: few at a time.
+pub(crate) const MEMORY_STEP: usize = 1_000;
+
+/// A registry that can be read in name order.
+pub(crate) trait Listed: Send + Sync + 'static {
+    /// Up to `limit` usernames after `after` (all, without it), in name
+    /// order; each call a bounded step for the engine.
+    fn user_names(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// The connections of each of `users` that has any, in that order.
-    fn details(
+    /// The connections of each of `users` that has any, in the order given,
+    /// each user's by connection time.
+    fn users_connections(
         &self,
         users: &[String],
     ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send;
-    /// How many names one step reads.
-    fn step(&self) -> usize;
+    /// Registry-wide (users, connections).
+    fn totals(&self) -> impl Future<Output = Result<(usize, usize)>> + Send;
+    /// How many usernames a whole listing reads per step.
+    fn listing_step(&self) -> usize;
 }
 
-/// Both sources answer with the same methods of their own.
-macro_rules! listing_source {
-    ($source:ty, $step:expr) => {
-        impl ListingSource for $source {
-            fn names(
-                &self,
-                after: Option<&str>,
-                limit: usize,
-            ) -> impl Future<Output = Result<Vec<String>>> + Send {
-                self.user_names(after, limit)
-            }
-            fn details(
-                &self,
-                users: &[String],
-            ) -> impl Future<Output = Result<Vec<(String, Vec<ConnectionRecord>)>>> + Send {
-                self.users_connections(users)
-            }
-            fn step(&self) -> usize {
-                $step(self)
-            }
-        }
-    };
+/// One page of the listing: up to `limit` users after `after`.
+pub(crate) async fn page<L: Listed>(
+    registry: &L,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Result<Page> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let mut names = registry
+        .user_names(after.map(|c| c.0.as_str()), limit + 1)
+        .await?;
+    let more = names.len() > limit;
+    names.truncate(limit);
+    let users = registry.users_connections(&names).await?;
+    let (user_count, total_connections) = registry.totals().await?;
+    Ok(Page {
+        users,
+        user_count,
+        total_connections,
+        // The last name asked for, listed or not: a user who left
+        // meanwhile must not make the next page start over.
+        next: if more { names.pop().map(Cursor) } else { None },
+    })
 }
-
-listing_source!(Store, Store::listing_step);
-listing_source!(Registry, |_: &Registry| super::redis::LISTING_STEP);

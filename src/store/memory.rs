@@ -571,9 +571,6 @@ impl State {
 }
 
 impl seam::Registry for MemoryStore {
-    /// The lock is held for each step: few names at a time.
-    const LISTING_STEP: usize = 1_000;
-
     async fn register(&self, record: ConnectionRecord) -> Result<usize> {
         Ok(MemoryStore::register(self, record))
     }

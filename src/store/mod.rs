@@ -33,13 +33,17 @@ use seam::{Delivery, History, Registry};
 
 #[cfg(test)]
 mod contract;
+mod direct;
 pub(crate) mod kept;
-pub(crate) mod listing;
+mod listing;
 pub(crate) mod memory;
 pub(crate) mod nodes;
 pub(crate) mod redis;
 pub(crate) mod seam;
 pub(crate) mod target;
+
+pub(crate) use direct::Direct;
+pub(crate) use listing::Listed;
 
 /// Why the store could not answer. Every variant means "nothing was
 /// changed or delivered": the HTTP layer answers 503 and a retry is safe.
@@ -533,30 +537,15 @@ impl Store {
     /// whole users set once per step, so it takes many at a time; the
     /// embedded engine holds its lock for each step, so it takes few.
     pub(crate) fn listing_step(&self) -> usize {
-        fn of<R: Registry>(_: &R) -> usize {
-            R::LISTING_STEP
+        match self {
+            Store::Memory(_) => listing::MEMORY_STEP,
+            Store::Redis(_) => listing::REDIS_STEP,
         }
-        each!(self, e => of(&**e))
     }
 
     /// One page of the listing: up to `limit` users after `after`.
     pub(crate) async fn list_page(&self, after: Option<&Cursor>, limit: usize) -> Result<Page> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let mut names = self
-            .user_names(after.map(|c| c.0.as_str()), limit + 1)
-            .await?;
-        let more = names.len() > limit;
-        names.truncate(limit);
-        let users = self.users_connections(&names).await?;
-        let (user_count, total_connections) = self.totals().await?;
-        Ok(Page {
-            users,
-            user_count,
-            total_connections,
-            // The last name asked for, listed or not: a user who left
-            // meanwhile must not make the next page start over.
-            next: if more { names.pop().map(Cursor) } else { None },
-        })
+        listing::page(self, after, limit).await
     }
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
@@ -605,6 +594,24 @@ impl Store {
             Store::Memory(m) => m.shutdown(),
             Store::Redis(r) => r.shutdown().await,
         }
+    }
+}
+
+impl Listed for Store {
+    async fn user_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Store::user_names(self, after, limit).await
+    }
+    async fn users_connections(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
+        Store::users_connections(self, users).await
+    }
+    async fn totals(&self) -> Result<(usize, usize)> {
+        Store::totals(self).await
+    }
+    fn listing_step(&self) -> usize {
+        Store::listing_step(self)
     }
 }
 

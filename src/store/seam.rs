@@ -19,10 +19,6 @@ use crate::config::HistoryConfig;
 
 /// The connection registry.
 pub(crate) trait Registry: Send + Sync {
-    /// How many usernames a whole listing reads per step (each step is
-    /// one bounded call of the engine).
-    const LISTING_STEP: usize;
-
     /// Records a new connection; returns once it is stored, with how many
     /// connections its user then has (all nodes).
     fn register(&self, record: ConnectionRecord) -> impl Future<Output = Result<usize>> + Send;

@@ -10,6 +10,7 @@ mod poll;
 mod redis_server;
 mod sse;
 mod tcp;
+mod unix;
 
 // Each test crate uses a part of the harness.
 #[allow(unused_imports)]
@@ -24,6 +25,8 @@ pub use redis_server::*;
 pub use sse::*;
 #[allow(unused_imports)]
 pub use tcp::*;
+#[allow(unused_imports)]
+pub use unix::*;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;

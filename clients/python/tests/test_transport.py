@@ -357,9 +357,9 @@ class ScriptedFaultsTest(SimpleTestCase):
         self.assertEqual(_transport.sync_pool.idle_count(), 0)
 
     def test_a_unix_socket_endpoint(self):
-        # The daemon's Unix-socket admin listener is not there yet: a
-        # scripted peer on a socket file checks what goes over it, sync and
-        # async, and that the connection is kept.
+        # What goes over a socket file byte for byte, sync and async, and
+        # that the connection is kept (the whole suite also runs against
+        # the daemon's own Unix-socket listener: tests/django.rs).
         body = b'{"code":200,"data":{"ok":true}}'
         answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         with tempfile.TemporaryDirectory() as d:

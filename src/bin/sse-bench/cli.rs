@@ -119,7 +119,8 @@ pub(crate) struct Common {
     /// is replaced by the user name (e.g. `?user={user}` for auth.mode = "none")
     #[arg(long, default_value = "http://127.0.0.1:8090/notifications/stream/")]
     pub(crate) stream_url: String,
-    /// The admin listener (REST API, /metrics)
+    /// The admin listener (REST API, /metrics): http://host:port, or its
+    /// Unix socket as unix:/run/sse-notify/admin.sock (or unix:///...)
     #[arg(long, default_value = "http://127.0.0.1:8091")]
     pub(crate) admin_url: String,
     /// server.base_path of the API routes
@@ -190,6 +191,30 @@ fn seconds(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("seconds from 0 to {MAX_SECONDS}, not {s}"))
+    }
+}
+
+impl Common {
+    /// The base URL of the admin API and, when `--admin-url` is a Unix
+    /// socket, its file (requests then go over it, and the URL's
+    /// `localhost` is only their `Host`).
+    pub(crate) fn admin_target(&self) -> (String, Option<std::path::PathBuf>) {
+        match self.admin_url.strip_prefix("unix:") {
+            Some(path) => {
+                let path = path.strip_prefix("//").unwrap_or(path);
+                ("http://localhost".into(), Some(path.into()))
+            }
+            None => (self.admin_url.trim_end_matches('/').to_string(), None),
+        }
+    }
+
+    /// A client builder for the admin API, over its socket if it has one.
+    pub(crate) fn admin_client(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        match self.admin_target().1 {
+            Some(path) => builder.unix_socket(path),
+            None => builder,
+        }
     }
 }
 

@@ -213,7 +213,7 @@ fn admin_request(
 ) -> reqwest::RequestBuilder {
     let url = format!(
         "{}{}{path}",
-        c.admin_url.trim_end_matches('/'),
+        c.admin_target().0,
         c.base_path.trim_end_matches('/')
     );
     let req = http.request(method, url);
@@ -282,7 +282,8 @@ pub(crate) async fn run(c: Common, ask: Ask) -> Result<Value, String> {
     let users = c.users.unwrap_or(ask.records / 2).max(1);
     let redis = redis::Client::open(ask.redis_url.as_str()).map_err(|e| format!("redis: {e}"))?;
     let mut conn = patient_conn(&redis).await?;
-    let http = reqwest::Client::builder()
+    let http = c
+        .admin_client()
         .timeout(Duration::from_secs(600))
         .build()
         .map_err(|e| e.to_string())?;

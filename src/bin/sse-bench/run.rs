@@ -85,7 +85,8 @@ pub(crate) async fn start(c: &Common, reopen: bool, publishers: usize) -> Result
         ));
     }
     let target = resolve(c).await?;
-    let http = reqwest::Client::builder()
+    let http = c
+        .admin_client()
         .timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .pool_max_idle_per_host(publishers.max(4))
@@ -94,7 +95,7 @@ pub(crate) async fn start(c: &Common, reopen: bool, publishers: usize) -> Result
         .pool_idle_timeout(Duration::from_secs(20))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
-    let admin = c.admin_url.trim_end_matches('/').to_string();
+    let admin = c.admin_target().0;
     let base = c.base_path.trim_end_matches('/');
     let ctx = Arc::new(Ctx {
         target,

@@ -10,28 +10,29 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::super::envelope::{self, ApiError};
-use super::super::{listing, Front};
 use super::extract::{
-    base, body_within, end, only, query, query_pairs, reject, reject_unknown, with_app, FromQuery,
+    base, body_within, end, only, query, query_pairs, reject, reject_unknown, with_front, FromQuery,
 };
+use super::listing;
 use super::model::{CleanedUp, ConnectionsPage, Counts};
 use crate::config::Config;
+use crate::http::envelope::{self, ApiError};
+use crate::http::Front;
 use crate::store::{Cursor, MAX_PAGE};
 
-pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let connections = base(base_path).and(warp::path("connections")).and(end());
     let cleanup = base(base_path).and(warp::path("cleanup")).and(end());
     connections
         .clone()
         .and(warp::get())
-        .and(with_app(app))
+        .and(with_front(front))
         .and(query::<ListingQuery>())
         .and_then(list)
         .or(connections
             .clone()
             .and(warp::post())
-            .and(with_app(app))
+            .and(with_front(front))
             .and_then(clear))
         .unify()
         .or(connections.and(only("GET, POST")))
@@ -39,8 +40,8 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(cleanup
             .clone()
             .and(warp::post())
-            .and(with_app(app))
-            .and(stale_timeout(app))
+            .and(with_front(front))
+            .and(stale_timeout(front))
             .and_then(clean_up))
         .unify()
         .or(cleanup.and(only("POST")))
@@ -96,10 +97,10 @@ impl FromQuery for ListingQuery {
     }
 }
 
-async fn list(app: Arc<Front>, asked: ListingQuery) -> Result<Response, Rejection> {
+async fn list(front: Arc<Front>, asked: ListingQuery) -> Result<Response, Rejection> {
     match asked {
         ListingQuery::Page { after, limit } => {
-            let page = app
+            let page = front
                 .node()
                 .list_page(after.as_ref(), limit)
                 .await
@@ -107,7 +108,7 @@ async fn list(app: Arc<Front>, asked: ListingQuery) -> Result<Response, Rejectio
             Ok(envelope::ok(&ConnectionsPage::from(&page)))
         }
         ListingQuery::Whole => {
-            let body = listing::body(app.node().listing())
+            let body = listing::body(front.node().listing())
                 .await
                 .map_err(|e| reject(e.into()))?;
             Ok(envelope::streamed(body, "application/json"))
@@ -115,13 +116,13 @@ async fn list(app: Arc<Front>, asked: ListingQuery) -> Result<Response, Rejectio
     }
 }
 
-async fn clear(app: Arc<Front>) -> Result<Response, Rejection> {
-    let cleared = app.node().clear().await.map_err(|e| reject(e.into()))?;
+async fn clear(front: Arc<Front>) -> Result<Response, Rejection> {
+    let cleared = front.node().clear().await.map_err(|e| reject(e.into()))?;
     Ok(envelope::ok(&Counts::from(cleared)))
 }
 
-async fn clean_up(app: Arc<Front>, timeout: f64) -> Result<Response, Rejection> {
-    let removed = app
+async fn clean_up(front: Arc<Front>, timeout: f64) -> Result<Response, Rejection> {
+    let removed = front
         .node()
         .cleanup(timeout)
         .await
@@ -131,11 +132,11 @@ async fn clean_up(app: Arc<Front>, timeout: f64) -> Result<Response, Rejection> 
 
 /// A cleanup body: empty, or `{"timeout": secs}`; without a timeout,
 /// `sweep.stale_timeout_secs`.
-fn stale_timeout(app: &Arc<Front>) -> impl Filter<Extract = (f64,), Error = Rejection> + Clone {
-    body_within(app, |c: &Config| c.api.max_body_bytes)
-        .and(with_app(app))
-        .and_then(|body: bytes::Bytes, app: Arc<Front>| async move {
-            let default = app.config().sweep.stale_timeout_secs as f64;
+fn stale_timeout(front: &Arc<Front>) -> impl Filter<Extract = (f64,), Error = Rejection> + Clone {
+    body_within(front, |c: &Config| c.api.max_body_bytes)
+        .and(with_front(front))
+        .and_then(|body: bytes::Bytes, front: Arc<Front>| async move {
+            let default = front.config().sweep.stale_timeout_secs as f64;
             parse_cleanup(&body, default).map_err(reject)
         })
 }
@@ -195,7 +196,7 @@ mod tests {
         assert!(parse_cleanup(br#"{"timeout":-1}"#, 300.0).is_err());
         assert!(parse_cleanup(br#"{"timeot":1}"#, 300.0)
             .unwrap_err()
-            .message
+            .message()
             .starts_with("unknown field(s): timeot"));
     }
 }

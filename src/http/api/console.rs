@@ -1,28 +1,39 @@
-//! The admin console's routes below `{base}/admin`: its page and assets
-//! (open: they hold no data), its live stream, and the two reads the API
-//! has no shape for (a page of users by name prefix; a user's connections
-//! with their nodes). The page's actions use the ordinary routes.
+//! The admin console (README "Admin console") below `{base}/admin`: its
+//! page and assets, served from the binary (open: they hold no data), its
+//! live stream of what the node's reporter ([`crate::node::report`])
+//! samples, and the two reads the API has no shape for (a page of users by
+//! name prefix; a user's connections with their nodes). The page's actions
+//! (send, disconnect, cleanup, clear) use the ordinary routes.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use warp::http::{header, HeaderValue};
 
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::super::console::{self as page, Asset};
-use super::super::envelope::{self, ApiError};
-use super::super::Front;
-use super::extract::{base, end, only, query, query_pairs, reject, with_app, FromQuery, UserName};
+use super::extract::{
+    base, end, only, query, query_pairs, reject, with_front, FromQuery, UserName,
+};
 use super::model::{ConsoleUser, UserCount, UsersPage};
+use crate::http::envelope::{self, ApiError};
+use crate::http::Front;
+use crate::node::frame;
+use crate::node::report::{RING, SAMPLE_EVERY};
 use crate::store::Cursor;
 
-pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let admin = base(base_path).and(warp::path("admin"));
-    let asset = |at: BoxedFilter<()>, which: Asset| {
+    // An asset's path answers GET with it, any other method with a 405.
+    let asset_route = |at: BoxedFilter<()>, which: Asset| {
         let base_path = base_path.to_string();
         at.clone()
             .and(warp::get())
-            .map(move || page::asset(which, &base_path))
+            .map(move || asset_response(which, &base_path))
             .or(at.and(only("GET")))
             .unify()
     };
@@ -33,8 +44,8 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .and(warp::path("connections"))
         .and(warp::path::param::<UserName>())
         .and(end());
-    asset(admin.clone().and(end()).boxed(), Asset::Page)
-        .or(asset(
+    asset_route(admin.clone().and(end()).boxed(), Asset::Page)
+        .or(asset_route(
             admin
                 .clone()
                 .and(warp::path("console.js"))
@@ -43,7 +54,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
             Asset::Script,
         ))
         .unify()
-        .or(asset(
+        .or(asset_route(
             admin
                 .clone()
                 .and(warp::path("console.css"))
@@ -55,15 +66,15 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(events
             .clone()
             .and(warp::get())
-            .and(with_app(app))
-            .map(page::events))
+            .and(with_front(front))
+            .map(live_events))
         .unify()
         .or(events.and(only("GET")))
         .unify()
         .or(users
             .clone()
             .and(warp::get())
-            .and(with_app(app))
+            .and(with_front(front))
             .and(query::<UsersQuery>())
             .and_then(list_users))
         .unify()
@@ -72,7 +83,7 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .or(user
             .clone()
             .and(warp::get())
-            .and(with_app(app))
+            .and(with_front(front))
             .and_then(user_connections))
         .unify()
         .or(user.map(|_: UserName| ()).untuple_one().and(only("GET")))
@@ -80,10 +91,116 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .boxed()
 }
 
+const PAGE: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/console.js");
+const STYLE: &str = include_str!("../console/console.css");
+
+/// The page and its assets: what answers without `api.token` (they hold
+/// no data). Everything else of the console needs the token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Asset {
+    Page,
+    Script,
+    Style,
+}
+
+/// The page or one of its assets, with headers that keep it from being
+/// framed or from loading anything but itself.
+fn asset_response(which: Asset, base: &str) -> Response {
+    let (body, content_type): (Bytes, &str) = match which {
+        Asset::Page => (
+            Bytes::from(PAGE.replace("{{BASE}}", &html_escape(base))),
+            "text/html; charset=utf-8",
+        ),
+        Asset::Script => (
+            Bytes::from_static(SCRIPT.as_bytes()),
+            "text/javascript; charset=utf-8",
+        ),
+        Asset::Style => (
+            Bytes::from_static(STYLE.as_bytes()),
+            "text/css; charset=utf-8",
+        ),
+    };
+    let mut resp = Response::new(body.into());
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    resp
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The console's live stream: `hello` (the ring so far) and then a `tick`
+/// a second; it ends when the node shuts down.
+fn live_events(front: Arc<Front>) -> Response {
+    let hello = json!({
+        "node_id": front.node().id(),
+        "interval_secs": SAMPLE_EVERY.as_secs(),
+        "window_secs": SAMPLE_EVERY.as_secs() * RING as u64,
+        "samples": front.node().reports().samples(),
+    });
+    let mut ticks = front.node().reports().ticks();
+    ticks.mark_changed();
+    let first = frame::event("hello", &hello.to_string());
+    let state = (front, ticks, Some(first));
+    let stream = futures_util::stream::unfold(state, |(front, mut ticks, first)| async move {
+        if let Some(first) = first {
+            return Some((
+                Ok::<_, std::convert::Infallible>(first),
+                (front, ticks, None),
+            ));
+        }
+        loop {
+            tokio::select! {
+                _ = front.node().shutdown().cancelled() => return None,
+                changed = ticks.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    let latest = ticks.borrow_and_update().clone();
+                    if let Some(tick) = latest {
+                        let f = frame::event("tick", &tick);
+                        return Some((Ok(f), (front, ticks, None)));
+                    }
+                }
+                // Nothing for a while (the sampler waits on Redis): a
+                // comment keeps proxies and the page from timing out.
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                    let f = Bytes::from_static(b": keep-alive\n\n");
+                    return Some((Ok(f), (front, ticks, None)));
+                }
+            }
+        }
+    });
+    let mut resp = envelope::streamed(stream, "text/event-stream");
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
 /// A user's connections with the node holding each, oldest first.
-async fn user_connections(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
+async fn user_connections(user: UserName, front: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
-    let list = app
+    let list = front
         .node()
         .list_user(&user)
         .await
@@ -139,8 +256,8 @@ impl FromQuery for UsersQuery {
     }
 }
 
-async fn list_users(app: Arc<Front>, q: UsersQuery) -> Result<Response, Rejection> {
-    let page = users(&app, &q).await.map_err(reject)?;
+async fn list_users(front: Arc<Front>, q: UsersQuery) -> Result<Response, Rejection> {
+    let page = users(&front, &q).await.map_err(reject)?;
     Ok(envelope::ok(&page))
 }
 
@@ -149,11 +266,11 @@ async fn list_users(app: Arc<Front>, q: UsersQuery) -> Result<Response, Rejectio
 /// next page's cursor. Names are in order, so the ones with a prefix are
 /// one run: the exact name first, then the names after it, until one does
 /// not start with it.
-async fn users(app: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
+async fn users(front: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     let mut users: Vec<UserCount> = Vec::new();
     let mut after = q.after.clone();
     if after.is_none() && !q.prefix.is_empty() {
-        let exact = app.node().list_user(&q.prefix).await?;
+        let exact = front.node().list_user(&q.prefix).await?;
         if !exact.is_empty() {
             users.push(UserCount {
                 connection_count: exact.len(),
@@ -167,7 +284,7 @@ async fn users(app: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     let mut totals = None;
     if want > 0 {
         // One more than shown, to know whether a next page holds any.
-        let page = app.node().list_page(after.as_ref(), want + 1).await?;
+        let page = front.node().list_page(after.as_ref(), want + 1).await?;
         totals = Some((page.user_count, page.total_connections));
         more = page.next.is_some();
         for (user, list) in page.users {

@@ -12,16 +12,17 @@ use warp::filters::BoxedFilter;
 use warp::http::{header, HeaderMap};
 use warp::{Filter, Rejection};
 
-use super::super::auth::validate_username;
-use super::super::envelope::{ApiError, WrongMethod};
-use super::super::Front;
+use crate::http::auth::validate_username;
+use crate::http::envelope::{ApiError, WrongMethod};
+use crate::http::Front;
 
-/// The node's state, handed to a handler.
-pub(super) fn with_app(
-    app: &Arc<Front>,
+/// What the listeners share (the node, and what is HTTP's own), handed
+/// to a handler.
+pub(super) fn with_front(
+    front: &Arc<Front>,
 ) -> impl Filter<Extract = (Arc<Front>,), Error = Infallible> + Clone {
-    let app = app.clone();
-    warp::any().map(move || app.clone())
+    let front = front.clone();
+    warp::any().map(move || front.clone())
 }
 
 /// `server.base_path` (a restart key, so fixed for the filters' life),
@@ -85,15 +86,15 @@ pub(super) fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError
 /// The whole body, at most `limit(config)` bytes; more is a 413, whether
 /// announced by Content-Length or found while reading a chunked body.
 pub(super) fn body_within(
-    app: &Arc<Front>,
+    front: &Arc<Front>,
     limit: fn(&crate::config::Config) -> usize,
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    with_app(app)
+    with_front(front)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and_then(
-            move |app: Arc<Front>, headers: HeaderMap, body| async move {
-                read_body(&headers, body, limit(&app.config()))
+            move |front: Arc<Front>, headers: HeaderMap, body| async move {
+                read_body(&headers, body, limit(&front.config()))
                     .await
                     .map_err(reject)
             },
@@ -165,4 +166,64 @@ pub(super) fn only(
 /// into the envelope.
 pub(super) fn reject(e: ApiError) -> Rejection {
     warp::reject::custom(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper::service::Service;
+    use warp::http::{Request, StatusCode};
+
+    use super::*;
+    use crate::http::envelope;
+
+    /// A path with a POST route that refuses the request, and the 405 of
+    /// its other methods, as every route group builds them.
+    async fn answer(method: &str, path: &str) -> (StatusCode, Option<String>, String) {
+        let refusing = warp::path("x")
+            .and(end())
+            .and(warp::post())
+            .and_then(|| async {
+                Err::<warp::reply::Response, _>(reject(ApiError::bad_request("body: refused")))
+            });
+        let routes = refusing
+            .or(warp::path("x").and(end()).and(only("POST")))
+            .unify()
+            .recover(envelope::recover)
+            .unify();
+        let svc = hyper_util::service::TowerToHyperService::new(warp::service(routes));
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = svc.call(req).await.expect("answer");
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, allow, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_refusal_wins_over_the_405_of_the_paths_other_methods() {
+        let (status, _, body) = answer("POST", "/x/").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body, r#"{"code":400,"message":"body: refused"}"#);
+        let (status, allow, body) = answer("PUT", "/x").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+        assert_eq!(allow.as_deref(), Some("POST"));
+        let (status, _, body) = answer("POST", "/y").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body, r#"{"code":404,"message":"no such route"}"#);
+    }
+
+    #[test]
+    fn usernames_are_percent_decoded() {
+        assert_eq!("al%C3%A9".parse::<UserName>(), Ok(UserName("alé".into())));
+        assert!("%FF".parse::<UserName>().is_err());
+    }
 }

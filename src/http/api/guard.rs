@@ -11,27 +11,27 @@ use warp::http::{header, HeaderMap, Method};
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
-use super::super::auth::admin_allowed;
-use super::super::envelope::ApiError;
-use super::super::listener::Via;
-use super::super::Front;
-use super::extract::{reject, with_app};
+use super::extract::{reject, with_front};
 use super::PathKind;
+use crate::http::auth::admin_allowed;
+use crate::http::envelope::ApiError;
+use crate::http::listener::Via;
+use crate::http::Front;
 
 /// The guards as one filter: it extracts nothing and rejects with the
 /// first refusal.
 pub(super) fn guards(
-    app: &Arc<Front>,
+    front: &Arc<Front>,
     base_path: &str,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     let base_path: Arc<str> = Arc::from(base_path);
-    with_app(app)
+    with_front(front)
         .and(warp::method())
         .and(warp::path::full())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<Via>())
         .and_then(
-            move |app: Arc<Front>,
+            move |front: Arc<Front>,
                   method: Method,
                   path: FullPath,
                   headers: HeaderMap,
@@ -39,7 +39,7 @@ pub(super) fn guards(
                 let open = PathKind::of(&base_path, path.as_str()).is_open();
                 let unix = via.is_some_and(|v| v.unix);
                 async move {
-                    let config = app.config();
+                    let config = front.config();
                     check(&config.api, open, unix, &method, &headers).map_err(reject)
                 }
             },

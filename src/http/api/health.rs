@@ -8,18 +8,18 @@ use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
-use super::super::envelope;
-use super::super::listener::Via;
-use super::super::Front;
-use super::extract::{end, only, with_app};
+use super::extract::{end, only, with_front};
 use super::model::Health;
+use crate::http::envelope;
+use crate::http::listener::Via;
+use crate::http::Front;
 
-pub(super) fn routes(app: &Arc<Front>) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(front: &Arc<Front>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path("healthz").and(end());
     let metrics = warp::path("metrics").and(end());
     healthz
         .and(warp::get())
-        .and(with_app(app))
+        .and(with_front(front))
         .and(warp::ext::optional::<Via>())
         .then(health)
         .or(healthz.and(only("GET")))
@@ -27,7 +27,7 @@ pub(super) fn routes(app: &Arc<Front>) -> BoxedFilter<(Response,)> {
         .or(metrics
             .and(warp::get())
             .and(warp::header::headers_cloned())
-            .and(with_app(app))
+            .and(with_front(front))
             .map(metrics_text))
         .unify()
         .or(metrics.and(only("GET")))
@@ -38,18 +38,18 @@ pub(super) fn routes(app: &Arc<Front>) -> BoxedFilter<(Response,)> {
 /// 200 only when the store answers (Redis engine: Redis answers and the
 /// bus subscription is up: a node that cannot hear the bus silently misses
 /// other nodes' messages).
-async fn health(app: Arc<Front>, via: Option<Via>) -> Response {
-    let state = app.node().health().await;
+async fn health(front: Arc<Front>, via: Option<Via>) -> Response {
+    let state = front.node().health().await;
     let mut health = Health {
         admin_listen: via.map(|v| v.listener.to_string()),
         bus: state
             .bus
             .map(|up| if up { "ok" } else { "down" }.to_string()),
         code: None,
-        connections: app.node().live_streams(),
+        connections: front.node().live_streams(),
         engine: state.engine.to_string(),
         message: None,
-        node_id: app.node().id().to_string(),
+        node_id: front.node().id().to_string(),
         redis: state
             .redis
             .as_ref()
@@ -73,15 +73,15 @@ async fn health(app: Arc<Front>, via: Option<Via>) -> Response {
 }
 
 /// The classic text format, or OpenMetrics to a scraper that asks for it.
-fn metrics_text(headers: HeaderMap, app: Arc<Front>) -> Response {
+fn metrics_text(headers: HeaderMap, front: Arc<Front>) -> Response {
     let (text, content_type) = if wants_openmetrics(&headers) {
         (
-            app.node().metrics().render(),
+            front.node().metrics().render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
     } else {
         (
-            app.node().metrics().render_classic(),
+            front.node().metrics().render_classic(),
             "text/plain; version=0.0.4; charset=utf-8",
         )
     };

@@ -2,7 +2,8 @@
 //! `/metrics`, as warp filters: the [`guard`]s in front of everything,
 //! then one filter per route with its path, query and body extracted into
 //! types ([`extract`]), a file per route group, the answers' shapes in
-//! [`model`]; every rejection becomes the envelope in the one `recover`
+//! [`model`] (the whole listing, too long to hold, written piece by piece
+//! in [`listing`]); every rejection becomes the envelope in the one `recover`
 //! ([`envelope::recover`]).
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ mod console;
 mod extract;
 mod guard;
 mod health;
+pub(crate) mod listing;
 pub(crate) mod model;
 mod send;
 mod users;
@@ -27,20 +29,22 @@ mod users;
 /// The whole admin listener as one filter; each answer is counted by its
 /// route and status.
 pub(crate) fn routes(
-    app: Arc<Front>,
+    front: Arc<Front>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     // A restart key: the filters are built once for the process's life.
-    let base_path = app.config().server.base_path.clone();
-    let routes = health::routes(&app)
-        .or(send::routes(&app, &base_path))
+    let base_path = front.config().server.base_path.clone();
+    // The paths are disjoint: the order only spares the hottest route
+    // (send) the misses of the others.
+    let routes = send::routes(&front, &base_path)
+        .or(health::routes(&front))
         .unify()
-        .or(connections::routes(&app, &base_path))
+        .or(connections::routes(&front, &base_path))
         .unify()
-        .or(users::routes(&app, &base_path))
+        .or(users::routes(&front, &base_path))
         .unify()
-        .or(console::routes(&app, &base_path))
+        .or(console::routes(&front, &base_path))
         .unify();
-    let answered = guard::guards(&app, &base_path)
+    let answered = guard::guards(&front, &base_path)
         .and(routes)
         .recover(envelope::recover)
         .unify();
@@ -52,7 +56,7 @@ pub(crate) fn routes(
     label
         .and(answered)
         .map(move |label: &'static str, resp: Response| {
-            app.node().metrics().http(label, resp.status().as_u16());
+            front.node().metrics().http(label, resp.status().as_u16());
             resp
         })
 }

@@ -107,6 +107,19 @@ impl From<&ConnectionRecord> for Connection {
     }
 }
 
+impl Connection {
+    /// The record again, held by `node_id`.
+    pub(crate) fn into_record(self, node_id: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: self.connection_id,
+            username: self.username,
+            connection_time: self.connection_time,
+            last_heartbeat: self.last_heartbeat,
+            node_id: node_id.to_string(),
+        }
+    }
+}
+
 fn connections(list: &[ConnectionRecord]) -> Vec<Connection> {
     list.iter().map(Connection::from).collect()
 }
@@ -234,4 +247,94 @@ pub(crate) struct UsersPage {
     pub total_connections: Option<usize>,
     pub user_count: Option<usize>,
     pub users: Vec<UserCount>,
+}
+
+/// The error envelope, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct Refusal {
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The success envelope, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct Envelope<T> {
+    pub data: T,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::Cursor;
+
+    fn record(id: &str, user: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            connection_id: id.into(),
+            username: user.into(),
+            connection_time: 1.5,
+            last_heartbeat: 2.5,
+            node_id: "n1".into(),
+        }
+    }
+
+    /// The answers were JSON maps, which print their keys in name order;
+    /// the structs print theirs in field order, so the bytes are pinned
+    /// here against the maps the clients have seen.
+    #[test]
+    fn answers_keep_their_bytes() {
+        let list = vec![record("c1", "al")];
+        assert_eq!(
+            serde_json::to_string(&UserConnections::new("al", &list)).unwrap(),
+            json!({"username": "al", "connection_count": 1, "connection_ids": ["c1"],
+                   "connections": [{"connection_id": "c1", "username": "al",
+                                    "connection_time": 1.5, "last_heartbeat": 2.5}]})
+            .to_string()
+        );
+        let page = Page {
+            users: vec![("al".into(), list.clone())],
+            user_count: 3,
+            total_connections: 4,
+            next: Some(Cursor("al".into())),
+        };
+        assert_eq!(
+            serde_json::to_string(&ConnectionsPage::from(&page)).unwrap(),
+            json!({"active_users": ["al"], "user_count": 3, "total_connections": 4,
+                   "connection_details": {"al": [{"connection_id": "c1", "username": "al",
+                                                  "connection_time": 1.5, "last_heartbeat": 2.5}]},
+                   "next_cursor": Cursor("al".into()).to_string()})
+            .to_string()
+        );
+        assert_eq!(
+            serde_json::to_string(&ConsoleUser::new("al", &list)).unwrap(),
+            json!({"username": "al", "connection_count": 1,
+                   "connections": [{"connection_id": "c1", "node_id": "n1",
+                                    "connection_time": 1.5, "last_heartbeat": 2.5}]})
+            .to_string()
+        );
+        let mut removed = Removed::default();
+        removed.add("c1".into(), "al".into());
+        assert_eq!(
+            serde_json::to_string(&CleanedUp::from(removed)).unwrap(),
+            json!({"connection_count": 1, "user_count": 1, "connection_ids": ["c1"]}).to_string()
+        );
+    }
+
+    /// What the command line reads is what the routes write.
+    #[test]
+    fn a_client_reads_back_what_a_route_writes() {
+        let list = vec![record("c1", "al"), record("c2", "al")];
+        let answer = UserConnections::new("al", &list);
+        let text = serde_json::to_string(&json!({"code": 200, "data": answer})).unwrap();
+        let read: Envelope<UserConnections> = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.data, answer);
+        let back: Vec<ConnectionRecord> = read
+            .data
+            .connections
+            .into_iter()
+            .map(|c| c.into_record("n1"))
+            .collect();
+        assert_eq!(back, list);
+    }
 }

@@ -10,15 +10,15 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::super::auth::validate_username;
-use super::super::envelope::{self, ApiError};
-use super::super::Front;
-use super::extract::{base, body_within, end, only, reject, reject_unknown, with_app};
+use super::extract::{base, body_within, end, only, reject, reject_unknown, with_front};
 use super::model::{BatchSent, Sent};
 use crate::config::Config;
+use crate::http::auth::validate_username;
+use crate::http::envelope::{self, ApiError};
+use crate::http::Front;
 use crate::node::router::Outgoing;
 
-pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let send = base(base_path).and(warp::path("send")).and(end());
     let batch = base(base_path)
         .and(warp::path("send"))
@@ -26,16 +26,16 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .and(end());
     send.clone()
         .and(warp::post())
-        .and(with_app(app))
-        .and(message(app))
+        .and(with_front(front))
+        .and(message(front))
         .and_then(send_one)
         .or(send.and(only("POST")))
         .unify()
         .or(batch
             .clone()
             .and(warp::post())
-            .and(with_app(app))
-            .and(messages(app))
+            .and(with_front(front))
+            .and(messages(front))
             .and_then(send_batch))
         .unify()
         .or(batch.and(only("POST")))
@@ -44,8 +44,8 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
 }
 
 /// A send body, validated into a message.
-fn message(app: &Arc<Front>) -> impl Filter<Extract = (Outgoing,), Error = Rejection> + Clone {
-    body_within(app, |c: &Config| c.api.max_body_bytes)
+fn message(front: &Arc<Front>) -> impl Filter<Extract = (Outgoing,), Error = Rejection> + Clone {
+    body_within(front, |c: &Config| c.api.max_body_bytes)
         .and_then(|body: bytes::Bytes| async move { parse_send(&body).map_err(reject) })
 }
 
@@ -53,40 +53,40 @@ fn message(app: &Arc<Front>) -> impl Filter<Extract = (Outgoing,), Error = Rejec
 /// the body (up to max_batch x max_body_bytes) is dropped here, before
 /// the store copies them.
 fn messages(
-    app: &Arc<Front>,
+    front: &Arc<Front>,
 ) -> impl Filter<Extract = (Vec<Outgoing>,), Error = Rejection> + Clone {
-    body_within(app, |c: &Config| {
+    body_within(front, |c: &Config| {
         c.api.max_body_bytes.saturating_mul(c.api.max_batch)
     })
-    .and(with_app(app))
-    .and_then(|body: bytes::Bytes, app: Arc<Front>| async move {
-        let api = &app.config().api;
+    .and(with_front(front))
+    .and_then(|body: bytes::Bytes, front: Arc<Front>| async move {
+        let api = &front.config().api;
         parse_batch(&body, api.max_batch, api.max_body_bytes).map_err(reject)
     })
 }
 
-async fn send_one(app: Arc<Front>, msg: Outgoing) -> Result<Response, Rejection> {
-    let config = app.config();
-    let sent = app
+async fn send_one(front: Arc<Front>, msg: Outgoing) -> Result<Response, Rejection> {
+    let config = front.config();
+    let sent = front
         .node()
         .send(vec![msg], &config.history)
         .await
         .map_err(|e| reject(e.into()))?;
-    streams_first(&app).await;
+    streams_first(&front).await;
     match sent.into_iter().next() {
         Some(sent) => Ok(envelope::ok(&Sent::from(sent))),
         None => Err(reject(ApiError::unavailable("the message was not taken"))),
     }
 }
 
-async fn send_batch(app: Arc<Front>, msgs: Vec<Outgoing>) -> Result<Response, Rejection> {
-    let config = app.config();
-    let results = app
+async fn send_batch(front: Arc<Front>, msgs: Vec<Outgoing>) -> Result<Response, Rejection> {
+    let config = front.config();
+    let results = front
         .node()
         .send(msgs, &config.history)
         .await
         .map_err(|e| reject(e.into()))?;
-    streams_first(&app).await;
+    streams_first(&front).await;
     let results = results.into_iter().map(Sent::from).collect();
     Ok(envelope::ok(&BatchSent { results }))
 }
@@ -94,8 +94,8 @@ async fn send_batch(app: Arc<Front>, msgs: Vec<Outgoing>) -> Result<Response, Re
 /// When a send has already queued its frames (the embedded engine), lets
 /// the streams write them before the response is written: a message then
 /// reaches the browser one system call sooner (nchan's order).
-async fn streams_first(app: &Front) {
-    if app.node().queues_on_send() {
+async fn streams_first(front: &Front) {
+    if front.node().queues_on_send() {
         tokio::task::yield_now().await;
     }
 }
@@ -311,9 +311,9 @@ fn parse_batch(body: &[u8], max: usize, max_bytes: usize) -> Result<Vec<Outgoing
                 )));
             }
             parse_send(text.as_bytes()).map_err(|e| {
-                let what = match e.message.strip_prefix("body") {
+                let what = match e.message().strip_prefix("body") {
                     Some(rest) => format!("messages[{i}]{rest}"),
-                    None => format!("messages[{i}].{}", e.message),
+                    None => format!("messages[{i}].{}", e.message()),
                 };
                 ApiError::bad_request(what)
             })
@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn send_errors_name_the_field() {
-        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
         assert_eq!(err("[1]"), "body: must be a JSON object");
         assert!(err("{").starts_with("body: not valid JSON"));
         assert!(err(r#"{"data":1,"data":}"#).starts_with("body: not valid JSON"));
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_field_given_twice_is_named_and_data_is_the_apps() {
-        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
         assert!(err(r#"{"to":"a","to":"b","data":1}"#).starts_with("to: given more than once"));
         assert!(err(r#"{"to":"a","\u0074o":"b","data":1}"#).starts_with("to:"));
         assert!(err(r#"{"data":1,"data":2}"#).starts_with("data:"));
@@ -369,7 +369,12 @@ mod tests {
         assert!(err(r#"{"to":"a","to":"b","data":}"#).starts_with("body: not valid JSON"));
         let ok = parse_send(br#"{"data":{"k":1,"k":[2]}}"#).unwrap();
         assert_eq!(ok.data, r#"{"k":1,"k":[2]}"#);
-        let batch = |b: &str| parse_batch(b.as_bytes(), 3, 100).unwrap_err().message;
+        let batch = |b: &str| {
+            parse_batch(b.as_bytes(), 3, 100)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
         assert!(
             batch(r#"{"messages":[{"data":1},{"event":"a","data":1,"event":"b"}]}"#)
                 .starts_with("messages[1].event: given more than once")
@@ -382,7 +387,12 @@ mod tests {
 
     #[test]
     fn batch_validation_names_the_index_and_field() {
-        let err = |b: &str| parse_batch(b.as_bytes(), 3, 100).unwrap_err().message;
+        let err = |b: &str| {
+            parse_batch(b.as_bytes(), 3, 100)
+                .unwrap_err()
+                .message()
+                .to_string()
+        };
         assert!(err("[]").starts_with("body"));
         assert!(err(r#"{"messages":[],"x":1}"#).starts_with("body"));
         assert!(err(r#"{"messages":[]}"#).starts_with("messages:"));
@@ -410,7 +420,7 @@ mod tests {
 
     #[test]
     fn send_validation_names_the_field() {
-        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message;
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
         assert!(err("nope").starts_with("body"));
         assert!(err("[]").starts_with("body"));
         assert!(err(r#"{"to":"a"}"#).starts_with("data"));

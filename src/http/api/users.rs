@@ -7,24 +7,24 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::super::envelope;
-use super::super::Front;
-use super::extract::{base, end, only, reject, with_app, UserName};
+use super::extract::{base, end, only, reject, with_front, UserName};
 use super::model::{Counts, UserConnections};
+use crate::http::envelope;
+use crate::http::Front;
 
-pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
+pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let user = base(base_path)
         .and(warp::path("connections"))
         .and(warp::path::param::<UserName>())
         .and(end());
     user.clone()
         .and(warp::get())
-        .and(with_app(app))
+        .and(with_front(front))
         .and_then(list)
         .or(user
             .clone()
             .and(warp::delete())
-            .and(with_app(app))
+            .and(with_front(front))
             .and_then(disconnect))
         .unify()
         .or(user
@@ -35,9 +35,9 @@ pub(super) fn routes(app: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response
         .boxed()
 }
 
-async fn list(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
+async fn list(user: UserName, front: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
-    let list = app
+    let list = front
         .node()
         .list_user(&user)
         .await
@@ -45,9 +45,9 @@ async fn list(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
     Ok(envelope::ok(&UserConnections::new(&user, &list)))
 }
 
-async fn disconnect(user: UserName, app: Arc<Front>) -> Result<Response, Rejection> {
+async fn disconnect(user: UserName, front: Arc<Front>) -> Result<Response, Rejection> {
     let user = user.validated().map_err(reject)?;
-    let removed = app
+    let removed = front
         .node()
         .disconnect_user(&user)
         .await

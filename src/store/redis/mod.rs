@@ -30,11 +30,6 @@ mod registry;
 mod route;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
-
-/// How many usernames a whole listing reads per step, from a node or the
-/// command line: each step scans the whole users set once, so it takes
-/// many at a time.
-pub(crate) const LISTING_STEP: usize = 100_000;
 pub(crate) use keys::Keys;
 pub(crate) use registry::Registry;
 
@@ -417,9 +412,6 @@ impl RedisStore {
 }
 
 impl seam::Registry for RedisStore {
-    /// Each step scans the whole users set once: many names at a time.
-    const LISTING_STEP: usize = LISTING_STEP;
-
     async fn register(&self, record: ConnectionRecord) -> Result<usize> {
         RedisStore::register(self, record).await
     }

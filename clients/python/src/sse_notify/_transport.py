@@ -67,10 +67,14 @@ class Endpoint:
             path = unquote(rest)
             if not path.startswith("/"):
                 raise EndpointError("SSE_NOTIFY_URL %r: the socket path must be absolute" % url)
+            # A socket file's path never ends in "/": one written by habit,
+            # as after http://host:port/, is dropped.
+            path = path.rstrip("/") or "/"
             self.key = ("unix", path)
             self.host, self.port, self.path = None, None, path
             self.prefix = ""
-            # The admin listener's Host check accepts localhost.
+            # The daemon answers any Host over its socket; localhost is
+            # what curl --unix-socket writes too.
             self.host_header = "localhost"
             self.display = "unix:" + path
             return

@@ -15,8 +15,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use futures_util::Stream;
 
-pub(crate) use crate::store::listing::ListingSource;
-use crate::store::Result;
+use crate::store::{Listed, Result};
 
 /// Names written per piece of `active_users`.
 const NAMES_PER_PIECE: usize = 2_000;
@@ -48,7 +47,7 @@ pub(crate) struct ListingJson<S> {
     connections: usize,
 }
 
-impl<S: ListingSource> ListingJson<S> {
+impl<S: Listed> ListingJson<S> {
     pub(crate) fn new(source: S) -> Self {
         Self {
             source,
@@ -69,8 +68,8 @@ impl<S: ListingSource> ListingJson<S> {
             if self.exhausted {
                 return Ok(false);
             }
-            let step = self.source.step();
-            let names = self.source.names(self.after.as_deref(), step).await?;
+            let step = self.source.listing_step();
+            let names = self.source.user_names(self.after.as_deref(), step).await?;
             self.exhausted = names.len() < step;
             self.after = names.last().cloned().or(self.after.take());
             self.queue.extend(names);
@@ -126,7 +125,7 @@ impl<S: ListingSource> ListingJson<S> {
                 }
                 let n = self.queue.len().min(USERS_PER_PIECE);
                 let users: Vec<String> = self.queue.drain(..n).collect();
-                for (user, list) in self.source.details(&users).await? {
+                for (user, list) in self.source.users_connections(&users).await? {
                     self.comma(&mut out);
                     out.push_str(&json_string(&user));
                     out.push(':');
@@ -148,7 +147,7 @@ fn json_string(s: &str) -> String {
 /// step is read before the answer starts, so an unreachable registry is
 /// still a 503 envelope; a failure later ends the body early (the client
 /// sees a cut, invalid JSON, never a wrong listing).
-pub(crate) async fn body<S: ListingSource>(
+pub(crate) async fn body<S: Listed>(
     source: S,
 ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
     let mut json = ListingJson::new(source);
