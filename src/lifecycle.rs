@@ -123,7 +123,7 @@ fn defer_accept(listener: &TcpListener) {
                 libc::IPPROTO_TCP,
                 libc::TCP_DEFER_ACCEPT,
                 (&secs as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         if rc != 0 {
@@ -317,7 +317,7 @@ impl Daemon {
             },
         }
         if let Err(e) = node.clear().await {
-            node.metrics().redis_errors.inc();
+            node.metrics().store_errors.inc();
             tracing::error!(error = %e, "reload: clear failed");
         }
     }
@@ -458,7 +458,7 @@ async fn sweep_loop(node: Arc<Node>) {
         }
         let timeout = node.config().sweep.stale_timeout_secs as f64;
         if let Err(e) = node.cleanup(timeout).await {
-            node.metrics().redis_errors.inc();
+            node.metrics().store_errors.inc();
             if let Some(suppressed) = log.allow() {
                 tracing::error!(error = %e, suppressed, "sweep failed; will retry next interval");
             }

@@ -30,7 +30,9 @@ pub(crate) struct Metrics {
     pub admin_refused_connections: Counter,
     pub sweeps: Counter,
     pub swept_records: Counter,
-    pub redis_errors: Counter,
+    /// Failed store operations, of either engine (exported as
+    /// `sse_notify_redis_errors_total`).
+    pub store_errors: Counter,
     pub rejected_connections: Counter,
     pub bus_up: Gauge,
     pub bus_resubscribes: Counter,
@@ -60,7 +62,7 @@ impl Metrics {
             admin_refused_connections: Counter::default(),
             sweeps: Counter::default(),
             swept_records: Counter::default(),
-            redis_errors: Counter::default(),
+            store_errors: Counter::default(),
             rejected_connections: Counter::default(),
             bus_up: Gauge::default(),
             bus_resubscribes: Counter::default(),
@@ -113,9 +115,11 @@ impl Metrics {
             m.swept_records.clone(),
         );
         registry.register(
+            // The exported name predates the embedded engine; kept so that
+            // dashboards and alerts keep working.
             "redis_errors",
             "Failed Redis operations",
-            m.redis_errors.clone(),
+            m.store_errors.clone(),
         );
         registry.register(
             "rejected_connections",

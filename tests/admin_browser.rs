@@ -1,5 +1,5 @@
 //! The admin listener against what a hostile web page can make an
-//! operator's browser send (SPEC 3, "Browser safety"): cross-site forms
+//! operator's browser send (README "Browser safety"): cross-site forms
 //! (text/plain, form-urlencoded, empty bodies), foreign `Origin`s, DNS
 //! rebinding (`Host` of the attacker's name), CORS preflights. Each attack
 //! is sent to the real binary, with a default config (no `api.token`), and

@@ -1,4 +1,4 @@
-//! The admin REST API (SPEC 3) as the existing app and a sysadmin use it:
+//! The admin REST API (README "HTTP API") as the existing app and a sysadmin use it:
 //! an in-process node, a private redis-server, real SSE clients.
 mod common;
 
@@ -135,7 +135,7 @@ fn ok_data(r: &Resp, what: &str) -> Value {
     r.json["data"].clone()
 }
 
-/// A send response of exactly the SPEC shape; returns the message id.
+/// A send response of exactly the README "HTTP API" shape; returns the message id.
 #[track_caller]
 fn assert_sent(
     r: &Resp,
@@ -216,7 +216,7 @@ async fn watch(tab: &mut SseClient, within: Duration) -> Seen {
     }
 }
 
-/// Writes a connection record exactly as SPEC 4 lays it out, as another
+/// Writes a connection record exactly as README "Redis layout" lays it out, as another
 /// (possibly dead) node would have.
 fn inject(
     conn: &mut redis::Connection,

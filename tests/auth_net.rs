@@ -1,6 +1,6 @@
-//! Header auth over real IPv6 and IPv4 sockets (SPEC 6): `auth.trusted_proxies`
+//! Header auth over real IPv6 and IPv4 sockets (README "Auth"): `auth.trusted_proxies`
 //! as CIDRs matched against the peer address the listener really sees, and
-//! the admin API bearer token (SPEC 3). Every test runs its own redis-server
+//! the admin API bearer token (README "HTTP API"). Every test runs its own redis-server
 //! and an in-process node whose listeners are bound as the case needs.
 mod common;
 

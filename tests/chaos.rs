@@ -3,7 +3,7 @@
 //! as an `EventSource` does), one node is restarted, Redis is restarted
 //! once (empty), and sends go on throughout. Every live tab must receive
 //! each message addressed to it exactly once, and every reconnecting tab's
-//! replay must fill its gap, within the history kept (SPEC 2, 3, 5).
+//! replay must fill its gap, within the history kept (README "The stream", "HTTP API", "Signals and lifecycle").
 //!
 //! # What a tab is expected to receive
 //!
@@ -23,7 +23,7 @@
 //!    `Last-Event-ID`, so nothing is replayed to it).
 //! 3. Live: some session has `est <= m.start` and `end >= m.done + 1 s`:
 //!    the stream was registered before the send began and stayed open well
-//!    after it was accepted. Expected, with no excuse: the SPEC promises
+//!    after it was accepted. Expected, with no excuse: the README promises
 //!    live delivery, Redis outage or not.
 //! 4. Otherwise the tab was away (or leaving, or arriving) while `m` was
 //!    sent, and `m` must come from the replay of the first session that
@@ -37,7 +37,7 @@
 //!      first message, so only a node restart can cause this.
 //!    - `m.start < K` and that session became established after `K`: its
 //!      replay was read from the restarted, empty Redis; the history that
-//!      held `m` is gone (SPEC: "within the history kept"). This excuses
+//!      held `m` is gone (README "Missed messages": only what is kept). This excuses
 //!      only messages the tab was *away* for: a message sent while a
 //!      stream was open (rule 3) stays expected even if the stream lived
 //!      through the outage.

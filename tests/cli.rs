@@ -1,4 +1,4 @@
-//! The command line as a sysadmin uses it (SPEC 8, 9): the real binary,
+//! The command line as a sysadmin uses it (README "Command line", "Configuration"): the real binary,
 //! and, where the command talks to a node, a real `sse-notify serve`.
 //! What a node answers runs on both engines (the embedded engine's
 //! `cleanup`, `clear` and `connections` go through the node's admin API);
@@ -148,7 +148,7 @@ fn check_config_of_the_sample_file_prints_the_effective_config() {
         stdout.contains("# engine: memory"),
         "check-config names the engine the sample selects: {stdout}"
     );
-    // Every section of SPEC 9 is shown.
+    // Every section of README "Configuration" is shown.
     for section in [
         "server", "redis", "stream", "sweep", "startup", "history", "auth", "api", "limits", "log",
     ] {

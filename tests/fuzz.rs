@@ -122,7 +122,7 @@ fn arbitrary_send_objects_are_200_or_a_named_400() {
         check(status, &text)?;
         prop_assert!(status == 200 || status == 400, "{status}: {text}");
         if status == 200 {
-            // Only a body the SPEC allows is accepted.
+            // Only a body README "HTTP API" allows is accepted.
             let v: Value = serde_json::from_slice(&body).unwrap();
             let ev = v.get("event").and_then(Value::as_str).unwrap_or("message");
             prop_assert!(v.get("data").is_some());

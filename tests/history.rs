@@ -1,4 +1,4 @@
-//! History and Last-Event-ID replay (SPEC 2, [history]): what a tab missed
+//! History and Last-Event-ID replay (README "Missed messages: history and `Last-Event-ID`"): what a tab missed
 //! comes back in order, exactly once, with no gap or duplicate at the seam
 //! between replay and live messages. Both engines keep the same window and
 //! give the same ids and gaps; two nodes sharing history is Redis only.

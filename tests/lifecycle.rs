@@ -1,5 +1,5 @@
 //! Lifecycle of the real binary as systemd and a sysadmin drive it
-//! (SPEC 5): signals, reload, exit codes on both engines; start-up clear,
+//! (README "Signals and lifecycle"): signals, reload, exit codes on both engines; start-up clear,
 //! sweeps of a dead node and Redis failures with the Redis engine only.
 mod common;
 

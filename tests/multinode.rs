@@ -1,5 +1,5 @@
 //! Several real `sse-notify` processes sharing one `redis-server`: what a
-//! user of a multi-node deployment checks (SPEC 2-5, 7). The in-process
+//! user of a multi-node deployment checks (README "The stream", "HTTP API", "Redis layout", "Signals and lifecycle", "Limits"). The in-process
 //! versions are in `tests/nodes.rs`; these run the binary.
 mod common;
 
@@ -193,7 +193,7 @@ async fn delivery_across_three_processes_exactly_once() {
         receives_once(&mut bob, "bob", &mid, "message", &format!("\"{name}\"")).await;
     }
     assert_no_panic(&named);
-    // SPEC 3: the response counts the records removed, like the clear:
+    // README "HTTP API": the response counts the records removed, like the clear:
     // alice's 3, of 1 user, wherever they were held.
     assert_eq!(
         deleted["data"],

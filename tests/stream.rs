@@ -1,4 +1,4 @@
-//! The SSE stream as a user sees it (SPEC 2, 4, 6, 7): response headers and
+//! The SSE stream as a user sees it (README "The stream", "Redis layout", "Auth", "Limits"): response headers and
 //! first frames read as raw bytes, the registry (as the admin API lists it,
 //! and its Redis layout with the Redis engine), heartbeats, tabs, routes,
 //! the three auth modes, CORS, the node cap, slow consumers and shutdown.
@@ -444,8 +444,9 @@ on_both_engines! {
         }
     }
 
-    /// SPEC 2: "when the client goes away, its records are removed at once",
-    /// not at the next heartbeat (15s by default in production).
+    /// README "The stream": when the client goes away, its records are
+    /// removed at once, not at the next heartbeat (15s by default in
+    /// production).
     async fn closed_tab_is_removed_without_waiting_for_a_heartbeat(env: Env) {
         let mut c = env.config();
         c.stream.heartbeat_secs = 30;
@@ -763,7 +764,7 @@ fn b64url_matches_rfc4648_vectors() {
     assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
 }
 
-// ------------------------------------------------- token lifetime (SPEC 6) ---
+// ------------------------------------------------- token lifetime (README "Auth") ---
 
 /// The leeway sse-notify allows on `exp` and `nbf` (README "Auth").
 const LEEWAY: u64 = 5;

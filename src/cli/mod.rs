@@ -227,7 +227,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
 
 /// Validates the config (and the stream auth it sets up) and prints the
 /// effective values, secrets masked.
-fn check_config(config: &Config, path: Option<&std::path::Path>) -> Result<(), CliError> {
+fn check_config(config: &Config, path: Option<&Path>) -> Result<(), CliError> {
     crate::http::auth::Authenticator::from_config(config)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     match path {

@@ -313,9 +313,9 @@ impl Node {
     pub(crate) async fn send(
         &self,
         msgs: Vec<Outgoing>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> store::Result<Vec<Sent>> {
-        self.router.send(msgs, kept).await
+        self.router.send(msgs, history).await
     }
 
     /// What the stream `connection_id` of `user` missed after `last`.
@@ -324,9 +324,9 @@ impl Node {
         user: &str,
         connection_id: &str,
         last: Option<MsgId>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> store::Result<Replay> {
-        self.router.replay(user, connection_id, last, kept).await
+        self.router.replay(user, connection_id, last, history).await
     }
 
     /// See [`Router::enforce_user_limit`].

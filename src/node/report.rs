@@ -197,7 +197,7 @@ pub(crate) async fn run(node: Arc<Node>) {
         let (nodes, totals, error) = match node.report(&me).await {
             Ok(d) => (d.nodes, Some((d.users, d.connections)), None),
             Err(e) => {
-                node.metrics().redis_errors.inc();
+                node.metrics().store_errors.inc();
                 if let Some(suppressed) = log.allow() {
                     tracing::warn!(error = %e, suppressed, "console: node report failed");
                 }

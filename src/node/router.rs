@@ -28,7 +28,9 @@ pub(crate) struct Outgoing {
     pub event: String,
     /// The payload as compact JSON text, exactly as the request carried it.
     pub data: String,
-    pub all_connections: bool,
+    /// Only the user's first connection (a send to a user with
+    /// `all_connections: false`).
+    pub first_only: bool,
 }
 
 /// The `data` of a send response.
@@ -129,33 +131,32 @@ impl Router {
     pub(crate) async fn send(
         &self,
         msgs: Vec<Outgoing>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> Result<Vec<Sent>> {
         // The payload moves into the store; the answer keeps the rest.
         let (heads, taken): (Vec<_>, Vec<Message>) = msgs
             .into_iter()
             .map(|m| {
-                let first_only = m.to.is_some() && !m.all_connections;
-                let head = (m.to.clone(), m.event.clone(), m.all_connections);
+                let head = (m.to.clone(), m.event.clone(), m.first_only);
                 let msg = Message {
                     to: m.to,
-                    first_only,
+                    first_only: m.first_only,
                     event: m.event,
                     data: m.data,
                 };
                 (head, msg)
             })
             .unzip();
-        let accepted = self.store.send(taken, kept).await?;
+        let accepted = self.store.send(taken, history).await?;
         Ok(heads
             .into_iter()
             .zip(accepted)
-            .map(|((to, event, all_connections), a)| {
+            .map(|((to, event, first_only), a)| {
                 self.metrics.messages_sent.inc();
                 tracing::debug!(message_id = %a.id, to = to.as_deref(), event = %event, connections = a.connections, "message routed");
                 Sent {
                     message_id: a.id,
-                    all_connections: to.is_none() || all_connections,
+                    all_connections: !first_only,
                     to,
                     event,
                     connections: a.connections,
@@ -198,9 +199,9 @@ impl Router {
         user: &str,
         connection_id: &str,
         last: Option<MsgId>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> Result<Replay> {
-        self.store.replay(user, connection_id, last, kept).await
+        self.store.replay(user, connection_id, last, history).await
     }
 
     /// Closes every stream of `username` on every node and removes their

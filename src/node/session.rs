@@ -76,7 +76,7 @@ pub(crate) async fn open(
             )
             .await
         {
-            node.metrics().redis_errors.inc();
+            node.metrics().store_errors.inc();
             tracing::warn!(error = %e, username = %conn.username, "per-user limit not enforced");
         }
     }
@@ -127,7 +127,7 @@ async fn replay(
     {
         Ok(r) => r,
         Err(e) => {
-            node.metrics().redis_errors.inc();
+            node.metrics().store_errors.inc();
             tracing::warn!(error = %e, connection_id = %conn.connection_id, "history unreadable; replay skipped");
             gap(prefix);
             return None;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::listing::{self, Listed};
-use super::redis::{self, Keys, Registry, SharedConn};
+use super::redis::{self, Keys, Redis, SharedConn};
 use super::{Cleared, ConnectionRecord, Cursor, Page, Removed, Result, StoreError};
 use crate::config::{mask_url_password, Config};
 
@@ -15,7 +15,7 @@ use crate::config::{mask_url_password, Config};
 const ORIGIN: &str = "cli";
 
 pub(crate) struct Direct {
-    registry: Registry,
+    registry: Redis,
     /// The nodes' `stream.heartbeat_secs`: how soon they write their
     /// streams back after a short cleanup.
     heartbeat: Duration,
@@ -33,7 +33,7 @@ impl Direct {
             .await
             .map_err(|_| StoreError::Unavailable(format!("redis at {url} did not answer")))?
             .map_err(|e| StoreError::Unavailable(format!("redis at {url}: {e}")))?;
-        let registry = Registry::new(conn, Keys::new(&config.redis.key_prefix));
+        let registry = Redis::new(conn, Keys::new(&config.redis.key_prefix));
         registry.ping().await?;
         Ok(Direct {
             registry,

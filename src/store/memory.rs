@@ -192,9 +192,9 @@ impl MemoryStore {
         }
     }
 
-    pub(crate) fn send(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Vec<Accepted> {
-        let size = usize::try_from(kept.size).unwrap_or(usize::MAX);
-        let ttl_ms = kept.ttl_secs.saturating_mul(1000);
+    pub(crate) fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Vec<Accepted> {
+        let size = usize::try_from(history.size).unwrap_or(usize::MAX);
+        let ttl_ms = history.ttl_secs.saturating_mul(1000);
         let mut st = self.lock();
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
@@ -253,15 +253,20 @@ impl MemoryStore {
         out
     }
 
-    pub(crate) fn replay(&self, user: &str, last: Option<MsgId>, kept: &HistoryConfig) -> Replay {
+    pub(crate) fn replay(
+        &self,
+        user: &str,
+        last: Option<MsgId>,
+        history: &HistoryConfig,
+    ) -> Replay {
         if !self.history_on {
             return Replay::default();
         }
         let zero = MsgId { ms: 0, seq: 0 };
         let last_id = last.unwrap_or(zero);
-        let size = usize::try_from(kept.size).unwrap_or(usize::MAX);
+        let size = usize::try_from(history.size).unwrap_or(usize::MAX);
         let now_ms = unix_ms();
-        let oldest_ms = now_ms.saturating_sub(kept.ttl_secs.saturating_mul(1000));
+        let oldest_ms = now_ms.saturating_sub(history.ttl_secs.saturating_mul(1000));
         let mut st = self.lock();
         let mut empty = KeptStream::default();
         let st = &mut *st;
@@ -612,9 +617,9 @@ impl seam::History for MemoryStore {
         user: &str,
         _connection_id: &str,
         last: Option<MsgId>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> Result<Replay> {
-        Ok(MemoryStore::replay(self, user, last, kept))
+        Ok(MemoryStore::replay(self, user, last, history))
     }
 }
 
@@ -622,8 +627,8 @@ impl seam::Delivery for MemoryStore {
     /// Delivery is in the process, under the send's lock.
     const QUEUES_ON_SEND: bool = true;
 
-    async fn send(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Result<Vec<Accepted>> {
-        Ok(MemoryStore::send(self, msgs, kept))
+    async fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Result<Vec<Accepted>> {
+        Ok(MemoryStore::send(self, msgs, history))
     }
     async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
         MemoryStore::evict(self, ids, reason);

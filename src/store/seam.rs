@@ -70,7 +70,7 @@ pub(crate) trait History: Send + Sync {
         user: &str,
         connection_id: &str,
         last: Option<MsgId>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> impl Future<Output = Result<Replay>> + Send;
 }
 
@@ -86,7 +86,7 @@ pub(crate) trait Delivery: Send + Sync {
     fn send(
         &self,
         msgs: Vec<Message>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> impl Future<Output = Result<Vec<Accepted>>> + Send;
     /// Removes these connections' records and closes their streams on
     /// whichever node holds them, each with an `evicted` notice.

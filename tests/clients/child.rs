@@ -7,6 +7,8 @@
 //! deadline, and dropping it stops the process (SIGTERM, so that a browser
 //! is closed properly, then SIGKILL).
 #![allow(dead_code)]
+// Shared by two test crates: pub for them, not for a library surface.
+#![allow(unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -3,6 +3,9 @@
 //! or as the real binary, SSE clients, admin API helpers, polling.
 //! Test files hold scenarios; what they share lives here.
 #![allow(dead_code)]
+// Shared by every test crate through `mod common`: pub for them, not for a
+// library surface.
+#![allow(unreachable_pub)]
 
 mod binary;
 mod nginx;
@@ -309,7 +312,7 @@ pub async fn send(node_admin: &str, body: Value) -> (u16, Value) {
     .await
 }
 
-/// Asserts an error envelope (SPEC 3): that status, JSON content type,
+/// Asserts an error envelope (README "HTTP API"): that status, JSON content type,
 /// `{"code": status, "message": "..."}`.
 pub async fn expect_envelope(resp: reqwest::Response, status: u16, what: &str) -> Value {
     let got = resp.status().as_u16();

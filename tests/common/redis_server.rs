@@ -1,6 +1,6 @@
 //! `redis-server` processes of the test's own (never the shared one on
 //! 6379): plain, with a password, a replica, a Sentinel; killable and
-//! restartable on the same port. And the registry as SPEC 4 lays it out
+//! restartable on the same port. And the registry as README "Redis layout" lays it out
 //! in Redis, for the checks only the Redis engine has.
 
 use std::collections::BTreeMap;
@@ -255,7 +255,7 @@ impl Drop for RedisServer {
     }
 }
 
-/// The connection registry as SPEC 4 lays it out in Redis.
+/// The connection registry as README "Redis layout" lays it out in Redis.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RedisRegistry {
     /// `sse:heartbeats` members, sorted.
@@ -342,7 +342,7 @@ pub fn registry_ids(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
     ids
 }
 
-/// Writes one connection record the way SPEC 4 lays it out (all its keys),
+/// Writes one connection record the way README "Redis layout" lays it out (all its keys),
 /// as another (possibly dead) node would have.
 pub fn inject_record(
     conn: &mut redis::Connection,

@@ -64,7 +64,7 @@ async fn open(ctx: &Ctx, idx: usize, uname: &str) -> Result<Attempt, (Fail, Stri
                     libc::IPPROTO_IP,
                     libc::IP_BIND_ADDRESS_NO_PORT,
                     &one as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    size_of::<libc::c_int>() as libc::socklen_t,
                 );
             }
             let src = Ipv4Addr::new(127, 0, 0, 2 + (idx % ctx.src_ips as usize) as u8);

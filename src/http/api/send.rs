@@ -242,10 +242,10 @@ fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
             .map_err(|_| ApiError::bad_request("all_connections: must be true or false"))?,
     };
     Ok(Outgoing {
+        first_only: to.is_some() && !all_connections,
         to,
         event,
         data: compact(data.get()),
-        all_connections,
     })
 }
 
@@ -432,7 +432,7 @@ mod tests {
         assert!(err(r#"{"data":1,"to":""}"#).starts_with("to"));
         let ok = parse_send(br#"{"data":null}"#).unwrap();
         assert_eq!(
-            (ok.to, ok.event.as_str(), ok.all_connections),
+            (ok.to, ok.event.as_str(), !ok.first_only),
             (None, "message", true)
         );
     }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::{bus_event_head, History, Recent};
 use super::presence::Presence;
-use super::registry::Registry;
+use super::registry::Redis;
 use super::route::{self, resync_window_ms, untargeted_for_resync, LUA_ROUTE};
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
@@ -39,7 +39,7 @@ pub(crate) fn unkept_script() -> redis::Script {
 /// to the nodes that hold them, in one round trip; returns, per message,
 /// its target ids (none for a broadcast) and how many there are.
 pub(crate) async fn publish_unkept(
-    registry: &Registry,
+    registry: &Redis,
     script: &redis::Script,
     origin: &str,
     msgs: &[Message],
@@ -197,11 +197,7 @@ fn decode(payload: &[u8]) -> serde_json::Result<Vec<BusEvent>> {
 /// Tells every running node to write its live connections back now, after
 /// a removal that may have taken live records: a write-back after
 /// `threshold` (unix ms) counts for the window ([`super::route`]).
-pub(crate) async fn publish_resync(
-    registry: &Registry,
-    origin: &str,
-    threshold: u64,
-) -> Result<()> {
+pub(crate) async fn publish_resync(registry: &Redis, origin: &str, threshold: u64) -> Result<()> {
     publish(
         registry,
         &BusEvent::Resync {
@@ -216,12 +212,12 @@ pub(crate) async fn publish_resync(
 /// there too: they are rare, and a close must also find a stream of the
 /// user whose record is still being written on a node not yet in the
 /// registry.
-pub(crate) async fn publish(registry: &Registry, event: &BusEvent) -> Result<()> {
+pub(crate) async fn publish(registry: &Redis, event: &BusEvent) -> Result<()> {
     let payload = serde_json::to_string(event).unwrap_or_default();
     publish_on(registry, registry.keys().bus(), payload).await
 }
 
-async fn publish_on(registry: &Registry, channel: String, payload: String) -> Result<()> {
+async fn publish_on(registry: &Redis, channel: String, payload: String) -> Result<()> {
     let mut conn = registry.connection();
     tokio::time::timeout(Duration::from_secs(5), async move {
         conn.publish::<_, _, ()>(channel, payload).await
@@ -245,7 +241,7 @@ const PROBES_MISSED: u32 = 3;
 /// What the bus subscriber needs.
 pub(crate) struct Subscriber {
     pub target: RedisTarget,
-    pub registry: Registry,
+    pub registry: Redis,
     /// This node's own channel (`{prefix}:bus:{node_id}`).
     pub node_bus: String,
     /// This process on the bus: what marks our own events.
@@ -318,13 +314,13 @@ impl Subscriber {
                     self.set_up(false);
                 }
                 Ok(Err(e)) => {
-                    self.metrics.redis_errors.inc();
+                    self.metrics.store_errors.inc();
                     if let Some(suppressed) = failures.allow() {
                         tracing::error!(error = %e, suppressed, "bus subscribe failed; retrying");
                     }
                 }
                 Err(_) => {
-                    self.metrics.redis_errors.inc();
+                    self.metrics.store_errors.inc();
                     if let Some(suppressed) = failures.allow() {
                         tracing::error!(suppressed, "bus subscribe timed out; retrying");
                     }
@@ -358,7 +354,7 @@ impl Subscriber {
         let kept = match history.since(&users, since_ms, *size).await {
             Ok(kept) => kept,
             Err(e) => {
-                self.metrics.redis_errors.inc();
+                self.metrics.store_errors.inc();
                 tracing::error!(error = %e, "bus catch-up: history unreadable");
                 return;
             }
@@ -405,7 +401,7 @@ impl Subscriber {
             Err(e) => {
                 // Unclaimed, a one-tab message stays for a replay: better
                 // than given twice.
-                self.metrics.redis_errors.inc();
+                self.metrics.store_errors.inc();
                 tracing::error!(error = %e, "bus catch-up: one-tab messages not claimed");
                 vec![false; wanted.len()].into_iter()
             }
@@ -472,7 +468,7 @@ impl Subscriber {
             Err(e) => {
                 // Unknown: a gap said in vain costs a page a refresh, one
                 // not said is a silent loss.
-                self.metrics.redis_errors.inc();
+                self.metrics.store_errors.inc();
                 tracing::warn!(error = %e, "registry marker unreadable; assuming Redis lost its data");
                 seen.is_some()
             }
@@ -517,7 +513,7 @@ impl Subscriber {
                     // On our own channel: the one our messages travel on.
                     let payload = serde_json::to_string(&probe).unwrap_or_default();
                     if let Err(e) = publish_on(&self.registry, self.node_bus.clone(), payload).await {
-                        self.metrics.redis_errors.inc();
+                        self.metrics.store_errors.inc();
                         tracing::debug!(error = %e, "bus probe not published");
                     }
                     continue;
@@ -544,7 +540,7 @@ impl Subscriber {
                     // Also when the clear came from a node or CLI that did
                     // not start the window itself, and from when we heard.
                     if let Err(e) = untargeted_for_resync(&self.registry, threshold).await {
-                        self.metrics.redis_errors.inc();
+                        self.metrics.store_errors.inc();
                         tracing::warn!(error = %e, "could not mark the re-registration after a clear");
                     }
                 }

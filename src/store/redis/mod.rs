@@ -31,14 +31,14 @@ mod route;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Keys;
-pub(crate) use registry::Registry;
+pub(crate) use registry::Redis;
 
 use bus::BusEvent;
 use history::{Appender, History, Recent, RecentIds, Targets};
 use presence::Presence;
 
 pub(crate) struct RedisStore {
-    registry: Registry,
+    registry: Redis,
     presence: Presence,
     /// With history on: keeps messages in batches (group commit).
     appender: Option<Appender>,
@@ -65,7 +65,7 @@ pub(crate) struct RedisStore {
 /// node wrote its streams back, and the nodes are told to do so at once
 /// (else each would at its next heartbeat).
 pub(crate) async fn sweep(
-    registry: &Registry,
+    registry: &Redis,
     stale_before: f64,
     heartbeat: Duration,
     origin: &str,
@@ -93,10 +93,7 @@ fn removes_live(stale_before: f64, heartbeat: Duration) -> bool {
 /// after the clear began, and the nodes are told to do so. The second
 /// part is why they could not be told (each then writes back at its next
 /// heartbeat).
-pub(crate) async fn clear(
-    registry: &Registry,
-    origin: &str,
-) -> Result<(Cleared, Option<StoreError>)> {
+pub(crate) async fn clear(registry: &Redis, origin: &str) -> Result<(Cleared, Option<StoreError>)> {
     let began = crate::store::unix_now();
     let threshold = route::ms(began);
     route::untargeted_for_resync(registry, threshold).await?;
@@ -125,7 +122,7 @@ impl RedisStore {
     pub(crate) async fn open(redis: SharedConn, o: Open<'_>) -> Result<Arc<RedisStore>> {
         let config = o.config;
         let keys = Keys::new(&config.redis.key_prefix);
-        let registry = Registry::new(redis.clone(), keys.clone());
+        let registry = Redis::new(redis.clone(), keys.clone());
         let node_keys = keys.clone();
         let target = config
             .redis_target()
@@ -233,17 +230,17 @@ impl RedisStore {
     pub(crate) async fn send(
         &self,
         msgs: Vec<Message>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> Result<Vec<Accepted>> {
         // Only a one-tab message can be refused so: the others are not
         // copied for a retry.
         if !msgs.iter().any(|m| m.first_only) {
-            return self.send_once(msgs, kept).await;
+            return self.send_once(msgs, history).await;
         }
         let deadline = tokio::time::Instant::now() + RESYNC_WAIT;
         let mut pause = Duration::from_millis(10);
         loop {
-            match self.send_once(msgs.clone(), kept).await {
+            match self.send_once(msgs.clone(), history).await {
                 Err(StoreError::Resyncing) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(200));
@@ -253,14 +250,18 @@ impl RedisStore {
         }
     }
 
-    async fn send_once(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Result<Vec<Accepted>> {
+    async fn send_once(
+        &self,
+        msgs: Vec<Message>,
+        history: &HistoryConfig,
+    ) -> Result<Vec<Accepted>> {
         self.ready()?;
-        let (Some(appender), Some(history)) = (&self.appender, &self.history) else {
+        let (Some(appender), Some(keeper)) = (&self.appender, &self.history) else {
             return self.send_unkept(msgs).await;
         };
         let taken = match <[Message; 1]>::try_from(msgs) {
-            Ok([one]) => vec![appender.append(one, kept.size, kept.ttl_secs).await?],
-            Err(msgs) => history.append(&msgs, kept.size, kept.ttl_secs).await?,
+            Ok([one]) => vec![appender.append(one, history.size, history.ttl_secs).await?],
+            Err(msgs) => keeper.append(&msgs, history.size, history.ttl_secs).await?,
         };
         Ok(taken
             .into_iter()
@@ -307,11 +308,11 @@ impl RedisStore {
         user: &str,
         connection_id: &str,
         last: Option<MsgId>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> Result<Replay> {
         match &self.history {
             Some(h) => {
-                h.replay(user, connection_id, last, kept.size, kept.ttl_secs)
+                h.replay(user, connection_id, last, history.size, history.ttl_secs)
                     .await
             }
             None => Ok(Replay::default()),
@@ -370,7 +371,7 @@ impl RedisStore {
         let (cleared, untold) = clear(&self.registry, &self.origin).await?;
         self.presence.resync();
         if let Some(e) = untold {
-            self.metrics.redis_errors.inc();
+            self.metrics.store_errors.inc();
             tracing::error!(error = %e, "cleared, but could not tell the other nodes to re-register");
         }
         Ok(cleared)
@@ -453,9 +454,9 @@ impl seam::History for RedisStore {
         user: &str,
         connection_id: &str,
         last: Option<MsgId>,
-        kept: &HistoryConfig,
+        history: &HistoryConfig,
     ) -> Result<Replay> {
-        RedisStore::replay(self, user, connection_id, last, kept).await
+        RedisStore::replay(self, user, connection_id, last, history).await
     }
 }
 
@@ -463,8 +464,8 @@ impl seam::Delivery for RedisStore {
     /// Frames are queued when the bus brings the message back.
     const QUEUES_ON_SEND: bool = false;
 
-    async fn send(&self, msgs: Vec<Message>, kept: &HistoryConfig) -> Result<Vec<Accepted>> {
-        RedisStore::send(self, msgs, kept).await
+    async fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Result<Vec<Accepted>> {
+        RedisStore::send(self, msgs, history).await
     }
     async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
         RedisStore::evict(self, ids, reason).await

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::conn::bounded;
-use super::registry::Registry;
+use super::registry::Redis;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::Result;
 
@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Writes this node's report, then reads every live node's and the
 /// registry totals: two round trips.
-pub(crate) async fn report(registry: &Registry, me: &NodeStatus) -> Result<Deployment> {
+pub(crate) async fn report(registry: &Redis, me: &NodeStatus) -> Result<Deployment> {
     let keys = registry.keys();
     let mut c = registry.connection();
     let own = keys.node(&me.node_id);
@@ -58,7 +58,7 @@ pub(crate) async fn report(registry: &Registry, me: &NodeStatus) -> Result<Deplo
 }
 
 /// The node stops: its record goes at once rather than after the expiry.
-pub(crate) async fn forget(registry: &Registry, node_id: &str) -> Result<()> {
+pub(crate) async fn forget(registry: &Redis, node_id: &str) -> Result<()> {
     let keys = registry.keys();
     let mut c = registry.connection();
     let mut pipe = redis::pipe();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::Registry;
+use super::registry::Redis;
 use crate::metrics::Metrics;
 use crate::store::{unix_now, ConnectionRecord, LiveConn, NodeLink, StoreError, Wrote};
 use crate::throttle::LogThrottle;
@@ -90,7 +90,7 @@ impl Presence {
 
 pub(crate) struct PresenceTask {
     rx: mpsc::UnboundedReceiver<Cmd>,
-    registry: Registry,
+    registry: Redis,
     link: Arc<dyn NodeLink>,
     metrics: Arc<Metrics>,
     node_id: String,
@@ -106,7 +106,7 @@ pub(crate) struct PresenceTask {
 }
 
 pub(crate) fn spawn_parts(
-    registry: Registry,
+    registry: Redis,
     link: Arc<dyn NodeLink>,
     metrics: Arc<Metrics>,
     node_id: String,
@@ -169,7 +169,7 @@ impl PresenceTask {
 
     fn failed(&mut self, what: &str, e: &StoreError) {
         self.dirty = true;
-        self.metrics.redis_errors.inc();
+        self.metrics.store_errors.inc();
         if let Some(suppressed) = self.log.allow() {
             tracing::error!(op = what, error = %e, suppressed, "registry write failed; will retry and re-register");
         }

@@ -43,8 +43,12 @@ const SCAN_COUNT: usize = 1000;
 /// Users whose connection ids one listing round trip reads.
 const USERS_PER_CALL: usize = 500;
 
+/// A handle on the deployment's Redis: the shared connection, the key
+/// names, and the registry's scripts as methods. The bus, the write-back
+/// window and the node reports publish and run their scripts through it
+/// too, so it is named for what it reaches, not for the registry alone.
 #[derive(Clone)]
-pub(crate) struct Registry {
+pub(crate) struct Redis {
     conn: SharedConn,
     keys: Keys,
     remove_ids: Script,
@@ -55,7 +59,7 @@ pub(crate) struct Registry {
     timeout: Duration,
 }
 
-impl Registry {
+impl Redis {
     pub(crate) fn new(conn: SharedConn, keys: Keys) -> Self {
         let with_remove = |body: &str| Script::new(&format!("{LUA_REMOVE_ONE}\n{body}"));
         Self {

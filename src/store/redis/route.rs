@@ -9,7 +9,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::registry::Registry;
+use super::registry::Redis;
 use crate::store::Result;
 
 /// Prepended to the scripts that publish messages: picks their channels.
@@ -30,7 +30,7 @@ static LOST: LazyLock<redis::Script> =
 /// that differs from the one a node saw before means Redis lost its data
 /// in between. Missing, it is set and the write-back window opened, as a
 /// sending script does (`lua/lost.lua`).
-pub(crate) async fn registry_marker(registry: &Registry) -> Result<String> {
+pub(crate) async fn registry_marker(registry: &Redis) -> Result<String> {
     let mut inv = LOST.prepare_invoke();
     inv.key(registry.keys().registry_since())
         .key(registry.keys().resyncing())
@@ -48,7 +48,7 @@ pub(crate) async fn registry_marker(registry: &Registry) -> Result<String> {
 /// `within`. Called before the removal, so no message finds the records
 /// gone without it.
 pub(crate) async fn untargeted_for(
-    registry: &Registry,
+    registry: &Redis,
     threshold_ms: u64,
     within: Duration,
 ) -> Result<()> {
@@ -70,14 +70,14 @@ pub(crate) fn resync_window_ms() -> u64 {
 }
 
 /// [`untargeted_for`] the time nodes take to re-register after a clear.
-pub(crate) async fn untargeted_for_resync(registry: &Registry, threshold_ms: u64) -> Result<()> {
+pub(crate) async fn untargeted_for_resync(registry: &Redis, threshold_ms: u64) -> Result<()> {
     untargeted_for(registry, threshold_ms, RESYNC_WINDOW).await
 }
 
 /// This node wrote every live connection it holds with a heartbeat of
 /// `at_ms` (unix ms) or later: a window whose threshold is older needs
 /// nothing more of it.
-pub(crate) async fn report_synced(registry: &Registry, node_id: &str, at_ms: u64) -> Result<()> {
+pub(crate) async fn report_synced(registry: &Redis, node_id: &str, at_ms: u64) -> Result<()> {
     let key = registry.keys().synced();
     let node = node_id.to_string();
     let mut conn = registry.connection();
