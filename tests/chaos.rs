@@ -37,7 +37,8 @@
 //!      first message, so only a node restart can cause this.
 //!    - `m.start < K` and that session became established after `K`: its
 //!      replay was read from the restarted, empty Redis; the history that
-//!      held `m` is gone (README "Missed messages": only what is kept). This excuses
+//!      held `m` is gone (README "Missed messages: history and
+//!      `Last-Event-ID`": only what is kept is replayed). This excuses
 //!      only messages the tab was *away* for: a message sent while a
 //!      stream was open (rule 3) stays expected even if the stream lived
 //!      through the outage.

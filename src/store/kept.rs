@@ -1,12 +1,14 @@
-//! The replay rule both engines follow (README "Missed messages"): what
-//! is served of a kept stream (a user's, or the broadcasts) is its newest
-//! `history.size` entries younger than `history.ttl_secs`; a replay after
-//! an id is a gap when the id is malformed or kept in neither stream, or
-//! when an entry after it fell out of a served window; it gives what
-//! follows the id (everything served, on a gap), the user's messages and
-//! the broadcasts merged in id order. The embedded engine applies
-//! [`window`] to its streams; the Redis engine applies the same rule inside
-//! `redis/lua/replay.lua`, and both finish with [`finish`].
+//! The replay rule both engines follow, as
+//! README "Missed messages: history and `Last-Event-ID`" describes it:
+//! what is served of a kept stream (a user's, or the
+//! broadcasts) is its newest `history.size` entries younger than
+//! `history.ttl_secs`; a replay after an id is a gap when the id is
+//! malformed or kept in neither stream, or when an entry after it fell out
+//! of a served window; it gives what follows the id (everything served, on
+//! a gap), the user's messages and the broadcasts merged in id order. The
+//! embedded engine applies [`window`] to its streams; the Redis engine
+//! applies the same rule inside `redis/lua/replay.lua`, and both finish
+//! with [`finish`].
 
 use super::{Kept, MsgId, Replay};
 
