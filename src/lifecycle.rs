@@ -16,12 +16,9 @@ use crate::config::{Config, ListenAddr};
 use crate::http::auth::{AuthSetupError, Authenticator};
 use crate::http::listener::AdminListener;
 use crate::http::{admin, api, socket, Front};
-use crate::metrics::Metrics;
 use crate::node::frame;
-use crate::node::hub::Hub;
-use crate::node::router::Delivery;
 use crate::node::Node;
-use crate::store::{unix_now, Backend, Open, Store, StoreError};
+use crate::store::{unix_now, Backend, StoreError};
 use crate::throttle::LogThrottle;
 
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +171,6 @@ impl Daemon {
         log_reload: Option<LogReload>,
     ) -> Result<Daemon, LifecycleError> {
         let shutdown = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
         let auth = Authenticator::from_config(&config)?;
         if auth.is_insecure() {
             tracing::warn!("auth.mode = \"none\": anyone can open a stream as any user with ?user=NAME; for development only");
@@ -183,19 +178,16 @@ impl Daemon {
         let startup_clear = config.startup.clear;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let tasks = TaskTracker::new();
-        let opened = Store::open(
+        let opened = Node::open(
+            config,
             backend,
-            Open {
-                config: &config,
-                link: Arc::new(Delivery::new(hub.clone())),
-                metrics: metrics.clone(),
-                shutdown: shutdown.clone(),
-                tasks: &tasks,
-            },
+            shutdown.clone(),
+            &tasks,
+            socket::stream_fd_cap(),
         )
         .await;
-        let store = match opened {
-            Ok(store) => store,
+        let node = match opened {
+            Ok(node) => Arc::new(node),
             Err(e) => {
                 shutdown.cancel();
                 tasks.close();
@@ -203,14 +195,6 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        let node = Arc::new(Node::new(
-            config,
-            store,
-            hub,
-            metrics,
-            shutdown.clone(),
-            socket::stream_fd_cap(),
-        ));
         let app = Arc::new(Front::new(node.clone(), auth));
         if node.fd_cap() < node.config().limits.max_connections {
             tracing::warn!(

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, HistoryConfig};
 use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::{
-    self, Cleared, ConnectionRecord, Cursor, Health, LiveConn, MsgId, Page, Removed, Replay, Store,
-    Wrote,
+    self, Backend, Cleared, ConnectionRecord, Cursor, Health, LiveConn, MsgId, Open, Page, Removed,
+    Replay, Store, Wrote,
 };
 use crate::throttle::LogThrottle;
 use expiry::Expiries;
@@ -82,15 +83,29 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// A node over an opened store whose deliveries reach `hub`.
-    pub(crate) fn new(
+    /// Opens the store the backend reaches, with this node's hub as where
+    /// its deliveries go; the store's background tasks join `tasks` and
+    /// end with `shutdown`.
+    pub(crate) async fn open(
         config: Config,
-        store: Store,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
+        backend: Backend,
         shutdown: CancellationToken,
+        tasks: &TaskTracker,
         fd_cap: usize,
-    ) -> Self {
+    ) -> store::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let store = Store::open(
+            backend,
+            Open {
+                config: &config,
+                link: Arc::new(router::Delivery::new(hub.clone())),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                tasks,
+            },
+        )
+        .await?;
         let id = config.node_id();
         let node = Self {
             config: RwLock::new(Arc::new(config)),
@@ -107,7 +122,7 @@ impl Node {
             reports: report::Reports::default(),
         };
         node.publish_max_streams();
-        node
+        Ok(node)
     }
 
     /// The config in force now (reloads swap it).

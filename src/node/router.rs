@@ -121,7 +121,7 @@ impl Router {
         }
     }
 
-    pub(crate) fn store(&self) -> &Store {
+    pub(super) fn store(&self) -> &Store {
         &self.store
     }
 
