@@ -240,22 +240,22 @@ const PROBES_MISSED: u32 = 3;
 
 /// What the bus subscriber needs.
 pub(crate) struct Subscriber {
-    pub target: RedisTarget,
-    pub registry: Redis,
+    pub(super) target: RedisTarget,
+    pub(super) registry: Redis,
     /// This node's own channel (`{prefix}:bus:{node_id}`).
-    pub node_bus: String,
+    pub(super) node_bus: String,
     /// This process on the bus: what marks our own events.
-    pub origin: String,
-    pub link: Arc<dyn NodeLink>,
-    pub presence: Presence,
-    pub metrics: Arc<Metrics>,
-    pub heartbeat: Duration,
-    pub up: watch::Sender<bool>,
-    pub shutdown: CancellationToken,
+    pub(super) origin: String,
+    pub(super) link: Arc<dyn NodeLink>,
+    pub(super) presence: Presence,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) heartbeat: Duration,
+    pub(super) up: watch::Sender<bool>,
+    pub(super) shutdown: CancellationToken,
     /// With history on (with its size and age kept): catch up on what was
     /// published while the subscription was down.
-    pub history: Option<(History, u64, u64)>,
-    pub recent: Recent,
+    pub(super) history: Option<(History, u64, u64)>,
+    pub(super) recent: Recent,
 }
 
 impl Subscriber {
