@@ -3,8 +3,8 @@
 //! what each does. The registry commands (`cleanup`, `clear`,
 //! `connections`) work on Redis directly with the Redis engine (no node
 //! needs to run) and ask the node's admin API with the embedded one
-//! ([`registry`]); `send` always asks a running node ([`client`]). What is
-//! printed is in [`output`].
+//! (`registry.rs`); `send` always asks a running node (`client.rs`). What is
+//! printed is in `output.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

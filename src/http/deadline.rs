@@ -5,7 +5,7 @@
 //! hyper times only the head, and from the moment it waits for one, so
 //! its timer is also the keep-alive idle timeout and cannot be made short.
 //! Here a per-connection [`RequestClock`] is started by the first byte of
-//! a request ([`TimedIo`]), the head is cut there if it is not complete in
+//! a request ([`TimedStream`]), the head is cut there if it is not complete in
 //! time, and the body is raced by [`within_deadline`] around the routes:
 //! while the body is incomplete at the deadline the request is dropped
 //! unhandled (so a half-sent message is never sent) and answered 408.

@@ -108,7 +108,9 @@ type RawEntry = (String, Vec<(String, String)>);
 pub(crate) struct History {
     conn: SharedConn,
     keys: Keys,
-    /// This node on the bus ([`crate::app::App::bus_origin`]).
+    /// This process on the bus (node id and a per-start id, set in
+    /// [`super::RedisStore::open`]): the bus events it publishes and the
+    /// catch-up claims it takes name it, so a node tells its own apart.
     origin: String,
     append: Script,
     replay: Script,

@@ -4,7 +4,7 @@
 //! Every write that touches several keys of one connection is a MULTI or a
 //! Lua script, so no reader sees half a connection and no clear or sweep
 //! leaves an orphan (an empty user set is gone and the user leaves the users
-//! set). Key names come from [`crate::keys`].
+//! set). Key names come from [`super::keys`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
