@@ -252,16 +252,16 @@ def main():
             rows += run("TCP", daemon.url, args.calls, thread_counts, baselines=True)
         finally:
             daemon.stop()
-        sock = os.path.join(tempfile.mkdtemp(prefix="sse-notify-bench-"), "admin.sock")
-        daemon = Daemon(args.binary, "unix:" + sock)
-        why = daemon.wait()
-        try:
-            if why:
-                print("(Unix socket not measured: this sse-notify %s)" % why, file=sys.stderr)
-            else:
-                rows += run("Unix socket", daemon.url, args.calls, thread_counts, baselines=False)
-        finally:
-            daemon.stop()
+        with tempfile.TemporaryDirectory(prefix="sse-notify-bench-") as sock_dir:
+            daemon = Daemon(args.binary, "unix:" + os.path.join(sock_dir, "admin.sock"))
+            why = daemon.wait()
+            try:
+                if why:
+                    print("(Unix socket not measured: this sse-notify %s)" % why, file=sys.stderr)
+                else:
+                    rows += run("Unix socket", daemon.url, args.calls, thread_counts, baselines=False)
+            finally:
+                daemon.stop()
 
     print("%s, %d cores, Python %s; %d calls per thread\n" % (
         platform.processor() or platform.machine(), os.cpu_count(), platform.python_version(), args.calls))
