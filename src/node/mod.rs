@@ -18,8 +18,8 @@ use crate::config::{Config, HistoryConfig};
 use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::{
-    self, Backend, Cleared, ConnectionRecord, Cursor, Health, LiveConn, MsgId, Open, Page, Removed,
-    Replay, Store, Wrote,
+    self, Backend, Cleared, ConnectionRecord, Cursor, Health, LiveConn, Open, Page, Removed, Store,
+    Wrote,
 };
 use crate::throttle::LogThrottle;
 use expiry::Expiries;
@@ -331,30 +331,6 @@ impl Node {
         history: &HistoryConfig,
     ) -> store::Result<Vec<Sent>> {
         self.router.send(msgs, history).await
-    }
-
-    /// What the stream `connection_id` of `user` missed after `last`.
-    pub(crate) async fn replay(
-        &self,
-        user: &str,
-        connection_id: &str,
-        last: Option<MsgId>,
-        history: &HistoryConfig,
-    ) -> store::Result<Replay> {
-        self.router.replay(user, connection_id, last, history).await
-    }
-
-    /// See [`Router::enforce_user_limit`].
-    pub(crate) async fn enforce_user_limit(
-        &self,
-        username: &str,
-        max: usize,
-        keep: &str,
-        replaces: Option<&str>,
-    ) -> store::Result<usize> {
-        self.router
-            .enforce_user_limit(username, max, keep, replaces)
-            .await
     }
 
     /// See [`Router::disconnect_user`].

@@ -68,6 +68,7 @@ pub(crate) async fn open(
     // nodes: only a user over the limit costs another round trip.
     if user_count > config.limits.max_connections_per_user {
         if let Err(e) = node
+            .router
             .enforce_user_limit(
                 &conn.username,
                 config.limits.max_connections_per_user,
@@ -122,6 +123,7 @@ async fn replay(
     let last: Option<MsgId> = raw.trim().parse().ok();
     let gap = |prefix: &mut VecDeque<Bytes>| prefix.push_back(frame::history_gap(raw));
     let replay = match node
+        .router
         .replay(&conn.username, &conn.connection_id, last, &config.history)
         .await
     {
