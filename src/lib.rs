@@ -25,5 +25,6 @@ mod node;
 mod store;
 mod systemd;
 mod throttle;
+mod topic;
 
 pub use store::StoreError;

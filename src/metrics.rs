@@ -24,6 +24,8 @@ pub(crate) struct Metrics {
     pub connects: Counter,
     pub disconnects: Counter,
     pub messages_sent: Counter,
+    pub topic_messages_sent: Counter,
+    pub followed_topics: Gauge,
     pub messages_delivered: Counter,
     pub slow_consumer_drops: Counter,
     pub write_timeouts: Counter,
@@ -56,6 +58,8 @@ impl Metrics {
             connects: Counter::default(),
             disconnects: Counter::default(),
             messages_sent: Counter::default(),
+            topic_messages_sent: Counter::default(),
+            followed_topics: Gauge::default(),
             messages_delivered: Counter::default(),
             slow_consumer_drops: Counter::default(),
             write_timeouts: Counter::default(),
@@ -87,6 +91,16 @@ impl Metrics {
             "messages_sent",
             "Messages accepted by send (API, CLI, other nodes' posts excluded)",
             m.messages_sent.clone(),
+        );
+        registry.register(
+            "topic_messages_sent",
+            "Messages to a topic accepted by send (counted in messages_sent too)",
+            m.topic_messages_sent.clone(),
+        );
+        registry.register(
+            "followed_topics",
+            "Topics that streams open on this node follow",
+            m.followed_topics.clone(),
         );
         registry.register(
             "messages_delivered",

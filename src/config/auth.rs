@@ -15,6 +15,8 @@ const DEFAULT_HEADER: &str = "X-Remote-User";
 /// The proxy runs on the same host.
 const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.1/32", "::1/128"];
 const DEFAULT_COOKIE: &str = "sse_token";
+/// What the shipped nginx example passes on from the app's answer.
+const DEFAULT_TOPICS_HEADER: &str = "X-Remote-Topics";
 
 /// A day: longer than any page's token needs (a stream ends at `exp` and
 /// the page fetches another), short enough that a token minted never to
@@ -48,6 +50,11 @@ pub struct AuthConfig {
     /// Longest lifetime of a stream token (`exp - iat`, or `exp - now`
     /// without `iat`); 0 for no limit.
     pub token_max_lifetime_secs: u64,
+    /// Topic patterns anyone who may open a stream may follow.
+    pub public_topics: Vec<String>,
+    /// The header (from a trusted proxy) naming the topic patterns the
+    /// user may follow, comma-separated.
+    pub topics_header: String,
 }
 
 impl Default for AuthConfig {
@@ -61,6 +68,8 @@ impl Default for AuthConfig {
             token_issuer: String::new(),
             token_audience: String::new(),
             token_max_lifetime_secs: DEFAULT_TOKEN_MAX_LIFETIME_SECS,
+            public_topics: Vec::new(),
+            topics_header: DEFAULT_TOPICS_HEADER.into(),
         }
     }
 }
@@ -77,6 +86,8 @@ impl AuthConfig {
         live!(auth.token_issuer),
         live!(auth.token_audience),
         live!(auth.token_max_lifetime_secs),
+        live!(auth.public_topics),
+        live!(auth.topics_header),
     ];
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -89,6 +100,19 @@ impl AuthConfig {
             ));
         }
         self.trusted_proxies()?;
+        if self.topics_header.is_empty()
+            || warp::http::HeaderName::from_bytes(self.topics_header.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "auth.topics_header",
+                format!("{:?} is not a valid HTTP header name", self.topics_header),
+            ));
+        }
+        for p in &self.public_topics {
+            if let Err(why) = crate::topic::Pattern::parse(p) {
+                return Err(invalid("auth.public_topics", format!("{p:?} {why}")));
+            }
+        }
         if self.cookie.is_empty()
             || !self
                 .cookie

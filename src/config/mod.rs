@@ -13,7 +13,8 @@
 //! | `[history]` | `history.rs` | the messages kept for replay |
 //! | `[auth]` | `auth.rs` | who opens a stream |
 //! | `[api]` | `api.rs` | the admin API: token, sizes, deadline, connections, browser safety |
-//! | `[limits]` | `limits.rs` | streams per user and per node, connect rate |
+//! | `[topics]` | `topics.rs` | join and leave events of topics |
+//! | `[limits]` | `limits.rs` | streams per user and per node, connect rate, topics per stream |
 //! | `[log]` | `log.rs` | filter and format |
 //!
 //! Beside them: `addr.rs` (listener addresses and the `Host` and `Origin`
@@ -48,6 +49,7 @@ mod stream;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 pub use addr::{split_host_port, ListenAddr};
 pub use api::ApiConfig;
@@ -61,6 +63,7 @@ pub use server::ServerConfig;
 pub use startup::StartupConfig;
 pub use stream::StreamConfig;
 pub use sweep::SweepConfig;
+pub use topics::TopicsConfig;
 
 use reload::{Key, OnReload};
 
@@ -102,6 +105,7 @@ pub struct Config {
     pub startup: StartupConfig,
     pub history: HistoryConfig,
     pub auth: AuthConfig,
+    pub topics: TopicsConfig,
     pub api: ApiConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
@@ -109,7 +113,7 @@ pub struct Config {
 
 /// Every key of every section with how a reload treats it. The order is
 /// the one a reload has always named the keys waiting for a restart in.
-const KEYS: [&[Key]; 10] = [
+const KEYS: [&[Key]; 11] = [
     ServerConfig::KEYS,
     RedisConfig::KEYS,
     LogConfig::KEYS,
@@ -118,6 +122,7 @@ const KEYS: [&[Key]; 10] = [
     SweepConfig::KEYS,
     StartupConfig::KEYS,
     AuthConfig::KEYS,
+    TopicsConfig::KEYS,
     ApiConfig::KEYS,
     LimitsConfig::KEYS,
 ];

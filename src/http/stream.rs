@@ -148,6 +148,7 @@ async fn open(app: &Arc<Front>, config: &Config, req: &Request) -> Result<Reply,
         .or_else(|| query.get("last_event_id").cloned())
         .filter(|s| !s.is_empty());
     let ask = Admission {
+        topics: Vec::new(),
         username,
         expires,
         replaces: query.get("replaces").cloned(),

@@ -150,6 +150,7 @@ mod tests {
             connection_id: id.clone(),
             username: "u".into(),
             connection_time: 1.0,
+            topics: Vec::new(),
         };
         let mut rx = hub
             .register(&conn, 4, 10, CancellationToken::new())

@@ -1,11 +1,12 @@
 //! This node's live connections: connection id -> bounded queue of encoded
-//! frames, and user -> connection ids. Delivery pushes the same shared
+//! frames, user -> connection ids, and topic -> the connection ids that
+//! follow it. Delivery pushes the same shared
 //! [`Bytes`] into each target queue without waiting: a full queue means the
 //! client stopped reading, and it is disconnected rather than buffered.
 //!
 //! The hub knows nothing of the store; the router keeps the two in step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -19,6 +20,9 @@ use crate::store::LiveConn;
 struct Entry {
     username: String,
     connection_time: f64,
+    /// Shared with the topic index: one name per topic, one id per stream.
+    id: Arc<str>,
+    topics: Box<[Arc<str>]>,
     /// Its registration landed: a heartbeat may write its record back
     /// (before, its own registration is still on the way).
     registered: AtomicBool,
@@ -33,6 +37,8 @@ struct Entry {
 struct Inner {
     conns: HashMap<String, Entry>,
     users: HashMap<String, Vec<String>>,
+    /// Followed topics and the streams here that follow each.
+    topics: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// Set at shutdown: no new connection is taken after the close.
     closed: bool,
 }
@@ -46,7 +52,23 @@ impl Inner {
                 self.users.remove(&entry.username);
             }
         }
+        for topic in &entry.topics {
+            if let Some(ids) = self.topics.get_mut(topic) {
+                ids.remove(&entry.id);
+                if ids.is_empty() {
+                    self.topics.remove(topic);
+                }
+            }
+        }
         Some(entry)
+    }
+
+    /// The index's own name of `topic`, so that every stream following it
+    /// shares one copy.
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        self.topics
+            .get_key_value(topic)
+            .map_or_else(|| Arc::from(topic), |(k, _)| k.clone())
     }
 }
 
@@ -67,7 +89,7 @@ impl<'a> Push<'a> {
         }
     }
 
-    fn to(&mut self, inner: &Inner, id: &String) {
+    fn to(&mut self, inner: &Inner, id: &str) {
         if let Some(entry) = inner.conns.get(id) {
             self.took(id, entry.tx.try_send(self.frame.clone()).is_ok());
         }
@@ -129,11 +151,22 @@ impl Hub {
         if inner.conns.len() >= max {
             return Err(HubError::Full(max));
         }
+        let id: Arc<str> = Arc::from(conn.connection_id.as_str());
+        let topics: Box<[Arc<str>]> = conn.topics.iter().map(|t| inner.topic_name(t)).collect();
+        for topic in &topics {
+            inner
+                .topics
+                .entry(topic.clone())
+                .or_default()
+                .insert(id.clone());
+        }
         inner.conns.insert(
             conn.connection_id.clone(),
             Entry {
                 username: conn.username.clone(),
                 connection_time: conn.connection_time,
+                id,
+                topics,
                 registered: AtomicBool::new(false),
                 tx,
                 kill,
@@ -144,8 +177,10 @@ impl Hub {
             .entry(conn.username.clone())
             .or_default()
             .push(conn.connection_id.clone());
+        let topics = inner.topics.len();
         drop(inner);
         self.metrics.live_connections.set(self.len() as i64);
+        self.metrics.followed_topics.set(topics as i64);
         Ok(rx)
     }
 
@@ -158,11 +193,19 @@ impl Hub {
 
     /// Forgets a connection; true if it was still here.
     pub(crate) fn unregister(&self, id: &str) -> bool {
-        let removed = self.write().remove(id).is_some();
+        let mut inner = self.write();
+        let removed = inner.remove(id).is_some();
+        let counts = (inner.conns.len(), inner.topics.len());
+        drop(inner);
         if removed {
-            self.metrics.live_connections.set(self.len() as i64);
+            self.counted(counts);
         }
         removed
+    }
+
+    fn counted(&self, (conns, topics): (usize, usize)) {
+        self.metrics.live_connections.set(conns as i64);
+        self.metrics.followed_topics.set(topics as i64);
     }
 
     /// Gives back the maps' spare capacity after many streams left.
@@ -170,6 +213,12 @@ impl Hub {
         let mut inner = self.write();
         inner.conns.shrink_to_fit();
         inner.users.shrink_to_fit();
+        inner.topics.shrink_to_fit();
+    }
+
+    /// How many topics the streams here follow.
+    pub(crate) fn topic_count(&self) -> usize {
+        self.read().topics.len()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -192,6 +241,7 @@ impl Hub {
                 connection_id: id.clone(),
                 username: e.username.clone(),
                 connection_time: e.connection_time,
+                topics: e.topics.iter().map(|t| t.to_string()).collect(),
             })
             .collect()
     }
@@ -228,6 +278,22 @@ impl Hub {
             let inner = self.read();
             for id in inner.users.get(username).into_iter().flatten() {
                 push.to(&inner, id);
+            }
+        }
+        self.finish(push)
+    }
+
+    /// Queues `frame` to every stream here that follows `topic` but
+    /// `except` (a join or leave is not told to its own stream); returns
+    /// how many took it.
+    pub(crate) fn deliver_topic(&self, topic: &str, except: Option<&str>, frame: &Bytes) -> usize {
+        let mut push = Push::new(frame);
+        {
+            let inner = self.read();
+            for id in inner.topics.get(topic).into_iter().flatten() {
+                if except != Some(&**id) {
+                    push.to(&inner, id);
+                }
             }
         }
         self.finish(push)
@@ -293,9 +359,9 @@ impl Hub {
                 }
             }
         }
-        let n = inner.conns.len();
+        let counts = (inner.conns.len(), inner.topics.len());
         drop(inner);
-        self.metrics.live_connections.set(n as i64);
+        self.counted(counts);
     }
 
     /// Closes the given connections after `last` (if any) is queued; the
@@ -315,12 +381,13 @@ impl Hub {
                     connection_id: id.clone(),
                     username: entry.username,
                     connection_time: entry.connection_time,
+                    topics: entry.topics.iter().map(|t| t.to_string()).collect(),
                 });
             }
         }
-        let n = inner.conns.len();
+        let counts = (inner.conns.len(), inner.topics.len());
         drop(inner);
-        self.metrics.live_connections.set(n as i64);
+        self.counted(counts);
         closed
     }
 
@@ -358,6 +425,7 @@ mod tests {
         LiveConn {
             connection_id: id.into(),
             username: user.into(),
+            topics: Vec::new(),
             connection_time: 1.0,
         }
     }

@@ -23,8 +23,10 @@ const EVICTED_REASON: &str = "max_connections_per_user";
 /// A validated message to send.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
-    /// `None` is a broadcast.
+    /// `None` (and no `topic`) is a broadcast.
     pub to: Option<String>,
+    /// Every stream following this topic (then `to` is `None`).
+    pub topic: Option<String>,
     pub event: String,
     /// The payload as compact JSON text, exactly as the request carried it.
     pub data: String,
@@ -38,6 +40,7 @@ pub(crate) struct Outgoing {
 pub(crate) struct Sent {
     pub message_id: String,
     pub to: Option<String>,
+    pub topic: Option<String>,
     pub event: String,
     pub all_connections: bool,
     pub connections: usize,
@@ -70,7 +73,18 @@ impl NodeLink for Delivery {
                     Target::User(user) => self.hub.deliver_user(&user, &frame),
                     Target::Ids(ids) => self.hub.deliver(&ids, &frame),
                     Target::Tab(id) => self.hub.deliver_one_tab(&id, &frame),
+                    Target::Topic(topic) => self.hub.deliver_topic(&topic, None, &frame),
                 }
+            }
+            Inbound::Presence {
+                topic,
+                except,
+                event,
+                data,
+            } => {
+                let frame = frame::event(event, &data);
+                self.hub.deliver_topic(&topic, Some(&except), &frame);
+                0
             }
             Inbound::Close { ids, reason } => {
                 for id in ids {
@@ -137,9 +151,10 @@ impl Router {
         let (heads, taken): (Vec<_>, Vec<Message>) = msgs
             .into_iter()
             .map(|m| {
-                let head = (m.to.clone(), m.event.clone(), m.first_only);
+                let head = (m.to.clone(), m.topic.clone(), m.event.clone(), m.first_only);
                 let msg = Message {
                     to: m.to,
+                    topic: m.topic,
                     first_only: m.first_only,
                     event: m.event,
                     data: m.data,
@@ -151,13 +166,17 @@ impl Router {
         Ok(heads
             .into_iter()
             .zip(accepted)
-            .map(|((to, event, first_only), a)| {
+            .map(|((to, topic, event, first_only), a)| {
                 self.metrics.messages_sent.inc();
-                tracing::debug!(message_id = %a.id, to = to.as_deref(), event = %event, connections = a.connections, "message routed");
+                if topic.is_some() {
+                    self.metrics.topic_messages_sent.inc();
+                }
+                tracing::debug!(message_id = %a.id, to = to.as_deref(), topic = topic.as_deref(), event = %event, connections = a.connections, "message routed");
                 Sent {
                     message_id: a.id,
                     all_connections: !first_only,
                     to,
+                    topic,
                     event,
                     connections: a.connections,
                 }
@@ -174,6 +193,7 @@ impl Router {
                 username: conn.username.clone(),
                 connection_time: conn.connection_time,
                 last_heartbeat: conn.connection_time,
+                topics: conn.topics.clone(),
                 node_id: self.node_id.clone(),
             })
             .await
@@ -193,15 +213,14 @@ impl Router {
         self.store.remove(connection_id.to_string(), wrote);
     }
 
-    /// What the stream `connection_id` of `user` missed after `last`.
+    /// What the stream `conn` missed after `last`.
     pub(crate) async fn replay(
         &self,
-        user: &str,
-        connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        self.store.replay(user, connection_id, last, history).await
+        self.store.replay(conn, last, history).await
     }
 
     /// Closes every stream of `username` on every node and removes their

@@ -25,6 +25,9 @@ use crate::store::{unix_now, LiveConn, MsgId, Wrote};
 pub(crate) struct Admission {
     /// The authenticated user.
     pub(crate) username: String,
+    /// The topics it follows (validated and allowed), sorted, no
+    /// duplicates.
+    pub(crate) topics: Vec<String>,
     /// Token mode: the token's `exp` (unix seconds).
     pub(crate) expires: Option<u64>,
     /// A stream of the user that this one takes over (a page renewing its
@@ -50,6 +53,7 @@ pub(crate) async fn open(
         connection_id: uuid::Uuid::new_v4().to_string(),
         username: ask.username,
         connection_time: unix_now(),
+        topics: ask.topics,
     };
     let Registered { rx, user_count } = node.register(config, &conn, ask.kill).await?;
     // Admitted: from here on, any exit (client gone) takes it out again.
@@ -88,6 +92,7 @@ pub(crate) async fn open(
         "connection_id": conn.connection_id,
         "username": conn.username,
         "connection_time": conn.connection_time,
+        "topics": conn.topics,
     });
     let mut opening = BytesMut::new();
     opening.extend_from_slice(&frame::retry(config.stream.retry_ms));
@@ -122,11 +127,7 @@ async fn replay(
 ) -> Option<MsgId> {
     let last: Option<MsgId> = raw.trim().parse().ok();
     let gap = |prefix: &mut VecDeque<Bytes>| prefix.push_back(frame::history_gap(raw));
-    let replay = match node
-        .router
-        .replay(&conn.username, &conn.connection_id, last, &config.history)
-        .await
-    {
+    let replay = match node.router.replay(conn, last, &config.history).await {
         Ok(r) => r,
         Err(e) => {
             node.metrics().store_errors.inc();

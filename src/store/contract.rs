@@ -14,6 +14,7 @@ use super::redis::RedisStore;
 use super::seam::{Delivery, History, Registry};
 use super::{
     unix_now, Backend, ConnectionRecord, Inbound, LiveConn, Message, MsgId, NodeLink, Open, Target,
+    TopicCount,
 };
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -105,7 +106,28 @@ fn config(redis_url: &str) -> Config {
     c.redis.connect_timeout_secs = 5;
     c.stream.heartbeat_secs = 1;
     c.history.enabled = true;
+    c.topics.join_leave = true;
     c
+}
+
+/// Who follows which topics in the contract.
+fn topics_of(id: &str) -> Vec<String> {
+    let topics: &[&str] = match id {
+        "a1" => &["doc:1", "team:7"],
+        "b1" => &["doc:1"],
+        _ => &[],
+    };
+    topics.iter().map(|t| t.to_string()).collect()
+}
+
+/// The stream `id` of `user`, as its node holds it.
+fn live(id: &str, user: &str) -> LiveConn {
+    LiveConn {
+        connection_id: id.into(),
+        username: user.into(),
+        connection_time: 0.0,
+        topics: topics_of(id),
+    }
 }
 
 /// Registers `id` of `user` as held by `node`; returns the user's count.
@@ -118,9 +140,8 @@ async fn register<S: Registry>(
     t: f64,
 ) -> usize {
     node.live.lock().unwrap().push(LiveConn {
-        connection_id: id.into(),
-        username: user.into(),
         connection_time: t,
+        ..live(id, user)
     });
     store
         .register(ConnectionRecord {
@@ -128,6 +149,7 @@ async fn register<S: Registry>(
             username: user.into(),
             connection_time: t,
             last_heartbeat: t,
+            topics: topics_of(id),
             node_id: config.node_id(),
         })
         .await
@@ -137,6 +159,7 @@ async fn register<S: Registry>(
 fn message(to: Option<&str>, first_only: bool, data: &str) -> Message {
     Message {
         to: to.map(str::to_string),
+        topic: None,
         first_only,
         event: "note".into(),
         data: data.into(),
@@ -184,6 +207,46 @@ async fn contract<S: Registry + History + Delivery>(store: &S, node: &Node, conf
     let users: Vec<&str> = listed.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(users, ["bob", "alice"]);
 
+    // Topics: memberships come with the records; presence counts streams
+    // and users; a join reaches the topic's other followers.
+    assert_eq!(listed[1].1[0].topics, ["doc:1", "team:7"]);
+    assert_eq!(
+        store.topic_names(None, 10).await.unwrap(),
+        ["doc:1", "team:7"]
+    );
+    assert_eq!(
+        store.topic_names(Some("doc:1"), 10).await.unwrap(),
+        ["team:7"]
+    );
+    assert_eq!(store.topic_names(None, 1).await.unwrap(), ["doc:1"]);
+    assert_eq!(store.topic_total().await.unwrap(), 2);
+    let count = |topic: &str, connection_count, user_count| TopicCount {
+        topic: topic.into(),
+        connection_count,
+        user_count,
+    };
+    assert_eq!(
+        store
+            .topic_counts(&["team:7".into(), "nobody".into(), "doc:1".into()])
+            .await
+            .unwrap(),
+        [count("team:7", 1, 1), count("doc:1", 2, 2)]
+    );
+    let doc = store.topic("doc:1").await.unwrap();
+    assert_eq!(doc.users, ["alice", "bob"]);
+    let ids: Vec<&str> = doc
+        .connections
+        .iter()
+        .map(|r| r.connection_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a1", "b1"]);
+    assert_eq!(store.topic("nobody").await.unwrap(), Default::default());
+    node.received(|i| {
+        matches!(i, Inbound::Presence { topic, except, event: "join", data }
+            if topic == "doc:1" && except == "b1" && data.contains(r#""username":"bob""#))
+    })
+    .await;
+
     // Delivery: where each routing mode goes, and how many it counted.
     let one_tab = store
         .send(vec![message(Some("alice"), true, "1")], kept)
@@ -204,27 +267,67 @@ async fn contract<S: Registry + History + Delivery>(store: &S, node: &Node, conf
         .unwrap();
     assert_eq!(all[0].connections, 4);
     node.received(is(Target::All)).await;
+    let doc = store
+        .send(
+            vec![Message {
+                topic: Some("doc:1".into()),
+                ..message(None, false, "4")
+            }],
+            kept,
+        )
+        .await
+        .unwrap();
+    assert_eq!(doc[0].connections, 2);
+    node.received(is(Target::Topic("doc:1".into()))).await;
+    let doc_id: MsgId = doc[0].id.parse().unwrap();
 
     // History: from nothing, a gap and all that is kept for alice (her
     // one-tab message stays her live first tab's); after the first id, what
     // followed; after the last, nothing.
     let first: MsgId = one_tab[0].id.parse().unwrap();
     let last: MsgId = all[0].id.parse().unwrap();
-    let r = store.replay("alice", "a2", None, kept).await.unwrap();
-    assert!(r.gap);
-    assert_eq!(r.entries.iter().map(|k| k.id).collect::<Vec<_>>(), [last]);
+    let ids = |r: &super::Replay| r.entries.iter().map(|k| k.id).collect::<Vec<_>>();
     let r = store
-        .replay("alice", "a2", Some(first), kept)
+        .replay(&live("a2", "alice"), None, kept)
+        .await
+        .unwrap();
+    assert!(r.gap);
+    assert_eq!(ids(&r), [last]);
+    let r = store
+        .replay(&live("a2", "alice"), Some(first), kept)
         .await
         .unwrap();
     assert!(!r.gap);
-    assert_eq!(r.entries.iter().map(|k| k.id).collect::<Vec<_>>(), [last]);
-    let r = store.replay("bob", "b1", Some(last), kept).await.unwrap();
+    assert_eq!(ids(&r), [last]);
+    // A follower of the topic gets its messages merged in id order; the
+    // topic's id is known to it, not to a stream that does not follow it.
+    let r = store
+        .replay(&live("a1", "alice"), Some(first), kept)
+        .await
+        .unwrap();
+    assert_eq!((r.gap, ids(&r)), (false, vec![last, doc_id]));
+    let r = store
+        .replay(&live("b1", "bob"), Some(last), kept)
+        .await
+        .unwrap();
+    assert_eq!((r.gap, ids(&r)), (false, vec![doc_id]));
+    let r = store
+        .replay(&live("b2", "bob"), Some(doc_id), kept)
+        .await
+        .unwrap();
+    assert!(
+        r.gap,
+        "b2 follows no topic: the topic's id is unknown to it"
+    );
+    let r = store
+        .replay(&live("b1", "bob"), Some(doc_id), kept)
+        .await
+        .unwrap();
     assert_eq!((r.gap, r.entries.len()), (false, 0));
     let unknown = MsgId { ms: 1, seq: 0 };
     assert!(
         store
-            .replay("bob", "b1", Some(unknown), kept)
+            .replay(&live("b1", "bob"), Some(unknown), kept)
             .await
             .unwrap()
             .gap
@@ -248,10 +351,27 @@ async fn contract<S: Registry + History + Delivery>(store: &S, node: &Node, conf
     let mut ids = removed.connection_ids.clone();
     ids.sort();
     assert_eq!(ids, ["b1", "b2"]);
-    node.received(|i| matches!(i, Inbound::CloseUser { username } if username == "bob"))
+    let left = |i: &Inbound| {
+        matches!(i, Inbound::Presence { topic, except, event: "leave", .. }
+            if topic == "doc:1" && except == "b1")
+    };
+    let got = node
+        .received(|i| matches!(i, Inbound::CloseUser { username } if username == "bob"))
         .await;
+    if !got.iter().any(left) {
+        node.received(left).await;
+    }
     node.live.lock().unwrap().retain(|c| c.username != "bob");
     assert_eq!(store.totals().await.unwrap(), (1, 1));
+    // No topic is left without a follower; a1's memberships are intact.
+    assert_eq!(
+        store.topic_names(None, 10).await.unwrap(),
+        ["doc:1", "team:7"]
+    );
+    assert_eq!(
+        store.topic_counts(&["doc:1".into()]).await.unwrap(),
+        [count("doc:1", 1, 1)]
+    );
 
     // A sweep, or a clear, counts the records of held streams as removed,
     // and they are written back (the Redis engine writes them back after
@@ -272,6 +392,8 @@ async fn contract<S: Registry + History + Delivery>(store: &S, node: &Node, conf
     let cleared = store.clear().await.unwrap();
     assert_eq!((cleared.connection_count, cleared.user_count), (1, 1));
     written_back().await;
+    // Written back with its topics.
+    assert_eq!(store.topic("team:7").await.unwrap().users, ["alice"]);
 
     // A stream that ended is forgotten (the Redis engine retries until it
     // is).
@@ -282,6 +404,12 @@ async fn contract<S: Registry + History + Delivery>(store: &S, node: &Node, conf
         assert!(tokio::time::Instant::now() < deadline, "a1 not removed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        store.topic_total().await.unwrap(),
+        0,
+        "an empty topic was left"
+    );
+    assert!(store.topic_names(None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -36,15 +36,20 @@ pub(crate) fn window<'a>(
     (served, false)
 }
 
-/// The replay after `last`: `gap` as the engine found it (`last` in
-/// neither stream, or an entry after it out of a window), the served
-/// entries of the user's stream and of the broadcasts, in any order.
-pub(crate) fn finish(last: Option<MsgId>, gap: bool, mine: Vec<Kept>, all: Vec<Kept>) -> Replay {
+/// The replay after `last`: `gap` as the engine found it (`last` in none
+/// of the streams read, or an entry after it out of a window), the served
+/// entries of each stream read (the user's, the broadcasts, each followed
+/// topic's), in any order.
+pub(crate) fn finish(
+    last: Option<MsgId>,
+    gap: bool,
+    parts: impl IntoIterator<Item = Vec<Kept>>,
+) -> Replay {
     let last = last.unwrap_or(NONE);
     let gap = gap || last == NONE;
-    let mut entries: Vec<Kept> = mine
+    let mut entries: Vec<Kept> = parts
         .into_iter()
-        .chain(all)
+        .flatten()
         .filter(|k| gap || k.id > last)
         .collect();
     entries.sort_by_key(|k| k.id);

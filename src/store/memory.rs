@@ -19,7 +19,7 @@ use crate::store::target::Route;
 use crate::store::{kept, seam, Result};
 use crate::store::{
     sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, KeptFor,
-    LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target, Wrote,
+    LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target, TopicCount, TopicPresence, Wrote,
 };
 
 /// Records a clear handles per hold of the lock.
@@ -30,12 +30,23 @@ pub(crate) struct MemoryStore {
     link: Arc<dyn NodeLink>,
     node_id: String,
     history_on: bool,
+    join_leave: bool,
 }
 
 struct Rec {
     username: String,
     connection_time: f64,
     last_heartbeat: f64,
+    /// Shared with the topic index: one copy per stream and per topic.
+    id: Arc<str>,
+    topics: Box<[Arc<str>]>,
+}
+
+/// The streams that follow one topic, and how many of them each user has.
+#[derive(Default)]
+struct Followers {
+    conns: HashSet<Arc<str>>,
+    users: HashMap<String, u32>,
 }
 
 #[derive(Default)]
@@ -45,6 +56,9 @@ struct State {
     users: BTreeMap<String, Vec<String>>,
     kept_users: HashMap<String, KeptStream>,
     kept_broadcasts: KeptStream,
+    /// Followed topics, by name: none is ever empty.
+    topics: BTreeMap<Arc<str>, Followers>,
+    kept_topics: HashMap<String, KeptStream>,
     last_id: Option<MsgId>,
 }
 
@@ -123,6 +137,28 @@ impl MemoryStore {
             link,
             node_id: config.node_id(),
             history_on: config.history.enabled,
+            join_leave: config.topics.join_leave,
+        }
+    }
+
+    /// With `[topics] join_leave`, tells the other followers of each of
+    /// `r`'s topics that it opened (`join`) or closed (`leave`).
+    fn presence(&self, event: &'static str, id: &str, r: &Rec) {
+        if !self.join_leave {
+            return;
+        }
+        for topic in &r.topics {
+            let data = serde_json::json!({
+                "topic": &**topic,
+                "username": r.username,
+                "connection_id": id,
+            });
+            self.link.receive(Inbound::Presence {
+                topic: topic.to_string(),
+                except: id.to_string(),
+                event,
+                data: data.to_string(),
+            });
         }
     }
 
@@ -136,26 +172,34 @@ impl MemoryStore {
             username: r.username.clone(),
             connection_time: r.connection_time,
             last_heartbeat: r.last_heartbeat,
+            topics: r.topics.iter().map(|t| t.to_string()).collect(),
             node_id: self.node_id.clone(),
         }
     }
 
     pub(crate) fn register(&self, r: ConnectionRecord) -> usize {
         let mut st = self.lock();
-        st.insert(
+        let id = r.connection_id.clone();
+        let joined = st.insert(
             r.connection_id,
-            Rec {
-                username: r.username.clone(),
-                connection_time: r.connection_time,
-                last_heartbeat: r.last_heartbeat,
-            },
+            &r.username,
+            r.connection_time,
+            r.last_heartbeat,
+            &r.topics,
         );
+        if joined {
+            if let Some(rec) = st.conns.get(&id) {
+                self.presence("join", &id, rec);
+            }
+        }
         st.users.get(&r.username).map_or(0, Vec::len)
     }
 
     pub(crate) fn remove(&self, connection_id: &str, wrote: Option<Wrote>) {
         let mut st = self.lock();
-        st.remove(connection_id);
+        if let Some(r) = st.remove(connection_id) {
+            self.presence("leave", connection_id, &r);
+        }
         // Also when its record went first (a logout, an eviction).
         let Some(w) = wrote else {
             return;
@@ -216,6 +260,7 @@ impl MemoryStore {
                 }
                 Route::User(user) => (None, st.user_conns(user).count()),
                 Route::Broadcast => (None, st.conns.len()),
+                Route::Topic(topic) => (None, st.topics.get(topic).map_or(0, |f| f.conns.len())),
             };
             let to = route.kept_for(first.as_deref());
             let target = route.target(first.into_iter().collect());
@@ -226,9 +271,10 @@ impl MemoryStore {
                     data: m.data.clone(),
                     to,
                 };
-                let stream = match &m.to {
-                    Some(user) => st.kept_users.entry(user.clone()).or_default(),
-                    None => &mut st.kept_broadcasts,
+                let stream = match (&m.topic, &m.to) {
+                    (Some(topic), _) => st.kept_topics.entry(topic.clone()).or_default(),
+                    (None, Some(user)) => st.kept_users.entry(user.clone()).or_default(),
+                    (None, None) => &mut st.kept_broadcasts,
                 };
                 if !stream.live(now_ms) {
                     *stream = KeptStream::default();
@@ -255,10 +301,11 @@ impl MemoryStore {
 
     pub(crate) fn replay(
         &self,
-        user: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Replay {
+        let user = conn.username.as_str();
         if !self.history_on {
             return Replay::default();
         }
@@ -271,11 +318,21 @@ impl MemoryStore {
         let mut empty = KeptStream::default();
         let st = &mut *st;
         let mine = st.kept_users.get_mut(user).unwrap_or(&mut empty);
-        let all = &st.kept_broadcasts;
-        let missing = !mine.contains(last_id, now_ms) && !all.contains(last_id, now_ms);
-        let (mine_served, lost_mine) = mine.window(size, oldest_ms, last_id, now_ms);
-        let (all, lost_all) = all.window(size, oldest_ms, last_id, now_ms);
-        let mut replay = kept::finish(last, missing || lost_mine || lost_all, mine_served, all);
+        let others = std::iter::once(&st.kept_broadcasts).chain(
+            conn.topics
+                .iter()
+                .filter_map(|t| st.kept_topics.get(t.as_str())),
+        );
+        let mut known = mine.contains(last_id, now_ms);
+        let (mine_served, mut lost) = mine.window(size, oldest_ms, last_id, now_ms);
+        let mut parts = vec![mine_served];
+        for stream in others {
+            known |= stream.contains(last_id, now_ms);
+            let (served, lost_here) = stream.window(size, oldest_ms, last_id, now_ms);
+            lost |= lost_here;
+            parts.push(served);
+        }
+        let mut replay = kept::finish(last, !known || lost, parts);
         // Asked under the lock: a stream leaves the hub before it removes
         // its record (and says what it wrote).
         let holds = |c: &str| self.link.holds(c);
@@ -294,7 +351,9 @@ impl MemoryStore {
     pub(crate) fn evict(&self, ids: Vec<String>, reason: &str) {
         let mut st = self.lock();
         for id in &ids {
-            st.remove(id);
+            if let Some(r) = st.remove(id) {
+                self.presence("leave", id, &r);
+            }
         }
         self.link.receive(Inbound::Close {
             ids,
@@ -306,7 +365,9 @@ impl MemoryStore {
         let mut st = self.lock();
         let mut removed = Removed::default();
         for id in st.users.get(user).cloned().unwrap_or_default() {
-            st.remove(&id);
+            if let Some(r) = st.remove(&id) {
+                self.presence("leave", &id, &r);
+            }
             removed.add(id, user.to_string());
         }
         self.link.receive(Inbound::CloseUser {
@@ -426,10 +487,12 @@ impl MemoryStore {
                     removed.add(id, r.username.clone());
                 }
             } else if let Some(r) = st.remove(&id) {
+                self.presence("leave", &id, &r);
                 removed.add(id, r.username);
             }
         }
         st.kept_users.retain(|_, k| k.live(now_ms));
+        st.kept_topics.retain(|_, k| k.live(now_ms));
         removed
     }
 
@@ -476,11 +539,56 @@ impl MemoryStore {
         self.records_of(&self.lock(), user)
     }
 
+    pub(crate) fn topic_names(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        use std::ops::Bound;
+        let st = self.lock();
+        let from = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        st.topics
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(t, _)| t.to_string())
+            .collect()
+    }
+
+    pub(crate) fn topic_counts(&self, topics: &[String]) -> Vec<TopicCount> {
+        let st = self.lock();
+        topics
+            .iter()
+            .filter_map(|t| {
+                st.topics.get(t.as_str()).map(|f| TopicCount {
+                    topic: t.clone(),
+                    connection_count: f.conns.len(),
+                    user_count: f.users.len(),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn topic(&self, topic: &str) -> TopicPresence {
+        let st = self.lock();
+        let Some(f) = st.topics.get(topic) else {
+            return TopicPresence::default();
+        };
+        let mut users: Vec<String> = f.users.keys().cloned().collect();
+        users.sort_unstable();
+        let mut connections: Vec<ConnectionRecord> = f
+            .conns
+            .iter()
+            .filter_map(|id| st.conns.get(&**id).map(|r| self.record(id, r)))
+            .collect();
+        sort_records(&mut connections);
+        TopicPresence { users, connections }
+    }
+
     /// The node is leaving: its records go with it.
     pub(crate) fn shutdown(&self) {
         let mut st = self.lock();
         st.conns.clear();
         st.users.clear();
+        st.topics.clear();
     }
 }
 
@@ -502,28 +610,77 @@ impl State {
     fn insert_live(&mut self, c: LiveConn, heartbeat: f64) {
         self.insert(
             c.connection_id,
-            Rec {
-                username: c.username,
-                connection_time: c.connection_time,
-                last_heartbeat: heartbeat,
-            },
+            &c.username,
+            c.connection_time,
+            heartbeat,
+            &c.topics,
         );
     }
 
-    fn insert(&mut self, id: String, r: Rec) {
-        let user = r.username.clone();
-        if let Some(old) = self.conns.insert(id.clone(), r) {
-            if old.username == user {
-                return;
-            }
-            self.unlink(&id, &old.username);
-        }
-        self.users.entry(user).or_default().push(id);
+    /// Stores a record with its topic memberships; true when it is new
+    /// (not one written back over itself).
+    fn insert(
+        &mut self,
+        id: String,
+        user: &str,
+        connection_time: f64,
+        last_heartbeat: f64,
+        topics: &[String],
+    ) -> bool {
+        let existed = self.remove(&id).is_some();
+        let shared: Arc<str> = Arc::from(id.as_str());
+        let topics: Box<[Arc<str>]> = topics
+            .iter()
+            .map(|t| {
+                let (name, followers) = match self.topics.get_key_value(t.as_str()) {
+                    Some((name, _)) => (name.clone(), self.topics.get_mut(t.as_str())),
+                    None => {
+                        let name: Arc<str> = Arc::from(t.as_str());
+                        self.topics.insert(name.clone(), Followers::default());
+                        (name.clone(), self.topics.get_mut(t.as_str()))
+                    }
+                };
+                if let Some(f) = followers {
+                    f.conns.insert(shared.clone());
+                    *f.users.entry(user.to_string()).or_default() += 1;
+                }
+                name
+            })
+            .collect();
+        self.conns.insert(
+            id.clone(),
+            Rec {
+                username: user.to_string(),
+                connection_time,
+                last_heartbeat,
+                id: shared,
+                topics,
+            },
+        );
+        self.users.entry(user.to_string()).or_default().push(id);
+        !existed
     }
 
+    /// Removes a record with its topic memberships, leaving no empty
+    /// topic behind.
     fn remove(&mut self, id: &str) -> Option<Rec> {
         let r = self.conns.remove(id)?;
         self.unlink(id, &r.username);
+        for topic in &r.topics {
+            let Some(f) = self.topics.get_mut(&**topic) else {
+                continue;
+            };
+            f.conns.remove(&r.id);
+            if let Some(n) = f.users.get_mut(&r.username) {
+                *n -= 1;
+                if *n == 0 {
+                    f.users.remove(&r.username);
+                }
+            }
+            if f.conns.is_empty() {
+                self.topics.remove(&**topic);
+            }
+        }
         Some(r)
     }
 
@@ -609,17 +766,28 @@ impl seam::Registry for MemoryStore {
     async fn sweep(&self, stale_before: f64) -> Result<Removed> {
         Ok(MemoryStore::sweep(self, stale_before))
     }
+    async fn topic_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Ok(MemoryStore::topic_names(self, after, limit))
+    }
+    async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
+        Ok(MemoryStore::topic_counts(self, topics))
+    }
+    async fn topic_total(&self) -> Result<usize> {
+        Ok(self.lock().topics.len())
+    }
+    async fn topic(&self, topic: &str) -> Result<TopicPresence> {
+        Ok(MemoryStore::topic(self, topic))
+    }
 }
 
 impl seam::History for MemoryStore {
     async fn replay(
         &self,
-        user: &str,
-        _connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        Ok(MemoryStore::replay(self, user, last, history))
+        Ok(MemoryStore::replay(self, conn, last, history))
     }
 }
 
@@ -670,12 +838,14 @@ mod tests {
             username: format!("user{}", i % 900),
             connection_time: t,
             last_heartbeat: t,
+            topics: Vec::new(),
             node_id: String::new(),
         };
         let live = |i: usize| LiveConn {
             connection_id: format!("c{i}"),
             username: format!("user{}", i % 900),
             connection_time: t,
+            topics: Vec::new(),
         };
         // Every third stream is held; one held stream lost its record.
         let mut held: Vec<LiveConn> = (0..2500).step_by(3).map(live).collect();

@@ -73,6 +73,8 @@ pub(crate) struct ConnectionRecord {
     pub username: String,
     pub connection_time: f64,
     pub last_heartbeat: f64,
+    /// The topics the stream follows, sorted (`[]` when none).
+    pub topics: Vec<String>,
     #[serde(skip)]
     pub node_id: String,
 }
@@ -84,6 +86,8 @@ pub(crate) struct LiveConn {
     pub connection_id: String,
     pub username: String,
     pub connection_time: f64,
+    /// The topics it follows, sorted; fixed while it is open.
+    pub topics: Vec<String>,
 }
 
 /// What a clear, sweep or user delete removed.
@@ -222,8 +226,10 @@ impl fmt::Display for MsgId {
 /// out. `data` is its compact JSON text.
 #[derive(Debug, Clone)]
 pub(crate) struct Message {
-    /// `None` is a broadcast.
+    /// `None` (and no `topic`) is a broadcast.
     pub to: Option<String>,
+    /// Every stream following this topic (then `to` is `None`).
+    pub topic: Option<String>,
     /// Only the user's first connection (oldest by connection time).
     pub first_only: bool,
     pub event: String,
@@ -248,6 +254,8 @@ pub(crate) enum Target {
     /// The one target of a one-tab message (`all_connections: false`),
     /// where held here.
     Tab(String),
+    /// Every stream held here that follows this topic.
+    Topic(String),
     /// Every stream held here.
     All,
 }
@@ -268,6 +276,15 @@ pub(crate) enum Inbound {
     },
     /// Close every stream of a user (logout).
     CloseUser { username: String },
+    /// A stream that follows `topic` opened or closed (`[topics]
+    /// join_leave`): every other stream following it gets `event` (`join`
+    /// or `leave`) with `data`, without an id (not kept).
+    Presence {
+        topic: String,
+        except: String,
+        event: &'static str,
+        data: String,
+    },
     /// Redis lost its data with messages it had taken but not yet handed
     /// to this node: every stream here gets `event: history_gap`.
     HistoryLost,
@@ -332,6 +349,22 @@ pub(crate) struct Replay {
     /// one-tab messages only where the rules of [`KeptFor`] give them to
     /// this stream (claimed for it).
     pub entries: Vec<Kept>,
+}
+
+/// How many streams and users follow one topic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct TopicCount {
+    pub topic: String,
+    pub connection_count: usize,
+    pub user_count: usize,
+}
+
+/// Who follows one topic: its users (sorted) and their streams (by
+/// connection time).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct TopicPresence {
+    pub users: Vec<String>,
+    pub connections: Vec<ConnectionRecord>,
 }
 
 /// How the store is doing, for `/healthz`.
@@ -459,17 +492,17 @@ impl Store {
         each!(self, e => Delivery::send(&**e, msgs, history).await)
     }
 
-    /// What the stream `connection_id` of `user` missed after `last`
-    /// (`None`: malformed, a gap). One-tab messages it is given are claimed
-    /// for it: no other stream gets them again.
+    /// What the stream `conn` missed after `last` (`None`: malformed, a
+    /// gap): its user's messages, the broadcasts and its topics' messages.
+    /// One-tab messages it is given are claimed for it: no other stream
+    /// gets them again.
     pub(crate) async fn replay(
         &self,
-        user: &str,
-        connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        each!(self, e => History::replay(&**e, user, connection_id, last, history).await)
+        each!(self, e => History::replay(&**e, conn, last, history).await)
     }
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1
@@ -550,6 +583,32 @@ impl Store {
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
         each!(self, e => Registry::list_user(&**e, user).await)
+    }
+
+    /// Up to `limit` followed topics after `after`, in name order, in a
+    /// bounded step of the engine.
+    pub(crate) async fn topic_names(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        each!(self, e => Registry::topic_names(&**e, after, limit).await)
+    }
+
+    /// How many streams and users follow each of `topics` that anyone
+    /// follows, in the order given.
+    pub(crate) async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
+        each!(self, e => Registry::topic_counts(&**e, topics).await)
+    }
+
+    /// How many topics have a follower.
+    pub(crate) async fn topic_total(&self) -> Result<usize> {
+        each!(self, e => Registry::topic_total(&**e).await)
+    }
+
+    /// Who follows `topic` (nobody: empty).
+    pub(crate) async fn topic(&self, topic: &str) -> Result<TopicPresence> {
+        each!(self, e => Registry::topic(&**e, topic).await)
     }
 
     pub(crate) async fn health(&self) -> Health {

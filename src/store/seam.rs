@@ -14,7 +14,10 @@
 
 use std::future::Future;
 
-use super::{Accepted, Cleared, ConnectionRecord, Message, MsgId, Removed, Replay, Result, Wrote};
+use super::{
+    Accepted, Cleared, ConnectionRecord, LiveConn, Message, MsgId, Removed, Replay, Result,
+    TopicCount, TopicPresence, Wrote,
+};
 use crate::config::HistoryConfig;
 
 /// The connection registry.
@@ -58,17 +61,34 @@ pub(crate) trait Registry: Send + Sync {
     fn clear(&self) -> impl Future<Output = Result<Cleared>> + Send;
     /// Removes the records whose heartbeat is at or before `stale_before`.
     fn sweep(&self, stale_before: f64) -> impl Future<Output = Result<Removed>> + Send;
+    /// Up to `limit` followed topics after `after` (all, without it), in
+    /// name order, in a bounded step of the engine.
+    fn topic_names(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// How many streams and users follow each of `topics` that anyone
+    /// follows, in the order given.
+    fn topic_counts(
+        &self,
+        topics: &[String],
+    ) -> impl Future<Output = Result<Vec<TopicCount>>> + Send;
+    /// How many topics have a follower.
+    fn topic_total(&self) -> impl Future<Output = Result<usize>> + Send;
+    /// Who follows `topic` (nobody: empty).
+    fn topic(&self, topic: &str) -> impl Future<Output = Result<TopicPresence>> + Send;
 }
 
 /// The kept messages, as a reconnecting stream reads them.
 pub(crate) trait History: Send + Sync {
-    /// What the stream `connection_id` of `user` missed after `last`
-    /// (`None`: malformed, a gap). One-tab messages it is given are claimed
-    /// for it: no other stream gets them again.
+    /// What the stream `conn` missed after `last` (`None`: malformed, a
+    /// gap): its user's messages, the broadcasts and its topics' messages.
+    /// One-tab messages it is given are claimed for it: no other stream
+    /// gets them again.
     fn replay(
         &self,
-        user: &str,
-        connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> impl Future<Output = Result<Replay>> + Send;

@@ -16,10 +16,15 @@ pub(crate) enum Route<'a> {
     User(&'a str),
     /// Only the user's first stream, oldest by connection time (one tab).
     FirstOnly(&'a str),
+    /// Every stream following the topic.
+    Topic(&'a str),
 }
 
 impl Message {
     pub(crate) fn route(&self) -> Route<'_> {
+        if let Some(topic) = &self.topic {
+            return Route::Topic(topic);
+        }
         match &self.to {
             None => Route::Broadcast,
             Some(user) if self.first_only => Route::FirstOnly(user),
@@ -32,7 +37,15 @@ impl<'a> Route<'a> {
     /// A message as another node put it on the bus. The flags are
     /// redundant (`broadcast` is "no `to`"); an event that names nobody
     /// reaches only the ids it lists.
-    pub(crate) fn on_bus(broadcast: bool, to: Option<&'a str>, first_only: bool) -> Option<Self> {
+    pub(crate) fn on_bus(
+        broadcast: bool,
+        to: Option<&'a str>,
+        first_only: bool,
+        topic: Option<&'a str>,
+    ) -> Option<Self> {
+        if let Some(topic) = topic {
+            return Some(Route::Topic(topic));
+        }
         match (broadcast, to, first_only) {
             (true, _, _) => Some(Route::Broadcast),
             (false, Some(user), false) => Some(Route::User(user)),
@@ -47,6 +60,7 @@ impl<'a> Route<'a> {
             Route::Broadcast => "broadcast",
             Route::User(_) => "all",
             Route::FirstOnly(_) => "first",
+            Route::Topic(_) => "topic",
         }
     }
 
@@ -58,6 +72,7 @@ impl<'a> Route<'a> {
         match self {
             Route::Broadcast => Target::All,
             Route::User(user) => Target::User(user.to_string()),
+            Route::Topic(topic) => Target::Topic(topic.to_string()),
             Route::FirstOnly(_) => match <[String; 1]>::try_from(ids) {
                 Ok([one]) => Target::Tab(one),
                 Err(none) => Target::Ids(none),
@@ -90,5 +105,9 @@ mod tests {
             Target::User("alice".into())
         );
         assert_eq!(Route::Broadcast.target(Vec::new()), Target::All);
+        assert_eq!(
+            Route::Topic("doc:42").target(Vec::new()),
+            Target::Topic("doc:42".into())
+        );
     }
 }

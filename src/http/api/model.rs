@@ -93,6 +93,9 @@ pub(crate) struct Connection {
     pub connection_id: String,
     pub connection_time: f64,
     pub last_heartbeat: f64,
+    /// Absent in the answers of nodes that predate topics.
+    #[serde(default)]
+    pub topics: Vec<String>,
     pub username: String,
 }
 
@@ -102,6 +105,7 @@ impl From<&ConnectionRecord> for Connection {
             connection_id: r.connection_id.clone(),
             connection_time: r.connection_time,
             last_heartbeat: r.last_heartbeat,
+            topics: r.topics.clone(),
             username: r.username.clone(),
         }
     }
@@ -115,6 +119,7 @@ impl Connection {
             username: self.username,
             connection_time: self.connection_time,
             last_heartbeat: self.last_heartbeat,
+            topics: self.topics,
             node_id: node_id.to_string(),
         }
     }
@@ -275,6 +280,7 @@ mod tests {
             username: user.into(),
             connection_time: 1.5,
             last_heartbeat: 2.5,
+            topics: Vec::new(),
             node_id: "n1".into(),
         }
     }

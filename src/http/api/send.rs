@@ -244,6 +244,7 @@ fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
     Ok(Outgoing {
         first_only: to.is_some() && !all_connections,
         to,
+        topic: None,
         event,
         data: compact(data.get()),
     })

@@ -58,6 +58,7 @@ pub(crate) async fn publish_unkept(
         let tkey = match route {
             Route::FirstOnly(user) | Route::User(user) => keys.user(user),
             Route::Broadcast => keys.heartbeats(),
+            Route::Topic(_) => return Err(super::not_yet()),
         };
         inv.key(tkey)
             .arg(route.script_name())
@@ -167,7 +168,7 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
                 }
                 recent.insert(parsed);
             }
-            let target = match Route::on_bus(broadcast, to.as_deref(), first_only) {
+            let target = match Route::on_bus(broadcast, to.as_deref(), first_only, None) {
                 Some(route) => route.target(ids),
                 None => Target::Ids(ids),
             };
@@ -582,6 +583,7 @@ mod tests {
     fn bus_event_head_completes_into_a_deliver_event() {
         let m = Message {
             to: Some("ann \"q\" \u{2028}".into()),
+            topic: None,
             first_only: true,
             event: "message".into(),
             data: r#"{"text":"a \"b\"\n","n":12345678901234567890123}"#.into(),

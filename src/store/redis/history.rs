@@ -170,6 +170,7 @@ impl History {
                     (self.keys.history_user(user), self.keys.user(user))
                 }
                 Route::Broadcast => (self.keys.history_broadcast(), self.keys.heartbeats()),
+                Route::Topic(_) => return Err(super::not_yet()),
             };
             inv.key(stream)
                 .key(targets)
@@ -227,8 +228,7 @@ impl History {
         Ok(kept::finish(
             last,
             gap == 1,
-            parse_entries(mine),
-            parse_entries(all),
+            [parse_entries(mine), parse_entries(all)],
         ))
     }
 

@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::seam;
 use crate::store::{
-    Accepted, Cleared, ConnectionRecord, Health, Inbound, Message, MsgId, NodeLink, Open, Removed,
-    Replay, Result, StoreError, Wrote,
+    Accepted, Cleared, ConnectionRecord, Health, Inbound, LiveConn, Message, MsgId, NodeLink, Open,
+    Removed, Replay, Result, StoreError, TopicCount, TopicPresence, Wrote,
 };
 
 mod bus;
@@ -446,17 +446,33 @@ impl seam::Registry for RedisStore {
     async fn sweep(&self, stale_before: f64) -> Result<Removed> {
         RedisStore::sweep(self, stale_before).await
     }
+    async fn topic_names(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<String>> {
+        Err(not_yet())
+    }
+    async fn topic_counts(&self, _topics: &[String]) -> Result<Vec<TopicCount>> {
+        Err(not_yet())
+    }
+    async fn topic_total(&self) -> Result<usize> {
+        Err(not_yet())
+    }
+    async fn topic(&self, _topic: &str) -> Result<TopicPresence> {
+        Err(not_yet())
+    }
+}
+
+/// Topics are being built into this engine; until then it refuses them.
+pub(crate) fn not_yet() -> StoreError {
+    StoreError::Unavailable("topics are not supported by the Redis engine yet".into())
 }
 
 impl seam::History for RedisStore {
     async fn replay(
         &self,
-        user: &str,
-        connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        RedisStore::replay(self, user, connection_id, last, history).await
+        RedisStore::replay(self, &conn.username, &conn.connection_id, last, history).await
     }
 }
 

@@ -163,6 +163,7 @@ impl PresenceTask {
             username: c.username.clone(),
             connection_time: c.connection_time,
             last_heartbeat: now,
+            topics: c.topics.clone(),
             node_id: self.node_id.clone(),
         }
     }

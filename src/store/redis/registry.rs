@@ -413,6 +413,15 @@ fn parse_record(mut h: HashMap<String, String>) -> Option<ConnectionRecord> {
         username: h.remove("username")?,
         connection_time: time(h.remove("connection_time")),
         last_heartbeat: time(h.remove("last_heartbeat")),
+        topics: h
+            .remove("topics")
+            .map(|t| {
+                t.split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
         node_id: h.remove("node_id").unwrap_or_default(),
     })
 }
