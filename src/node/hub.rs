@@ -450,6 +450,58 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_reaches_its_followers_and_goes_with_its_last_one() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(metrics.clone());
+        let follow = |id: &str, user: &str, topics: &[&str]| LiveConn {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            ..conn(id, user)
+        };
+        let mut a = hub
+            .register(
+                &follow("a", "u", &["doc:1", "team:7"]),
+                4,
+                10,
+                CancellationToken::new(),
+            )
+            .unwrap();
+        let mut b = hub
+            .register(
+                &follow("b", "v", &["doc:1"]),
+                4,
+                10,
+                CancellationToken::new(),
+            )
+            .unwrap();
+        let mut c = hub
+            .register(&follow("c", "v", &[]), 4, 10, CancellationToken::new())
+            .unwrap();
+        assert_eq!(hub.topic_count(), 2);
+        assert_eq!(metrics.followed_topics.get(), 2);
+        let f = Bytes::from_static(b"x");
+        assert_eq!(hub.deliver_topic("doc:1", None, &f), 2);
+        assert_eq!(
+            (a.try_recv().ok(), b.try_recv().ok()),
+            (Some(f.clone()), Some(f.clone()))
+        );
+        assert!(c.try_recv().is_err(), "c follows no topic");
+        // A join or leave skips its own stream.
+        assert_eq!(hub.deliver_topic("doc:1", Some("b"), &f), 1);
+        assert!(b.try_recv().is_err());
+        assert_eq!(hub.deliver_topic("nobody", None, &f), 0);
+        // Each stream's snapshot says what it follows.
+        hub.registered("a");
+        let snap = hub.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].topics, ["doc:1", "team:7"]);
+        hub.unregister("a");
+        assert_eq!(hub.topic_count(), 1, "team:7 went with its last follower");
+        hub.unregister("b");
+        assert_eq!(hub.topic_count(), 0);
+        assert_eq!(metrics.followed_topics.get(), 0);
+    }
+
+    #[test]
     fn node_cap_refuses() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let token = CancellationToken::new();
