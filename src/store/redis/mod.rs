@@ -22,6 +22,8 @@ use crate::store::{
 
 mod bus;
 mod conn;
+#[cfg(test)]
+mod exact;
 mod history;
 mod keys;
 mod nodes;
