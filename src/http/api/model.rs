@@ -14,14 +14,39 @@ use serde::{Deserialize, Serialize};
 use crate::node::router;
 use crate::store::{ConnectionRecord, Page, Removed};
 
-/// `data` of `POST {base}/send/`, and each of a batch's `results`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `data` of `POST {base}/send/`, and each of a batch's `results`. A
+/// topic message's answer names its topic and has neither `to` nor
+/// `all_connections` (see the `Serialize` below); a user's message and a
+/// broadcast keep the bytes they always had.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct Sent {
     pub message_id: String,
+    #[serde(default)]
     pub to: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
     pub event: String,
+    #[serde(default)]
     pub all_connections: bool,
     pub connections: usize,
+}
+
+impl Serialize for Sent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("Sent", if self.topic.is_some() { 4 } else { 5 })?;
+        out.serialize_field("message_id", &self.message_id)?;
+        match &self.topic {
+            Some(topic) => out.serialize_field("topic", topic)?,
+            None => out.serialize_field("to", &self.to)?,
+        }
+        out.serialize_field("event", &self.event)?;
+        if self.topic.is_none() {
+            out.serialize_field("all_connections", &self.all_connections)?;
+        }
+        out.serialize_field("connections", &self.connections)?;
+        out.end()
+    }
 }
 
 impl From<router::Sent> for Sent {
@@ -29,6 +54,7 @@ impl From<router::Sent> for Sent {
         Sent {
             message_id: s.message_id,
             to: s.to,
+            topic: s.topic,
             event: s.event,
             all_connections: s.all_connections,
             connections: s.connections,
@@ -294,7 +320,7 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&UserConnections::new("al", &list)).unwrap(),
             json!({"username": "al", "connection_count": 1, "connection_ids": ["c1"],
-                   "connections": [{"connection_id": "c1", "username": "al",
+                   "connections": [{"connection_id": "c1", "username": "al", "topics": [],
                                     "connection_time": 1.5, "last_heartbeat": 2.5}]})
             .to_string()
         );
@@ -308,6 +334,7 @@ mod tests {
             serde_json::to_string(&ConnectionsPage::from(&page)).unwrap(),
             json!({"active_users": ["al"], "user_count": 3, "total_connections": 4,
                    "connection_details": {"al": [{"connection_id": "c1", "username": "al",
+                                                  "topics": [],
                                                   "connection_time": 1.5, "last_heartbeat": 2.5}]},
                    "next_cursor": Cursor("al".into()).to_string()})
             .to_string()
@@ -319,6 +346,30 @@ mod tests {
                                     "connection_time": 1.5, "last_heartbeat": 2.5}]})
             .to_string()
         );
+        let sent = |to: Option<&str>, topic: Option<&str>| Sent {
+            message_id: "m1".into(),
+            to: to.map(String::from),
+            topic: topic.map(String::from),
+            event: "message".into(),
+            all_connections: topic.is_none(),
+            connections: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&sent(Some("al"), None)).unwrap(),
+            r#"{"message_id":"m1","to":"al","event":"message","all_connections":true,"connections":2}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&sent(None, None)).unwrap(),
+            r#"{"message_id":"m1","to":null,"event":"message","all_connections":true,"connections":2}"#
+        );
+        let topic = serde_json::to_string(&sent(None, Some("doc:42"))).unwrap();
+        assert_eq!(
+            topic,
+            r#"{"message_id":"m1","topic":"doc:42","event":"message","connections":2}"#
+        );
+        // The command line prints what it read back: the same bytes.
+        let back: Sent = serde_json::from_str(&topic).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), topic);
         let mut removed = Removed::default();
         removed.add("c1".into(), "al".into());
         assert_eq!(
