@@ -70,7 +70,8 @@ use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 
-const CONFIG: &str = "[stream]\nheartbeat_secs = 1\n\
+const CONFIG: &str = "[auth]\npublic_topics = [\"*\"]\n\
+    [stream]\nheartbeat_secs = 1\n\
     [sweep]\ninterval_secs = 1\nstale_timeout_secs = 5\n\
     [history]\nsize = 1000\nttl_secs = 600\n";
 const USERS: [&str; 4] = ["ann", "ben", "cat", "dov"];

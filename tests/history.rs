@@ -379,6 +379,7 @@ on_both_engines! {
     async fn reconnects_during_a_send_storm_lose_and_duplicate_nothing(env: Env) {
     let mut config = env.config();
     config.history.size = 1000;
+    config.auth.public_topics = vec!["*".into()];
     let mut nodes = vec![TestNode::start(config.clone()).await];
     if env.redis_server().is_some() {
         for name in ["history-b", "history-c"] {

@@ -28,6 +28,7 @@ fn config(redis: &RedisServer, history: bool) -> sse_notify::config::Config {
     c.startup.clear = false;
     c.history.enabled = history;
     c.history.size = 1000;
+    c.auth.public_topics = vec!["*".into()];
     c
 }
 
