@@ -451,6 +451,10 @@ async fn a_failover_is_followed_only_after_a_command_meets_moved() {
         .expect("SET after MOVED");
     wait_delivered(&cluster, &pushes, &ch, "a message after the MOVED").await;
     assert!(slot_reads(&cluster) > reads);
+
+    // The old primary comes back as the new one's replica.
+    cluster.restart(p);
+    assert_eq!(cluster.replicas_of(promoted), vec![p]);
 }
 
 /// A seed list is a list of `redis://` URLs (`ClusterClient::new`); there
