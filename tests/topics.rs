@@ -498,6 +498,37 @@ on_both_engines! {
     }
 }
 
+/// With Redis, presence and sends span the nodes: either node lists the
+/// followers of both and a send to either reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_sends_span_the_nodes_with_redis() {
+    let env = Env::redis();
+    let a = TestNode::start(open_topics(&env)).await;
+    let b = TestNode::start(open_topics(&env)).await;
+    let (mut alice, _) = follow(&a, "alice", "topics=doc:1").await;
+    let (mut bob, _) = follow(&b, "bob", "topics=doc:1,team:7").await;
+    for node in [&a, &b] {
+        let admin = node.admin_base();
+        let doc1 = get_data(&admin, "topics/doc:1/").await;
+        assert_eq!(
+            (&doc1["connection_count"], &doc1["users"]),
+            (&json!(2), &json!(["alice", "bob"])),
+            "{doc1}"
+        );
+        assert_eq!(get_data(&admin, "topics/").await["topic_count"], json!(2));
+    }
+    let (status, resp) = send(&a.admin_base(), json!({"topic": "doc:1", "data": "both"})).await;
+    assert_eq!(
+        (status, &resp["data"]["connections"]),
+        (200, &json!(2)),
+        "{resp}"
+    );
+    for (who, tab) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let ev = tab.next_named("message", WAIT).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"both\"".into()), "{who}");
+    }
+}
+
 /// The connection id of a stream's `connection_established` data.
 fn conn_id(data: &Value) -> &str {
     data["connection_id"].as_str().expect("connection_id")
