@@ -395,9 +395,155 @@ on_both_engines! {
     }
 }
 
+on_both_engines! {
+    async fn presence_says_who_follows_what_now(env: Env) {
+        let node = TestNode::start(open_topics(&env)).await;
+        let admin = node.admin_base();
+        let (a1, d1) = follow(&node, "alice", "topics=doc:1,doc:2").await;
+        let (a2, d2) = follow(&node, "alice", "topics=doc:1").await;
+        let (b1, d3) = follow(&node, "bob", "topics=doc:1,team:7,doc%2F42").await;
+        let (c1, _) = follow(&node, "carol", "").await;
+
+        let whole = get_data(&admin, "topics/").await;
+        assert_eq!(
+            whole,
+            json!({"topics": [
+                {"topic": "doc/42", "connection_count": 1, "user_count": 1},
+                {"topic": "doc:1", "connection_count": 3, "user_count": 2},
+                {"topic": "doc:2", "connection_count": 1, "user_count": 1},
+                {"topic": "team:7", "connection_count": 1, "user_count": 1},
+            ], "topic_count": 4})
+        );
+        let first = get_data(&admin, "topics/?limit=3").await;
+        assert_eq!(first["topics"], json!(whole["topics"].as_array().unwrap()[..3]));
+        assert_eq!(first["topic_count"], json!(4));
+        let cursor = first["next_cursor"].as_str().expect("a next_cursor after 3 of 4");
+        let rest = get_data(&admin, &format!("topics/?limit=3&cursor={cursor}")).await;
+        assert_eq!(rest["topics"], json!(whole["topics"].as_array().unwrap()[3..]));
+        assert_eq!(rest["next_cursor"], Value::Null);
+
+        let doc1 = get_data(&admin, "topics/doc:1/").await;
+        assert_eq!(
+            (&doc1["topic"], &doc1["connection_count"], &doc1["user_count"], &doc1["users"]),
+            (&json!("doc:1"), &json!(3), &json!(2), &json!(["alice", "bob"]))
+        );
+        let records = doc1["connections"].as_array().expect("connections");
+        let ids: Vec<&str> = records.iter().map(|r| r["connection_id"].as_str().unwrap()).collect();
+        // By connection time: in the order they opened.
+        assert_eq!(ids, [conn_id(&d1), conn_id(&d2), conn_id(&d3)]);
+        assert_eq!(records[2]["topics"], json!(["doc/42", "doc:1", "team:7"]));
+        assert_eq!(records[2]["username"], json!("bob"));
+        let slash = get_data(&admin, "topics/doc%2F42").await;
+        assert_eq!(slash["users"], json!(["bob"]));
+        // Presence, not existence: nobody follows it, so zeros.
+        assert_eq!(
+            get_data(&admin, "topics/nobody:here/").await,
+            json!({"topic": "nobody:here", "connection_count": 0, "user_count": 0,
+                   "users": [], "connections": []})
+        );
+        let (status, body) = admin_call(reqwest::Method::GET, &admin, "topics/a%20b/").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["message"].as_str().unwrap_or_default().starts_with("topic: \"a b\""), "{body}");
+        let (status, body) = admin_call(reqwest::Method::POST, &admin, "topics/").await;
+        assert_eq!(status, 405, "{body}");
+
+        // The last follower gone, the topic is gone.
+        drop((a1, b1, c1));
+        wait_until(WAIT, "only alice's second tab's doc:1 listed", || {
+            let admin = admin.clone();
+            async move {
+                get_data(&admin, "topics/").await
+                    == json!({"topics": [{"topic": "doc:1", "connection_count": 1, "user_count": 1}],
+                              "topic_count": 1})
+            }
+        })
+        .await;
+        drop(a2);
+        wait_until(WAIT, "no topic listed", || {
+            let admin = admin.clone();
+            async move { get_data(&admin, "topics/").await == json!({"topics": [], "topic_count": 0}) }
+        })
+        .await;
+    }
+
+    async fn the_whole_topic_listing_is_the_pages_joined(env: Env) {
+        let mut c = open_topics(&env);
+        c.limits.max_topics_per_stream = 600;
+        let node = TestNode::start(c).await;
+        let admin = node.admin_base();
+        // More than one piece of the streamed answer.
+        let names: Vec<String> = (0..600).map(|i| format!("t:{i:03}")).collect();
+        let (_tab, data) = follow(&node, "alice", &format!("topics={}", names.join(","))).await;
+        assert_eq!(data["topics"].as_array().map(Vec::len), Some(600));
+        let whole = get_data(&admin, "topics/").await;
+        assert_eq!(whole["topic_count"], json!(600));
+        let listed: Vec<&str> = whole["topics"]
+            .as_array()
+            .expect("topics")
+            .iter()
+            .map(|t| t["topic"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, names);
+        let mut paged = Vec::new();
+        let mut query = "limit=250".to_string();
+        loop {
+            let page = get_data(&admin, &format!("topics/?{query}")).await;
+            paged.extend(page["topics"].as_array().expect("topics").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => query = format!("limit=250&cursor={c}"),
+                None => break,
+            }
+        }
+        assert_eq!(json!(paged), whole["topics"]);
+    }
+}
+
+/// With Redis, presence and sends span the nodes: either node lists the
+/// followers of both and a send to either reaches both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_sends_span_the_nodes_with_redis() {
+    let env = Env::redis();
+    let a = TestNode::start(open_topics(&env)).await;
+    let b = TestNode::start(open_topics(&env)).await;
+    let (mut alice, _) = follow(&a, "alice", "topics=doc:1").await;
+    let (mut bob, _) = follow(&b, "bob", "topics=doc:1,team:7").await;
+    for node in [&a, &b] {
+        let admin = node.admin_base();
+        let doc1 = get_data(&admin, "topics/doc:1/").await;
+        assert_eq!(
+            (&doc1["connection_count"], &doc1["users"]),
+            (&json!(2), &json!(["alice", "bob"])),
+            "{doc1}"
+        );
+        assert_eq!(get_data(&admin, "topics/").await["topic_count"], json!(2));
+    }
+    let (status, resp) = send(&a.admin_base(), json!({"topic": "doc:1", "data": "both"})).await;
+    assert_eq!(
+        (status, &resp["data"]["connections"]),
+        (200, &json!(2)),
+        "{resp}"
+    );
+    for (who, tab) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let ev = tab.next_named("message", WAIT).await;
+        assert_eq!(ev.map(|e| e.data), Some("\"both\"".into()), "{who}");
+    }
+}
+
 /// The connection id of a stream's `connection_established` data.
 fn conn_id(data: &Value) -> &str {
     data["connection_id"].as_str().expect("connection_id")
+}
+
+/// `{method} {admin}/notifications/{path}` without a body.
+async fn admin_call(method: reqwest::Method, admin_base: &str, path: &str) -> (u16, Value) {
+    admin(method, &format!("{admin_base}/notifications/{path}"), None).await
+}
+
+/// The `data` of a `GET {admin}/notifications/{path}` that must answer 200.
+async fn get_data(admin_base: &str, path: &str) -> Value {
+    let (status, body) = admin_call(reqwest::Method::GET, admin_base, path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body["data"].clone()
 }
 
 /// `POST {admin}/notifications/{path}` with a JSON body.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::node::router;
-use crate::store::{ConnectionRecord, Page, Removed};
+use crate::store::{ConnectionRecord, Page, Removed, TopicCount, TopicPresence, TopicsPage};
 
 /// `data` of `POST {base}/send/`, and each of a batch's `results`. A
 /// topic message's answer names its topic and has neither `to` nor
@@ -203,6 +203,70 @@ impl From<&Page> for ConnectionsPage {
     }
 }
 
+/// One followed topic in `GET {base}/topics/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Topic {
+    pub topic: String,
+    pub connection_count: usize,
+    pub user_count: usize,
+}
+
+impl From<&TopicCount> for Topic {
+    fn from(c: &TopicCount) -> Self {
+        Topic {
+            topic: c.topic.clone(),
+            connection_count: c.connection_count,
+            user_count: c.user_count,
+        }
+    }
+}
+
+/// `data` of `GET {base}/topics/`: the followed topics by name, and how
+/// many there are (registry-wide). A page (`?limit=N&cursor=C`) has
+/// `next_cursor` too; the whole listing has not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Topics {
+    pub topics: Vec<Topic>,
+    pub topic_count: usize,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+impl From<&TopicsPage> for Topics {
+    fn from(page: &TopicsPage) -> Self {
+        Topics {
+            topics: page.topics.iter().map(Topic::from).collect(),
+            topic_count: page.topic_count,
+            next_cursor: page.next.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// `data` of `GET {base}/topics/{topic}/`: who follows it now (nobody:
+/// zeros, not a 404: presence, not existence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TopicFollowers {
+    pub topic: String,
+    pub connection_count: usize,
+    pub user_count: usize,
+    /// Sorted.
+    pub users: Vec<String>,
+    /// By connection time.
+    pub connections: Vec<Connection>,
+}
+
+impl TopicFollowers {
+    pub(crate) fn new(topic: &str, presence: &TopicPresence) -> Self {
+        TopicFollowers {
+            topic: topic.to_string(),
+            connection_count: presence.connections.len(),
+            user_count: presence.users.len(),
+            users: presence.users.clone(),
+            connections: connections(&presence.connections),
+        }
+    }
+}
+
 /// `GET /healthz` (no envelope): 200 with `status: "ok"`, or 503 with
 /// `status: "error"` and the envelope's `code` and `message` beside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,6 +434,30 @@ mod tests {
         // The command line prints what it read back: the same bytes.
         let back: Sent = serde_json::from_str(&topic).unwrap();
         assert_eq!(serde_json::to_string(&back).unwrap(), topic);
+        let presence = TopicPresence {
+            users: vec!["al".into()],
+            connections: vec![ConnectionRecord {
+                topics: vec!["doc:42".into()],
+                ..record("c1", "al")
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&TopicFollowers::new("doc:42", &presence)).unwrap(),
+            r#"{"topic":"doc:42","connection_count":1,"user_count":1,"users":["al"],"connections":[{"connection_id":"c1","connection_time":1.5,"last_heartbeat":2.5,"topics":["doc:42"],"username":"al"}]}"#
+        );
+        let page = TopicsPage {
+            topics: vec![TopicCount {
+                topic: "doc:42".into(),
+                connection_count: 3,
+                user_count: 2,
+            }],
+            topic_count: 5,
+            next: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&Topics::from(&page)).unwrap(),
+            r#"{"topics":[{"topic":"doc:42","connection_count":3,"user_count":2}],"topic_count":5,"next_cursor":null}"#
+        );
         let mut removed = Removed::default();
         removed.add("c1".into(), "al".into());
         assert_eq!(
