@@ -3,6 +3,9 @@
 //! token's `topics` claim). The config, the stream's auth and the admin
 //! API all check names and patterns here, so they cannot disagree.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 /// The longest topic name, in characters (all ASCII).
 pub(crate) const MAX_NAME: usize = 128;
 
@@ -73,9 +76,122 @@ pub(crate) fn parse_patterns(list: &str) -> Result<Vec<Pattern>, String> {
         .collect()
 }
 
+/// The connection ids that follow one topic, in the hub and in the
+/// embedded registry. Most topics are followed by one stream (a page's own
+/// document, a user's own feed): that id is held inline, as a set's table
+/// for one id would cost about 100 bytes. Never empty while its topic is
+/// listed: the owners drop a topic with its last follower.
+#[derive(Debug)]
+pub(crate) enum Members {
+    One(Arc<str>),
+    /// Boxed, so that a topic's entry stays two words, as with `One`.
+    #[expect(
+        clippy::box_collection,
+        reason = "the box keeps every topic's entry as small as one id"
+    )]
+    Many(Box<HashSet<Arc<str>>>),
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members::Many(Box::default())
+    }
+}
+
+impl Members {
+    /// Adds `id`; false when it was there already.
+    pub(crate) fn insert(&mut self, id: Arc<str>) -> bool {
+        match self {
+            Members::Many(set) if set.is_empty() => *self = Members::One(id),
+            Members::Many(set) => return set.insert(id),
+            Members::One(one) if *one == id => return false,
+            Members::One(one) => {
+                let set = HashSet::from([one.clone(), id]);
+                *self = Members::Many(Box::new(set));
+            }
+        }
+        true
+    }
+
+    /// Removes `id`; false when it was not there. A set down to one id
+    /// gives its table back.
+    pub(crate) fn remove(&mut self, id: &str) -> bool {
+        match self {
+            Members::One(one) if **one == *id => *self = Members::default(),
+            Members::One(_) => return false,
+            Members::Many(set) => {
+                if !set.remove(id) {
+                    return false;
+                }
+                let last = match set.len() {
+                    1 => set.drain().next(),
+                    _ => None,
+                };
+                if let Some(last) = last {
+                    *self = Members::One(last);
+                }
+            }
+        }
+        true
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Members::One(_) => 1,
+            Members::Many(set) => set.len(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            Members::One(one) => (Some(one), None),
+            Members::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_hold_one_inline_and_more_in_a_set() {
+        let ids: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
+        let sorted = |m: &Members| {
+            let mut v: Vec<String> = m.iter().map(|x| x.to_string()).collect();
+            v.sort();
+            v
+        };
+        // as small as one id: the topic indexes hold one per topic
+        assert_eq!(size_of::<Members>(), size_of::<Arc<str>>());
+        let mut m = Members::default();
+        assert!(m.is_empty() && m.iter().next().is_none());
+        assert!(!m.remove("a"), "nothing to remove");
+        assert!(m.insert(ids[0].clone()));
+        assert!(matches!(m, Members::One(_)));
+        assert!(!m.insert(ids[0].clone()), "once");
+        assert!(!m.remove("b"));
+        assert!(m.insert(ids[1].clone()) && m.insert(ids[2].clone()));
+        assert_eq!(
+            (m.len(), sorted(&m)),
+            (3, vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert!(!m.insert(ids[2].clone()));
+        assert!(m.remove("a") && !m.remove("a"));
+        assert!(matches!(m, Members::Many(_)));
+        assert!(m.remove("c"));
+        assert!(matches!(m, Members::One(_)), "down to one: inline again");
+        assert_eq!(sorted(&m), ["b"]);
+        assert!(m.remove("b"));
+        assert!(m.is_empty());
+        assert!(m.insert(ids[1].clone()));
+        assert_eq!(sorted(&m), ["b"]);
+    }
 
     #[test]
     fn names_follow_the_contract() {

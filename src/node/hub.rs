@@ -6,7 +6,7 @@
 //!
 //! The hub knows nothing of the store; the router keeps the two in step.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{self, Receiver, Sender};
 use crate::metrics::Metrics;
 use crate::store::LiveConn;
+use crate::topic::Members;
 
 struct Entry {
     username: String,
@@ -38,7 +39,7 @@ struct Inner {
     conns: HashMap<String, Entry>,
     users: HashMap<String, Vec<String>>,
     /// Followed topics and the streams here that follow each.
-    topics: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    topics: HashMap<Arc<str>, Members>,
     /// Set at shutdown: no new connection is taken after the close.
     closed: bool,
 }
@@ -292,7 +293,7 @@ impl Hub {
         let mut push = Push::new(frame);
         {
             let inner = self.read();
-            for id in inner.topics.get(topic).into_iter().flatten() {
+            for id in inner.topics.get(topic).into_iter().flat_map(Members::iter) {
                 if except != Some(&**id) {
                     push.to(&inner, id);
                 }

@@ -63,7 +63,12 @@ pub(crate) async fn open(
     }
     let guard = Guard {
         node: node.clone(),
-        conn: conn.clone(),
+        // its topics live in the hub and the registry: a copy here would
+        // cost each stream ~60 bytes a topic for nothing
+        conn: LiveConn {
+            topics: Vec::new(),
+            ..conn.clone()
+        },
         opened: Instant::now(),
         expires,
         released: false,
@@ -266,7 +271,8 @@ impl Session {
         self.rx.poll_closed(cx)
     }
 
-    /// The connection this body serves, for its log lines.
+    /// The connection this body serves, for its log lines (its topics
+    /// are not kept here).
     pub(crate) fn conn(&self) -> &LiveConn {
         &self.guard.conn
     }

@@ -21,6 +21,7 @@ use crate::store::{
     sort_records, unix_ms, unix_now, Accepted, Cleared, ConnectionRecord, Inbound, Kept, KeptFor,
     LiveConn, Message, MsgId, NodeLink, Removed, Replay, Target, TopicCount, TopicPresence, Wrote,
 };
+use crate::topic::Members;
 
 /// Records a clear handles per hold of the lock.
 const CLEAR_STEP: usize = 1_000;
@@ -42,11 +43,14 @@ struct Rec {
     topics: Box<[Arc<str>]>,
 }
 
-/// The streams that follow one topic, and how many of them each user has.
+/// The streams that follow one topic, and how many users they are. Whether
+/// a stream is its user's first or last on the topic is told by the user's
+/// other records (a handful), not by a per-topic map of users: that map cost
+/// every follower ~100 bytes.
 #[derive(Default)]
 struct Followers {
-    conns: HashSet<Arc<str>>,
-    users: HashMap<String, u32>,
+    conns: Members,
+    users: usize,
 }
 
 #[derive(Default)]
@@ -561,7 +565,7 @@ impl MemoryStore {
                 st.topics.get(t.as_str()).map(|f| TopicCount {
                     topic: t.clone(),
                     connection_count: f.conns.len(),
-                    user_count: f.users.len(),
+                    user_count: f.users,
                 })
             })
             .collect()
@@ -572,13 +576,14 @@ impl MemoryStore {
         let Some(f) = st.topics.get(topic) else {
             return TopicPresence::default();
         };
-        let mut users: Vec<String> = f.users.keys().cloned().collect();
-        users.sort_unstable();
         let mut connections: Vec<ConnectionRecord> = f
             .conns
             .iter()
             .filter_map(|id| st.conns.get(&**id).map(|r| self.record(id, r)))
             .collect();
+        let mut users: Vec<String> = connections.iter().map(|c| c.username.clone()).collect();
+        users.sort_unstable();
+        users.dedup();
         sort_records(&mut connections);
         TopicPresence { users, connections }
     }
@@ -632,6 +637,8 @@ impl State {
         let topics: Box<[Arc<str>]> = topics
             .iter()
             .map(|t| {
+                // another record of the user (this one is not listed yet)
+                let user_follows = self.user_follows(user, t);
                 let (name, followers) = match self.topics.get_key_value(t.as_str()) {
                     Some((name, _)) => (name.clone(), self.topics.get_mut(t.as_str())),
                     None => {
@@ -641,8 +648,9 @@ impl State {
                     }
                 };
                 if let Some(f) = followers {
-                    f.conns.insert(shared.clone());
-                    *f.users.entry(user.to_string()).or_default() += 1;
+                    if f.conns.insert(shared.clone()) && !user_follows {
+                        f.users += 1;
+                    }
                 }
                 name
             })
@@ -667,21 +675,29 @@ impl State {
         let r = self.conns.remove(id)?;
         self.unlink(id, &r.username);
         for topic in &r.topics {
+            let user_follows = self.user_follows(&r.username, topic);
             let Some(f) = self.topics.get_mut(&**topic) else {
                 continue;
             };
-            f.conns.remove(&r.id);
-            if let Some(n) = f.users.get_mut(&r.username) {
-                *n -= 1;
-                if *n == 0 {
-                    f.users.remove(&r.username);
-                }
+            if f.conns.remove(&r.id) && !user_follows {
+                f.users = f.users.saturating_sub(1);
             }
             if f.conns.is_empty() {
                 self.topics.remove(&**topic);
             }
         }
         Some(r)
+    }
+
+    /// Whether a record of `user` still in the registry follows `topic`.
+    fn user_follows(&self, user: &str, topic: &str) -> bool {
+        self.users.get(user).is_some_and(|ids| {
+            ids.iter().any(|id| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|r| r.topics.iter().any(|t| **t == *topic))
+            })
+        })
     }
 
     fn unlink(&mut self, id: &str, user: &str) {
@@ -883,6 +899,42 @@ mod tests {
         assert_eq!(listed, want);
         // A second clear counts the written-back records: they predate it.
         assert_eq!(store.clear().await.connection_count, want.len());
+    }
+
+    #[test]
+    fn a_user_counts_once_on_a_topic_until_the_last_of_their_streams_goes() {
+        let store = MemoryStore::new(&Config::default(), Arc::new(Holds(Vec::new())));
+        let rec = |id: &str, user: &str, topics: &[&str]| ConnectionRecord {
+            connection_id: id.into(),
+            username: user.into(),
+            connection_time: 1.0,
+            last_heartbeat: 1.0,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            node_id: String::new(),
+        };
+        let counts = |store: &MemoryStore| {
+            store
+                .topic_counts(&["doc".into(), "own".into()])
+                .into_iter()
+                .map(|c| format!("{} {} {}", c.topic, c.connection_count, c.user_count))
+                .collect::<Vec<_>>()
+        };
+        store.register(rec("a1", "alice", &["doc"]));
+        store.register(rec("a2", "alice", &["doc", "own"]));
+        store.register(rec("b1", "bob", &["doc"]));
+        store.register(rec("a3", "alice", &[]));
+        assert_eq!(counts(&store), ["doc 3 2", "own 1 1"]);
+        // written back over itself: counted once still
+        store.register(rec("a2", "alice", &["doc", "own"]));
+        store.remove("a1", None);
+        assert_eq!(counts(&store), ["doc 2 2", "own 1 1"]);
+        assert_eq!(store.topic("doc").users, ["alice", "bob"]);
+        store.remove("a2", None);
+        assert_eq!(counts(&store), ["doc 1 1"]);
+        assert_eq!(store.topic("doc").users, ["bob"]);
+        store.remove("b1", None);
+        assert!(counts(&store).is_empty());
+        assert_eq!(store.topic_names(None, 10), Vec::<String>::new());
     }
 
     fn kept(ms: u64, seq: u64) -> Kept {
