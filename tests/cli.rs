@@ -1293,7 +1293,12 @@ fn topics_without_a_running_node_is_exit_1() {
         let mut args = args.clone();
         args.extend(["-c", cfg.to_str().unwrap()]);
         let out = cli(&args);
-        assert_one_line_error(&out, 1, &["no sse-notify node answers"], &format!("{args:?}"));
+        assert_one_line_error(
+            &out,
+            1,
+            &["no sse-notify node answers"],
+            &format!("{args:?}"),
+        );
     }
 }
 
@@ -1431,6 +1436,9 @@ fn usage_errors_are_exit_2() {
     ] {
         let (rc, _, stderr) = cli(args);
         assert_eq!(rc, 2, "{args:?}: {stderr}");
-        assert!(stderr.contains("--topic"), "{args:?} names the clash: {stderr}");
+        assert!(
+            stderr.contains("--topic"),
+            "{args:?} names the clash: {stderr}"
+        );
     }
 }

@@ -471,9 +471,8 @@ async fn browser_scenario(chromium: &Path) {
     // reaches both streams (and not a stream of the same user that does
     // not follow it).
     let topic = "doc:console";
-    let follow = |node: &BinaryNode, user: &str| {
-        format!("{}?user={user}&topics={topic}", node.stream_url())
-    };
+    let follow =
+        |node: &BinaryNode, user: &str| format!("{}?user={user}&topics={topic}", node.stream_url());
     let (mut reader_a, ra) = SseClient::connect_url(&follow(&a, "reader-a"), "reader-a").await;
     let (mut reader_b, rb) = SseClient::connect_url(&follow(&b, "reader-b"), "reader-b").await;
     let (mut other, _) =
@@ -483,8 +482,17 @@ async fn browser_scenario(chromium: &Path) {
          return r ? [r.cells[1].textContent, r.cells[2].textContent] : null; }})()"
     );
     let counts = expect_page(&mut br, "the topic listed", &row, 15_000, &logs).await;
-    assert_eq!(counts, json!(["2", "2"]), "2 connections of 2 users\n{}", br.report());
-    click(&mut br, &format!("#topics tbody tr[data-topic=\"{topic}\"] button")).await;
+    assert_eq!(
+        counts,
+        json!(["2", "2"]),
+        "2 connections of 2 users\n{}",
+        br.report()
+    );
+    click(
+        &mut br,
+        &format!("#topics tbody tr[data-topic=\"{topic}\"] button"),
+    )
+    .await;
     let followers = expect_page(
         &mut br,
         "the topic's followers with their nodes",
@@ -506,7 +514,11 @@ async fn browser_scenario(chromium: &Path) {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(chosen, json!(["topic", topic]), "clicking a topic picks it in the send form");
+    assert_eq!(
+        chosen,
+        json!(["topic", topic]),
+        "clicking a topic picks it in the send form"
+    );
     send_form(&mut br, "console.topic", "{\"to\": \"the topic\"}").await;
     let sent = expect_page(
         &mut br,
@@ -521,9 +533,18 @@ async fn browser_scenario(chromium: &Path) {
             .next_event(Duration::from_secs(5))
             .await
             .unwrap_or_else(|| panic!("the topic's message never arrived\n{}", logs()));
-        assert_eq!((ev.event.as_str(), ev.id.as_str()), ("console.topic", sent.as_str().unwrap()), "{ev:?}");
+        assert_eq!(
+            (ev.event.as_str(), ev.id.as_str()),
+            ("console.topic", sent.as_str().unwrap()),
+            "{ev:?}"
+        );
     }
-    let counted = eval(&mut br, "document.getElementById('send-result').dataset.connections", Duration::from_secs(5)).await;
+    let counted = eval(
+        &mut br,
+        "document.getElementById('send-result').dataset.connections",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(counted, "2", "{}", br.report());
     // The same user's stream that does not follow it: its first message
     // is the one sent to its user after.
@@ -535,8 +556,14 @@ async fn browser_scenario(chromium: &Path) {
     )
     .await;
     ok_json(marker, "marker").await;
-    let ev = other.next_event(Duration::from_secs(5)).await.expect("the marker");
-    assert_eq!(ev.data, "\"marker\"", "a stream not following the topic got {ev:?}");
+    let ev = other
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("the marker");
+    assert_eq!(
+        ev.data, "\"marker\"",
+        "a stream not following the topic got {ev:?}"
+    );
 
     let errors: Vec<&Value> = br
         .seen
@@ -558,14 +585,24 @@ async fn browser_scenario(chromium: &Path) {
 /// by the proxy's header as nginx would pass it.
 async fn follow(node: &impl Node, user: &str, topics: &str) -> (SseClient, String) {
     let url = format!("{}?topics={topics}", node.stream_url());
-    let mut tab = SseClient::open(&url, &[("X-Remote-User", user), ("X-Remote-Topics", topics)]).await;
+    let mut tab = SseClient::open(
+        &url,
+        &[("X-Remote-User", user), ("X-Remote-Topics", topics)],
+    )
+    .await;
     assert_eq!(tab.status, 200, "stream of {user} following {topics}");
     let ev = tab
         .next_event(Duration::from_secs(5))
         .await
         .expect("connection_established");
     let data: Value = serde_json::from_str(&ev.data).expect("connection_established JSON");
-    (tab, data["connection_id"].as_str().expect("connection_id").to_string())
+    (
+        tab,
+        data["connection_id"]
+            .as_str()
+            .expect("connection_id")
+            .to_string(),
+    )
 }
 
 on_both_engines! {

@@ -169,10 +169,7 @@ fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]], header_too: 
         }
     }
     let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let parts: Vec<String> = cells
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     if header_too {

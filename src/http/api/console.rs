@@ -361,7 +361,9 @@ impl std::str::FromStr for TopicSegment {
 async fn topic_followers(topic: TopicSegment, front: Arc<Front>) -> Result<Response, Rejection> {
     let topic = topic.0;
     if let Some(e) = crate::topic::name_error(&topic) {
-        return Err(reject(ApiError::bad_request(format!("topic {topic:?} {e}"))));
+        return Err(reject(ApiError::bad_request(format!(
+            "topic {topic:?} {e}"
+        ))));
     }
     let presence = front
         .node()
