@@ -19,35 +19,7 @@ use super::{
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-#[allow(
-    dead_code,
-    unreachable_pub,
-    reason = "the harness serves the integration tests too"
-)]
-#[path = "../../tests/common/poll.rs"]
-mod poll;
-#[allow(
-    dead_code,
-    unreachable_pub,
-    reason = "the harness serves the integration tests too"
-)]
-#[path = "../../tests/common/redis_server.rs"]
-mod redis_server;
-
-use redis_server::RedisServer;
-
-/// What the harness files ask of their parent module.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-#[allow(dead_code, reason = "poll.rs reads metrics over HTTP; not here")]
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
+use super::harness::redis_server::RedisServer;
 
 /// A node that holds the streams registered through it and keeps what
 /// reaches it.

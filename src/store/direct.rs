@@ -33,7 +33,11 @@ impl Direct {
             .await
             .map_err(|_| StoreError::Unavailable(format!("redis at {url} did not answer")))?
             .map_err(|e| StoreError::Unavailable(format!("redis at {url}: {e}")))?;
-        let registry = Redis::new(conn, Keys::new(&config.redis.key_prefix));
+        let registry = Redis::new(
+            conn,
+            Keys::new(&config.redis.key_prefix),
+            config.topics.join_leave,
+        );
         registry.ping().await?;
         Ok(Direct {
             registry,

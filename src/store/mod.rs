@@ -34,6 +34,8 @@ use seam::{Delivery, History, Registry};
 #[cfg(test)]
 mod contract;
 mod direct;
+#[cfg(test)]
+mod harness;
 pub(crate) mod kept;
 mod listing;
 pub(crate) mod memory;

@@ -266,54 +266,158 @@ pub struct RedisRegistry {
     pub users: Vec<String>,
     /// every `sse:user:{username}` zset, members in score order.
     pub user_zsets: BTreeMap<String, Vec<String>>,
+    /// every `sse:topic:{topic}` zset: its members (connection ids),
+    /// sorted. [`RedisRegistry::read`] checks that the other topic keys
+    /// and the records' `topics` fields agree with them.
+    pub topics: BTreeMap<String, Vec<String>>,
+}
+
+/// What the snapshot script answers (`registry.lua`).
+type Snapshot = (
+    Vec<String>,
+    Vec<(String, Vec<String>)>,
+    Vec<String>,
+    Vec<(String, Vec<String>)>,
+    Vec<(String, Vec<String>)>,
+    Vec<(String, Vec<String>)>,
+    Vec<(String, Vec<String>)>,
+    Vec<String>,
+);
+
+/// A flat `field, value, ...` reply as pairs.
+fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut it = flat.into_iter();
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
 }
 
 impl RedisRegistry {
+    /// Reads the registry in one atomic step and checks that its topic
+    /// keys agree with its records (panics naming what does not): each
+    /// record's `topics` field (comma-joined, sorted, no duplicates) is
+    /// exactly the topics whose zset holds it, with its connection time as
+    /// score; each topic's users and nodes hashes count its members per
+    /// username and per `node_id`; no topic key is left empty; `sse:topics`
+    /// is exactly the topics with members.
     pub fn read(conn: &mut redis::Connection) -> RedisRegistry {
-        let heartbeats = registry_ids(conn, "sse");
-        let mut conns = BTreeMap::new();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("sse:conn:*")
-            .query(conn)
-            .expect("KEYS");
-        for k in keys {
-            let user: Option<String> = redis::cmd("HGET")
-                .arg(&k)
-                .arg("username")
-                .query(conn)
-                .expect("HGET");
+        let (heartbeats, conn_hashes, users, user_keys, topic_keys, topic_users, topic_nodes, set): Snapshot =
+            redis::Script::new(include_str!("registry.lua"))
+                .arg("sse")
+                .invoke(conn)
+                .expect("registry snapshot");
+        let mut r = RedisRegistry {
+            heartbeats: sorted(&heartbeats),
+            users: sorted(&users),
+            ..RedisRegistry::default()
+        };
+        for (k, members) in user_keys {
+            r.user_zsets
+                .insert(k.trim_start_matches("sse:user:").to_string(), members);
+        }
+        // What the records say: id -> (username, node_id, time, topics).
+        let mut records: BTreeMap<String, (String, String, f64, Vec<String>)> = BTreeMap::new();
+        for (k, flat) in conn_hashes {
             let id = k.trim_start_matches("sse:conn:").to_string();
-            conns.insert(id, user.unwrap_or_default());
+            let h: BTreeMap<String, String> = pairs(flat).into_iter().collect();
+            let field = |f: &str| h.get(f).cloned().unwrap_or_default();
+            let topics: Vec<String> = field("topics")
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect();
+            let mut canonical = topics.clone();
+            canonical.sort();
+            canonical.dedup();
+            assert_eq!(
+                topics, canonical,
+                "record {id}: topics not sorted or repeated"
+            );
+            let time: f64 = field("connection_time").parse().unwrap_or(f64::NAN);
+            r.conns.insert(id.clone(), field("username"));
+            records.insert(id, (field("username"), field("node_id"), time, topics));
         }
-        let mut users: Vec<String> = redis::cmd("SMEMBERS")
-            .arg("sse:users")
-            .query(conn)
-            .expect("SMEMBERS");
-        users.sort();
-        let mut user_zsets = BTreeMap::new();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("sse:user:*")
-            .query(conn)
-            .expect("KEYS");
-        for k in keys {
-            let members: Vec<String> = redis::cmd("ZRANGE")
-                .arg(&k)
-                .arg(0)
-                .arg(-1)
-                .query(conn)
-                .expect("ZRANGE");
-            user_zsets.insert(k.trim_start_matches("sse:user:").to_string(), members);
+        // What the records imply for each topic.
+        let mut want: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        let mut want_users: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        let mut want_nodes: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for (id, (user, node, time, topics)) in &records {
+            for t in topics {
+                want.entry(t.clone()).or_default().insert(id.clone(), *time);
+                *want_users
+                    .entry(t.clone())
+                    .or_default()
+                    .entry(user.clone())
+                    .or_default() += 1;
+                *want_nodes
+                    .entry(t.clone())
+                    .or_default()
+                    .entry(node.clone())
+                    .or_default() += 1;
+            }
         }
-        RedisRegistry {
-            heartbeats,
-            conns,
-            users,
-            user_zsets,
+        let mut got: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for (k, flat) in topic_keys {
+            let topic = k.trim_start_matches("sse:topic:").to_string();
+            let members: BTreeMap<String, f64> = pairs(flat)
+                .into_iter()
+                .map(|(id, score)| (id, score.parse().unwrap_or(f64::NAN)))
+                .collect();
+            r.topics
+                .insert(topic.clone(), members.keys().cloned().collect());
+            got.insert(topic, members);
         }
+        for (topic, members) in &got {
+            for (id, score) in members {
+                let time = want.get(topic).and_then(|m| m.get(id));
+                assert!(
+                    time.is_some_and(|t| (t - score).abs() < 1e-3),
+                    "topic {topic}: member {id} (score {score}) has no record following it with that connection_time: {records:?}"
+                );
+            }
+        }
+        let followed: Vec<&String> = want.keys().collect();
+        let zsets: Vec<&String> = got.keys().collect();
+        assert_eq!(
+            zsets, followed,
+            "topics with a zset vs topics the records follow"
+        );
+        let counts = |hashes: Vec<(String, Vec<String>)>,
+                      prefix: &str|
+         -> BTreeMap<String, BTreeMap<String, i64>> {
+            hashes
+                .into_iter()
+                .map(|(k, flat)| {
+                    let counts = pairs(flat)
+                        .into_iter()
+                        .map(|(f, n)| (f, n.parse().unwrap_or(i64::MIN)))
+                        .collect();
+                    (k.trim_start_matches(prefix).to_string(), counts)
+                })
+                .collect()
+        };
+        assert_eq!(
+            counts(topic_users, "sse:topic_users:"),
+            want_users,
+            "sse:topic_users:* vs the records (username -> followers)"
+        );
+        assert_eq!(
+            counts(topic_nodes, "sse:topic_nodes:"),
+            want_nodes,
+            "sse:topic_nodes:* vs the records (node_id -> followers)"
+        );
+        assert_eq!(
+            sorted(&set),
+            followed.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "sse:topics vs the topics with followers"
+        );
+        r
     }
 
     /// What the registry must be when exactly `live` (username, connection
-    /// id) are connected, listed oldest first.
+    /// id) are connected, listed oldest first, following no topic.
     pub fn of(live: &[(&str, &str)]) -> RedisRegistry {
         let mut r = RedisRegistry::default();
         for (user, id) in live {
@@ -327,6 +431,17 @@ impl RedisRegistry {
         r.heartbeats = sorted(&ids);
         r.users = r.user_zsets.keys().cloned().collect();
         r
+    }
+
+    /// The same, with the connection `id` following `topics`.
+    pub fn following(mut self, id: &str, topics: &[&str]) -> RedisRegistry {
+        for t in topics {
+            let members = self.topics.entry(t.to_string()).or_default();
+            members.push(id.to_string());
+            members.sort();
+            members.dedup();
+        }
+        self
     }
 }
 

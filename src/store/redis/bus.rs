@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::history::{bus_event_head, History, Recent};
+use super::history::{bus_event_head, History, KeptIn, Recent};
 use super::presence::Presence;
 use super::registry::Redis;
 use super::route::{self, resync_window_ms, untargeted_for_resync, LUA_ROUTE};
@@ -55,13 +55,12 @@ pub(crate) async fn publish_unkept(
         .arg(resync_window_ms());
     for (m, id) in msgs.iter().zip(ids) {
         let route = m.route();
-        let tkey = match route {
-            Route::FirstOnly(user) | Route::User(user) => keys.user(user),
-            Route::Broadcast => keys.heartbeats(),
-            Route::Topic(_) => return Err(super::not_yet()),
+        match route {
+            Route::FirstOnly(user) | Route::User(user) => inv.key(keys.user(user)),
+            Route::Broadcast => inv.key(keys.heartbeats()),
+            Route::Topic(topic) => inv.key(keys.topic(topic)).key(keys.topic_nodes(topic)),
         };
-        inv.key(tkey)
-            .arg(route.script_name())
+        inv.arg(route.script_name())
             .arg(id)
             .arg(bus_event_head(origin, m));
     }
@@ -103,12 +102,14 @@ pub(crate) enum BusEvent {
     },
     /// A message for connections held by other nodes: every connection
     /// of `to` (each node delivers to those it holds), only `ids` when
-    /// `first_only`, or every connection when `broadcast`. `data` is the
-    /// compact JSON text.
+    /// `first_only`, every follower of `topic`, or every connection when
+    /// `broadcast`. `data` is the compact JSON text.
     Deliver {
         origin: String,
         #[serde(default)]
         to: Option<String>,
+        #[serde(default)]
+        topic: Option<String>,
         #[serde(default)]
         first_only: bool,
         #[serde(default)]
@@ -128,6 +129,17 @@ pub(crate) enum BusEvent {
     CloseUser { origin: String, username: String },
     /// A node's probe of its own subscription; others ignore it.
     Probe { origin: String },
+    /// A stream following `topic` opened (`join`) or closed (`leave`),
+    /// with `[topics] join_leave`: published by the registry scripts to the
+    /// nodes holding the topic's followers (no node's own: `origin` empty).
+    Presence {
+        #[serde(default)]
+        origin: String,
+        event: String,
+        topic: String,
+        connection_id: String,
+        username: String,
+    },
 }
 
 impl BusEvent {
@@ -137,7 +149,8 @@ impl BusEvent {
             | BusEvent::Deliver { origin, .. }
             | BusEvent::Close { origin, .. }
             | BusEvent::CloseUser { origin, .. }
-            | BusEvent::Probe { origin } => origin,
+            | BusEvent::Probe { origin }
+            | BusEvent::Presence { origin, .. } => origin,
         }
     }
 }
@@ -152,6 +165,7 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
         }
         BusEvent::Deliver {
             to,
+            topic,
             first_only,
             ids,
             broadcast,
@@ -168,7 +182,8 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
                 }
                 recent.insert(parsed);
             }
-            let target = match Route::on_bus(broadcast, to.as_deref(), first_only, None) {
+            let target = match Route::on_bus(broadcast, to.as_deref(), first_only, topic.as_deref())
+            {
                 Some(route) => route.target(ids),
                 None => Target::Ids(ids),
             };
@@ -182,6 +197,30 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
         BusEvent::Close { ids, reason, .. } => link.receive(Inbound::Close { ids, reason }),
         BusEvent::CloseUser { username, .. } => link.receive(Inbound::CloseUser { username }),
         BusEvent::Probe { .. } => 0,
+        BusEvent::Presence {
+            event,
+            topic,
+            connection_id,
+            username,
+            ..
+        } => {
+            let event = match event.as_str() {
+                "join" => "join",
+                "leave" => "leave",
+                _ => return 0,
+            };
+            let data = serde_json::json!({
+                "topic": topic,
+                "username": username,
+                "connection_id": connection_id,
+            });
+            link.receive(Inbound::Presence {
+                topic,
+                except: connection_id,
+                event,
+                data: data.to_string(),
+            })
+        }
     }
 }
 
@@ -343,7 +382,7 @@ impl Subscriber {
     /// be lost for streams that never reconnect. A one-tab message goes to
     /// its target if held here (or, kept for the first tab back, to the
     /// user's oldest stream here), once claimed: a tab's replay on another
-    /// node may have given it already.
+    /// node may have given it already. A topic's goes to its followers.
     async fn catch_up(&self, since_ms: u64) {
         let Some((history, size, ttl_secs)) = &self.history else {
             return;
@@ -352,7 +391,10 @@ impl Subscriber {
         let mut users: Vec<String> = conns.iter().map(|c| c.username.clone()).collect();
         users.sort();
         users.dedup();
-        let kept = match history.since(&users, since_ms, *size).await {
+        let mut topics: Vec<String> = conns.iter().flat_map(|c| c.topics.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        let kept = match history.since(&users, &topics, since_ms, *size).await {
             Ok(kept) => kept,
             Err(e) => {
                 self.metrics.store_errors.inc();
@@ -361,21 +403,21 @@ impl Subscriber {
             }
         };
         let open_then = |c: &LiveConn, k: &Kept| (c.connection_time * 1000.0) as u64 <= k.id.ms;
-        // One list in id order: a stream gets its missed messages and the
-        // broadcasts interleaved as they were sent.
-        let mut all: Vec<(Option<String>, Kept, Option<String>)> = {
+        // One list in id order: a stream gets its missed messages, its
+        // topics' and the broadcasts interleaved as they were sent.
+        let mut all: Vec<(KeptIn, Kept, Option<String>)> = {
             let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             kept.into_iter()
-                .flat_map(|(user, entries)| entries.into_iter().map(move |k| (user.clone(), k)))
+                .flat_map(|(from, entries)| entries.into_iter().map(move |k| (from.clone(), k)))
                 .filter(|(_, k)| !recent.contains(&k.id))
-                .map(|(user, k)| {
-                    let tab = match (&k.to, &user) {
+                .map(|(from, k)| {
+                    let tab = match (&k.to, &from) {
                         (KeptFor::Tab(c), _) => conns
                             .iter()
                             .any(|x| &x.connection_id == c)
                             .then(|| c.clone()),
                         // `live` is in no order: the oldest by time, then id.
-                        (KeptFor::FirstBack, Some(u)) => conns
+                        (KeptFor::FirstBack, KeptIn::User(u)) => conns
                             .iter()
                             .filter(|c| &c.username == u && open_then(c, &k))
                             .min_by(|a, b| {
@@ -386,7 +428,7 @@ impl Subscriber {
                             .map(|c| c.connection_id.clone()),
                         _ => None,
                     };
-                    (user, k, tab)
+                    (from, k, tab)
                 })
                 .filter(|(_, k, tab)| k.to == KeptFor::All || tab.is_some())
                 .collect()
@@ -395,7 +437,10 @@ impl Subscriber {
         let wanted: Vec<(String, MsgId)> = all
             .iter()
             .filter(|(_, _, tab)| tab.is_some())
-            .filter_map(|(user, k, _)| user.clone().map(|u| (u, k.id)))
+            .filter_map(|(from, k, _)| match from {
+                KeptIn::User(u) => Some((u.clone(), k.id)),
+                _ => None,
+            })
             .collect();
         let mut claimed = match history.claim(&wanted, *ttl_secs).await {
             Ok(claimed) => claimed.into_iter(),
@@ -408,7 +453,7 @@ impl Subscriber {
             }
         };
         let mut delivered = 0;
-        for (user, k, tab) in all {
+        for (from, k, tab) in all {
             let target = match tab {
                 Some(c) => {
                     if !claimed.next().unwrap_or(false) {
@@ -419,7 +464,11 @@ impl Subscriber {
                 None => Target::Ids(
                     conns
                         .iter()
-                        .filter(|c| user.as_ref().is_none_or(|u| &c.username == u))
+                        .filter(|c| match &from {
+                            KeptIn::User(u) => &c.username == u,
+                            KeptIn::Topic(t) => c.topics.contains(t),
+                            KeptIn::Broadcasts => true,
+                        })
                         .filter(|c| open_then(c, &k))
                         .map(|c| c.connection_id.clone())
                         .collect(),
@@ -598,6 +647,7 @@ mod tests {
             vec![BusEvent::Deliver {
                 origin: "node-\"x\"".into(),
                 to: m.to.clone(),
+                topic: None,
                 first_only: true,
                 ids: vec!["a-1".into(), "b-2".into()],
                 broadcast: false,

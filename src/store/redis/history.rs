@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::conn::SharedConn;
 use super::keys::Keys;
 use crate::store::target::Route;
-use crate::store::{kept, Kept, KeptFor, Message, MsgId, Replay, Result, StoreError};
+use crate::store::{kept, Kept, KeptFor, LiveConn, Message, MsgId, Replay, Result, StoreError};
 
 type AppendReply = oneshot::Sender<Result<(String, Targets)>>;
 
@@ -91,6 +91,14 @@ impl Appender {
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+/// Which kept stream a catch-up read entries from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KeptIn {
+    User(String),
+    Topic(String),
+    Broadcasts,
 }
 
 /// Who a message goes to, as the registry said when it was kept.
@@ -165,16 +173,19 @@ impl History {
             .arg(super::route::resync_window_ms());
         for m in batch {
             let route = m.route();
-            let (stream, targets) = match route {
-                Route::FirstOnly(user) | Route::User(user) => {
-                    (self.keys.history_user(user), self.keys.user(user))
-                }
-                Route::Broadcast => (self.keys.history_broadcast(), self.keys.heartbeats()),
-                Route::Topic(_) => return Err(super::not_yet()),
+            match route {
+                Route::FirstOnly(user) | Route::User(user) => inv
+                    .key(self.keys.history_user(user))
+                    .key(self.keys.user(user)),
+                Route::Broadcast => inv
+                    .key(self.keys.history_broadcast())
+                    .key(self.keys.heartbeats()),
+                Route::Topic(topic) => inv
+                    .key(self.keys.history_topic(topic))
+                    .key(self.keys.topic(topic))
+                    .key(self.keys.topic_nodes(topic)),
             };
-            inv.key(stream)
-                .key(targets)
-                .arg(&m.event)
+            inv.arg(&m.event)
                 .arg(&m.data)
                 .arg(route.script_name())
                 .arg(bus_event_head(&self.origin, m));
@@ -200,54 +211,68 @@ impl History {
             .collect())
     }
 
-    /// What the stream `connection_id` of `user` missed after `last`
-    /// (`None`: a malformed id, a gap); one-tab messages it is given are
-    /// claimed for it (`lua/replay.lua`).
+    /// What the stream `conn` missed after `last` (`None`: a malformed
+    /// id, a gap): its user's messages, the broadcasts and its topics';
+    /// one-tab messages it is given are claimed for it (`lua/replay.lua`).
     pub(crate) async fn replay(
         &self,
-        user: &str,
-        connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         size: u64,
         ttl_secs: u64,
     ) -> Result<Replay> {
         let mut inv = self.replay.prepare_invoke();
-        inv.key(self.keys.history_user(user))
+        inv.key(self.keys.history_user(&conn.username))
             .key(self.keys.history_broadcast())
-            .key(self.keys.history_claims(user))
-            .arg(last.unwrap_or(MsgId { ms: 0, seq: 0 }).to_string())
+            .key(self.keys.history_claims(&conn.username));
+        for topic in &conn.topics {
+            inv.key(self.keys.history_topic(topic));
+        }
+        inv.arg(last.unwrap_or(MsgId { ms: 0, seq: 0 }).to_string())
             .arg(size)
             .arg(ttl_secs.saturating_mul(1000))
             .arg(self.keys.conn_prefix())
             .arg(self.keys.bus())
-            .arg(connection_id);
+            .arg(&conn.connection_id);
         let mut c = self.conn.get();
-        let (gap, mine, all): (i64, Vec<RawEntry>, Vec<RawEntry>) = self
+        let (gap, parts): (i64, Vec<Vec<RawEntry>>) = self
             .bounded(async move { inv.invoke_async(&mut c).await })
             .await?;
         Ok(kept::finish(
             last,
             gap == 1,
-            [parse_entries(mine), parse_entries(all)],
+            parts.into_iter().map(parse_entries),
         ))
     }
 
-    /// Messages kept since `since_ms` for each of `users`, and broadcasts:
-    /// what a node may have missed while its bus subscription was down.
-    /// Each list is newest first (the newest `size`); the caller orders.
+    /// Messages kept since `since_ms` for each of `users` and `topics`,
+    /// and broadcasts: what a node may have missed while its bus
+    /// subscription was down. Each list is newest first (the newest
+    /// `size`); the caller orders.
     pub(crate) async fn since(
         &self,
         users: &[String],
+        topics: &[String],
         since_ms: u64,
         size: u64,
-    ) -> Result<Vec<(Option<String>, Vec<Kept>)>> {
+    ) -> Result<Vec<(KeptIn, Vec<Kept>)>> {
         let from = format!("{since_ms}-0");
-        let mut out = Vec::with_capacity(users.len() + 1);
-        for chunk in users.chunks(500) {
+        let streams: Vec<(KeptIn, String)> = users
+            .iter()
+            .map(|u| (KeptIn::User(u.clone()), self.keys.history_user(u)))
+            .chain(
+                topics
+                    .iter()
+                    .map(|t| (KeptIn::Topic(t.clone()), self.keys.history_topic(t))),
+            )
+            .chain([(KeptIn::Broadcasts, self.keys.history_broadcast())])
+            .collect();
+        let mut out = Vec::with_capacity(streams.len());
+        for chunk in streams.chunks(500) {
             let mut pipe = redis::pipe();
-            for u in chunk {
+            for (_, key) in chunk {
                 pipe.cmd("XREVRANGE")
-                    .arg(self.keys.history_user(u))
+                    .arg(key)
                     .arg("+")
                     .arg(&from)
                     .arg("COUNT")
@@ -257,25 +282,10 @@ impl History {
             let lists: Vec<Vec<RawEntry>> = self
                 .bounded(async move { pipe.query_async(&mut c).await })
                 .await?;
-            for (u, list) in chunk.iter().zip(lists) {
-                out.push((Some(u.clone()), parse_entries(list)));
+            for ((source, _), list) in chunk.iter().zip(lists) {
+                out.push((source.clone(), parse_entries(list)));
             }
         }
-        let mut c = self.conn.get();
-        let key = self.keys.history_broadcast();
-        let all: Vec<RawEntry> = self
-            .bounded(async move {
-                redis::cmd("XREVRANGE")
-                    .arg(key)
-                    .arg("+")
-                    .arg(&from)
-                    .arg("COUNT")
-                    .arg(size)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        out.push((None, parse_entries(all)));
         Ok(out)
     }
 }
@@ -322,7 +332,11 @@ pub(super) fn bus_event_head(origin: &str, m: &Message) -> String {
     } else {
         r#","first_only":false"#
     });
-    head.push_str(if m.to.is_none() {
+    if let Some(topic) = &m.topic {
+        head.push_str(r#","topic":"#);
+        head.push_str(&text(topic));
+    }
+    head.push_str(if m.to.is_none() && m.topic.is_none() {
         r#","broadcast":true"#
     } else {
         r#","broadcast":false"#

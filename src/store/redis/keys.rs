@@ -53,6 +53,47 @@ impl Keys {
         format!("{}:history:broadcast", self.prefix)
     }
 
+    /// Stream of one topic's kept messages.
+    pub(crate) fn history_topic(&self, topic: &str) -> String {
+        format!("{}:history:topic:{}", self.prefix, topic)
+    }
+
+    /// Sorted set of the connection ids following a topic, by connection
+    /// time. The word before the colon differs from every other topic
+    /// key's, so no topic name (which may hold colons) makes two collide.
+    pub(crate) fn topic(&self, topic: &str) -> String {
+        format!("{}{}", self.topic_prefix(), topic)
+    }
+
+    pub(crate) fn topic_prefix(&self) -> String {
+        format!("{}:topic:", self.prefix)
+    }
+
+    /// Hash of a topic's followers' usernames -> how many of that user's
+    /// connections follow it (its size is the topic's user count).
+    pub(crate) fn topic_users(&self, topic: &str) -> String {
+        format!("{}{}", self.topic_users_prefix(), topic)
+    }
+
+    pub(crate) fn topic_users_prefix(&self) -> String {
+        format!("{}:topic_users:", self.prefix)
+    }
+
+    /// Hash of node id -> how many followers of the topic that node holds:
+    /// the channels a topic message is published on.
+    pub(crate) fn topic_nodes(&self, topic: &str) -> String {
+        format!("{}{}", self.topic_nodes_prefix(), topic)
+    }
+
+    pub(crate) fn topic_nodes_prefix(&self) -> String {
+        format!("{}:topic_nodes:", self.prefix)
+    }
+
+    /// Set of the topics with at least one follower.
+    pub(crate) fn topics(&self) -> String {
+        format!("{}:topics", self.prefix)
+    }
+
     /// Hash of one user's one-tab messages a replay gave to some stream
     /// (message id -> connection id) and of what ended streams wrote
     /// (`w:{connection id}` -> message id), expiring with the history.
@@ -141,5 +182,13 @@ mod tests {
         assert_eq!(k.node("web-1"), "sse:node:web-1");
         assert_eq!(k.conn_prefix() + "abc", k.conn("abc"));
         assert_eq!(k.user_prefix() + "bob", k.user("bob"));
+        assert_eq!(k.topic("doc:42"), "sse:topic:doc:42");
+        assert_eq!(k.topic_users("doc:42"), "sse:topic_users:doc:42");
+        assert_eq!(k.topic_nodes("doc:42"), "sse:topic_nodes:doc:42");
+        assert_eq!(k.topics(), "sse:topics");
+        assert_eq!(k.history_topic("doc:42"), "sse:history:topic:doc:42");
+        assert_eq!(k.topic_prefix() + "a", k.topic("a"));
+        assert_eq!(k.topic_users_prefix() + "a", k.topic_users("a"));
+        assert_eq!(k.topic_nodes_prefix() + "a", k.topic_nodes("a"));
     }
 }

@@ -22,6 +22,8 @@ use crate::store::{
 
 mod bus;
 mod conn;
+#[cfg(test)]
+mod exact;
 mod history;
 mod keys;
 mod nodes;
@@ -75,7 +77,8 @@ pub(crate) async fn sweep(
     if short {
         route::untargeted_for(registry, threshold, write_back_within(heartbeat)).await?;
     }
-    let removed = registry.sweep(stale_before).await?;
+    // A live stream whose record goes is written back, not gone: no leave.
+    let removed = registry.sweep(stale_before, !short).await?;
     if short && removed.connection_count() > 0 {
         bus::publish_resync(registry, origin, threshold).await?;
     }
@@ -122,7 +125,7 @@ impl RedisStore {
     pub(crate) async fn open(redis: SharedConn, o: Open<'_>) -> Result<Arc<RedisStore>> {
         let config = o.config;
         let keys = Keys::new(&config.redis.key_prefix);
-        let registry = Redis::new(redis.clone(), keys.clone());
+        let registry = Redis::new(redis.clone(), keys.clone(), config.topics.join_leave);
         let node_keys = keys.clone();
         let target = config
             .redis_target()
@@ -305,16 +308,12 @@ impl RedisStore {
 
     pub(crate) async fn replay(
         &self,
-        user: &str,
-        connection_id: &str,
+        conn: &LiveConn,
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
         match &self.history {
-            Some(h) => {
-                h.replay(user, connection_id, last, history.size, history.ttl_secs)
-                    .await
-            }
+            Some(h) => h.replay(conn, last, history.size, history.ttl_secs).await,
             None => Ok(Replay::default()),
         }
     }
@@ -446,23 +445,18 @@ impl seam::Registry for RedisStore {
     async fn sweep(&self, stale_before: f64) -> Result<Removed> {
         RedisStore::sweep(self, stale_before).await
     }
-    async fn topic_names(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<String>> {
-        Err(not_yet())
+    async fn topic_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.registry.topic_names(after, limit).await
     }
-    async fn topic_counts(&self, _topics: &[String]) -> Result<Vec<TopicCount>> {
-        Err(not_yet())
+    async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
+        self.registry.topic_counts(topics).await
     }
     async fn topic_total(&self) -> Result<usize> {
-        Err(not_yet())
+        self.registry.topic_total().await
     }
-    async fn topic(&self, _topic: &str) -> Result<TopicPresence> {
-        Err(not_yet())
+    async fn topic(&self, topic: &str) -> Result<TopicPresence> {
+        self.registry.topic(topic).await
     }
-}
-
-/// Topics are being built into this engine; until then it refuses them.
-pub(crate) fn not_yet() -> StoreError {
-    StoreError::Unavailable("topics are not supported by the Redis engine yet".into())
 }
 
 impl seam::History for RedisStore {
@@ -472,7 +466,7 @@ impl seam::History for RedisStore {
         last: Option<MsgId>,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        RedisStore::replay(self, &conn.username, &conn.connection_id, last, history).await
+        RedisStore::replay(self, conn, last, history).await
     }
 }
 

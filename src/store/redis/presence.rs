@@ -220,24 +220,25 @@ impl PresenceTask {
             }
             return shutdown;
         }
+        let mut back = Vec::new();
         if resync || self.dirty {
             // The snapshot is taken now, after every earlier removal was
             // queued, so it holds only connections that are still live.
             let live: HashSet<String> = records.iter().map(|r| r.connection_id.clone()).collect();
             for c in self.link.live() {
                 if !live.contains(&c.connection_id) {
-                    records.push(self.record(&c, now));
+                    back.push(self.record(&c, now));
                 }
             }
         }
-        match self.registry.register(&records).await {
+        match self.registry.register(&records, &back).await {
             Ok(counts) => {
                 for (ack, count) in acks.into_iter().zip(counts) {
                     let _ = ack.send(Ok(count));
                 }
                 if resync || self.dirty {
                     tracing::info!(
-                        connections = records.len(),
+                        connections = records.len() + back.len(),
                         "re-registered live connections"
                     );
                     self.dirty = false;
@@ -284,7 +285,7 @@ impl PresenceTask {
                 .filter(|c| missing.contains(&c.connection_id))
                 .map(|c| self.record(c, now))
                 .collect();
-            match self.registry.register(&records).await {
+            match self.registry.register(&[], &records).await {
                 Ok(_) if !records.is_empty() => {
                     tracing::warn!(
                         connections = records.len(),
@@ -335,7 +336,7 @@ impl PresenceTask {
                 .iter()
                 .map(|c| self.record(c, now))
                 .collect();
-            match self.registry.register(&records).await {
+            match self.registry.register(&[], &records).await {
                 Ok(_) => {
                     self.dirty = false;
                     tracing::info!(

@@ -14,10 +14,13 @@ use redis::{AsyncCommands, Script};
 
 use super::conn::SharedConn;
 use super::keys::Keys;
-use crate::store::{sort_records, Cleared, ConnectionRecord, Removed, Result, Wrote};
+use crate::store::{
+    sort_records, Cleared, ConnectionRecord, Removed, Result, TopicCount, TopicPresence, Wrote,
+};
 
-/// Shared by the scripts that remove connections.
-const LUA_REMOVE_ONE: &str = include_str!("lua/remove_one.lua");
+/// Shared by the registry scripts: writing and removing one connection
+/// with all its keys (after `route.lua`, for join/leave events).
+const LUA_RECORDS: &str = include_str!("lua/records.lua");
 
 fn fmt_time(t: f64) -> String {
     format!("{t:.6}")
@@ -30,7 +33,7 @@ const SWEEP_BATCH: usize = 250;
 /// Ids per script call, so one call never blocks Redis for long.
 const IDS_PER_CALL: usize = 2000;
 
-/// Records one registration MULTI writes.
+/// Records one registration script writes.
 const REGISTER_PER_CALL: usize = 1000;
 
 /// Records one clear step removes (each some ten Redis writes): a step
@@ -51,6 +54,10 @@ const USERS_PER_CALL: usize = 500;
 pub(crate) struct Redis {
     conn: SharedConn,
     keys: Keys,
+    /// `[topics] join_leave`: the registry scripts tell a topic's
+    /// followers when one of its streams opens or closes.
+    join_leave: bool,
+    register: Script,
     remove_ids: Script,
     sweep: Script,
     delete_user: Script,
@@ -60,15 +67,22 @@ pub(crate) struct Redis {
 }
 
 impl Redis {
-    pub(crate) fn new(conn: SharedConn, keys: Keys) -> Self {
-        let with_remove = |body: &str| Script::new(&format!("{LUA_REMOVE_ONE}\n{body}"));
+    pub(crate) fn new(conn: SharedConn, keys: Keys, join_leave: bool) -> Self {
+        let with_records = |body: &str| {
+            Script::new(&format!(
+                "{}\n{LUA_RECORDS}\n{body}",
+                super::route::LUA_ROUTE
+            ))
+        };
         Self {
             conn,
             keys,
-            remove_ids: with_remove(include_str!("lua/remove_ids.lua")),
-            sweep: with_remove(include_str!("lua/sweep.lua")),
-            delete_user: with_remove(include_str!("lua/delete_user.lua")),
-            clear: with_remove(include_str!("lua/clear.lua")),
+            join_leave,
+            register: with_records(include_str!("lua/register.lua")),
+            remove_ids: with_records(include_str!("lua/remove_ids.lua")),
+            sweep: with_records(include_str!("lua/sweep.lua")),
+            delete_user: with_records(include_str!("lua/delete_user.lua")),
+            clear: with_records(include_str!("lua/clear.lua")),
             heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
             timeout: Duration::from_secs(5),
         }
@@ -91,14 +105,28 @@ impl Redis {
         super::conn::bounded(self.timeout, fut).await
     }
 
-    /// What every script that removes connections takes first: the users
-    /// set and the heartbeats zset in KEYS, the prefixes of the keys it
-    /// derives from what it reads in ARGV.
+    /// What every registry script takes first (`lua/records.lua`): the
+    /// registry-wide keys, and the prefixes of the keys it derives from
+    /// what it reads.
     fn common_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
-        inv.key(self.keys.users())
-            .key(self.keys.heartbeats())
-            .arg(self.keys.conn_prefix())
-            .arg(self.keys.user_prefix());
+        let k = &self.keys;
+        inv.key(k.users())
+            .key(k.heartbeats())
+            .key(k.topics())
+            .key(k.resyncing())
+            .key(k.registry_since())
+            .key(k.synced())
+            .arg(k.conn_prefix())
+            .arg(k.user_prefix())
+            .arg(k.topic_prefix())
+            .arg(k.topic_users_prefix())
+            .arg(k.topic_nodes_prefix())
+            .arg(if self.join_leave {
+                k.bus()
+            } else {
+                String::new()
+            })
+            .arg(super::route::resync_window_ms());
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
@@ -108,47 +136,46 @@ impl Redis {
             .map(|_| ())
     }
 
-    /// Writes the records, each with all its keys, in one MULTI round trip
-    /// per [`REGISTER_PER_CALL`] records (a node writing back a hundred
-    /// thousand streams after a clear must not hold Redis for the whole of
-    /// it). Returns, for each record, how many connections its user has
-    /// once it is added (all nodes), so the per-user limit costs no extra
-    /// round trip.
-    pub(crate) async fn register(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
-        let mut counts = Vec::with_capacity(records.len());
-        for chunk in records.chunks(REGISTER_PER_CALL) {
+    /// Writes the records of new streams (`new`: their topics' other
+    /// followers are told they joined) and of live streams written back
+    /// (`back`), each with all its keys and topic memberships, in one
+    /// script call per [`REGISTER_PER_CALL`] records (a node writing back a
+    /// hundred thousand streams after a clear must not hold Redis for the
+    /// whole of it). Returns, for each of `new`, how many connections its
+    /// user has once it is added (all nodes), so the per-user limit costs
+    /// no extra round trip.
+    pub(crate) async fn register(
+        &self,
+        new: &[ConnectionRecord],
+        back: &[ConnectionRecord],
+    ) -> Result<Vec<usize>> {
+        let all: Vec<(&ConnectionRecord, bool)> = new
+            .iter()
+            .map(|r| (r, true))
+            .chain(back.iter().map(|r| (r, false)))
+            .collect();
+        let mut counts = Vec::with_capacity(all.len());
+        for chunk in all.chunks(REGISTER_PER_CALL) {
             counts.extend(self.register_chunk(chunk).await?);
         }
+        counts.truncate(new.len());
         Ok(counts)
     }
 
-    async fn register_chunk(&self, records: &[ConnectionRecord]) -> Result<Vec<usize>> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for r in records {
-            let ct = fmt_time(r.connection_time);
-            let hb = fmt_time(r.last_heartbeat);
-            pipe.hset_multiple(
-                self.keys.conn(&r.connection_id),
-                &[
-                    ("connection_id", r.connection_id.as_str()),
-                    ("username", r.username.as_str()),
-                    ("connection_time", ct.as_str()),
-                    ("last_heartbeat", hb.as_str()),
-                    ("node_id", r.node_id.as_str()),
-                ],
-            )
-            .ignore()
-            .zadd(self.keys.user(&r.username), &r.connection_id, &ct)
-            .ignore()
-            .sadd(self.keys.users(), &r.username)
-            .ignore()
-            .zadd(self.keys.heartbeats(), &r.connection_id, &hb)
-            .ignore()
-            .zcard(self.keys.user(&r.username));
+    async fn register_chunk(&self, records: &[(&ConnectionRecord, bool)]) -> Result<Vec<usize>> {
+        let mut inv = self.register.prepare_invoke();
+        self.common_args(&mut inv);
+        for (r, new) in records {
+            inv.arg(&r.connection_id)
+                .arg(&r.username)
+                .arg(fmt_time(r.connection_time))
+                .arg(fmt_time(r.last_heartbeat))
+                .arg(&r.node_id)
+                .arg(r.topics.join(","))
+                .arg(if *new { "1" } else { "0" });
         }
         let mut c = self.conn.get();
-        self.bounded(async move { pipe.query_async::<Vec<usize>>(&mut c).await })
+        self.bounded(async move { inv.invoke_async::<Vec<usize>>(&mut c).await })
             .await
     }
 
@@ -210,13 +237,17 @@ impl Redis {
         Ok(missing)
     }
 
-    /// Removes records whose heartbeat is at or before `stale_before`.
-    pub(crate) async fn sweep(&self, stale_before: f64) -> Result<Removed> {
+    /// Removes records whose heartbeat is at or before `stale_before`;
+    /// `leave`: their topics' other followers are told (not when the sweep
+    /// may remove live streams' records, which are written back at once).
+    pub(crate) async fn sweep(&self, stale_before: f64, leave: bool) -> Result<Removed> {
         let mut removed = Removed::default();
         loop {
             let mut inv = self.sweep.prepare_invoke();
             self.common_args(&mut inv);
-            inv.arg(fmt_time(stale_before)).arg(SWEEP_BATCH);
+            inv.arg(fmt_time(stale_before))
+                .arg(SWEEP_BATCH)
+                .arg(if leave { "1" } else { "0" });
             let mut c = self.conn.get();
             let (seen, flat): (usize, Vec<String>) = self
                 .bounded(async move { inv.invoke_async(&mut c).await })
@@ -299,12 +330,31 @@ impl Redis {
             .await
     }
 
-    /// Up to `limit` usernames after `after`, in name order: the users set
-    /// is scanned in calls of [`SCAN_COUNT`], keeping only the `limit`
-    /// smallest names, so neither Redis nor this process holds the whole
-    /// set at once.
+    /// Up to `limit` usernames after `after`, in name order ([`Redis::names_after`]).
     pub(crate) async fn user_names(
         &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.names_after(self.keys.users(), after, limit).await
+    }
+
+    /// Up to `limit` followed topics after `after`, in name order.
+    pub(crate) async fn topic_names(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.names_after(self.keys.topics(), after, limit).await
+    }
+
+    /// Up to `limit` members of the set `key` after `after`, in name
+    /// order: the set is scanned in calls of [`SCAN_COUNT`], keeping only
+    /// the `limit` smallest names, so neither Redis nor this process holds
+    /// the whole set at once.
+    async fn names_after(
+        &self,
+        key: String,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
@@ -312,10 +362,7 @@ impl Redis {
         let mut cursor: u64 = 0;
         loop {
             let mut cmd = redis::cmd("SSCAN");
-            cmd.arg(self.keys.users())
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
+            cmd.arg(&key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
             let mut c = self.conn.get();
             let (next, names): (u64, Vec<String>) = self
                 .bounded(async move { cmd.query_async(&mut c).await })
@@ -377,6 +424,65 @@ impl Redis {
         let mut c = self.conn.get();
         self.bounded(async move { pipe.query_async(&mut c).await })
             .await
+    }
+
+    /// How many streams and users follow each of `topics` that anyone
+    /// follows, in the order given, in one round trip per
+    /// [`USERS_PER_CALL`] topics.
+    pub(crate) async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
+        let mut out = Vec::with_capacity(topics.len());
+        for chunk in topics.chunks(USERS_PER_CALL) {
+            let mut pipe = redis::pipe();
+            // Atomic: the two counts of a topic agree.
+            pipe.atomic();
+            for t in chunk {
+                pipe.zcard(self.keys.topic(t))
+                    .hlen(self.keys.topic_users(t));
+            }
+            let mut c = self.conn.get();
+            let counts: Vec<usize> = self
+                .bounded(async move { pipe.query_async(&mut c).await })
+                .await?;
+            for (t, pair) in chunk.iter().zip(counts.chunks(2)) {
+                if let [connection_count, user_count] = *pair {
+                    if connection_count == 0 {
+                        continue;
+                    }
+                    out.push(TopicCount {
+                        topic: t.clone(),
+                        connection_count,
+                        user_count,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many topics have a follower.
+    pub(crate) async fn topic_total(&self) -> Result<usize> {
+        let key = self.keys.topics();
+        let mut c = self.conn.get();
+        self.bounded(async move { c.scard(key).await }).await
+    }
+
+    /// Who follows `topic`: the records of its followers (by connection
+    /// time) and their users (sorted), as read from the records, so the
+    /// two agree even while followers come and go.
+    pub(crate) async fn topic(&self, topic: &str) -> Result<TopicPresence> {
+        let key = self.keys.topic(topic);
+        let mut c = self.conn.get();
+        let ids: Vec<String> = self
+            .bounded(async move { c.zrange(key, 0, -1).await })
+            .await?;
+        let mut connections = self.records(&ids).await?;
+        connections.retain(|r| r.topics.iter().any(|t| t == topic));
+        sort_records(&mut connections);
+        let users: BTreeSet<String> = connections.iter().map(|r| r.username.clone()).collect();
+        Ok(TopicPresence {
+            users: users.into_iter().collect(),
+            connections,
+        })
     }
 
     /// One user's connections, by connection time.

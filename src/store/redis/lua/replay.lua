@@ -1,10 +1,12 @@
--- Reads, in one atomic step, what is served of the user stream KEYS[1]
--- and the broadcast stream KEYS[2]: the newest ARGV[2] entries of each,
--- younger than ARGV[3] ms. Answers whether the id ARGV[1] is a gap (not
--- kept in either stream, or something after it is no longer served by
--- one of them) and, per stream, what follows it (everything served on a
--- gap), newest first. The rule is store/kept.rs's (`window`, which the
--- embedded engine runs); the caller finishes with its `finish`.
+-- Reads, in one atomic step, what is served of the user stream KEYS[1],
+-- the broadcast stream KEYS[2] and the streams of the stream's topics
+-- KEYS[4..]: the newest ARGV[2] entries of each, younger than ARGV[3] ms.
+-- Answers whether the id ARGV[1] is a gap (kept in none of these streams,
+-- or something after it is no longer served by one of them) and, per
+-- stream, what follows it (everything served on a gap), newest first:
+-- {gap, {user's, broadcasts, topic's...}}. The rule is store/kept.rs's
+-- (`window`, which the embedded engine runs); the caller finishes with its
+-- `finish`.
 --
 -- One-tab entries (append.lua's `f` 1 and 2) are given to this stream
 -- only when no other tab got them: its target `c` is gone (no record, or
@@ -28,8 +30,15 @@ end
 local t = redis.call('TIME')
 local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[3])
 local size = tonumber(ARGV[2])
-local gap = #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0
-  and #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0
+local streams = {KEYS[1], KEYS[2]}
+for i = 4, #KEYS do table.insert(streams, KEYS[i]) end
+local gap = true
+for _, key in ipairs(streams) do
+  if #redis.call('XRANGE', key, ARGV[1], ARGV[1]) > 0 then
+    gap = false
+    break
+  end
+end
 -- The served window of a stream; a gap when an entry after the id fell
 -- out of it (by count or age). Appends trim to at least size + 1 entries,
 -- so whatever Redis deleted is older than the first entry left out here.
@@ -46,7 +55,8 @@ local function window(key)
   end
   return served
 end
-local mine, all = window(KEYS[1]), window(KEYS[2])
+local served = {}
+for i, key in ipairs(streams) do served[i] = window(key) end
 local function field(e, name)
   local f = e[2]
   for i = 1, #f, 2 do
@@ -84,4 +94,8 @@ local function follow(list)
   end
   return out
 end
-return {gap and 1 or 0, follow(mine), follow(all)}
+-- Only the user's stream holds one-tab entries; a topic's and the
+-- broadcasts' are every follower's (`f` 0).
+local parts = {}
+for i, list in ipairs(served) do parts[i] = follow(list) end
+return {gap and 1 or 0, parts}

@@ -1,12 +1,14 @@
--- Shared by the sending scripts: which bus channels a message goes to.
+-- Shared by the sending scripts (and the registry's, for join/leave
+-- events): which bus channels a message goes to.
 -- A message for a user goes to the channels of the nodes that hold its
--- target connections (`{bus}:{node_id}`, node ids read from the records);
--- a broadcast goes to the shared channel `{bus}`, which every node hears.
--- A user's message goes to the shared channel too (every node) while the
--- registry may lack live connections (`everyone`: after a clear, a short
--- cleanup, or Redis losing its data, until every node wrote its streams
--- back), or when a target's node has no subscriber (a node that is gone,
--- or one that does not listen on its own channel yet).
+-- target connections (`{bus}:{node_id}`, node ids read from the records),
+-- a topic's to the nodes its nodes hash names; a broadcast goes to the
+-- shared channel `{bus}`, which every node hears.
+-- A user's or a topic's message goes to the shared channel too (every
+-- node) while the registry may lack live connections (`everyone`: after a
+-- clear, a short cleanup, or Redis losing its data, until every node wrote
+-- its streams back), or when a target's node has no subscriber (a node
+-- that is gone, or one that does not listen on its own channel yet).
 --
 -- Every node hears its own channel and the shared one on one connection,
 -- and Redis delivers to a connection in publish order: events are queued
@@ -106,6 +108,17 @@ local function router(bus, conn_prefix, everyone)
       end
     end
     return out
+  end
+  -- The nodes that hold followers of a topic (its nodes hash `key`: node
+  -- id -> followers), or nil: every node. Read from the hash, never from
+  -- the followers' records, so a send costs the nodes it reaches.
+  function r.topic(key)
+    if everyone then return nil end
+    local nodes = redis.call('HKEYS', key)
+    for _, node in ipairs(nodes) do
+      if not node_heard(node) then return nil end
+    end
+    return nodes
   end
   -- Queues one event (JSON) for `nodes` (nil: every node).
   function r.add(event, nodes)
