@@ -19,6 +19,15 @@ pub(crate) fn name_error(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A topic name as an error message shows it: quoted, and cut after 40
+/// characters (a refused name may be as long as the request).
+pub(crate) fn quoted(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        None => format!("{name:?}"),
+        Some((end, _)) => format!("{:?}...", &name[..end]),
+    }
+}
+
 fn name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"_.:/@=-".contains(&b)
 }

@@ -863,13 +863,15 @@ async fn list_connections_has_the_spec_shape_and_order() {
                         "connection_id",
                         "username",
                         "connection_time",
-                        "last_heartbeat"
+                        "last_heartbeat",
+                        "topics"
                     ]),
                     "{rec}"
                 );
                 assert_eq!(rec["username"], json!(user));
                 assert!(rec["connection_time"].is_f64(), "{rec}");
                 assert!(rec["last_heartbeat"].is_f64(), "{rec}");
+                assert_eq!(rec["topics"], json!([]), "{rec}");
             }
             let ids: Vec<&str> = list
                 .iter()
@@ -956,7 +958,8 @@ async fn user_connections_shape_unknown_user_and_trailing_slash() {
                     "connection_id",
                     "username",
                     "connection_time",
-                    "last_heartbeat"
+                    "last_heartbeat",
+                    "topics"
                 ]),
                 "{c}"
             );

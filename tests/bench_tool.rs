@@ -147,6 +147,39 @@ async fn broadcast_mode() {
     assert_eq!(d["broadcast_incomplete"], 0, "{v}");
 }
 
+/// Streams follow topics (`--topics`: asked in `?topics=`, allowed by the
+/// proxy's topics header); `topic` sends reach the followers only, each
+/// once, beside broadcasts to the same streams.
+#[tokio::test]
+async fn topic_mode() {
+    let node = BinaryNode::on(&Env::memory(), "").await;
+    let follow = ["--topics", "bench,s{i},{user}:x"];
+    let mut args = vec!["--topic", "bench", "--sends", "3", "--beside-broadcast"];
+    args.extend(["--interval-ms", "100", "--drain", "5"]);
+    args.extend(follow);
+    let v = bench(&node, "topic", &args).await;
+    // 3 messages to the topic and 3 broadcasts, each to the 50 streams
+    assert_delivered(&v, 300);
+    let d = &v["delivery"];
+    assert_eq!(v["followers"], 50, "{v}");
+    assert_eq!(d["routed_by_server"], 300, "{v}");
+    assert_eq!(d["routed_mismatch"], 0, "{v}");
+    assert_eq!(d["topic_completion"]["count"], 3, "{v}");
+    assert_eq!(d["topic_incomplete"], 0, "{v}");
+    assert_eq!(d["broadcast_completion"]["count"], 3, "{v}");
+    assert_eq!(d["broadcast_incomplete"], 0, "{v}");
+
+    // a topic one stream follows: the 49 others get nothing
+    let mut args = vec!["--topic", "u7:x", "--sends", "2", "--interval-ms", "50"];
+    args.extend(["--drain", "5"]);
+    args.extend(follow);
+    let v = bench(&node, "topic", &args).await;
+    assert_eq!(v["followers"], 1, "{v}");
+    assert_delivered(&v, 2);
+    assert_eq!(v["delivery"]["routed_by_server"], 2, "{v}");
+    assert_eq!(v["delivery"]["broadcast_completion"]["count"], 0, "{v}");
+}
+
 #[tokio::test]
 async fn churn_mode() {
     let redis = RedisServer::start();
@@ -214,4 +247,28 @@ fn refuses_what_it_cannot_do() {
     assert_eq!(out.status.code(), Some(2));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON error line");
     assert!(v["error"].as_str().unwrap().contains("only http://"), "{v}");
+
+    // nothing listens there: each is refused before a stream is opened
+    let nowhere = ["--stream-url", "http://127.0.0.1:1/s/", "--admin-url"];
+    for (args, why) in [
+        (
+            &["hold", "--topics", "ok,a b"][..],
+            "--topics: \"a b\" is not a topic name",
+        ),
+        (
+            &["topic", "--topics", "a,s{i}", "--topic", "b"][..],
+            "--topic b: no stream follows it",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sse-bench"))
+            .args(args)
+            .args(nowhere)
+            .arg("http://127.0.0.1:1")
+            .args(["--conns", "3"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON error line");
+        assert!(v["error"].as_str().unwrap().contains(why), "{args:?}: {v}");
+    }
 }

@@ -14,7 +14,10 @@
 //! replay was read from Redis before that), `end` (the tab dropped it or
 //! saw it end). `K` is the moment just before Redis was killed.
 //!
-//! Message `m` addressed to the tab's user (or a broadcast) is judged so:
+//! Each tab also follows a topic, shared with tabs of other users; the
+//! sends mix messages to users, to topics (one that nobody follows too)
+//! and broadcasts. Message `m` addressed to the tab (its user, its topic,
+//! or a broadcast) is judged so:
 //!
 //! 1. `m.done < first.req`: sent before the tab existed; not expected (and
 //!    receiving it is an error: a fresh tab has nothing to replay).
@@ -48,7 +51,7 @@
 //! open across `K` (Redis restarted empty: what it had taken but not yet
 //! handed to the nodes is gone, and the node says so). Anything else fails
 //! the test: a missing expected message, a duplicate, a message for
-//! another user, an unknown id, a message from a failed (503) send, an
+//! another user or topic, an unknown id, a message from a failed (503) send, an
 //! unexpected event or gap, ids out of order within one stream (a browser
 //! comes back with the last id it got and the replay starts after it, so
 //! an older id delivered after a newer one is lost or duplicated at the
@@ -67,10 +70,14 @@ use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 
-const CONFIG: &str = "[stream]\nheartbeat_secs = 1\n\
+const CONFIG: &str = "[auth]\npublic_topics = [\"*\"]\n\
+    [stream]\nheartbeat_secs = 1\n\
     [sweep]\ninterval_secs = 1\nstale_timeout_secs = 5\n\
     [history]\nsize = 1000\nttl_secs = 600\n";
 const USERS: [&str; 4] = ["ann", "ben", "cat", "dov"];
+/// Tab `i` follows `TOPICS[i % 3]`: each topic has tabs of several users
+/// (and on several nodes); nobody follows the last one.
+const TOPICS: [&str; 4] = ["doc:0", "doc:1", "doc:2", "doc:9"];
 const TABS: usize = 8;
 /// How long after its acceptance a message may still be on its way to a
 /// live tab (in flight when the tab drops the stream).
@@ -132,6 +139,7 @@ struct Got {
 struct Tab {
     index: usize,
     user: &'static str,
+    topic: &'static str,
     sessions: Vec<Session>,
     got: Vec<Got>,
     /// (session, data, when) of each `history_gap`.
@@ -184,6 +192,7 @@ async fn open(
 async fn run_tab(
     index: usize,
     user: &'static str,
+    topic: &'static str,
     nodes: Nodes,
     phase: Arc<AtomicU8>,
     seed: u64,
@@ -197,6 +206,7 @@ async fn run_tab(
     let mut tab = Tab {
         index,
         user,
+        topic,
         sessions: Vec::new(),
         got: Vec::new(),
         gaps: Vec::new(),
@@ -210,7 +220,8 @@ async fn run_tab(
     while phase.load(Ordering::SeqCst) != FINISH {
         let node = pick(&nodes, &mut rng);
         let req = Instant::now();
-        let mut events = match open(&client, &node.stream, user, last.as_deref()).await {
+        let url = format!("{}?topics={topic}", node.stream);
+        let mut events = match open(&client, &url, user, last.as_deref()).await {
             Ok(events) => events,
             Err(why) => {
                 tab.failed_opens.push((req, node.name.clone(), why));
@@ -288,10 +299,18 @@ enum Outcome {
     Error(String),
 }
 
+/// Who a send is for.
+#[derive(Debug, Clone, Copy)]
+enum To {
+    Everyone,
+    User(&'static str),
+    Topic(&'static str),
+}
+
 #[derive(Debug, Clone)]
 struct SendRec {
     seq: u64,
-    to: Option<&'static str>,
+    to: To,
     node: String,
     start: Instant,
     done: Instant,
@@ -308,7 +327,8 @@ impl SendRec {
 }
 
 /// Posts to the nodes in turn until the phase leaves RUN: user messages
-/// to every connection of a random user, and one broadcast in five.
+/// to every connection of a random user, one broadcast in five and one
+/// message to a random topic in five.
 async fn run_sender(nodes: Nodes, phase: Arc<AtomicU8>, seed: u64) -> Vec<SendRec> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let client = reqwest::Client::builder()
@@ -323,14 +343,15 @@ async fn run_sender(nodes: Nodes, phase: Arc<AtomicU8>, seed: u64) -> Vec<SendRe
             let list = nodes.read().unwrap();
             list[seq as usize % list.len()].clone()
         };
-        let to = if rng.u8(0..5) == 0 {
-            None
-        } else {
-            Some(USERS[rng.usize(..USERS.len())])
+        let to = match rng.u8(0..5) {
+            0 => To::Everyone,
+            1 => To::Topic(TOPICS[rng.usize(..TOPICS.len())]),
+            _ => To::User(USERS[rng.usize(..USERS.len())]),
         };
         let body = match to {
-            Some(user) => json!({"to": user, "data": {"seq": seq}, "all_connections": true}),
-            None => json!({"data": {"seq": seq}}),
+            To::User(user) => json!({"to": user, "data": {"seq": seq}, "all_connections": true}),
+            To::Topic(topic) => json!({"topic": topic, "data": {"seq": seq}}),
+            To::Everyone => json!({"data": {"seq": seq}}),
         };
         let start = Instant::now();
         let resp = client
@@ -420,11 +441,16 @@ fn ms(t0: Instant, t: Instant) -> i64 {
 }
 
 fn describe_send(t0: Instant, m: &SendRec) -> String {
+    let to = match m.to {
+        To::Everyone => "(broadcast)".to_string(),
+        To::User(u) => u.to_string(),
+        To::Topic(t) => format!("topic {t}"),
+    };
     format!(
         "seq {} id {} to {} via {} sent {}..{} ms",
         m.seq,
         m.id().unwrap_or("-"),
-        m.to.unwrap_or("(broadcast)"),
+        to,
         m.node,
         ms(t0, m.start),
         ms(t0, m.done)
@@ -505,6 +531,7 @@ async fn chaos_three_nodes_random_tabs_node_restart_and_redis_restart() {
             tokio::spawn(run_tab(
                 i,
                 USERS[i % USERS.len()],
+                TOPICS[i % 3],
                 nodes.clone(),
                 phase.clone(),
                 seed.wrapping_add(i as u64 + 1),
@@ -642,7 +669,7 @@ async fn chaos_three_nodes_random_tabs_node_restart_and_redis_restart() {
     }
     let mut totals = Totals::default();
     for tab in &tabs_done {
-        let name = format!("tab {} ({})", tab.index, tab.user);
+        let name = format!("tab {} ({}, {})", tab.index, tab.user, tab.topic);
         if tab.sessions.is_empty() {
             failures.push(format!("{name}: never connected: {:?}", tab.failed_opens));
             continue;
@@ -666,11 +693,15 @@ async fn chaos_three_nodes_random_tabs_node_restart_and_redis_restart() {
         for m in &accepted {
             let id = m.id().unwrap();
             let got = times.contains_key(id);
-            let addressed = m.to.is_none_or(|u| u == tab.user);
+            let addressed = match m.to {
+                To::Everyone => true,
+                To::User(u) => u == tab.user,
+                To::Topic(t) => t == tab.topic,
+            };
             if !addressed {
                 if got {
                     failures.push(format!(
-                        "{name}: received a message for another user: {}",
+                        "{name}: received a message for another user or topic: {}",
                         describe_send(t0, m)
                     ));
                 }

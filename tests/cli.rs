@@ -105,7 +105,7 @@ fn inject_fixture(conn: &mut redis::Connection) -> Value {
     inject_record(conn, "a-newer", "alice", t + 10.5, t + 20.125, "node-x");
     inject_record(conn, "a-older", "alice", t + 1.5, t + 19.75, "node-y");
     inject_record(conn, "b-only", "bob", t + 5.0, t + 21.0, "node-x");
-    let rec = |id: &str, user: &str, ct: f64, hb: f64| json!({"connection_id": id, "username": user, "connection_time": ct, "last_heartbeat": hb});
+    let rec = |id: &str, user: &str, ct: f64, hb: f64| json!({"connection_id": id, "username": user, "connection_time": ct, "last_heartbeat": hb, "topics": []});
     json!({
         "active_users": ["alice", "bob"],
         "user_count": 2,

@@ -144,7 +144,7 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
     let mut redis = RedisServer::start_with_password(REDIS_PASSWORD);
     let redis_url = redis.url();
     let extra = format!(
-        "[log]\nformat = \"json\"\n\n[api]\ntoken = \"{API_TOKEN}\"\n\n[stream]\nheartbeat_secs = 1\n\n[sweep]\nstale_timeout_secs = 5\n"
+        "[log]\nformat = \"json\"\n\n[api]\ntoken = \"{API_TOKEN}\"\n\n[stream]\nheartbeat_secs = 1\n\n[sweep]\nstale_timeout_secs = 5\n\n[auth]\npublic_topics = [\"doc:*\"]\n"
     );
     let mut node = BinaryNode::spawn(&redis_url, &extra).await;
     let send_url = node.admin_url("/notifications/send/");
@@ -178,8 +178,12 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
         200
     );
 
-    // A stream opens, gets a message, and closes.
-    let (mut client, connection_id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    // A stream opens (following two topics), gets a message, and closes.
+    let (mut client, connection_id) = SseClient::connect_url(
+        &format!("{}?topics=doc:2,doc:1", node.stream_url()),
+        "alice",
+    )
+    .await;
     let (status, body) = {
         let resp = http()
             .post(&send_url)
@@ -296,6 +300,11 @@ async fn json_logs_are_one_object_per_line_with_stream_fields_and_no_secrets() {
             "{msg}: {line:?}"
         );
     }
+    assert_eq!(
+        field(with_id("stream opened"), "topics").and_then(Value::as_str),
+        Some("doc:1,doc:2"),
+        "the topics a stream follows are logged when it opens"
+    );
     assert!(
         lines.iter().any(|l| message(l) == "sse-notify serving"),
         "no start line; log:\n{log}"

@@ -85,14 +85,18 @@ async fn receives_nothing(tab: &mut SseClient, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_across_three_processes_exactly_once() {
     let redis = RedisServer::start();
-    let a = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut a1, a1_id) = SseClient::connect_url(&a.stream_url(), "alice").await;
-    let b = BinaryNode::spawn(&redis.url(), "[startup]\nclear = false\n").await;
-    let (mut b1, b1_id) = SseClient::connect_url(&b.stream_url(), "alice").await;
-    let (mut bob, bob_id) = SseClient::connect_url(&b.stream_url(), "bob").await;
+    let open = "[auth]\npublic_topics = [\"*\"]\n";
+    // Following doc:1: alice's tabs on A and B, and bob's.
+    let doc = |n: &BinaryNode| format!("{}?topics=doc:1", n.stream_url());
+    let a = BinaryNode::spawn(&redis.url(), open).await;
+    let (mut a1, a1_id) = SseClient::connect_url(&doc(&a), "alice").await;
+    let b = BinaryNode::spawn(&redis.url(), &format!("{open}[startup]\nclear = false\n")).await;
+    let (mut b1, b1_id) = SseClient::connect_url(&doc(&b), "alice").await;
+    let (mut bob, bob_id) = SseClient::connect_url(&doc(&b), "bob").await;
     // C starts with the default startup clear, after A and B have tabs:
-    // both must re-register theirs (keeping their connection times).
-    let c = BinaryNode::spawn(&redis.url(), "").await;
+    // both must re-register theirs (keeping their connection times and
+    // their topics).
+    let c = BinaryNode::spawn(&redis.url(), open).await;
     let (mut c1, c1_id) = SseClient::connect_url(&c.stream_url(), "alice").await;
     let all = [&a, &b, &c];
     let named = [("A", &a), ("B", &b), ("C", &c)];
@@ -103,7 +107,10 @@ async fn delivery_across_three_processes_exactly_once() {
         ("alice", &b1_id),
         ("bob", &bob_id),
         ("alice", &c1_id),
-    ]);
+    ])
+    .following(&a1_id, &["doc:1"])
+    .following(&b1_id, &["doc:1"])
+    .following(&bob_id, &["doc:1"]);
     if let Err(got) = redis.registry_becomes(&want).await {
         panic!(
             "after C's startup clear the registry must be exactly the 4 live tabs, alice's oldest first\nwant {want:?}\ngot  {got:?}\n{}",
@@ -165,6 +172,17 @@ async fn delivery_across_three_processes_exactly_once() {
         receives_once(tab, name, &mid, "news", "[7]").await;
     }
 
+    // To doc:1, posted to C, which holds no follower: its 3 followers on
+    // A and B, once; alice's tab on C, which does not follow it, nothing.
+    let (status, body) = send(&c.admin_url(""), json!({"topic": "doc:1", "data": 8})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 3, "{body}");
+    let mid = body["data"]["message_id"].as_str().unwrap().to_string();
+    for (name, tab) in [("a1", &mut a1), ("b1", &mut b1), ("bob", &mut bob)] {
+        receives_once(tab, name, &mid, "message", "8").await;
+    }
+    receives_nothing(&mut c1, "c1").await;
+
     // Logout posted to C: alice's streams on A, B and C close; bob stays.
     let (status, body) = admin(
         reqwest::Method::DELETE,
@@ -181,7 +199,7 @@ async fn delivery_across_three_processes_exactly_once() {
             logs(&named)
         );
     }
-    let want = RedisRegistry::of(&[("bob", &bob_id)]);
+    let want = RedisRegistry::of(&[("bob", &bob_id)]).following(&bob_id, &["doc:1"]);
     if let Err(got) = redis.registry_becomes(&want).await {
         panic!("after alice's logout only bob stays\nwant {want:?}\ngot  {got:?}");
     }

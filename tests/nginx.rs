@@ -90,10 +90,16 @@ impl FakeAuth {
             Some("anonymous") => Some(None), // 200 but no username
             _ => None,
         };
+        // The topics the app lets alice follow; the others get none.
+        let topics = if user == Some(Some("alice")) {
+            "X-Remote-Topics: doc:*, team:7\r\n"
+        } else {
+            ""
+        };
         let mut conn = conn;
         let response = match user {
             Some(Some(name)) => format!(
-                "HTTP/1.1 200 OK\r\nX-Remote-User: {name}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                "HTTP/1.1 200 OK\r\nX-Remote-User: {name}\r\n{topics}Content-Length: 0\r\nConnection: close\r\n\r\n"
             ),
             Some(None) => "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
             None => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -293,6 +299,85 @@ async fn stream_behind_nginx_with_auth_request() {
     })
     .await;
     assert!(gone, "records left after the clients went away\n{}", logs());
+}
+
+/// The topics a stream may follow come from the app's answer only: nginx
+/// copies its `X-Remote-Topics` and replaces any the client sent, and
+/// without one from the app nothing is allowed.
+#[tokio::test(flavor = "multi_thread")]
+async fn topics_behind_nginx_are_the_ones_the_auth_view_names() {
+    let _ = nginx_binary();
+    let node = BinaryNode::spawn("", "").await; // embedded engine, header mode
+    let auth = FakeAuth::start();
+    let nginx = Nginx::start(node.public, auth.addr);
+    let logs = || format!("{}\n--- sse-notify log\n{}", nginx.logs(), node.log());
+    let url = |topics: &str| nginx.url(&format!("/notifications/stream/?topics={topics}"));
+    let refused = |topic: &'static str| {
+        let logs = &logs;
+        move |status: u16, body: String| {
+            assert_eq!(status, 403, "{body}\n{}", logs());
+            assert!(body.contains(topic), "the 403 names {topic}: {body}");
+        }
+    };
+    let get = |u: String, headers: Vec<(&'static str, &'static str)>| async move {
+        let mut req = http().get(u);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.expect("request through nginx");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    };
+
+    let (mut tab, established) = open_as(
+        &url("team:7,doc:42"),
+        &[("Cookie", "sessionid=good")],
+        &logs,
+    )
+    .await;
+    assert_eq!(established["topics"], json!(["doc:42", "team:7"]));
+
+    // Not granted by the app: refused, whatever the client claims.
+    let (status, body) = get(url("team:8"), vec![("Cookie", "sessionid=good")]).await;
+    refused("team:8")(status, body);
+    let (status, body) = get(
+        url("team:8"),
+        vec![("Cookie", "sessionid=good"), ("X-Remote-Topics", "*")],
+    )
+    .await;
+    refused("team:8")(status, body);
+    let (status, body) = get(
+        url("doc:1"),
+        vec![("Cookie", "sessionid=unicode"), ("X-Remote-Topics", "*")],
+    )
+    .await;
+    refused("doc:1")(status, body);
+    {
+        let seen = auth.seen.lock().unwrap();
+        for h in seen.iter() {
+            assert!(
+                h.get("x-remote-topics").is_none_or(|v| v.is_empty()),
+                "a client X-Remote-Topics reached the auth view: {h:?}"
+            );
+        }
+    }
+
+    // A topic message comes through nginx to the follower.
+    let (status, body) = send(
+        &node.admin_url(""),
+        json!({"topic": "doc:42", "event": "new_comment", "data": {"id": 7}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["connections"], 1, "{body}");
+    let ev = tab
+        .next_named("new_comment", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("the topic message did not come through nginx\n{}", logs()));
+    assert_eq!(ev.data, r#"{"id":7}"#);
+    assert_eq!(ev.id, body["data"]["message_id"].as_str().unwrap());
 }
 
 // ---------------------------------------------------------------------------

@@ -36,6 +36,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# tests/cluster_harness.rs joins six redis-server into a cluster with
+# redis-cli (Debian's redis-tools, which redis-server depends on).
+section "redis-cli (tests/cluster_harness.rs)"
+if ! command -v redis-cli >/dev/null 2>&1; then
+    apt_install redis-tools
+fi
+redis-cli --version
+
 # tests/fd_limit.rs starts the daemon under a small open-file limit with
 # util-linux's prlimit (essential on Debian; installed here if missing).
 section "prlimit (tests/fd_limit.rs)"

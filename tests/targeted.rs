@@ -6,7 +6,8 @@
 //! connects while messages for its user are in flight, a node that dies
 //! and its stale records, and the moments after a clear or a short cleanup
 //! when the registry lacks live streams; what an operator checks: each
-//! node's bus metrics.
+//! node's bus metrics. A topic's messages likewise reach only the nodes
+//! holding its followers.
 mod common;
 
 use std::collections::HashSet;
@@ -27,6 +28,7 @@ fn config(redis: &RedisServer, history: bool) -> sse_notify::config::Config {
     c.startup.clear = false;
     c.history.enabled = history;
     c.history.size = 1000;
+    c.auth.public_topics = vec!["*".into()];
     c
 }
 
@@ -148,6 +150,70 @@ async fn with_history_off_too() {
     only_nodes_holding_the_user_receive(false).await;
 }
 
+/// A stream of `user` on `node` that follows `topics` (comma-separated).
+async fn follow(node: &TestNode, user: &str, topics: &str) -> SseClient {
+    let url = format!("{}?topics={topics}", node.stream_url());
+    SseClient::connect_url(&url, user).await.0
+}
+
+/// A topic's messages go only to the nodes that hold its followers: one
+/// followed on a alone never reaches b's channel; one followed on both
+/// reaches both; a stream on a follower's node that does not follow it
+/// gets none of them.
+async fn only_nodes_holding_the_topic_receive(history: bool) {
+    let redis = RedisServer::start();
+    let nodes = start(&redis, 2, history).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut ann = follow(a, "ann", "doc:1,team:7").await;
+    let (mut carl, _) = SseClient::connect(a, "carl").await;
+    let mut bob = follow(b, "bob", "team:7").await;
+    let before = [metrics_of(a).await, metrics_of(b).await];
+    // Posted through b, which holds no follower of doc:1.
+    for i in 0..10 {
+        let (status, resp) = send(&b.admin_base(), json!({"topic": "doc:1", "data": i})).await;
+        assert_eq!(status, 200, "{resp}");
+        assert_eq!(resp["data"]["connections"], 1, "{resp}");
+    }
+    for i in 0..5 {
+        send_ok(&b.admin_base(), json!({"topic": "team:7", "data": i})).await;
+    }
+    send_ok(&a.admin_base(), json!({"data": "end"})).await;
+    let got = ids_until(&mut ann, "end", "ann").await;
+    assert_eq!(got.len(), 16, "doc:1's 10, team:7's 5, the broadcast");
+    if history {
+        for w in got.windows(2) {
+            assert!(key(&w[0]) < key(&w[1]), "ann: {} then {}", w[0], w[1]);
+        }
+    }
+    assert_eq!(ids_until(&mut bob, "end", "bob").await.len(), 6);
+    assert_eq!(ids_until(&mut carl, "end", "carl").await.len(), 1);
+    wait_until(WAIT, "b heard the broadcast", || async {
+        metrics_of(b).await.0 > before[1].0
+    })
+    .await;
+    let delta = |i: usize, now: (f64, f64)| (now.0 - before[i].0, now.1 - before[i].1);
+    assert_eq!(
+        delta(0, metrics_of(a).await),
+        (16.0, 0.0),
+        "a: both topics' messages and the broadcast"
+    );
+    assert_eq!(
+        delta(1, metrics_of(b).await),
+        (6.0, 0.0),
+        "b: team:7's 5 and the broadcast, never doc:1's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_messages_reach_only_the_nodes_holding_its_followers() {
+    only_nodes_holding_the_topic_receive(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_messages_with_history_off_too() {
+    only_nodes_holding_the_topic_receive(false).await;
+}
+
 /// Concurrent batches from three nodes mixing broadcasts (shared channel),
 /// messages to a user on two nodes (two node channels) and one-tab
 /// messages: each stream gets exactly its messages, in id order.
@@ -223,17 +289,18 @@ async fn streams_get_both_channels_in_id_order() {
     }
 }
 
-/// Tabs connect on a node that holds none of the user's streams while
-/// messages for the user flow (to another node's channel): each tab, come
-/// back with `Last-Event-ID`, gets every message after that id exactly
-/// once and in order, by replay or live.
+/// Tabs connect on a node that holds none of the user's streams and no
+/// follower of the topic while messages for the user, for the topic and
+/// broadcasts flow (to another node's channel, and the shared one): each
+/// tab, come back with `Last-Event-ID`, gets every message after that id
+/// exactly once and in order, by replay or live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tab_connecting_while_messages_are_in_flight_gets_each_once() {
     let redis = RedisServer::start();
     let nodes = start(&redis, 3, true).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-    // ann's anchor tab on a: her messages are routed there.
-    let (_anchor, _) = SseClient::connect(a, "ann").await;
+    // ann's anchor tab on a: her messages and doc:1's are routed there.
+    let _anchor = follow(a, "ann", "doc:1").await;
     let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
     let first = send_ok(&c.admin_base(), json!({"to": "ann", "data": "first"})).await;
     accepted.lock().unwrap().push(first);
@@ -242,7 +309,12 @@ async fn a_tab_connecting_while_messages_are_in_flight_gets_each_once() {
         let admin = c.admin_base();
         tokio::spawn(async move {
             for i in 0..400 {
-                let id = send_ok(&admin, json!({"to": "ann", "data": i})).await;
+                let body = match i % 4 {
+                    0 => json!({"data": i}),
+                    1 => json!({"topic": "doc:1", "data": i}),
+                    _ => json!({"to": "ann", "data": i}),
+                };
+                let id = send_ok(&admin, body).await;
                 accepted.lock().unwrap().push(id);
             }
         })
@@ -252,7 +324,7 @@ async fn a_tab_connecting_while_messages_are_in_flight_gets_each_once() {
     while !sender.is_finished() {
         let last = accepted.lock().unwrap().last().cloned().unwrap();
         let mut tab = SseClient::open(
-            &b.stream_url(),
+            &format!("{}?topics=doc:1", b.stream_url()),
             &[("X-Remote-User", "ann"), ("Last-Event-ID", &last)],
         )
         .await;
@@ -364,14 +436,15 @@ async fn a_dead_nodes_stale_records_cost_nothing_but_a_detour() {
 
 /// A clear removes every record, and a short cleanup removes live ones,
 /// until the nodes write them back: a message sent right then still
-/// reaches the live streams (it goes to every node meanwhile).
+/// reaches the live streams (it goes to every node meanwhile), to a user
+/// or to a topic the stream follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn right_after_a_clear_or_a_short_cleanup_live_tabs_still_get_messages() {
     let redis = RedisServer::start();
     let nodes = start(&redis, 2, true).await;
     let (a, b) = (&nodes[0], &nodes[1]);
-    let (mut tab, _) = SseClient::connect(a, "ann").await;
-    for round in 0..10 {
+    let mut tab = follow(a, "ann", "doc:1").await;
+    for round in 0..12 {
         let (path, body) = if round % 2 == 0 {
             ("/notifications/connections/", None)
         } else {
@@ -379,7 +452,12 @@ async fn right_after_a_clear_or_a_short_cleanup_live_tabs_still_get_messages() {
         };
         let (status, resp) = admin(reqwest::Method::POST, &b.admin_url(path), body).await;
         assert_eq!(status, 200, "{resp}");
-        let id = send_ok(&b.admin_base(), json!({"to": "ann", "data": round})).await;
+        let to = if round / 2 % 2 == 0 {
+            json!({"to": "ann", "data": round})
+        } else {
+            json!({"topic": "doc:1", "data": round})
+        };
+        let id = send_ok(&b.admin_base(), to).await;
         let ev = tab
             .next_named("message", WAIT)
             .await

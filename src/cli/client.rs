@@ -8,41 +8,15 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::CliError;
 use crate::config::{Config, ListenAddr};
 use crate::http::api::model::{
-    BatchSent, CleanedUp, Connection, ConnectionsPage, Counts, Envelope, Health, Refusal, Sent,
-    UserConnections,
+    BatchSent, CleanedUp, ConnectionsPage, Counts, Envelope, Health, Refusal, Sent, TopicFollowers,
+    Topics, UserConnections,
 };
-
-/// `data` of `GET {base}/topics/{topic}/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct TopicFollowers {
-    pub connection_count: usize,
-    pub connections: Vec<Connection>,
-    pub topic: String,
-    pub user_count: usize,
-    pub users: Vec<String>,
-}
-
-/// One topic of `GET {base}/topics/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct TopicCount {
-    pub connection_count: usize,
-    pub topic: String,
-    pub user_count: usize,
-}
-
-/// `data` of one page of `GET {base}/topics/?limit=N&cursor=C`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct TopicsPage {
-    pub next_cursor: Option<String>,
-    pub topic_count: usize,
-    pub topics: Vec<TopicCount>,
-}
 
 /// A send body (README "HTTP API").
 #[derive(Debug, Serialize)]
@@ -157,11 +131,7 @@ impl AdminClient {
 
     /// One page of `limit` followed topics after `cursor` ("" for the
     /// first).
-    pub(super) async fn topics_page(
-        &self,
-        cursor: &str,
-        limit: usize,
-    ) -> Result<TopicsPage, CliError> {
+    pub(super) async fn topics_page(&self, cursor: &str, limit: usize) -> Result<Topics, CliError> {
         let path = format!("/topics/?limit={limit}&cursor={cursor}");
         self.call(Method::GET, &path, None::<&()>).await
     }

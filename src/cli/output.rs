@@ -6,9 +6,8 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::client::{TopicCount, TopicFollowers};
 use super::CliError;
-use crate::http::api::model::{Sent, UserConnections};
+use crate::http::api::model::{Sent, Topic, TopicFollowers, UserConnections};
 use crate::store::{unix_now, ConnectionRecord};
 
 fn plural(n: usize) -> &'static str {
@@ -83,7 +82,7 @@ pub(super) fn topic_total(topics: usize) {
 
 /// A page of `topics` as a table; with `header_too`, the column names
 /// first.
-pub(super) fn topics_table(topics: &[TopicCount], header_too: bool) {
+pub(super) fn topics_table(topics: &[Topic], header_too: bool) {
     let rows: Vec<[String; 3]> = topics
         .iter()
         .map(|t| {

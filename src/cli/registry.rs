@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::client::AdminClient;
 use super::{output, CliError};
 use crate::config::Config;
-use crate::http::api::listing::ListingJson;
+use crate::http::api::listing::{ListingJson, Pieces};
 use crate::http::api::model::{CleanedUp, Counts, UserConnections};
 use crate::store::{unix_now, ConnectionRecord, Cursor, Direct};
 

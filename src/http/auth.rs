@@ -15,6 +15,7 @@ use warp::http::HeaderMap;
 use crate::config::{AuthMode, Config};
 use crate::node::expiry::TOKEN_LEEWAY_SECS;
 use crate::store::unix_now;
+use crate::topic::{self, Pattern};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub(crate) enum AuthError {
@@ -23,7 +24,7 @@ pub(crate) enum AuthError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
-    BadUsername(String),
+    BadRequest(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,9 @@ pub(crate) struct Identity {
     pub username: String,
     /// Token mode: the token's `exp` (unix secs); the stream ends then.
     pub expires: Option<u64>,
+    /// The topics this user may follow besides `auth.public_topics`: the
+    /// proxy's topics header (header mode) or the token's `topics` claim.
+    pub topics: Vec<Pattern>,
 }
 
 /// The claims read besides what [`Validation`] checks; optional here so
@@ -96,6 +100,8 @@ struct Claims {
     sub: Option<String>,
     exp: Option<f64>,
     iat: Option<f64>,
+    /// Read loosely so that a wrong type is reported by its name.
+    topics: Option<serde_json::Value>,
 }
 
 /// What a refused token is told: the claim or key at fault, never the
@@ -128,6 +134,8 @@ fn token_error(e: &jsonwebtoken::errors::Error, audience_set: bool) -> String {
 enum Mode {
     Header {
         name: String,
+        /// `auth.topics_header`.
+        topics: String,
         trusted: Vec<IpNet>,
     },
     Token {
@@ -140,9 +148,12 @@ enum Mode {
     None,
 }
 
-/// Identifies stream subscribers according to `[auth]`.
+/// Identifies stream subscribers according to `[auth]`, and says which
+/// topics they may follow.
 pub(crate) struct Authenticator {
     mode: Mode,
+    /// `auth.public_topics`: anyone who may open a stream may follow them.
+    public_topics: Vec<Pattern>,
 }
 
 impl Authenticator {
@@ -150,6 +161,7 @@ impl Authenticator {
         let mode = match config.auth.mode {
             AuthMode::Header => Mode::Header {
                 name: config.auth.header.clone(),
+                topics: config.auth.topics_header.clone(),
                 trusted: config.trusted_proxies().unwrap_or_default(),
             },
             AuthMode::None => Mode::None,
@@ -185,7 +197,17 @@ impl Authenticator {
                 }
             }
         };
-        Ok(Self { mode })
+        // The config's validation refused a bad pattern already.
+        let public_topics = config
+            .auth
+            .public_topics
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .collect();
+        Ok(Self {
+            mode,
+            public_topics,
+        })
     }
 
     pub(crate) fn is_insecure(&self) -> bool {
@@ -200,25 +222,47 @@ impl Authenticator {
         query: &HashMap<String, String>,
     ) -> Result<Identity, AuthError> {
         let mut expires = None;
+        let mut patterns = Vec::new();
         let user = match &self.mode {
             Mode::None => query.get("user").cloned().unwrap_or_default(),
-            Mode::Header { name, trusted } => {
-                let Some(value) = headers.get(name.as_str()) else {
-                    return Err(AuthError::Unauthorized(format!("missing {name} header")));
-                };
+            Mode::Header {
+                name,
+                topics: topics_header,
+                trusted,
+            } => {
                 let from_trusted = peer
                     .map(|p| canonical(p.ip()))
                     .is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)));
+                let value = headers.get(name.as_str());
+                let topics_value = headers.get(topics_header.as_str());
                 if !from_trusted {
-                    return Err(AuthError::Forbidden(format!(
-                        "{name} header is only accepted from trusted proxies"
-                    )));
+                    // Either header from anyone else is a forgery attempt:
+                    // said as such even when the other one is missing.
+                    if let Some(forged) = [(value, name), (topics_value, topics_header)]
+                        .into_iter()
+                        .find_map(|(v, n)| v.map(|_| n))
+                    {
+                        return Err(AuthError::Forbidden(format!(
+                            "{forged} header is only accepted from trusted proxies"
+                        )));
+                    }
+                }
+                let Some(value) = value else {
+                    return Err(AuthError::Unauthorized(format!("missing {name} header")));
+                };
+                if let Some(list) = topics_value {
+                    let list = list.to_str().map_err(|_| {
+                        AuthError::BadRequest(format!("{topics_header} header is not ASCII"))
+                    })?;
+                    patterns = topic::parse_patterns(list).map_err(|why| {
+                        AuthError::BadRequest(format!("{topics_header} header: {why}"))
+                    })?;
                 }
                 value
                     .to_str()
                     .map(str::to_string)
                     .or_else(|_| String::from_utf8(value.as_bytes().to_vec()))
-                    .map_err(|_| AuthError::BadUsername(format!("{name} header is not UTF-8")))?
+                    .map_err(|_| AuthError::BadRequest(format!("{name} header is not UTF-8")))?
             }
             Mode::Token {
                 key,
@@ -244,6 +288,9 @@ impl Authenticator {
                     ));
                 };
                 check_lifetime(exp, claims.iat, *max_lifetime)?;
+                if let Some(claim) = claims.topics {
+                    patterns = topics_claim(claim)?;
+                }
                 // The validation rounds `exp` the same way.
                 expires = Some(exp.round() as u64);
                 sub
@@ -252,12 +299,61 @@ impl Authenticator {
         if user.is_empty() {
             return Err(AuthError::Unauthorized("no identity".into()));
         }
-        validate_username(&user).map_err(|e| AuthError::BadUsername(format!("username {e}")))?;
+        validate_username(&user).map_err(|e| AuthError::BadRequest(format!("username {e}")))?;
         Ok(Identity {
             username: user,
             expires,
+            topics: patterns,
         })
     }
+
+    /// The first of `topics` that `who` may not follow (with why, for the
+    /// 403), or `None` when every one is allowed.
+    pub(crate) fn refused_topic<'t>(
+        &self,
+        who: &Identity,
+        topics: &'t [String],
+    ) -> Option<(&'t str, String)> {
+        let refused = topics.iter().find(|t| {
+            !self
+                .public_topics
+                .iter()
+                .chain(&who.topics)
+                .any(|p| p.allows(t))
+        })?;
+        let not_in = match &self.mode {
+            Mode::Header { topics, .. } => {
+                format!("neither auth.public_topics nor the {topics} header allows it")
+            }
+            Mode::Token { .. } => {
+                "neither auth.public_topics nor the token's topics claim allows it".to_string()
+            }
+            Mode::None => {
+                "auth.public_topics does not allow it (auth.mode = \"none\" follows public topics only)"
+                    .to_string()
+            }
+        };
+        Some((refused, not_in))
+    }
+}
+
+/// A token's `topics` claim: an array of topic patterns (`null`: none).
+fn topics_claim(claim: serde_json::Value) -> Result<Vec<Pattern>, AuthError> {
+    let bad =
+        |why: String| AuthError::Unauthorized(format!("invalid token: the topics claim {why}"));
+    let list = match claim {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Array(list) => list,
+        _ => return Err(bad("must be an array of topic patterns".into())),
+    };
+    list.iter()
+        .map(|p| match p.as_str() {
+            Some(text) => {
+                Pattern::parse(text).map_err(|why| bad(format!("holds {text:?}, which {why}")))
+            }
+            None => Err(bad(format!("holds {p}, which is not a string"))),
+        })
+        .collect()
 }
 
 /// `auth.token_max_lifetime_secs`: a token living longer (from `iat` to
@@ -405,6 +501,7 @@ mod tests {
         let bob = Identity {
             username: "bob".into(),
             expires: None,
+            topics: Vec::new(),
         };
         assert_eq!(auth.identify(Some(local), &h, &q).unwrap(), bob);
         assert_eq!(auth.identify(Some(mapped), &h, &q).unwrap(), bob);
@@ -417,6 +514,67 @@ mod tests {
             auth.identify(Some(local), &h, &q),
             Err(AuthError::Unauthorized(_))
         ));
+    }
+
+    #[test]
+    fn topics_come_from_the_trusted_header_and_public_topics() {
+        let mut config = Config::default();
+        config.auth.public_topics = vec!["news".into()];
+        let auth = Authenticator::from_config(&config).unwrap();
+        let q = HashMap::new();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let far: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-remote-user", "bob".parse().unwrap());
+        h.insert("x-remote-topics", " doc:*, ,team:7".parse().unwrap());
+        let bob = auth.identify(Some(local), &h, &q).unwrap();
+        let asked = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            auth.refused_topic(&bob, &asked(&["doc:1", "news", "team:7"])),
+            None
+        );
+        let some_refused = asked(&["doc:1", "team:8", "x"]);
+        let (refused, why) = auth.refused_topic(&bob, &some_refused).unwrap();
+        assert_eq!(refused, "team:8");
+        assert!(why.contains("X-Remote-Topics"), "{why}");
+        // From anyone else, the topics header alone is refused by name.
+        h.remove("x-remote-user");
+        assert_eq!(
+            auth.identify(Some(far), &h, &q),
+            Err(AuthError::Forbidden(
+                "X-Remote-Topics header is only accepted from trusted proxies".into()
+            ))
+        );
+        h.insert("x-remote-user", "bob".parse().unwrap());
+        h.insert("x-remote-topics", "doc:*,a b".parse().unwrap());
+        let err = auth.identify(Some(local), &h, &q).unwrap_err();
+        assert!(
+            matches!(&err, AuthError::BadRequest(m) if m.contains("X-Remote-Topics") && m.contains("a b")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_topics_claim_is_patterns_or_named() {
+        assert_eq!(
+            topics_claim(serde_json::json!(["doc:*", "*"])).unwrap(),
+            vec![
+                Pattern::parse("doc:*").unwrap(),
+                Pattern::parse("*").unwrap()
+            ]
+        );
+        assert_eq!(topics_claim(serde_json::Value::Null).unwrap(), Vec::new());
+        for bad in [
+            serde_json::json!("doc:*"),
+            serde_json::json!([1]),
+            serde_json::json!(["a b"]),
+        ] {
+            let err = topics_claim(bad.clone()).unwrap_err();
+            assert!(
+                matches!(&err, AuthError::Unauthorized(m) if m.contains("topics claim")),
+                "{bad}: {err:?}"
+            );
+        }
     }
 
     #[test]

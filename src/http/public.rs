@@ -155,14 +155,15 @@ async fn connection(
         }) => {
             chunked = c;
             is_head = method == Method::HEAD;
-            let (path, query) = match target.split_once('?') {
+            let (path, (query, topics)) = match target.split_once('?') {
                 Some((p, q)) => (p.to_string(), parse_query(q)),
-                None => (target, HashMap::new()),
+                None => (target, (HashMap::new(), Vec::new())),
             };
             let req = Request {
                 method,
                 path,
                 query,
+                topics,
                 headers,
                 peer: Some(peer),
                 kill,
@@ -231,8 +232,16 @@ async fn read_head(socket: &mut TcpStream) -> Result<Head, HeadError> {
     }
 }
 
-fn parse_query(q: &str) -> HashMap<String, String> {
-    serde_urlencoded::from_str(q).unwrap_or_default()
+/// The query's parameters, percent-decoded (the last of a repeated one),
+/// and the values of every `topics` parameter, which add up.
+fn parse_query(q: &str) -> (HashMap<String, String>, Vec<String>) {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();
+    let topics = pairs
+        .iter()
+        .filter(|(k, _)| k == "topics")
+        .map(|(_, v)| v.clone())
+        .collect();
+    (pairs.into_iter().collect(), topics)
 }
 
 async fn respond(

@@ -1,10 +1,10 @@
 //! What the public listener answers: `GET {base}/stream/`
 //! (README "The stream") and its CORS preflight, independent of the HTTP server
-//! ([`super::public`]). A stream request is read (auth, `Last-Event-ID`,
-//! `replaces`) and handed to the node ([`crate::node::session`]), whose
+//! ([`super::public`]). A stream request is read (auth, the topics it may
+//! follow, `Last-Event-ID`, `replaces`) and handed to the node ([`crate::node::session`]), whose
 //! session becomes the response body; a refusal becomes the envelope.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use super::Front;
 use crate::config::Config;
 use crate::node::session::{self, Admission, Session};
 use crate::node::Refused;
+use crate::topic;
 
 /// A request to the public listener, as the HTTP layer parsed it.
 pub(crate) struct Request {
@@ -26,6 +27,9 @@ pub(crate) struct Request {
     /// The path, without the query string.
     pub path: String,
     pub query: HashMap<String, String>,
+    /// The value of every `topics` parameter, in order: repeated ones add
+    /// up.
+    pub topics: Vec<String>,
     pub headers: HeaderMap,
     pub peer: Option<SocketAddr>,
     /// Cancelling it closes the client's TCP connection at once.
@@ -132,23 +136,55 @@ fn auth_error(e: AuthError) -> ApiError {
     match e {
         AuthError::Unauthorized(m) => ApiError::unauthorized(m),
         AuthError::Forbidden(m) => ApiError::forbidden(m),
-        AuthError::BadUsername(m) => ApiError::bad_request(m),
+        AuthError::BadRequest(m) => ApiError::bad_request(m),
     }
+}
+
+/// The topics a stream asks to follow (`?topics=a,b`, repeatable; blanks
+/// skipped), checked, sorted and without duplicates.
+fn asked_topics(values: &[String], max: usize) -> Result<Vec<String>, ApiError> {
+    let mut topics = BTreeSet::new();
+    for name in values.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        if name.is_empty() {
+            continue;
+        }
+        if let Some(why) = topic::name_error(name) {
+            return Err(ApiError::bad_request(format!(
+                "topics: {} {why}",
+                topic::quoted(name)
+            )));
+        }
+        topics.insert(name);
+    }
+    if topics.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "topics: {} asked, more than limits.max_topics_per_stream ({max})",
+            topics.len()
+        )));
+    }
+    Ok(topics.into_iter().map(String::from).collect())
 }
 
 async fn open(app: &Arc<Front>, config: &Config, req: &Request) -> Result<Reply, ApiError> {
     let (headers, query, peer) = (&req.headers, &req.query, req.peer);
-    let Identity { username, expires } = app
-        .auth()
-        .identify(peer, headers, query)
-        .map_err(auth_error)?;
+    let auth = app.auth();
+    let who = auth.identify(peer, headers, query).map_err(auth_error)?;
+    let topics = asked_topics(&req.topics, config.limits.max_topics_per_stream)?;
+    if let Some((topic, why)) = auth.refused_topic(&who, &topics) {
+        return Err(ApiError::forbidden(format!(
+            "topics: may not follow {topic:?}: {why}"
+        )));
+    }
+    let Identity {
+        username, expires, ..
+    } = who;
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .or_else(|| query.get("last_event_id").cloned())
         .filter(|s| !s.is_empty());
     let ask = Admission {
-        topics: Vec::new(),
+        topics,
         username,
         expires,
         replaces: query.get("replaces").cloned(),
@@ -178,4 +214,37 @@ async fn open(app: &Arc<Front>, config: &Config, req: &Request) -> Result<Reply,
         headers: h,
         body: ReplyBody::Events(session),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asked_topics_add_up_once_each_and_are_checked() {
+        let asked = |v: &[&str], max| {
+            asked_topics(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), max)
+        };
+        assert_eq!(
+            asked(&["team:7,doc:42", "doc:42,,", " x "], 3).unwrap(),
+            vec!["doc:42", "team:7", "x"]
+        );
+        assert_eq!(asked(&[], 3).unwrap(), Vec::<String>::new());
+        assert_eq!(asked(&[","], 3).unwrap(), Vec::<String>::new());
+        let err = asked(&["a,b", "c,d"], 3).unwrap_err();
+        assert!(
+            err.message().contains("limits.max_topics_per_stream (3)"),
+            "{}",
+            err.message()
+        );
+        let err = asked(&["ok,doc:*"], 3).unwrap_err();
+        assert!(
+            err.message().starts_with("topics: \"doc:*\""),
+            "{}",
+            err.message()
+        );
+        let long = "y".repeat(500);
+        let err = asked(&[&long], 3).unwrap_err();
+        assert!(err.message().len() < 150, "{}", err.message());
+    }
 }

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::{
     self, Backend, Cleared, ConnectionRecord, Cursor, Health, LiveConn, Open, Page, Removed, Store,
-    Wrote,
+    TopicPresence, TopicsPage, Wrote,
 };
 use crate::throttle::LogThrottle;
 use expiry::Expiries;
@@ -361,7 +361,21 @@ impl Node {
         self.router.list_user(user).await
     }
 
-    /// The registry, for a whole listing read in steps.
+    /// See [`Router::topics_page`].
+    pub(crate) async fn topics_page(
+        &self,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> store::Result<TopicsPage> {
+        self.router.topics_page(after, limit).await
+    }
+
+    /// See [`Router::topic`].
+    pub(crate) async fn topic(&self, topic: &str) -> store::Result<TopicPresence> {
+        self.router.topic(topic).await
+    }
+
+    /// The registry, for a whole listing (users or topics) read in steps.
     pub(crate) fn listing(&self) -> Store {
         self.router.store().clone()
     }

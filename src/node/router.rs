@@ -15,7 +15,7 @@ use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::store::{
     unix_now, Cleared, ConnectionRecord, Cursor, Inbound, LiveConn, Message, MsgId, NodeLink, Page,
-    Removed, Replay, Result, Store, Target, Wrote,
+    Removed, Replay, Result, Store, Target, TopicPresence, TopicsPage, Wrote,
 };
 
 const EVICTED_REASON: &str = "max_connections_per_user";
@@ -310,5 +310,21 @@ impl Router {
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
         self.store.list_user(user).await
+    }
+
+    /// One page of the followed topics: up to `limit` (1 to `MAX_PAGE`)
+    /// after `after` in name order, each with its counts, how many topics
+    /// are followed, and the next page's cursor.
+    pub(crate) async fn topics_page(
+        &self,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<TopicsPage> {
+        self.store.topics_page(after, limit).await
+    }
+
+    /// Who follows `topic` now, on every node.
+    pub(crate) async fn topic(&self, topic: &str) -> Result<TopicPresence> {
+        self.store.topic(topic).await
     }
 }

@@ -86,7 +86,7 @@ pub(crate) async fn open(
         }
     }
     let peer_addr = ask.peer.map(|p| p.to_string()).unwrap_or_default();
-    tracing::info!(connection_id = %conn.connection_id, username = %conn.username, peer = %peer_addr, "stream opened");
+    tracing::info!(connection_id = %conn.connection_id, username = %conn.username, topics = %conn.topics.join(","), peer = %peer_addr, "stream opened");
 
     let established = json!({
         "connection_id": conn.connection_id,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::listing::{self, Listed};
 use super::redis::{self, Keys, Redis, SharedConn};
-use super::{Cleared, ConnectionRecord, Cursor, Page, Removed, Result, StoreError};
+use super::{Cleared, ConnectionRecord, Cursor, Page, Removed, Result, StoreError, TopicCount};
 use crate::config::{mask_url_password, Config};
 
 /// Who tells the nodes on the bus (the nodes' own events carry their ids).
@@ -78,6 +78,15 @@ impl Listed for Direct {
     }
     async fn totals(&self) -> Result<(usize, usize)> {
         self.registry.totals().await
+    }
+    async fn topic_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        self.registry.topic_names(after, limit).await
+    }
+    async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
+        self.registry.topic_counts(topics).await
+    }
+    async fn topic_total(&self) -> Result<usize> {
+        self.registry.topic_total().await
     }
     fn listing_step(&self) -> usize {
         listing::REDIS_STEP

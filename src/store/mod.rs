@@ -45,7 +45,7 @@ pub(crate) mod seam;
 pub(crate) mod target;
 
 pub(crate) use direct::Direct;
-pub(crate) use listing::Listed;
+pub(crate) use listing::{Listed, Steps, TopicsPage, Walk};
 
 /// Why the store could not answer. Every variant means "nothing was
 /// changed or delivered": the HTTP layer answers 503 and a retry is safe.
@@ -568,8 +568,8 @@ impl Store {
         each!(self, e => Registry::totals(&**e).await)
     }
 
-    /// How many usernames a whole listing reads per step: Redis scans the
-    /// whole users set once per step, so it takes many at a time; the
+    /// How many names a whole listing reads per step: Redis scans the
+    /// whole users (or topics) set once per step, so it takes many at a time; the
     /// embedded engine holds its lock for each step, so it takes few.
     pub(crate) fn listing_step(&self) -> usize {
         match self {
@@ -581,6 +581,15 @@ impl Store {
     /// One page of the listing: up to `limit` users after `after`.
     pub(crate) async fn list_page(&self, after: Option<&Cursor>, limit: usize) -> Result<Page> {
         listing::page(self, after, limit).await
+    }
+
+    /// One page of the followed topics: up to `limit` after `after`.
+    pub(crate) async fn topics_page(
+        &self,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<TopicsPage> {
+        listing::topics_page(self, after, limit).await
     }
 
     pub(crate) async fn list_user(&self, user: &str) -> Result<Vec<ConnectionRecord>> {
@@ -670,6 +679,15 @@ impl Listed for Store {
     }
     async fn totals(&self) -> Result<(usize, usize)> {
         Store::totals(self).await
+    }
+    async fn topic_names(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Store::topic_names(self, after, limit).await
+    }
+    async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
+        Store::topic_counts(self, topics).await
+    }
+    async fn topic_total(&self) -> Result<usize> {
+        Store::topic_total(self).await
     }
     fn listing_step(&self) -> usize {
         Store::listing_step(self)

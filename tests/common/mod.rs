@@ -10,6 +10,7 @@
 mod binary;
 mod nginx;
 mod poll;
+mod redis_cluster;
 mod redis_server;
 mod sse;
 mod tcp;
@@ -22,6 +23,8 @@ pub use binary::*;
 pub use nginx::*;
 #[allow(unused_imports)]
 pub use poll::*;
+#[allow(unused_imports)]
+pub use redis_cluster::*;
 #[allow(unused_imports)]
 pub use redis_server::*;
 #[allow(unused_imports)]

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::clock::secs;
 use crate::figures::{lat_json, r3};
-use crate::state::{Ctx, Instance, Msg};
+use crate::state::{Ctx, Dest, Instance, Msg};
 
 /// The delivery report of the run behind `ctx`.
 pub(crate) fn account(ctx: &Ctx, grace_ns: u64) -> Value {
@@ -39,14 +39,19 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
         i.est_ns <= m.start_ns && i.end_ns >= m.end_ns.saturating_add(grace_ns)
     };
 
+    // the streams a message is expected to reach
+    let expected_of = |m: &Msg| match m.to {
+        Dest::User(u) => by_user
+            .get(&u)
+            .map_or(0, |v| v.iter().filter(|i| eligible(i, m)).count() as u64),
+        _ => instances
+            .iter()
+            .filter(|i| m.to.reaches(i.user, &i.topics) && eligible(i, m))
+            .count() as u64,
+    };
     let mut expected = 0u64;
     for m in msgs.iter().filter(|m| m.ok) {
-        expected += match m.to {
-            Some(u) => by_user
-                .get(&u)
-                .map_or(0, |v| v.iter().filter(|i| eligible(i, m)).count() as u64),
-            None => instances.iter().filter(|i| eligible(i, m)).count() as u64,
-        };
+        expected += expected_of(m);
     }
     let mut received = 0u64; // unique, by expected streams
     let mut extra = 0u64; // unique, by streams not expected to get it (churn edges)
@@ -54,7 +59,8 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
     let mut misrouted = 0u64;
     let mut unknown = 0u64;
     let mut lat: Vec<u64> = Vec::new();
-    // broadcasts: (deliveries to expected streams, max latency)
+    // broadcasts and topic messages: (deliveries to expected streams, max
+    // latency)
     let mut per_seq: HashMap<u64, (u64, u64)> = HashMap::new();
     for i in instances.iter() {
         let mut recv = i.recv.clone();
@@ -70,7 +76,7 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
                 unknown += 1;
                 continue;
             };
-            if m.to.is_some_and(|u| u != i.user) {
+            if !m.to.reaches(i.user, &i.topics) {
                 misrouted += 1;
                 continue;
             }
@@ -101,15 +107,21 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
     let last_send_end = msgs.iter().map(|m| m.end_ns).max().unwrap_or(0);
     let span = last_recv_ns.max(last_send_end).saturating_sub(first_send);
     let delivered = received + extra;
-    // broadcast completion: every expected stream got it
-    let mut completion: Vec<u64> = Vec::new();
-    let mut incomplete = 0u64;
-    for m in msgs.iter().filter(|m| m.ok && m.to.is_none()) {
-        let exp = instances.iter().filter(|i| eligible(i, m)).count() as u64;
+    // completion of a broadcast or a topic message: every expected stream
+    // got it
+    let mut completion: [Vec<u64>; 2] = Default::default();
+    let mut incomplete = [0u64; 2];
+    for m in msgs.iter().filter(|m| m.ok) {
+        let k = match m.to {
+            Dest::User(_) => continue,
+            Dest::All => 0,
+            Dest::Topic(_) => 1,
+        };
+        let exp = expected_of(m);
         match per_seq.get(&m.seq) {
-            Some(&(n, max)) if n >= exp => completion.push(max),
+            Some(&(n, max)) if n >= exp => completion[k].push(max),
             _ if exp == 0 => {}
-            _ => incomplete += 1,
+            _ => incomplete[k] += 1,
         }
     }
     json!({
@@ -131,14 +143,17 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
         "delivered": delivered,
         "delivered_per_sec": if span > 0 { r3(delivered as f64 / secs(span)) } else { 0.0 },
         "e2e": lat_json(&mut lat),
-        "broadcast_completion": lat_json(&mut completion),
-        "broadcast_incomplete": incomplete,
+        "broadcast_completion": lat_json(&mut completion[0]),
+        "broadcast_incomplete": incomplete[0],
+        "topic_completion": lat_json(&mut completion[1]),
+        "topic_incomplete": incomplete[1],
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const MS: u64 = 1_000_000;
     const OPEN: u64 = u64::MAX;
@@ -146,6 +161,7 @@ mod tests {
     fn stream(user: u32, est_ms: u64, end_ns: u64, recv: &[(u32, u32)]) -> Instance {
         Instance {
             user,
+            topics: Arc::from([]),
             est_ns: est_ms * MS,
             end_ns,
             recv: recv.to_vec(),
@@ -155,7 +171,7 @@ mod tests {
     fn msg(seq: u64, to: Option<u32>, ms: (u64, u64), ok: bool, routed: u64) -> Msg {
         Msg {
             seq,
-            to,
+            to: to.map_or(Dest::All, Dest::User),
             start_ns: ms.0 * MS,
             end_ns: ms.1 * MS,
             ok,
@@ -252,6 +268,52 @@ mod tests {
         assert_eq!(v["broadcast_completion"]["count"], 1, "{v}");
         // complete when the slower stream had it
         assert_eq!(v["broadcast_completion"]["max_ms"].as_f64(), Some(2.5));
+    }
+
+    #[test]
+    fn a_topic_message_is_expected_by_its_followers_only() {
+        let follow = |user, topics: &[&str], recv: &[(u32, u32)]| Instance {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            ..stream(user, 0, OPEN, recv)
+        };
+        let instances = vec![
+            follow(0, &["news", "s0"], &[(0, 1500), (1, 400)]),
+            follow(1, &["news"], &[(0, 2500), (1, 300)]),
+            // follows another topic: seq 0 should not have reached it
+            follow(2, &["s2"], &[(0, 900), (1, 200)]),
+            // follows it, never got it
+            follow(3, &["news"], &[(1, 100)]),
+        ];
+        let mut msgs = vec![
+            msg(0, None, (1000, 1100), true, 3),
+            msg(1, None, (2000, 2100), true, 4),
+            msg(2, None, (3000, 3100), true, 1),
+        ];
+        msgs[0].to = Dest::Topic("news".into());
+        msgs[2].to = Dest::Topic("s0".into());
+        let v = tally(&instances, &msgs, 3200 * MS, 0);
+        // seq 0: the three news followers; seq 1 (a broadcast): all four;
+        // seq 2: stream 0, which lost it
+        assert_eq!(v["expected"], 8, "{v}");
+        assert_eq!(v["received"], 6, "{v}");
+        assert_eq!(v["lost"], 2, "{v}");
+        assert_eq!(v["misrouted"], 1, "{v}");
+        assert_eq!(v["topic_completion"]["count"], 0, "{v}");
+        assert_eq!(v["topic_incomplete"], 2, "{v}");
+        assert_eq!(v["broadcast_completion"]["count"], 1, "{v}");
+        assert_eq!(v["broadcast_completion"]["max_ms"].as_f64(), Some(0.4));
+
+        // once stream 3 has seq 0 and stream 0 seq 2, both complete, each
+        // when its slowest follower had it
+        let mut instances = instances;
+        instances[3].recv.push((0, 3500));
+        instances[0].recv.push((2, 700));
+        let v = tally(&instances, &msgs, 3200 * MS, 0);
+        assert_eq!(v["lost"], 0, "{v}");
+        assert_eq!(v["topic_incomplete"], 0, "{v}");
+        assert_eq!(v["topic_completion"]["count"], 2, "{v}");
+        assert_eq!(v["topic_completion"]["max_ms"].as_f64(), Some(3.5));
+        assert_eq!(v["topic_completion"]["p50_ms"].as_f64(), Some(0.7));
     }
 
     #[test]

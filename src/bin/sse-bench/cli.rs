@@ -1,4 +1,4 @@
-//! The command line: the four modes and the options they share.
+//! The command line: the modes and the options they share.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -6,10 +6,11 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "sse-bench",
     version,
-    about = "Load test an sse-notify deployment: hold, unicast, broadcast, churn, registry",
+    about = "Load test an sse-notify deployment: hold, unicast, broadcast, topic, churn, registry",
     after_help = "Prints progress and a summary on stderr and one JSON line on stdout.\n\
                   Streams connect as u0..u{users-1} (connection i is user i % users) through\n\
-                  the --user-header; messages are posted to the admin API.\n\
+                  the --user-header, following the --topics; messages are posted to the\n\
+                  admin API.\n\
                   broadcast reaches EVERY stream of the deployment: run it on a test deployment."
 )]
 pub(crate) struct Cli {
@@ -51,6 +52,27 @@ pub(crate) enum Mode {
         /// Interval between broadcasts, ms
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
+    },
+    /// With the streams open (following --topics), send --sends messages to
+    /// --topic, --interval-ms apart: completion latency (until every stream
+    /// following it has it). --beside-broadcast sends a broadcast after each,
+    /// for the same figures of a broadcast in the same run.
+    Topic {
+        #[command(flatten)]
+        c: Common,
+        /// The topic to send to: one the streams follow (see --topics)
+        #[arg(long)]
+        topic: String,
+        /// Messages to send to the topic
+        #[arg(long, default_value_t = 20)]
+        sends: u64,
+        /// Interval between sends, ms
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        /// After each topic message, a broadcast (--interval-ms later): both
+        /// completions under the same streams and load
+        #[arg(long)]
+        beside_broadcast: bool,
     },
     /// For --duration seconds (default 60), close and reopen --reconnect-pct
     /// percent of the live streams every second while sending --send-rate
@@ -107,6 +129,7 @@ impl Mode {
             Mode::Hold { c } => ("hold", c),
             Mode::Unicast { c, .. } => ("unicast", c),
             Mode::Broadcast { c, .. } => ("broadcast", c),
+            Mode::Topic { c, .. } => ("topic", c),
             Mode::Churn { c, .. } => ("churn", c),
             Mode::Registry { c, .. } => ("registry", c),
         }
@@ -135,6 +158,15 @@ pub(crate) struct Common {
     /// api.token of the deployment (Authorization: Bearer on admin requests)
     #[arg(long, env = "SSE_BENCH_API_TOKEN", hide_env_values = true)]
     pub(crate) api_token: Option<String>,
+    /// Topics every stream follows (`?topics=` of its stream URL), comma-
+    /// separated; `{i}` is the stream's index, `{user}` its user: `news,sport`
+    /// (shared by all), `s{i}-a,s{i}-b` (each stream's own)
+    #[arg(long, default_value = "")]
+    pub(crate) topics: String,
+    /// Header naming the topics a stream may follow (auth.topics_header),
+    /// sent with the stream's own --topics; "" sends none
+    #[arg(long, default_value = "X-Remote-Topics")]
+    pub(crate) topics_header: String,
     /// Streams to open
     #[arg(long, default_value_t = 1000)]
     pub(crate) conns: usize,
@@ -248,6 +280,14 @@ mod tests {
             assert_eq!(c.drain, 0.5);
             assert_eq!(c.users, None);
         }
+        let cli = Cli::try_parse_from(["sse-bench", "topic", "--topic", "t", "--topics", "t,u{i}"])
+            .expect("topic mode");
+        let (name, c) = cli.mode.parts();
+        assert_eq!((name, c.topics.as_str()), ("topic", "t,u{i}"));
+        assert!(
+            Cli::try_parse_from(["sse-bench", "topic"]).is_err(),
+            "topic mode names its topic"
+        );
         let refused = Cli::try_parse_from(["sse-bench", "hold", "--connect-timeout=-1"]);
         assert!(refused.is_err(), "a negative timeout is refused");
     }

@@ -1,7 +1,8 @@
 //! `sse-bench`: load test for an sse-notify deployment.
 //!
 //! Modes: `hold` (open N streams, hold them), `unicast` (send M messages to
-//! random users), `broadcast` (K broadcasts), `churn` (a share of the streams
+//! random users), `broadcast` (K broadcasts), `topic` (K messages to a topic
+//! the streams follow, `--topics`), `churn` (a share of the streams
 //! closed and reopened every second while messages flow), `registry` (a
 //! large registry written into Redis, then its listing and clear timed). Streams are opened
 //! on the public listener as `u{i % users}` (header auth); messages go through
@@ -28,6 +29,7 @@ mod sse;
 mod state;
 mod streams;
 mod sys;
+mod topics;
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! The four modes, each a run from start to report: hold, unicast, broadcast,
-//! churn.
+//! The modes, each a run from start to report: hold, unicast, broadcast,
+//! topic, churn (and registry, in its own module).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use crate::report::merge;
 use crate::run::{start, Run};
 use crate::sampling::{rss_json, spawn_sampler, Samples};
 use crate::sends::{send_loop, send_one};
+use crate::state::Dest;
 use crate::sys::vmrss_kb;
 
 /// Runs `mode` to its end: the JSON line, or why the run could not be made.
@@ -33,6 +34,13 @@ pub(crate) async fn run(mode: Mode) -> Result<Value, String> {
             broadcasts,
             interval_ms,
         } => broadcast(c, broadcasts, interval_ms).await,
+        Mode::Topic {
+            c,
+            topic,
+            sends,
+            interval_ms,
+            beside_broadcast,
+        } => topic_mode(c, topic, sends, interval_ms, beside_broadcast).await,
         Mode::Churn {
             c,
             reconnect_pct,
@@ -133,11 +141,65 @@ async fn broadcast(c: Common, broadcasts: u64, interval_ms: u64) -> Result<Value
             break;
         }
         let ctx = run.ctx.clone();
-        inflight.spawn(async move { send_one(&ctx, None).await });
+        inflight.spawn(async move { send_one(&ctx, Dest::All).await });
     }
     while inflight.join_next().await.is_some() {}
     let fields = json!({"broadcasts": broadcasts, "interval_ms": interval_ms});
     Ok(drain_and_report(run, "broadcast", &c, fields).await)
+}
+
+/// topic: --sends messages to --topic (with --beside-broadcast, each
+/// followed by a broadcast), then the delivery accounting.
+async fn topic_mode(
+    c: Common,
+    topic: String,
+    sends: u64,
+    interval_ms: u64,
+    beside_broadcast: bool,
+) -> Result<Value, String> {
+    let users = c.users.unwrap_or(c.conns).max(1);
+    let mut followers = 0;
+    for i in 0..c.conns {
+        let uname = format!("{}{}", c.user_prefix, i % users);
+        if crate::topics::expand(&c.topics, i, &uname)?.contains(&topic) {
+            followers += 1;
+        }
+    }
+    if followers == 0 {
+        return Err(format!(
+            "--topic {topic}: no stream follows it (--topics {:?})",
+            c.topics
+        ));
+    }
+    let run = start(&c, false, 2).await?;
+    let cap = Instant::now() + Duration::from_secs_f64(c.duration.unwrap_or(120.0));
+    eprintln!(
+        "sending {sends} messages to {topic} ({followers} streams follow it){}, {interval_ms} ms apart",
+        if beside_broadcast { ", each followed by a broadcast" } else { "" }
+    );
+    let dest = Dest::Topic(topic.as_str().into());
+    let mut order = vec![dest];
+    if beside_broadcast {
+        order.push(Dest::All);
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    let mut inflight = tokio::task::JoinSet::new();
+    'sends: for _ in 0..sends {
+        for to in &order {
+            tick.tick().await;
+            if Instant::now() >= cap {
+                break 'sends;
+            }
+            let (ctx, to) = (run.ctx.clone(), to.clone());
+            inflight.spawn(async move { send_one(&ctx, to).await });
+        }
+    }
+    while inflight.join_next().await.is_some() {}
+    let fields = json!({
+        "topic": topic, "followers": followers, "sends": sends,
+        "interval_ms": interval_ms, "beside_broadcast": beside_broadcast,
+    });
+    Ok(drain_and_report(run, "topic", &c, fields).await)
 }
 
 /// The end of unicast and broadcast: waits for the deliveries, stops the

@@ -75,6 +75,15 @@ fn summary(v: &Value) -> Vec<String> {
                 d["broadcast_incomplete"]
             ));
         }
+        if d["topic_completion"]["count"].as_u64().unwrap_or(0) > 0 {
+            out.push(format!(
+                "topic completion (every stream following it has it): p50 {} ms, p99 {} ms, max {} ms; {} incomplete",
+                d["topic_completion"]["p50_ms"],
+                d["topic_completion"]["p99_ms"],
+                d["topic_completion"]["max_ms"],
+                d["topic_incomplete"]
+            ));
+        }
     }
     if let Some(ch) = v.get("churn") {
         out.push(format!(

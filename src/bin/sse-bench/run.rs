@@ -65,6 +65,7 @@ async fn resolve(c: &Common) -> Result<Target, String> {
         host: authority,
         path,
         user_header: c.user_header.clone(),
+        topics_header: c.topics_header.clone(),
     })
 }
 
@@ -85,6 +86,14 @@ pub(crate) async fn start(c: &Common, reopen: bool, publishers: usize) -> Result
         ));
     }
     let target = resolve(c).await?;
+    // each stream's topics, checked before anything is opened
+    let mut slot_topics = Vec::with_capacity(c.conns);
+    for i in 0..c.conns {
+        let uname = format!("{}{}", c.user_prefix, i % users);
+        slot_topics.push(Arc::<[String]>::from(crate::topics::expand(
+            &c.topics, i, &uname,
+        )?));
+    }
     let http = c
         .admin_client()
         .timeout(Duration::from_secs(10))
@@ -107,10 +116,12 @@ pub(crate) async fn start(c: &Common, reopen: bool, publishers: usize) -> Result
         reopen,
         stop: CancellationToken::new(),
         stats: Stats::default(),
-        slots: (0..c.conns)
-            .map(|_| Slot {
+        slots: slot_topics
+            .into_iter()
+            .map(|topics| Slot {
                 live: AtomicBool::new(false),
                 reconnect: Notify::new(),
+                topics,
             })
             .collect(),
         user_live: (0..users).map(|_| AtomicU32::new(0)).collect(),
@@ -138,13 +149,18 @@ pub(crate) async fn start(c: &Common, reopen: bool, publishers: usize) -> Result
 
     let t0 = now_ns();
     eprintln!(
-        "opening {} streams as {}0..{}{} on {} ({} at once)",
+        "opening {} streams as {}0..{}{} on {} ({} at once){}",
         c.conns,
         c.user_prefix,
         c.user_prefix,
         users - 1,
         c.stream_url,
-        c.connect_concurrency
+        c.connect_concurrency,
+        if c.topics.is_empty() {
+            String::new()
+        } else {
+            format!(", following {}", c.topics)
+        }
     );
     let mut slots = tokio::task::JoinSet::new();
     for i in 0..c.conns {
@@ -237,6 +253,7 @@ impl Run {
             "tool": "sse-bench",
             "mode": mode,
             "stream_url": c.stream_url,
+            "topics": c.topics,
             "conns": c.conns,
             "users": self.ctx.users,
             "established": est,

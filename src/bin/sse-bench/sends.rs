@@ -10,19 +10,26 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{now_ns, secs};
-use crate::state::{chain, Ctx, Msg};
+use crate::state::{chain, Ctx, Dest, Msg};
 
 /// POST {base}/send/ with {"seq", "ts_ns"}; records the outcome.
-pub(crate) async fn send_one(ctx: &Ctx, to: Option<u32>) {
+pub(crate) async fn send_one(ctx: &Ctx, to: Dest) {
     let seq = ctx.next_seq.fetch_add(1, Relaxed);
-    let live_at_send = match to {
-        Some(u) => ctx.user_live[u as usize].load(Relaxed) as u64,
-        None => ctx.stats.live.load(Relaxed),
+    let live_at_send = match &to {
+        Dest::User(u) => ctx.user_live[*u as usize].load(Relaxed) as u64,
+        Dest::All => ctx.stats.live.load(Relaxed),
+        Dest::Topic(t) => ctx
+            .slots
+            .iter()
+            .filter(|s| s.live.load(Relaxed) && s.topics.iter().any(|x| **x == **t))
+            .count() as u64,
     };
     let start_ns = now_ns();
     let mut body = json!({"data": {"seq": seq, "ts_ns": start_ns}, "event": "bench"});
-    if let Some(u) = to {
-        body["to"] = json!(ctx.uname(u));
+    match &to {
+        Dest::User(u) => body["to"] = json!(ctx.uname(*u)),
+        Dest::All => {}
+        Dest::Topic(t) => body["topic"] = json!(&**t),
     }
     let mut req = ctx.http.post(format!("{}/send/", ctx.api)).json(&body);
     if let Some(t) = &ctx.api_token {
@@ -110,7 +117,7 @@ pub(crate) async fn send_loop(
         issued += 1;
         let c = ctx.clone();
         tokio::spawn(async move {
-            send_one(&c, Some(to)).await;
+            send_one(&c, Dest::User(to)).await;
             drop(permit);
         });
     }

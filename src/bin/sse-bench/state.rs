@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 /// One stream from its `connection_established` to its end.
 pub(crate) struct Instance {
     pub(crate) user: u32,
+    /// The topics it follows (its slot's).
+    pub(crate) topics: Arc<[String]>,
     pub(crate) est_ns: u64,
     /// u64::MAX: still live when the run stopped it.
     pub(crate) end_ns: u64,
@@ -20,10 +22,28 @@ pub(crate) struct Instance {
     pub(crate) recv: Vec<(u32, u32)>,
 }
 
+/// Where a message goes.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Dest {
+    User(u32),
+    All,
+    Topic(Arc<str>),
+}
+
+impl Dest {
+    /// Whether a stream of `user` following `topics` is one it goes to.
+    pub(crate) fn reaches(&self, user: u32, topics: &[String]) -> bool {
+        match self {
+            Dest::User(u) => *u == user,
+            Dest::All => true,
+            Dest::Topic(t) => topics.iter().any(|x| **x == **t),
+        }
+    }
+}
+
 pub(crate) struct Msg {
     pub(crate) seq: u64,
-    /// None: broadcast.
-    pub(crate) to: Option<u32>,
+    pub(crate) to: Dest,
     pub(crate) start_ns: u64,
     pub(crate) end_ns: u64,
     pub(crate) ok: bool,
@@ -99,11 +119,14 @@ pub(crate) struct Target {
     pub(crate) host: String,
     pub(crate) path: String,
     pub(crate) user_header: String,
+    pub(crate) topics_header: String,
 }
 
 pub(crate) struct Slot {
     pub(crate) live: AtomicBool,
     pub(crate) reconnect: Notify,
+    /// The topics its streams follow (--topics for this stream).
+    pub(crate) topics: Arc<[String]>,
 }
 
 pub(crate) struct Ctx {

@@ -81,12 +81,17 @@ async fn open(ctx: &Ctx, idx: usize, uname: &str) -> Result<Attempt, (Fail, Stri
         .await
         .map_err(|e| (Fail::Other, format!("handshake: {e}")))?;
     let mut conn = Box::pin(conn);
-    let mut req = hyper::Request::get(ctx.target.path.replace("{user}", uname))
+    let topics = &ctx.slots[idx].topics;
+    let path = crate::topics::with_query(&ctx.target.path.replace("{user}", uname), topics);
+    let mut req = hyper::Request::get(path)
         .header("host", &ctx.target.host)
         .header("accept", "text/event-stream")
         .header("cache-control", "no-cache");
     if !ctx.target.user_header.is_empty() {
         req = req.header(ctx.target.user_header.as_str(), uname);
+    }
+    if !ctx.target.topics_header.is_empty() && !topics.is_empty() {
+        req = req.header(ctx.target.topics_header.as_str(), topics.join(","));
     }
     let req = req
         .body(Empty::<Bytes>::new())
@@ -223,6 +228,7 @@ async fn instance(ctx: &Ctx, idx: usize, first: bool, reconnect: bool) -> Outcom
     let mut ready = false;
     let mut rec = Instance {
         user,
+        topics: slot.topics.clone(),
         est_ns: 0,
         end_ns: 0,
         recv: Vec::new(),

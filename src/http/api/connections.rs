@@ -10,15 +10,12 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::extract::{
-    base, body_within, end, only, query, query_pairs, reject, reject_unknown, with_front, FromQuery,
-};
-use super::listing;
+use super::extract::{base, body_within, end, only, query, reject, reject_unknown, with_front};
+use super::listing::{self, ListingJson, ListingQuery};
 use super::model::{CleanedUp, ConnectionsPage, Counts};
 use crate::config::Config;
 use crate::http::envelope::{self, ApiError};
 use crate::http::Front;
-use crate::store::{Cursor, MAX_PAGE};
 
 pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let connections = base(base_path).and(warp::path("connections")).and(end());
@@ -49,54 +46,6 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
         .boxed()
 }
 
-/// Users per page when a cursor comes without a `limit`.
-const DEFAULT_PAGE: usize = 1_000;
-
-/// `?limit=N&cursor=C`: one page (an empty cursor is the first); neither
-/// of them: the whole listing.
-#[derive(Debug, Clone, PartialEq)]
-enum ListingQuery {
-    Whole,
-    Page { after: Option<Cursor>, limit: usize },
-}
-
-impl FromQuery for ListingQuery {
-    fn from_query(query: &str) -> Result<Self, ApiError> {
-        let mut limit = None;
-        let mut cursor = None;
-        for (key, value) in query_pairs(query)? {
-            match key.as_str() {
-                "limit" => limit = Some(value),
-                "cursor" => cursor = Some(value),
-                _ => {}
-            }
-        }
-        if limit.is_none() && cursor.is_none() {
-            return Ok(ListingQuery::Whole);
-        }
-        let limit = match limit {
-            None => DEFAULT_PAGE,
-            Some(text) => text
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "limit: must be a whole number from 1 to {MAX_PAGE}"
-                    ))
-                })?,
-        };
-        let after = match cursor.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(
-                text.parse::<Cursor>()
-                    .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?,
-            ),
-        };
-        Ok(ListingQuery::Page { after, limit })
-    }
-}
-
 async fn list(front: Arc<Front>, asked: ListingQuery) -> Result<Response, Rejection> {
     match asked {
         ListingQuery::Page { after, limit } => {
@@ -108,7 +57,7 @@ async fn list(front: Arc<Front>, asked: ListingQuery) -> Result<Response, Reject
             Ok(envelope::ok(&ConnectionsPage::from(&page)))
         }
         ListingQuery::Whole => {
-            let body = listing::body(front.node().listing())
+            let body = listing::body(ListingJson::new(front.node().listing()))
                 .await
                 .map_err(|e| reject(e.into()))?;
             Ok(envelope::streamed(body, "application/json"))
@@ -169,24 +118,6 @@ fn parse_cleanup(body: &[u8], default: f64) -> Result<f64, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paging_asked_or_not() {
-        assert_eq!(ListingQuery::from_query("").unwrap(), ListingQuery::Whole);
-        assert_eq!(
-            ListingQuery::from_query("x=1").unwrap(),
-            ListingQuery::Whole
-        );
-        assert_eq!(
-            ListingQuery::from_query("cursor=").unwrap(),
-            ListingQuery::Page {
-                after: None,
-                limit: DEFAULT_PAGE
-            }
-        );
-        assert!(ListingQuery::from_query("limit=0").is_err());
-        assert!(ListingQuery::from_query("cursor=zz").is_err());
-    }
 
     #[test]
     fn cleanup_bodies() {

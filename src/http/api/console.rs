@@ -18,16 +18,15 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::extract::{
-    base, end, only, query, query_pairs, reject, with_front, FromQuery, UserName,
+    base, end, only, query, query_pairs, reject, with_front, FromQuery, TopicName, UserName,
 };
-use super::model::{
-    ConsoleTopic, ConsoleTopicCount, ConsoleTopicsPage, ConsoleUser, UserCount, UsersPage,
-};
+use super::model::{ConsoleTopic, ConsoleTopics, ConsoleUser, Topic, UserCount, UsersPage};
 use crate::http::envelope::{self, ApiError};
 use crate::http::Front;
 use crate::node::frame;
 use crate::node::report::{RING, SAMPLE_EVERY};
 use crate::store::Cursor;
+use crate::topic;
 
 pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let admin = base(base_path).and(warp::path("admin"));
@@ -51,7 +50,7 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
     let topic = admin
         .clone()
         .and(warp::path("topics"))
-        .and(warp::path::param::<TopicSegment>())
+        .and(warp::path::param::<TopicName>())
         .and(end());
     asset_route(admin.clone().and(end()).boxed(), Asset::Page)
         .or(asset_route(
@@ -112,10 +111,7 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
             .and(with_front(front))
             .and_then(topic_followers))
         .unify()
-        .or(topic
-            .map(|_: TopicSegment| ())
-            .untuple_one()
-            .and(only("GET")))
+        .or(topic.map(|_: TopicName| ()).untuple_one().and(only("GET")))
         .unify()
         .boxed()
 }
@@ -343,31 +339,11 @@ async fn users(front: &Front, q: &PrefixQuery) -> Result<UsersPage, ApiError> {
     })
 }
 
-/// A topic path segment, percent-decoded (a topic may hold `/`, sent as
-/// `%2F`); checked by the route, so that a bad name is a 400 naming it.
-#[derive(Debug, Clone, PartialEq)]
-struct TopicSegment(String);
-
-impl std::str::FromStr for TopicSegment {
-    type Err = std::str::Utf8Error;
-    fn from_str(segment: &str) -> Result<Self, Self::Err> {
-        percent_encoding::percent_decode_str(segment)
-            .decode_utf8()
-            .map(|name| TopicSegment(name.into_owned()))
-    }
-}
-
 /// A topic's followers with the node holding each stream.
-async fn topic_followers(topic: TopicSegment, front: Arc<Front>) -> Result<Response, Rejection> {
-    let topic = topic.0;
-    if let Some(e) = crate::topic::name_error(&topic) {
-        return Err(reject(ApiError::bad_request(format!(
-            "topic {topic:?} {e}"
-        ))));
-    }
+async fn topic_followers(topic: TopicName, front: Arc<Front>) -> Result<Response, Rejection> {
+    let topic = topic.validated().map_err(reject)?;
     let presence = front
         .node()
-        .listing()
         .topic(&topic)
         .await
         .map_err(|e| reject(e.into()))?;
@@ -380,54 +356,59 @@ async fn list_topics(front: Arc<Front>, q: PrefixQuery) -> Result<Response, Reje
 }
 
 /// One page of followed topics whose names start with the prefix, after
-/// the cursor, with their counts; and the next page's cursor. As for the
-/// users: names are in order, so the ones with a prefix are one run.
-async fn topics(front: &Front, q: &PrefixQuery) -> Result<ConsoleTopicsPage, ApiError> {
-    let store = front.node().listing();
+/// the cursor, with their counts, through the registry's paged listing;
+/// and the next page's cursor. As for the users: names are in order, so
+/// the ones with a prefix are one run, the exact name first.
+async fn topics(front: &Front, q: &PrefixQuery) -> Result<ConsoleTopics, ApiError> {
     // A prefix no topic name can start with lists nothing (and is never
-    // handed to the store).
-    let searchable = q.prefix.is_empty() || crate::topic::name_error(&q.prefix).is_none();
-    if !searchable {
-        return Ok(ConsoleTopicsPage {
+    // handed to the registry).
+    if !q.prefix.is_empty() && topic::name_error(&q.prefix).is_some() {
+        return Ok(ConsoleTopics {
             next_cursor: None,
             topic_count: None,
             topics: Vec::new(),
         });
     }
-    let mut names: Vec<String> = Vec::new();
-    let mut after = q.after.clone().map(|c| c.0);
+    let mut topics: Vec<Topic> = Vec::new();
+    let mut after = q.after.clone();
     if after.is_none() && !q.prefix.is_empty() {
-        names.push(q.prefix.clone());
-        after = Some(q.prefix.clone());
-    }
-    // One more than shown, to know whether a next page holds any.
-    let want = q.limit + 1 - names.len();
-    let mut more = false;
-    for name in store.topic_names(after.as_deref(), want).await? {
-        if !name.starts_with(&q.prefix) {
-            break;
+        let exact = front.node().topic(&q.prefix).await?;
+        if !exact.connections.is_empty() {
+            topics.push(Topic {
+                topic: q.prefix.clone(),
+                connection_count: exact.connections.len(),
+                user_count: exact.users.len(),
+            });
         }
-        if names.len() == q.limit {
-            more = true;
-            break;
-        }
-        names.push(name);
+        after = Some(Cursor(q.prefix.clone()));
     }
-    // Counts of the ones followed now (the exact prefix may be none, and
-    // a topic may have lost its last follower since it was named).
-    let topics: Vec<ConsoleTopicCount> = store
-        .topic_counts(&names)
-        .await?
-        .into_iter()
-        .map(ConsoleTopicCount::from)
-        .collect();
-    let next_cursor = match names.last() {
-        Some(last) if more => Some(Cursor(last.clone()).to_string()),
+    let want = q.limit - topics.len();
+    let mut more = want == 0;
+    let mut total = None;
+    if want > 0 {
+        // One more than shown, to know whether a next page holds any.
+        let page = front.node().topics_page(after.as_ref(), want + 1).await?;
+        total = Some(page.topic_count);
+        more = page.next.is_some();
+        for count in &page.topics {
+            if !count.topic.starts_with(&q.prefix) {
+                more = false;
+                break;
+            }
+            if topics.len() == q.limit {
+                more = true;
+                break;
+            }
+            topics.push(Topic::from(count));
+        }
+    }
+    let next_cursor = match topics.last() {
+        Some(last) if more => Some(Cursor(last.topic.clone()).to_string()),
         _ => None,
     };
-    Ok(ConsoleTopicsPage {
+    Ok(ConsoleTopics {
         next_cursor,
-        topic_count: Some(store.topic_total().await?),
+        topic_count: total,
         topics,
     })
 }

@@ -1,5 +1,5 @@
 //! The filters every route group builds on: the shared state, the base
-//! path, a username segment, a query string and a body read within its
+//! path, a username or topic segment, a query string and a body read within its
 //! limit, typed; and the 405 of a path asked with a method it has not.
 
 use std::convert::Infallible;
@@ -15,6 +15,7 @@ use warp::{Filter, Rejection};
 use crate::http::auth::validate_username;
 use crate::http::envelope::{ApiError, WrongMethod};
 use crate::http::Front;
+use crate::topic;
 
 /// What the listeners share (the node, and what is HTTP's own), handed
 /// to a handler.
@@ -61,6 +62,33 @@ impl UserName {
     pub(super) fn validated(self) -> Result<String, ApiError> {
         validate_username(&self.0).map_err(|e| ApiError::bad_request(format!("username {e}")))?;
         Ok(self.0)
+    }
+}
+
+/// A topic path segment, percent-decoded (`doc%2F42` is `doc/42`); not
+/// checked here, so that a bad name is a 400 naming it, not a 404.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct TopicName(pub String);
+
+impl FromStr for TopicName {
+    type Err = std::str::Utf8Error;
+    fn from_str(segment: &str) -> Result<Self, Self::Err> {
+        percent_encoding::percent_decode_str(segment)
+            .decode_utf8()
+            .map(|name| TopicName(name.into_owned()))
+    }
+}
+
+impl TopicName {
+    /// The name, checked as every topic name is ([`topic::name_error`]).
+    pub(super) fn validated(self) -> Result<String, ApiError> {
+        match topic::name_error(&self.0) {
+            None => Ok(self.0),
+            Some(why) => Err(ApiError::bad_request(format!(
+                "topic: {} {why}",
+                topic::quoted(&self.0)
+            ))),
+        }
     }
 }
 
@@ -219,6 +247,18 @@ mod tests {
         let (status, _, body) = answer("POST", "/y").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
         assert_eq!(body, r#"{"code":404,"message":"no such route"}"#);
+    }
+
+    #[test]
+    fn topic_segments_are_percent_decoded_then_checked() {
+        let name = |s: &str| s.parse::<TopicName>().unwrap().validated();
+        assert_eq!(name("doc%2F42").unwrap(), "doc/42");
+        assert_eq!(name("doc:42").unwrap(), "doc:42");
+        assert!(name("a%20b")
+            .unwrap_err()
+            .message()
+            .starts_with("topic: \"a b\""));
+        assert!("%FF".parse::<TopicName>().is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod health;
 pub(crate) mod listing;
 pub(crate) mod model;
 mod send;
+mod topics;
 mod users;
 
 /// The whole admin listener as one filter; each answer is counted by its
@@ -41,6 +42,8 @@ pub(crate) fn routes(
         .or(connections::routes(&front, &base_path))
         .unify()
         .or(users::routes(&front, &base_path))
+        .unify()
+        .or(topics::routes(&front, &base_path))
         .unify()
         .or(console::routes(&front, &base_path))
         .unify();
@@ -72,6 +75,8 @@ enum PathKind {
     Connections,
     UserConnections,
     Cleanup,
+    Topics,
+    Topic,
     Healthz,
     Metrics,
     ConsoleAsset,
@@ -96,12 +101,14 @@ impl PathKind {
             "/send/batch" => PathKind::SendBatch,
             "/connections" => PathKind::Connections,
             "/cleanup" => PathKind::Cleanup,
+            "/topics" => PathKind::Topics,
             "/admin" | "/admin/console.js" | "/admin/console.css" => PathKind::ConsoleAsset,
             "/admin/events" => PathKind::ConsoleEvents,
             "/admin/users" => PathKind::ConsoleUsers,
             _ => match rest.strip_prefix("/admin") {
                 Some(user) if user_path(user) => PathKind::ConsoleUser,
                 _ if user_path(rest) => PathKind::UserConnections,
+                _ if segment_after(rest, "/topics/") => PathKind::Topic,
                 _ => PathKind::Unknown,
             },
         }
@@ -115,6 +122,8 @@ impl PathKind {
             PathKind::Connections => "connections",
             PathKind::UserConnections => "user_connections",
             PathKind::Cleanup => "cleanup",
+            PathKind::Topics => "topics",
+            PathKind::Topic => "topic",
             PathKind::Healthz => "healthz",
             PathKind::Metrics => "metrics",
             PathKind::ConsoleAsset => "console",
@@ -134,10 +143,15 @@ impl PathKind {
 
 /// `/connections/{username}`, the name one percent-encoded segment.
 fn user_path(rest: &str) -> bool {
-    rest.strip_prefix("/connections/").is_some_and(|user| {
-        !user.is_empty()
-            && !user.contains('/')
-            && percent_encoding::percent_decode_str(user)
+    segment_after(rest, "/connections/")
+}
+
+/// `{prefix}{segment}`: one percent-encoded segment of UTF-8.
+fn segment_after(rest: &str, prefix: &str) -> bool {
+    rest.strip_prefix(prefix).is_some_and(|segment| {
+        !segment.is_empty()
+            && !segment.contains('/')
+            && percent_encoding::percent_decode_str(segment)
                 .decode_utf8()
                 .is_ok()
     })
@@ -172,5 +186,8 @@ mod tests {
         assert_eq!(kind("/notifications/admin/connections/"), PathKind::Unknown);
         assert_eq!(kind("/notifications/administrator"), PathKind::Unknown);
         assert_eq!(kind("/admin/"), PathKind::Unknown);
+        assert_eq!(kind("/notifications/topics/"), PathKind::Topics);
+        assert_eq!(kind("/notifications/topics/doc%2F42/"), PathKind::Topic);
+        assert_eq!(kind("/notifications/topics/doc/42/"), PathKind::Unknown);
     }
 }

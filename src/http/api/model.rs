@@ -12,16 +12,41 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::node::router;
-use crate::store::{ConnectionRecord, Page, Removed, TopicCount, TopicPresence};
+use crate::store::{ConnectionRecord, Page, Removed, TopicCount, TopicPresence, TopicsPage};
 
-/// `data` of `POST {base}/send/`, and each of a batch's `results`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `data` of `POST {base}/send/`, and each of a batch's `results`. A
+/// topic message's answer names its topic and has neither `to` nor
+/// `all_connections` (see the `Serialize` below); a user's message and a
+/// broadcast keep the bytes they always had.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct Sent {
     pub message_id: String,
+    #[serde(default)]
     pub to: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
     pub event: String,
+    #[serde(default)]
     pub all_connections: bool,
     pub connections: usize,
+}
+
+impl Serialize for Sent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("Sent", if self.topic.is_some() { 4 } else { 5 })?;
+        out.serialize_field("message_id", &self.message_id)?;
+        match &self.topic {
+            Some(topic) => out.serialize_field("topic", topic)?,
+            None => out.serialize_field("to", &self.to)?,
+        }
+        out.serialize_field("event", &self.event)?;
+        if self.topic.is_none() {
+            out.serialize_field("all_connections", &self.all_connections)?;
+        }
+        out.serialize_field("connections", &self.connections)?;
+        out.end()
+    }
 }
 
 impl From<router::Sent> for Sent {
@@ -29,6 +54,7 @@ impl From<router::Sent> for Sent {
         Sent {
             message_id: s.message_id,
             to: s.to,
+            topic: s.topic,
             event: s.event,
             all_connections: s.all_connections,
             connections: s.connections,
@@ -177,6 +203,70 @@ impl From<&Page> for ConnectionsPage {
     }
 }
 
+/// One followed topic in `GET {base}/topics/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Topic {
+    pub topic: String,
+    pub connection_count: usize,
+    pub user_count: usize,
+}
+
+impl From<&TopicCount> for Topic {
+    fn from(c: &TopicCount) -> Self {
+        Topic {
+            topic: c.topic.clone(),
+            connection_count: c.connection_count,
+            user_count: c.user_count,
+        }
+    }
+}
+
+/// `data` of `GET {base}/topics/`: the followed topics by name, and how
+/// many there are (registry-wide). A page (`?limit=N&cursor=C`) has
+/// `next_cursor` too; the whole listing has not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Topics {
+    pub topics: Vec<Topic>,
+    pub topic_count: usize,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+impl From<&TopicsPage> for Topics {
+    fn from(page: &TopicsPage) -> Self {
+        Topics {
+            topics: page.topics.iter().map(Topic::from).collect(),
+            topic_count: page.topic_count,
+            next_cursor: page.next.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// `data` of `GET {base}/topics/{topic}/`: who follows it now (nobody:
+/// zeros, not a 404: presence, not existence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TopicFollowers {
+    pub topic: String,
+    pub connection_count: usize,
+    pub user_count: usize,
+    /// Sorted.
+    pub users: Vec<String>,
+    /// By connection time.
+    pub connections: Vec<Connection>,
+}
+
+impl TopicFollowers {
+    pub(crate) fn new(topic: &str, presence: &TopicPresence) -> Self {
+        TopicFollowers {
+            topic: topic.to_string(),
+            connection_count: presence.connections.len(),
+            user_count: presence.users.len(),
+            users: presence.users.clone(),
+            connections: connections(&presence.connections),
+        }
+    }
+}
+
 /// `GET /healthz` (no envelope): 200 with `status: "ok"`, or 503 with
 /// `status: "error"` and the envelope's `code` and `message` beside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,32 +344,13 @@ pub(crate) struct UsersPage {
     pub users: Vec<UserCount>,
 }
 
-/// A topic and how many streams and users follow it, in the console's
-/// topic list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ConsoleTopicCount {
-    pub connection_count: usize,
-    pub topic: String,
-    pub user_count: usize,
-}
-
-impl From<TopicCount> for ConsoleTopicCount {
-    fn from(c: TopicCount) -> Self {
-        ConsoleTopicCount {
-            connection_count: c.connection_count,
-            topic: c.topic,
-            user_count: c.user_count,
-        }
-    }
-}
-
 /// `data` of the console's `GET {base}/admin/topics`: a page of followed
 /// topics and how many there are (absent when the page read none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct ConsoleTopicsPage {
+pub(crate) struct ConsoleTopics {
     pub next_cursor: Option<String>,
     pub topic_count: Option<usize>,
-    pub topics: Vec<ConsoleTopicCount>,
+    pub topics: Vec<Topic>,
 }
 
 /// A stream following a topic, in the console: whose it is and the node
@@ -366,7 +437,7 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&UserConnections::new("al", &list)).unwrap(),
             json!({"username": "al", "connection_count": 1, "connection_ids": ["c1"],
-                   "connections": [{"connection_id": "c1", "username": "al",
+                   "connections": [{"connection_id": "c1", "username": "al", "topics": [],
                                     "connection_time": 1.5, "last_heartbeat": 2.5}]})
             .to_string()
         );
@@ -380,6 +451,7 @@ mod tests {
             serde_json::to_string(&ConnectionsPage::from(&page)).unwrap(),
             json!({"active_users": ["al"], "user_count": 3, "total_connections": 4,
                    "connection_details": {"al": [{"connection_id": "c1", "username": "al",
+                                                  "topics": [],
                                                   "connection_time": 1.5, "last_heartbeat": 2.5}]},
                    "next_cursor": Cursor("al".into()).to_string()})
             .to_string()
@@ -390,6 +462,54 @@ mod tests {
                    "connections": [{"connection_id": "c1", "node_id": "n1",
                                     "connection_time": 1.5, "last_heartbeat": 2.5}]})
             .to_string()
+        );
+        let sent = |to: Option<&str>, topic: Option<&str>| Sent {
+            message_id: "m1".into(),
+            to: to.map(String::from),
+            topic: topic.map(String::from),
+            event: "message".into(),
+            all_connections: topic.is_none(),
+            connections: 2,
+        };
+        assert_eq!(
+            serde_json::to_string(&sent(Some("al"), None)).unwrap(),
+            r#"{"message_id":"m1","to":"al","event":"message","all_connections":true,"connections":2}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&sent(None, None)).unwrap(),
+            r#"{"message_id":"m1","to":null,"event":"message","all_connections":true,"connections":2}"#
+        );
+        let topic = serde_json::to_string(&sent(None, Some("doc:42"))).unwrap();
+        assert_eq!(
+            topic,
+            r#"{"message_id":"m1","topic":"doc:42","event":"message","connections":2}"#
+        );
+        // The command line prints what it read back: the same bytes.
+        let back: Sent = serde_json::from_str(&topic).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), topic);
+        let presence = TopicPresence {
+            users: vec!["al".into()],
+            connections: vec![ConnectionRecord {
+                topics: vec!["doc:42".into()],
+                ..record("c1", "al")
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&TopicFollowers::new("doc:42", &presence)).unwrap(),
+            r#"{"topic":"doc:42","connection_count":1,"user_count":1,"users":["al"],"connections":[{"connection_id":"c1","connection_time":1.5,"last_heartbeat":2.5,"topics":["doc:42"],"username":"al"}]}"#
+        );
+        let page = TopicsPage {
+            topics: vec![TopicCount {
+                topic: "doc:42".into(),
+                connection_count: 3,
+                user_count: 2,
+            }],
+            topic_count: 5,
+            next: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&Topics::from(&page)).unwrap(),
+            r#"{"topics":[{"topic":"doc:42","connection_count":3,"user_count":2}],"topic_count":5,"next_cursor":null}"#
         );
         let mut removed = Removed::default();
         removed.add("c1".into(), "al".into());

@@ -1,6 +1,7 @@
 //! `POST {base}/send/` and `POST {base}/send/batch/`: the body read
 //! within `api.max_body_bytes` (times `api.max_batch` for a batch),
-//! validated field by field into messages before anything is sent.
+//! validated field by field into messages (to a user, to everyone, or to
+//! a topic's followers) before anything is sent.
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::http::auth::validate_username;
 use crate::http::envelope::{self, ApiError};
 use crate::http::Front;
 use crate::node::router::Outgoing;
+use crate::topic;
 
 pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let send = base(base_path).and(warp::path("send")).and(end());
@@ -122,6 +124,7 @@ struct SendFields<'a> {
     data: Option<&'a RawValue>,
     event: Option<&'a RawValue>,
     all_connections: Option<&'a RawValue>,
+    topic: Option<&'a RawValue>,
     /// The first field given more than once: JSON parsers disagree on
     /// which one counts (serde and Python keep the last), so a front end
     /// that checked the first `to` would be fooled.
@@ -129,7 +132,7 @@ struct SendFields<'a> {
     unknown: Vec<String>,
 }
 
-const SEND_FIELDS: [&str; 4] = ["to", "data", "event", "all_connections"];
+const SEND_FIELDS: [&str; 5] = ["to", "data", "event", "all_connections", "topic"];
 
 impl<'de> serde::Deserialize<'de> for SendFields<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -155,7 +158,8 @@ impl<'de> serde::de::Visitor<'de> for SendFieldsVisitor {
                 FieldName::Known(0) => &mut f.to,
                 FieldName::Known(1) => &mut f.data,
                 FieldName::Known(2) => &mut f.event,
-                FieldName::Known(_) => &mut f.all_connections,
+                FieldName::Known(3) => &mut f.all_connections,
+                FieldName::Known(_) => &mut f.topic,
                 FieldName::Unknown(name) => {
                     f.unknown.push(name);
                     continue;
@@ -221,6 +225,29 @@ fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
         Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
             .map_err(|_| ApiError::bad_request("to: must be a string or null"))?,
     };
+    let topic = match fields.topic {
+        None => None,
+        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
+            .map_err(|_| ApiError::bad_request("topic: must be a string or null"))?,
+    };
+    if let Some(name) = &topic {
+        if to.is_some() {
+            return Err(ApiError::bad_request(
+                "topic and to: a message goes to a topic or to a user, not both",
+            ));
+        }
+        if fields.all_connections.is_some() {
+            return Err(ApiError::bad_request(
+                "topic and all_connections: a topic message goes to every stream following it",
+            ));
+        }
+        if let Some(why) = topic::name_error(name) {
+            return Err(ApiError::bad_request(format!(
+                "topic: {} {why}",
+                topic::quoted(name)
+            )));
+        }
+    }
     if let Some(user) = &to {
         validate_username(user).map_err(|e| ApiError::bad_request(format!("to: {e}")))?;
     }
@@ -244,7 +271,7 @@ fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
     Ok(Outgoing {
         first_only: to.is_some() && !all_connections,
         to,
-        topic: None,
+        topic,
         event,
         data: compact(data.get()),
     })
@@ -436,5 +463,50 @@ mod tests {
             (ok.to, ok.event.as_str(), !ok.first_only),
             (None, "message", true)
         );
+    }
+
+    #[test]
+    fn a_topic_goes_alone_and_is_named() {
+        let err = |b: &str| parse_send(b.as_bytes()).unwrap_err().message().to_string();
+        assert!(err(r#"{"topic":"a","to":"b","data":1}"#).starts_with("topic and to:"));
+        assert!(err(r#"{"topic":"a","all_connections":true,"data":1}"#)
+            .starts_with("topic and all_connections:"));
+        assert_eq!(
+            err(r#"{"topic":"a b","data":1}"#),
+            "topic: \"a b\" may hold only A-Za-z0-9_.:/@=-"
+        );
+        assert!(err(r#"{"topic":"","data":1}"#).starts_with("topic: \"\" is empty"));
+        assert!(
+            err(&format!(r#"{{"topic":"{}","data":1}}"#, "x".repeat(129)))
+                .contains("longer than 128")
+        );
+        assert_eq!(
+            err(r#"{"topic":7,"data":1}"#),
+            "topic: must be a string or null"
+        );
+        assert!(err(r#"{"topic":"a","topic":"b","data":1}"#).starts_with("topic: given more"));
+        let ok = parse_send(br#"{"topic":"doc:42","to":null,"data":1}"#).unwrap();
+        assert_eq!(
+            (ok.topic.as_deref(), ok.to, ok.first_only),
+            (Some("doc:42"), None, false)
+        );
+        assert!(parse_send(br#"{"topic":null,"data":1}"#)
+            .unwrap()
+            .topic
+            .is_none());
+        let batch = parse_batch(
+            br#"{"messages":[{"data":1},{"data":1},{"data":1},{"topic":"x y","data":1}]}"#,
+            4,
+            100,
+        )
+        .unwrap_err();
+        assert!(
+            batch.message().starts_with("messages[3].topic: \"x y\""),
+            "{}",
+            batch.message()
+        );
+        let pair =
+            parse_batch(br#"{"messages":[{"topic":"t","to":"u","data":1}]}"#, 4, 100).unwrap_err();
+        assert!(pair.message().starts_with("messages[0].topic and to:"));
     }
 }

@@ -1,8 +1,8 @@
-//! Messages and control events between nodes over pub/sub: a user's
-//! messages on the channels of the nodes that hold the user's streams
-//! (`{prefix}:bus:{node_id}`, chosen by `lua/route.lua` inside the sending
-//! scripts), broadcasts and control events on `{prefix}:bus`, which every
-//! node hears. A node subscribes to both on one connection, rebuilt with
+//! Messages and control events between nodes over pub/sub: a user's or a
+//! topic's messages (and a topic's join/leave events) on the channels of
+//! the nodes that hold its streams (`{prefix}:bus:{node_id}`, chosen by
+//! `lua/route.lua` inside the sending and registry scripts), broadcasts and
+//! control events on `{prefix}:bus`, which every node hears. A node subscribes to both on one connection, rebuilt with
 //! backoff when it breaks: Redis delivers to a connection in publish order,
 //! so the two channels together still carry a node's messages in id order.
 //! What a node receives goes to its router through the [`NodeLink`]; events

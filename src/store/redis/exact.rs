@@ -2,7 +2,7 @@
 //! path that writes or removes records keeps the topic keys exact (the
 //! harness's snapshot checks them against the records at each step), and
 //! a topic's messages and join/leave events travel only to the nodes that
-//! hold its followers.
+//! hold its followers; a node that was deaf meanwhile catches up on them.
 
 use std::time::Duration;
 
@@ -301,4 +301,160 @@ async fn every_registry_path_keeps_the_topic_keys_exact_and_routes_by_node() {
         snapshot(),
         RedisRegistry::of(&[("xavier", "x1")]).following("x1", &["doc:1"])
     );
+}
+
+/// A node as the store sees it: the streams it holds, what reached it.
+#[derive(Default)]
+struct Held {
+    live: std::sync::Mutex<Vec<crate::store::LiveConn>>,
+    received: std::sync::Mutex<Vec<crate::store::Inbound>>,
+}
+
+impl crate::store::NodeLink for Held {
+    fn receive(&self, inbound: crate::store::Inbound) -> usize {
+        self.received.lock().unwrap().push(inbound);
+        1
+    }
+    fn live(&self) -> Vec<crate::store::LiveConn> {
+        self.live.lock().unwrap().clone()
+    }
+    fn holds(&self, connection_id: &str) -> bool {
+        self.live().iter().any(|c| c.connection_id == connection_id)
+    }
+    fn live_count(&self) -> usize {
+        self.live.lock().unwrap().len()
+    }
+}
+
+/// A node of its own on `url`, holding `held`'s streams.
+async fn open_node(
+    url: &str,
+    node_id: &str,
+    held: std::sync::Arc<Held>,
+    shutdown: &tokio_util::sync::CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> std::sync::Arc<super::RedisStore> {
+    let mut config = crate::config::Config::default();
+    config.server.node_id = node_id.into();
+    config.redis.url = crate::config::Secret(url.to_string());
+    config.redis.connect_timeout_secs = 5;
+    config.stream.heartbeat_secs = 1;
+    config.history.enabled = true;
+    let conn = SharedConn::connect(&RedisTarget::Direct(url.into()))
+        .await
+        .expect("redis");
+    super::RedisStore::open(
+        conn,
+        crate::store::Open {
+            config: &config,
+            link: held,
+            metrics: std::sync::Arc::new(crate::metrics::Metrics::new()),
+            shutdown: shutdown.clone(),
+            tasks,
+        },
+    )
+    .await
+    .expect("open")
+}
+
+/// A node deaf to the bus while a topic's message is sent (its channel
+/// has no subscriber, so the message takes the shared bus, which it does
+/// not hear either) gets it from the history once it hears again, for
+/// the streams that follow the topic only.
+#[tokio::test]
+async fn a_topic_message_missed_while_deaf_reaches_its_followers_by_catch_up() {
+    use crate::store::{Inbound, LiveConn, Target};
+    let server = RedisServer::start();
+    server
+        .query::<()>(redis::cmd("SET").arg("sse:registry_since").arg("1"))
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let deaf = std::sync::Arc::new(Held::default());
+    let store = open_node(&server.url(), "deaf", deaf.clone(), &shutdown, &tasks).await;
+    let t = unix_now();
+    for (id, topics) in [("a1", &["doc:1"][..]), ("c1", &[][..])] {
+        let live = LiveConn {
+            connection_id: id.into(),
+            username: "ann".into(),
+            connection_time: t,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        };
+        deaf.live.lock().unwrap().push(live);
+        store
+            .register(record(id, "ann", "deaf", t, topics))
+            .await
+            .unwrap();
+    }
+    // Its subscription, before the other node has one.
+    let list: String = server.query(redis::cmd("CLIENT").arg("LIST")).unwrap();
+    let subscriber: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains(" sub=2 "))
+        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("id="))
+        .collect();
+    assert_eq!(subscriber.len(), 1, "{list}");
+    let talker = open_node(
+        &server.url(),
+        "talker",
+        std::sync::Arc::default(),
+        &shutdown,
+        &tasks,
+    )
+    .await;
+    // The deaf node cannot subscribe again until told: no new connection
+    // is taken (the open ones stay).
+    let mut admin = server.conn();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(1)
+        .query::<()>(&mut admin)
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(subscriber[0])
+        .query::<()>(&mut admin)
+        .unwrap();
+    let sent = talker
+        .send(
+            vec![topic_message("doc:1")],
+            &crate::config::HistoryConfig {
+                enabled: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent[0].connections, 1);
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query::<()>(&mut admin)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let target = loop {
+        let found = deaf.received.lock().unwrap().iter().find_map(|i| match i {
+            Inbound::Deliver { id, target, .. } if *id == sent[0].id => Some(target.clone()),
+            _ => None,
+        });
+        if let Some(target) = found {
+            break target;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the catch-up never delivered the topic's message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Live, it would name the topic; the catch-up names the streams that
+    // follow it and were open when it was sent.
+    assert_eq!(target, Target::Ids(vec!["a1".into()]), "its follower only");
+    store.shutdown().await;
+    talker.shutdown().await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
 }

@@ -1,12 +1,12 @@
-//! Kept messages for `Last-Event-ID` replay in Redis: one stream per user
-//! and one for broadcasts. A replay serves exactly the newest
-//! `history.size` entries younger than `history.ttl_secs`; Redis trims the
-//! rest cheaply on append (`lua/append.lua`) and expires a stream `ttl`
-//! after its last message.
+//! Kept messages for `Last-Event-ID` replay in Redis: one stream per user,
+//! one per topic and one for broadcasts. A replay serves exactly the newest
+//! `history.size` entries younger than `history.ttl_secs` of each; Redis
+//! trims the rest cheaply on append (`lua/append.lua`) and expires a stream
+//! `ttl` after its last message.
 //!
 //! Every message id comes from one sequence (`{ms}-{seq}`, Redis time), so
-//! the ids of a user's messages and of the broadcasts are ordered among
-//! themselves and a replay can merge the two streams. Keeping a message and
+//! the ids of a user's messages, its topics' and the broadcasts are ordered
+//! among themselves and a replay can merge the streams. Keeping a message and
 //! reading its targets is one atomic step, so a connection that registers
 //! and then reads the history misses nothing at the seam: what it did not
 //! read was sent after it registered and reaches its queue.

@@ -3,7 +3,7 @@
 //! clear or a Redis outage) all go through it, in order, so a connection
 //! that left can never be written back as a zombie by a concurrent resync.
 //! Commands that queue up while a round trip is in flight are coalesced
-//! into the next one (many connects become one MULTI).
+//! into the next one (many connects become one script call).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

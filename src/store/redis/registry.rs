@@ -1,9 +1,11 @@
 //! The connection registry in Redis (README "Redis layout"): atomic
-//! register and remove, heartbeats, sweeps, clears and listings.
+//! register and remove, heartbeats, sweeps, clears, listings and topic
+//! presence.
 //!
-//! Every write that touches several keys of one connection is a MULTI or a
-//! Lua script, so no reader sees half a connection and no clear or sweep
+//! Every write that touches several keys of one connection is a Lua
+//! script, so no reader sees half a connection and no clear or sweep
 //! leaves an orphan (an empty user set is gone and the user leaves the users
+//! set; a topic's keys go with its last follower and it leaves the topics
 //! set). Key names come from [`super::keys`].
 
 use std::collections::{BTreeSet, HashMap, HashSet};
