@@ -241,7 +241,10 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
             json,
         } => {
             if let Some(e) = crate::topic::name_error(&topic) {
-                return Err(CliError::Usage(format!("TOPIC: {topic:?} {e}")));
+                return Err(CliError::Usage(format!(
+                    "TOPIC: {} {e}",
+                    crate::topic::quoted(&topic)
+                )));
             }
             let presence = AdminClient::new(&config)?.topic(&topic).await?;
             if json {
