@@ -245,7 +245,8 @@ def user_path(user):
 
 def _topic(topic):
     """A topic name as given; sse-notify checks its characters. Anything
-    but a string is refused here: ``{"topic": null}`` would be a broadcast."""
+    but a string is refused here, before any request (sse-notify refuses
+    ``{"topic": null}`` too: a missing topic is no broadcast)."""
     if not isinstance(topic, str):
         raise ValueError("topic must be a string such as \"doc:42\" (broadcast_notification() sends to everyone)")
     return topic
