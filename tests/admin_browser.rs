@@ -16,6 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// Streams may follow any topic (the attacks aim at topics too).
+const PUBLIC_TOPICS: &str = "[auth]\npublic_topics = [\"*\"]\n";
+
 /// One answer of the admin listener.
 struct Answer {
     status: u16,
@@ -153,16 +156,21 @@ async fn http10_without_host(node: &BinaryNode, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn cross_site_sends_reach_no_stream() {
     let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    let node = BinaryNode::spawn(&redis.url(), PUBLIC_TOPICS).await;
+    // Alice's stream follows a topic: a page could aim at her, at
+    // everyone, or at the topic.
+    let (mut tab, _) =
+        SseClient::connect_url(&format!("{}?topics=doc:1", node.stream_url()), "alice").await;
     let url = node.admin_url("/notifications/send/");
     let evil = r#"{"to":"alice","event":"evil","data":"from a web page"}"#;
     let evil_broadcast = r#"{"event":"evil","data":"from a web page"}"#;
+    let evil_topic = r#"{"topic":"doc:1","event":"evil","data":"from a web page"}"#;
 
     // What an HTML form can send cross-site without a preflight.
     for (ct, body) in [
         ("text/plain", evil),
         ("text/plain;charset=UTF-8", evil_broadcast),
+        ("text/plain", evil_topic),
         ("application/x-www-form-urlencoded", evil),
         ("multipart/form-data; boundary=x", evil),
     ] {
@@ -181,12 +189,16 @@ async fn cross_site_sends_reach_no_stream() {
     );
 
     // The page's origin, JSON or not: 403 before anything is read.
-    for ct in ["application/json", "text/plain"] {
+    for (ct, body) in [
+        ("application/json", evil),
+        ("text/plain", evil),
+        ("application/json", evil_topic),
+    ] {
         let a = request(
             Method::POST,
             &url,
             &[("content-type", ct), ("origin", "http://evil.example")],
-            Some(evil),
+            Some(body),
         )
         .await;
         assert_refused(
@@ -380,11 +392,14 @@ async fn cross_site_forms_cannot_clear_or_clean_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_origins_and_rebound_hosts_read_nothing() {
     let redis = RedisServer::start();
-    let node = BinaryNode::spawn(&redis.url(), "").await;
-    let (_tab, id) = SseClient::connect_url(&node.stream_url(), "alice").await;
+    let node = BinaryNode::spawn(&redis.url(), PUBLIC_TOPICS).await;
+    let (_tab, id) =
+        SseClient::connect_url(&format!("{}?topics=doc:secret", node.stream_url()), "alice").await;
     let port = node.admin.port();
     let connections = node.admin_url("/notifications/connections/");
-    let listed = |a: &Answer| a.text.contains("alice") || a.text.contains(&id);
+    let listed = |a: &Answer| {
+        a.text.contains("alice") || a.text.contains(&id) || a.text.contains("doc:secret")
+    };
 
     let a = request(Method::GET, &connections, &[], None).await;
     assert!(listed(&a), "the registry holds alice: {a:?}");
@@ -398,11 +413,30 @@ async fn foreign_origins_and_rebound_hosts_read_nothing() {
     .await;
     assert_refused(&a, 403, "Origin", "GET connections/ from evil.example");
     assert!(!listed(&a), "{a:?}");
+    // Who follows what, through the API and the console: the same.
+    for path in [
+        "/notifications/topics/",
+        "/notifications/topics/doc:secret/",
+        "/notifications/admin/topics",
+        "/notifications/admin/topics/doc:secret",
+    ] {
+        let a = request(
+            Method::GET,
+            &node.admin_url(path),
+            &[("origin", "http://evil.example")],
+            None,
+        )
+        .await;
+        assert_refused(&a, 403, "Origin", &format!("GET {path} from evil.example"));
+        assert!(!listed(&a), "{path}: {a:?}");
+    }
 
     let rebound = format!("rebind.evil.example:{port}");
     for path in [
         "/notifications/connections/",
         "/notifications/connections/alice/",
+        "/notifications/topics/doc:secret/",
+        "/notifications/admin/topics",
         "/healthz",
         "/metrics",
         "/notifications/nowhere/",

@@ -1148,6 +1148,160 @@ on_both_engines! {
     }
 }
 
+/// A node whose streams may follow any topic, with heartbeats far apart
+/// (no record changes between two reads of the same listing).
+const TOPICS_NODE: &str = "[auth]\npublic_topics = [\"*\"]\n\n[stream]\nheartbeat_secs = 60\n";
+
+/// A stream of `user` following `topics` (comma-separated).
+async fn follow(node: &BinaryNode, user: &str, topics: &str) -> (SseClient, String) {
+    SseClient::connect_url(&format!("{}?topics={topics}", node.stream_url()), user).await
+}
+
+on_both_engines! {
+    async fn send_topic_reaches_the_topics_followers_only(env: Env) {
+        let node = BinaryNode::on(&env, TOPICS_NODE).await;
+        let (mut alice, _) = follow(&node, "alice", "doc:42").await;
+        let (mut bob, _) = follow(&node, "bob", "doc:42,team:7").await;
+        let (mut carol, _) = follow(&node, "carol", "team:7").await;
+        let cfg = node.cli_config();
+
+        let (rc, stdout, stderr) =
+            cli_async(&["send", "--topic", "doc:42", r#"{"n":1}"#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains("to topic doc:42: 2 connections"),
+            "the topic and the count in words:\n{stdout}"
+        );
+        for tab in [&mut alice, &mut bob] {
+            let ev = tab
+                .next_named("message", Duration::from_secs(5))
+                .await
+                .expect("a follower receives the topic's message");
+            assert_eq!(ev.data, r#"{"n":1}"#);
+        }
+
+        // --json prints the response data: the topic, no `to`.
+        let (rc, stdout, stderr) = cli_async(&[
+            "send", "--topic", "team:7", "--event", "standup", "--json", "[7]", "-c", &cfg,
+        ])
+        .await;
+        assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let v = parse_json(&stdout, "send --topic --json");
+        let keys: BTreeSet<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["connections", "event", "message_id", "topic"]),
+            "{v}"
+        );
+        assert_eq!((&v["topic"], &v["event"], &v["connections"]), (&json!("team:7"), &json!("standup"), &json!(2)));
+        // Carol follows team:7 only: its message is the first she gets.
+        let ev = carol.next_event(Duration::from_secs(5)).await.expect("carol's first message");
+        assert_eq!((ev.event.as_str(), ev.data.as_str(), ev.id.as_str()), ("standup", "[7]", v["message_id"].as_str().unwrap()));
+
+        // A topic with a user or --first, or a bad topic: usage errors,
+        // nothing sent.
+        let out = cli_async(&["send", "--topic", "doc:42", "--to", "alice", "1", "-c", &cfg]).await;
+        assert_eq!(out.0, 2, "--topic with --to: {out:?}");
+        let out = cli_async(&["send", "--topic", "doc:42", "--first", "1", "-c", &cfg]).await;
+        assert_eq!(out.0, 2, "--topic with --first: {out:?}");
+        let out = cli_async(&["send", "--topic", "doc 42", "1", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["topic"], "a bad topic name");
+        let (rc, _, stderr) = cli_async(&["send", "--topic", "doc:42", r#""marker""#, "-c", &cfg]).await;
+        assert_eq!(rc, 0, "{stderr}");
+        let ev = alice.next_named("message", Duration::from_secs(5)).await;
+        assert_eq!(ev.map(|e| e.data), Some(r#""marker""#.to_string()), "nothing was sent before the marker");
+    }
+}
+
+on_both_engines! {
+    /// `topics` in words and as the API's data, the whole list and one
+    /// topic, through the node's admin API.
+    async fn topics_lists_the_followed_topics_and_who_follows_one(env: Env) {
+        let node = BinaryNode::on(&env, TOPICS_NODE).await;
+        let cfg = node.cli_config();
+        let (rc, stdout, stderr) = cli_async(&["topics", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        assert_eq!(stdout.trim(), "0 topics followed");
+        let (rc, stdout, _) = cli_async(&["topics", "--json", "-c", &cfg]).await;
+        assert_eq!(rc, 0);
+        assert_eq!(parse_json(&stdout, "topics --json"), json!({"topics": [], "topic_count": 0}));
+
+        let (_a1, a1) = follow(&node, "alice", "doc:42,team/7").await;
+        let (_a2, a2) = follow(&node, "alice", "doc:42").await;
+        let (_b1, b1) = follow(&node, "bob", "doc:42").await;
+        let (_c1, _) = SseClient::connect_url(&node.stream_url(), "carol").await;
+
+        let (rc, stdout, stderr) = cli_async(&["topics", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                vec!["2", "topics", "followed"],
+                vec!["TOPIC", "CONNECTIONS", "USERS"],
+                vec!["doc:42", "3", "2"],
+                vec!["team/7", "1", "1"],
+            ],
+            "{stdout}"
+        );
+        let get = |path: &str| {
+            let url = node.admin_url(path);
+            async move { admin(reqwest::Method::GET, &url, None).await }
+        };
+        let (status, api) = get("/notifications/topics/").await;
+        assert_eq!(status, 200, "{api}");
+        let (_, stdout, _) = cli_async(&["topics", "--json", "-c", &cfg]).await;
+        assert_eq!(parse_json(&stdout, "topics --json"), api["data"]);
+
+        let (rc, stdout, stderr) = cli_async(&["topics", "doc:42", "-c", &cfg]).await;
+        assert_eq!(rc, 0, "stderr:\n{stderr}");
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some("doc:42: 3 connections of 2 users"), "{stdout}");
+        assert!(lines.next().unwrap_or("").starts_with("USER"), "{stdout}");
+        let rows: Vec<(&str, &str)> = lines
+            .map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                (cells[0], cells[1])
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![("alice", a1.as_str()), ("alice", a2.as_str()), ("bob", b1.as_str())],
+            "its connections, oldest first:\n{stdout}"
+        );
+        let (_, api) = get("/notifications/topics/doc:42/").await;
+        let (_, stdout, _) = cli_async(&["topics", "doc:42", "--json", "-c", &cfg]).await;
+        assert_eq!(parse_json(&stdout, "topics doc:42 --json"), api["data"]);
+        assert_eq!(api["data"]["users"], json!(["alice", "bob"]), "{api}");
+
+        // A slash in the name, and a topic nobody follows (zeros, not an
+        // error).
+        let (_, stdout, _) = cli_async(&["topics", "team/7", "--json", "-c", &cfg]).await;
+        assert_eq!(parse_json(&stdout, "topics team/7 --json")["users"], json!(["alice"]));
+        let (rc, stdout, _) = cli_async(&["topics", "doc:404", "-c", &cfg]).await;
+        assert_eq!((rc, stdout.trim()), (0, "doc:404: 0 connections of 0 users"));
+        let out = cli_async(&["topics", "doc 42", "-c", &cfg]).await;
+        assert_one_line_error(&out, 2, &["TOPIC", "doc 42"], "a bad topic name");
+    }
+}
+
+#[test]
+fn topics_without_a_running_node_is_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cli_config(dir.path(), "redis://127.0.0.1:1/0", "");
+    for args in [vec!["topics"], vec!["topics", "doc:42", "--json"]] {
+        let mut args = args.clone();
+        args.extend(["-c", cfg.to_str().unwrap()]);
+        let out = cli(&args);
+        assert_one_line_error(
+            &out,
+            1,
+            &["no sse-notify node answers"],
+            &format!("{args:?}"),
+        );
+    }
+}
+
 #[test]
 fn send_without_a_running_node_is_exit_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -1239,6 +1393,7 @@ fn every_subcommand_has_help_with_an_example() {
         "clear",
         "connections",
         "send",
+        "topics",
     ] {
         let (rc, stdout, stderr) = cli(&[sub, "--help"]);
         assert_eq!(rc, 0, "{sub} --help: {stderr}");
@@ -1257,6 +1412,7 @@ fn every_subcommand_has_help_with_an_example() {
         "clear",
         "connections",
         "send",
+        "topics",
     ] {
         assert!(
             stdout.contains(sub),
@@ -1273,4 +1429,16 @@ fn usage_errors_are_exit_2() {
     assert_eq!(rc, 2, "{stderr}");
     let (rc, _, stderr) = cli(&["send"]);
     assert_eq!(rc, 2, "send needs DATA_JSON: {stderr}");
+    for args in [
+        ["send", "--topic", "doc:42", "--to", "alice", "1"].as_slice(),
+        &["send", "--topic", "doc:42", "--first", "1"],
+        &["send", "--topic", "doc:42", "--batch", "-"],
+    ] {
+        let (rc, _, stderr) = cli(args);
+        assert_eq!(rc, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--topic"),
+            "{args:?} names the clash: {stderr}"
+        );
+    }
 }

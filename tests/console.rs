@@ -7,8 +7,9 @@
 //! the right one the page lists both nodes, watches a user's stream appear
 //! (with the node holding it) and vanish, refuses a malformed message in
 //! the form, sends one from the form that arrives on the user's stream,
-//! names the registry's counts before a full clear, and disconnects a user
-//! (the stream ends).
+//! names the registry's counts before a full clear, disconnects a user
+//! (the stream ends), and lists a topic followed on both nodes with its
+//! followers and sends to it from the form.
 //!
 //! Without the browser: the console's routes answer 401 without the token
 //! (the page and its assets excepted), 404 on the public listener, and the
@@ -208,7 +209,7 @@ async fn console_in_chromium() {
 async fn browser_scenario(chromium: &Path) {
     let redis = RedisServer::start();
     let extra = format!(
-        "[api]\ntoken = \"{TOKEN}\"\n\n[stream]\nheartbeat_secs = 1\n\n[auth]\nmode = \"none\"\n"
+        "[api]\ntoken = \"{TOKEN}\"\n\n[stream]\nheartbeat_secs = 1\n\n[auth]\nmode = \"none\"\npublic_topics = [\"*\"]\n"
     );
     let a = BinaryNode::spawn(&redis.url(), &extra).await;
     let b = BinaryNode::spawn(&redis.url(), &extra).await;
@@ -465,6 +466,105 @@ async fn browser_scenario(chromium: &Path) {
     .await;
     expect_user(&mut br, "the disconnected user vanishes", user, None, &logs).await;
 
+    // 7. A topic followed on both nodes: listed with its counts, its
+    // followers with their nodes, and a message sent to it from the form
+    // reaches both streams (and not a stream of the same user that does
+    // not follow it).
+    let topic = "doc:console";
+    let follow =
+        |node: &BinaryNode, user: &str| format!("{}?user={user}&topics={topic}", node.stream_url());
+    let (mut reader_a, ra) = SseClient::connect_url(&follow(&a, "reader-a"), "reader-a").await;
+    let (mut reader_b, rb) = SseClient::connect_url(&follow(&b, "reader-b"), "reader-b").await;
+    let (mut other, _) =
+        SseClient::connect_url(&format!("{}?user=reader-a", a.stream_url()), "reader-a").await;
+    let row = format!(
+        "(() => {{ const r = document.querySelector('#topics tbody tr[data-topic=\"{topic}\"]'); \
+         return r ? [r.cells[1].textContent, r.cells[2].textContent] : null; }})()"
+    );
+    let counts = expect_page(&mut br, "the topic listed", &row, 15_000, &logs).await;
+    assert_eq!(
+        counts,
+        json!(["2", "2"]),
+        "2 connections of 2 users\n{}",
+        br.report()
+    );
+    click(
+        &mut br,
+        &format!("#topics tbody tr[data-topic=\"{topic}\"] button"),
+    )
+    .await;
+    let followers = expect_page(
+        &mut br,
+        "the topic's followers with their nodes",
+        "(() => { const rows = [...document.querySelectorAll('#topic-connections tbody tr')]; \
+         return rows.length === 2 ? rows.map((r) => [r.cells[0].textContent, r.dataset.connection, r.cells[2].textContent]) : null; })()",
+        10_000,
+        &logs,
+    )
+    .await;
+    assert_eq!(
+        followers,
+        json!([["reader-a", ra, id_a], ["reader-b", rb, id_b]]),
+        "{}",
+        br.report()
+    );
+    let chosen = eval(
+        &mut br,
+        "[document.querySelector('input[name=target]:checked').value, document.getElementById('send-topic').value]",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        chosen,
+        json!(["topic", topic]),
+        "clicking a topic picks it in the send form"
+    );
+    send_form(&mut br, "console.topic", "{\"to\": \"the topic\"}").await;
+    let sent = expect_page(
+        &mut br,
+        "the form's topic send answered",
+        "document.getElementById('send-result').textContent.includes('topic doc:console') && document.getElementById('send-result').dataset.messageId",
+        10_000,
+        &logs,
+    )
+    .await;
+    for tab in [&mut reader_a, &mut reader_b] {
+        let ev = tab
+            .next_event(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("the topic's message never arrived\n{}", logs()));
+        assert_eq!(
+            (ev.event.as_str(), ev.id.as_str()),
+            ("console.topic", sent.as_str().unwrap()),
+            "{ev:?}"
+        );
+    }
+    let counted = eval(
+        &mut br,
+        "document.getElementById('send-result').dataset.connections",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(counted, "2", "{}", br.report());
+    // The same user's stream that does not follow it: its first message
+    // is the one sent to its user after.
+    let marker = with_token(
+        reqwest::Method::POST,
+        &a.admin_url("/notifications/send/"),
+        Some(TOKEN),
+        Some(json!({"to": "reader-a", "data": "marker"})),
+    )
+    .await;
+    ok_json(marker, "marker").await;
+    let ev = other
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("the marker");
+    assert_eq!(
+        ev.data, "\"marker\"",
+        "a stream not following the topic got {ev:?}"
+    );
+
     let errors: Vec<&Value> = br
         .seen
         .iter()
@@ -480,6 +580,30 @@ async fn browser_scenario(chromium: &Path) {
 }
 
 // ---- without a browser ----------------------------------------------------
+
+/// Opens a stream of `user` following `topics` (comma-separated), allowed
+/// by the proxy's header as nginx would pass it.
+async fn follow(node: &impl Node, user: &str, topics: &str) -> (SseClient, String) {
+    let url = format!("{}?topics={topics}", node.stream_url());
+    let mut tab = SseClient::open(
+        &url,
+        &[("X-Remote-User", user), ("X-Remote-Topics", topics)],
+    )
+    .await;
+    assert_eq!(tab.status, 200, "stream of {user} following {topics}");
+    let ev = tab
+        .next_event(Duration::from_secs(5))
+        .await
+        .expect("connection_established");
+    let data: Value = serde_json::from_str(&ev.data).expect("connection_established JSON");
+    (
+        tab,
+        data["connection_id"]
+            .as_str()
+            .expect("connection_id")
+            .to_string(),
+    )
+}
 
 on_both_engines! {
     async fn console_routes_need_the_token_but_the_page(env: Env) {
@@ -501,7 +625,7 @@ on_both_engines! {
         assert!(page.contains("src=\"/notifications/admin/console.js\""), "{page}");
 
         // Everything else: 401 without the token or with a wrong one.
-        for path in ["/events", "/users", "/users?limit=5", "/connections/alice", "/nope"] {
+        for path in ["/events", "/users", "/users?limit=5", "/connections/alice", "/topics", "/topics/doc:1", "/nope"] {
             for token in [None, Some("wrong")] {
                 let resp = with_token(reqwest::Method::GET, &format!("{base}{path}"), token, None).await;
                 let body = expect_envelope(resp, 401, &format!("{path} with {token:?}")).await;
@@ -581,6 +705,88 @@ on_both_engines! {
         assert_eq!(all, ["ak", "al", "albert", "alice", "alina", "bob"], "{pages:?}");
         assert_eq!(search("zed", 3).await, vec![Vec::new()]);
         assert_eq!(search("b", 1).await.concat(), [("bob".to_string(), 1)]);
+    }
+
+    async fn console_lists_topics_by_prefix_with_their_followers(env: Env) {
+        let node = TestNode::start(env.config()).await;
+        let me = node.daemon.node_id().to_string();
+        let (_a1, a1) = follow(&node, "alice", "doc:1,doc:2").await;
+        let (_a2, a2) = follow(&node, "alice", "doc:1").await;
+        let (_b, b) = follow(&node, "bob", "doc:1").await;
+        let (carol, _) = follow(&node, "carol", "team/7").await;
+        let (_dave, _) = SseClient::connect(&node, "dave").await;
+        let admin = node.admin_url("/notifications/admin");
+        let get = |path: String| {
+            let url = format!("{admin}{path}");
+            async move { ok_json(with_token(reqwest::Method::GET, &url, None, None).await, &url).await["data"].clone() }
+        };
+
+        let all = get("/topics".into()).await;
+        assert_eq!(
+            all,
+            json!({"topics": [
+                {"topic": "doc:1", "connection_count": 3, "user_count": 2},
+                {"topic": "doc:2", "connection_count": 1, "user_count": 1},
+                {"topic": "team/7", "connection_count": 1, "user_count": 1}],
+              "topic_count": 3, "next_cursor": null}),
+            "every followed topic with its counts, by name"
+        );
+        // A search, a page at a time by the cursors given.
+        let mut names = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = get(format!("/topics?prefix=doc:&limit=1&cursor={cursor}")).await;
+            let topics = page["topics"].as_array().unwrap().clone();
+            assert!(topics.len() <= 1, "{page}");
+            names.extend(topics.iter().map(|t| t["topic"].as_str().unwrap().to_string()));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = next.to_string(),
+                None => break,
+            }
+            assert!(names.len() < 5, "no end to the pages: {names:?}");
+        }
+        assert_eq!(names, ["doc:1", "doc:2"]);
+        let exact = get("/topics?prefix=team/7".into()).await;
+        assert_eq!(exact["topics"], json!([{"topic": "team/7", "connection_count": 1, "user_count": 1}]), "{exact}");
+        for none in ["zz", "doc%20"] {
+            let page = get(format!("/topics?prefix={none}")).await;
+            assert_eq!(page["topics"], json!([]), "prefix {none}: {page}");
+        }
+
+        // One topic's followers, each stream with its user and node.
+        let doc1 = get("/topics/doc%3A1".into()).await;
+        assert_eq!((doc1["topic"].clone(), doc1["connection_count"].clone(), doc1["user_count"].clone()), (json!("doc:1"), json!(3), json!(2)), "{doc1}");
+        assert_eq!(doc1["users"], json!(["alice", "bob"]), "{doc1}");
+        let followers: Vec<(String, String, String)> = doc1["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["connection_id"].as_str().unwrap().into(), c["username"].as_str().unwrap().into(), c["node_id"].as_str().unwrap().into()))
+            .collect();
+        assert_eq!(
+            followers,
+            [(a1, "alice".into(), me.clone()), (a2, "alice".into(), me.clone()), (b, "bob".into(), me.clone())],
+            "oldest first"
+        );
+        let team = get("/topics/team%2F7".into()).await;
+        assert_eq!(team["users"], json!(["carol"]), "a topic with a slash, encoded: {team}");
+        assert_eq!(
+            get("/topics/doc:404".into()).await,
+            json!({"topic": "doc:404", "connection_count": 0, "user_count": 0, "users": [], "connections": []}),
+            "a topic nobody follows: zeros"
+        );
+        let url = format!("{admin}/topics/doc%2042");
+        let bad = expect_envelope(with_token(reqwest::Method::GET, &url, None, None).await, 400, &url).await;
+        assert!(bad["message"].as_str().unwrap().contains("topic"), "{bad}");
+
+        // A topic goes with its last follower.
+        drop(carol);
+        let gone = eventually(Duration::from_secs(5), || {
+            let list = get("/topics".into());
+            async move { list.await["topic_count"] == json!(2) }
+        })
+        .await;
+        assert!(gone, "team/7 still listed after its one stream closed");
     }
 
     async fn console_is_not_on_the_public_listener(env: Env) {

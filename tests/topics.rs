@@ -168,7 +168,8 @@ on_both_engines! {
                 "topic and all_connections:",
             ),
             (json!({"topic": "doc 1", "data": 1}), "topic: \"doc 1\""),
-            (json!({"topic": ["doc:1"], "data": 1}), "topic: must be a string"),
+            (json!({"topic": ["doc:1"], "data": 1}), "topic: must be a topic name"),
+            (json!({"topic": null, "data": 1}), "topic: must be a topic name"),
         ] {
             let (status, resp) = send(&admin, body.clone()).await;
             let m = resp["message"].as_str().unwrap_or_default();

@@ -15,10 +15,14 @@ from sse_notify import (
     abroadcast_notification,
     asend_many,
     asend_notification,
+    asend_to_topic,
+    atopic_presence,
     broadcast_notification,
     connection_manager,
     send_many,
     send_notification,
+    send_to_topic,
+    topic_presence,
 )
 
 __all__ = [
@@ -27,8 +31,12 @@ __all__ = [
     "abroadcast_notification",
     "asend_many",
     "asend_notification",
+    "asend_to_topic",
+    "atopic_presence",
     "broadcast_notification",
     "connection_manager",
     "send_many",
     "send_notification",
+    "send_to_topic",
+    "topic_presence",
 ]

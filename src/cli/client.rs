@@ -14,12 +14,18 @@ use serde_json::value::RawValue;
 use super::CliError;
 use crate::config::{Config, ListenAddr};
 use crate::http::api::model::{
-    BatchSent, CleanedUp, ConnectionsPage, Counts, Envelope, Health, Refusal, Sent, UserConnections,
+    BatchSent, CleanedUp, ConnectionsPage, Counts, Envelope, Health, Refusal, Sent, TopicFollowers,
+    Topics, UserConnections,
 };
 
 /// A send body (README "HTTP API").
 #[derive(Debug, Serialize)]
 pub(super) struct SendBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    /// Left out when `None`: a broadcast, or a topic's message (which
+    /// refuses a `to`, even a null one).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<&'a str>,
     pub event: &'a str,
     pub data: &'a RawValue,
@@ -114,6 +120,22 @@ impl AdminClient {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// Who follows `topic`.
+    pub(super) async fn topic(&self, topic: &str) -> Result<TopicFollowers, CliError> {
+        let path = format!(
+            "/topics/{}/",
+            percent_encoding::utf8_percent_encode(topic, percent_encoding::NON_ALPHANUMERIC)
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// One page of `limit` followed topics after `cursor` ("" for the
+    /// first).
+    pub(super) async fn topics_page(&self, cursor: &str, limit: usize) -> Result<Topics, CliError> {
+        let path = format!("/topics/?limit={limit}&cursor={cursor}");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
     /// One page of `limit` users after `cursor` ("" for the first).
     pub(super) async fn page(
         &self,
@@ -141,11 +163,15 @@ impl AdminClient {
         Ok(health.node_id)
     }
 
-    /// The whole listing, streamed by the node, copied to `out` as it
-    /// arrives without the envelope around its `data` object.
-    pub(super) async fn listing_to(&self, out: &mut impl Write) -> Result<(), CliError> {
+    /// The whole listing at `path` (`/connections/`, `/topics/`),
+    /// streamed by the node, copied to `out` as it arrives without the
+    /// envelope around its `data` object.
+    pub(super) async fn listing_to(
+        &self,
+        path: &str,
+        out: &mut impl Write,
+    ) -> Result<(), CliError> {
         const HEAD: &[u8] = b"{\"code\":200,\"data\":";
-        let path = "/connections/";
         let url = self.url(path);
         let mut resp = self
             .authorized(self.http.get(&url))

@@ -3,8 +3,8 @@
 //! what each does. The registry commands (`cleanup`, `clear`,
 //! `connections`) work on Redis directly with the Redis engine (no node
 //! needs to run) and ask the node's admin API with the embedded one
-//! (`registry.rs`); `send` always asks a running node (`client.rs`). What is
-//! printed is in `output.rs`.
+//! (`registry.rs`); `send` and `topics` always ask a running node
+//! (`client.rs`). What is printed is in `output.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,12 +78,15 @@ pub enum Command {
     },
     /// Send a message (or a file of them) through a running node's admin API.
     #[command(
-        after_help = "Examples:\n  sse-notify send --to alice '{\"text\":\"hi\"}'\n  sse-notify send --event news '\"everyone\"'   (broadcast)\n  sse-notify send --batch messages.jsonl   (one send body per line: {\"to\":\"alice\",\"data\":1})"
+        after_help = "Examples:\n  sse-notify send --to alice '{\"text\":\"hi\"}'\n  sse-notify send --topic doc:42 --event new_comment '{\"id\":7}'   (every stream following doc:42)\n  sse-notify send --event news '\"everyone\"'   (broadcast)\n  sse-notify send --batch messages.jsonl   (one send body per line: {\"to\":\"alice\",\"data\":1})"
     )]
     Send {
-        /// Username; without it the message is a broadcast.
+        /// Username; without it (and without --topic) the message is a broadcast.
         #[arg(long, value_name = "USER", conflicts_with = "batch")]
         to: Option<String>,
+        /// A topic: the message goes to every stream following it.
+        #[arg(long, value_name = "T", conflicts_with_all = ["batch", "to", "first"])]
+        topic: Option<String>,
         /// SSE event name.
         #[arg(long, value_name = "E", default_value = "message")]
         event: String,
@@ -98,6 +101,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "data")]
         batch: Option<PathBuf>,
         /// Print the response's data object as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the followed topics with their counts, or who follows one, through a running node's admin API.
+    #[command(after_help = "Examples:\n  sse-notify topics\n  sse-notify topics doc:42 --json")]
+    Topics {
+        /// Only this topic: its users and their connections.
+        topic: Option<String>,
+        /// Print the data object of the matching API response.
         #[arg(long)]
         json: bool,
     },
@@ -199,6 +211,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
         } => send_batch(&config, &file, json).await,
         Command::Send {
             to,
+            topic,
             event,
             first,
             data,
@@ -210,6 +223,7 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 .map_err(|e| CliError::Usage(format!("DATA_JSON: not valid JSON: {e}")))?;
             let body = SendBody {
                 to: to.as_deref(),
+                topic: topic.as_deref(),
                 event: &event,
                 data,
                 all_connections: first.then_some(false),
@@ -221,6 +235,57 @@ pub async fn run(cli: Cli, config: Config, path: Option<PathBuf>) -> Result<(), 
                 output::sent(&sent);
             }
             Ok(())
+        }
+        Command::Topics {
+            topic: Some(topic),
+            json,
+        } => {
+            if let Some(e) = crate::topic::name_error(&topic) {
+                return Err(CliError::Usage(format!(
+                    "TOPIC: {} {e}",
+                    crate::topic::quoted(&topic)
+                )));
+            }
+            let presence = AdminClient::new(&config)?.topic(&topic).await?;
+            if json {
+                output::json(&presence);
+            } else {
+                output::topic(&presence);
+            }
+            Ok(())
+        }
+        Command::Topics { topic: None, json } => {
+            let node = AdminClient::new(&config)?;
+            if json {
+                node.listing_to("/topics/", &mut output::stdout_pieces())
+                    .await
+            } else {
+                print_topics(&node).await
+            }
+        }
+    }
+}
+
+/// Topics per page the command line reads and prints at a time.
+const TOPICS_PAGE: usize = 1_000;
+
+/// Every followed topic in words: how many, then a table printed a page
+/// at a time, as each page is read.
+async fn print_topics(node: &AdminClient) -> Result<(), CliError> {
+    let mut cursor = String::new();
+    let mut header = true;
+    let mut first = true;
+    loop {
+        let page = node.topics_page(&cursor, TOPICS_PAGE).await?;
+        if first {
+            output::topic_total(page.topic_count);
+            first = false;
+        }
+        output::topics_table(&page.topics, header);
+        header &= page.topics.is_empty();
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => return Ok(()),
         }
     }
 }

@@ -167,7 +167,7 @@ impl Registry {
                 }
                 writeln!(out).map_err(output::write_error)
             }
-            Registry::Node(node) => node.listing_to(&mut out).await,
+            Registry::Node(node) => node.listing_to("/connections/", &mut out).await,
         }
     }
 }

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -55,20 +56,27 @@ def free_port():
 class Stream:
     """One SSE connection, as a browser tab behind nginx holds it."""
 
-    def __init__(self, username, stream_url=None, last_event_id=None):
+    def __init__(self, username, stream_url=None, last_event_id=None, topics=()):
         # http.client sends header values as latin-1: hand it the UTF-8
         # bytes, which is what nginx passes on from the auth view.
         value = username.encode("utf-8").decode("latin-1")
         headers = {"X-Remote-User": value, "Accept": "text/event-stream"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        req = urllib.request.Request(stream_url or STREAM_URL, headers=headers)
+        url = stream_url or STREAM_URL
+        if topics:
+            # The page asks for its topics; nginx passes the ones the app's
+            # auth view allows in X-Remote-Topics (here: exactly those).
+            url += "?" + urllib.parse.urlencode({"topics": ",".join(topics)})
+            headers["X-Remote-Topics"] = ",".join(topics)
+        req = urllib.request.Request(url, headers=headers)
         self.resp = _opener.open(req, timeout=READ_TIMEOUT)
         assert self.resp.status == 200, self.resp.status
         established = json.loads(self.next_named("connection_established")["data"])
         self.connection_id = established["connection_id"]
         self.username = established["username"]
         self.connection_time = established["connection_time"]
+        self.topics = established["topics"]
 
     def _line(self):
         raw = self.resp.readline()

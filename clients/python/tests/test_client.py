@@ -17,10 +17,14 @@ from sse_notify import (
     abroadcast_notification,
     asend_many,
     asend_notification,
+    asend_to_topic,
+    atopic_presence,
     broadcast_notification,
     connection_manager,
     send_many,
     send_notification,
+    send_to_topic,
+    topic_presence,
 )
 from sse_notify.client import setting
 
@@ -32,8 +36,8 @@ def setUpModule():
 
 
 class StreamsMixin:
-    def open(self, username):
-        stream = Stream(username)
+    def open(self, username, topics=()):
+        stream = Stream(username, topics=topics)
         self.addCleanup(stream.close)
         return stream
 
@@ -278,6 +282,121 @@ class RegistryTest(StreamsMixin, SimpleTestCase):
         for tab in tabs:
             self.assertTrue(tab.ends(), "a disconnected user's stream is closed")
         self.assertFalse(connection_manager.has_active_connections(hank))
+
+
+class TopicsTest(StreamsMixin, SimpleTestCase):
+    def test_send_to_topic_reaches_its_followers_only(self):
+        doc = unique("doc:")
+        jane, kim = unique("jane"), unique("kim")
+        jane_reads = self.open(jane, topics=[doc])
+        jane_elsewhere = self.open(jane)
+        kim_reads = self.open(kim, topics=["team:7", doc])
+        self.assertEqual(kim_reads.topics, sorted(["team:7", doc]))
+
+        sent = send_to_topic(doc, {"comment": 1}, event="new_comment")
+        self.assertEqual(sorted(sent), ["connections", "event", "message_id", "topic"])
+        self.assertEqual((sent["topic"], sent["event"], sent["connections"]), (doc, "new_comment", 2))
+        for tab in (jane_reads, kim_reads):
+            frame = tab.next_named("new_comment")
+            self.assertEqual(frame["id"], sent["message_id"])
+            self.assertEqual(json.loads(frame["data"]), {"comment": 1})
+        # The tab that does not follow the topic gets the next message to
+        # its user, not the topic's.
+        after = send_notification(jane, "after")
+        self.assertEqual(jane_elsewhere.next_event()["id"], after["message_id"])
+        again = send_to_topic(doc, 2)
+        self.assertEqual(again["event"], "message")
+        self.assertEqual(
+            [jane_reads.next_event()["id"] for _ in range(2)],
+            [after["message_id"], again["message_id"]],
+            "a tab that follows the topic gets its user's messages too, in id order",
+        )
+
+        nobody = send_to_topic(unique("doc:"), 1)
+        self.assertEqual(nobody["connections"], 0, "a topic nobody follows is not an error")
+
+    def test_topic_presence_counts_users_and_connections(self):
+        # Every character a topic name may hold, "/" too: one path segment.
+        topic = unique("team/7:ops@eu=")
+        lee, max_ = unique("lee"), unique("max")
+        tabs = [self.open(lee, topics=[topic]), self.open(lee, topics=[topic]), self.open(max_, topics=[topic])]
+        self.open(max_)
+
+        presence = topic_presence(topic)
+        self.assertEqual(
+            sorted(presence), ["connection_count", "connections", "topic", "user_count", "users"]
+        )
+        self.assertEqual(presence["topic"], topic)
+        self.assertEqual((presence["connection_count"], presence["user_count"]), (3, 2))
+        self.assertEqual(presence["users"], sorted([lee, max_]))
+        self.assertEqual(
+            sorted(c["connection_id"] for c in presence["connections"]), sorted(t.connection_id for t in tabs)
+        )
+        for c in presence["connections"]:
+            self.assertEqual(c["topics"], [topic])
+
+        tabs[2].close()
+        self.assertTrue(
+            eventually(lambda: topic_presence(topic)["users"] == [lee]), "a closed stream leaves the topic"
+        )
+        for tab in tabs[:2]:
+            tab.close()
+        self.assertTrue(eventually(lambda: topic_presence(topic)["connection_count"] == 0))
+        self.assertEqual(
+            topic_presence(topic),
+            {"topic": topic, "connection_count": 0, "user_count": 0, "users": [], "connections": []},
+            "presence, not existence: a topic nobody follows is zeros",
+        )
+
+    def test_send_many_takes_topic_messages(self):
+        doc = unique("doc:")
+        nell = unique("nell")
+        tab = self.open(nell, topics=[doc])
+        sent = send_many(
+            [{"topic": doc, "data": {"n": 1}}, {"user": nell, "data": {"n": 2}}, {"topic": doc, "data": 3, "event": "x"}]
+        )
+        self.assertEqual([s.get("topic") for s in sent], [doc, None, doc])
+        self.assertEqual([s["connections"] for s in sent], [1, 1, 1])
+        self.assertEqual([tab.next_event()["id"] for _ in sent], [s["message_id"] for s in sent])
+        # A topic with a user is refused whole, naming the pair.
+        with self.assertRaises(SSENotifyError) as cm:
+            send_many([{"topic": doc, "data": 4}, {"topic": doc, "user": nell, "data": 5}])
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIn("messages[1]", cm.exception.message)
+        self.assertIn("topic", cm.exception.message)
+        self.assertEqual(send_to_topic(doc, "next")["connections"], 1)
+        self.assertEqual(tab.next_event()["data"], '"next"', "nothing of the refused batch was sent")
+
+    def test_bad_topics_raise(self):
+        for bad in ("", "doc 42", "doc,42", "doc:*", "x" * 129):
+            with self.subTest(topic=bad):
+                with self.assertRaises(SSENotifyError) as cm:
+                    send_to_topic(bad, 1)
+                self.assertEqual(cm.exception.status, 400)
+                self.assertIn("topic", cm.exception.message)
+        with self.assertRaises(SSENotifyError) as cm:
+            topic_presence("doc 42")
+        self.assertEqual(cm.exception.status, 400)
+        for not_a_name in (None, 42, ["doc:1"]):
+            with self.subTest(topic=not_a_name):
+                with self.assertRaises(ValueError):
+                    send_to_topic(not_a_name, 1)
+                with self.assertRaises(ValueError):
+                    topic_presence(not_a_name)
+
+    def test_async_twins(self):
+        doc = unique("doc:")
+        otto = unique("otto")
+        tab = self.open(otto, topics=[doc])
+
+        async def scenario():
+            sent = await asend_to_topic(doc, {"a": 1}, event="async_topic")
+            return sent, await atopic_presence(doc)
+
+        sent, presence = asyncio.run(scenario())
+        self.assertEqual((sent["topic"], sent["connections"]), (doc, 1))
+        self.assertEqual(tab.next_named("async_topic")["id"], sent["message_id"])
+        self.assertEqual((presence["users"], presence["connection_count"]), ([otto], 1))
 
 
 class ErrorsTest(SimpleTestCase):

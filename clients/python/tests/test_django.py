@@ -134,9 +134,46 @@ class CommandsTest(SimpleTestCase):
         out, _ = run("sse_connections", unique("nobody"))
         self.assertRegex(out, r"^\S+: 0 connections\n$")
 
+    def test_sse_topics_lists_as_the_cli(self):
+        doc = unique("doc:")
+        lou, mia = unique("lou"), unique("mia")
+        tabs = [Stream(lou, topics=[doc]), Stream(lou, topics=[doc, "team:7"]), Stream(mia, topics=[doc])]
+        for tab in tabs:
+            self.addCleanup(tab.close)
+        out, code = run("sse_topics", doc)
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "%s: 3 connections of 2 users" % doc)
+        self.assertEqual(lines[1].split(), ["USER", "CONNECTION_ID", "CONNECTED", "LAST_HEARTBEAT"])
+        self.assertEqual([line.split()[1] for line in lines[2:]], [t.connection_id for t in tabs])
+        data = json.loads(run("sse_topics", doc, "--json")[0])
+        self.assertEqual((data["topic"], data["users"]), (doc, sorted([lou, mia])))
+        # The CLI's --json for the same topic is the same object.
+        done = subprocess.run(
+            [os.environ["SSE_NOTIFY_BIN"], "-c", os.environ["SSE_NOTIFY_CLI_CONFIG"], "topics", doc, "--json"],
+            capture_output=True, text=True, timeout=30,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(json.loads(done.stdout)["users"], data["users"])
+
+        out, code = run("sse_topics")
+        self.assertEqual(code, 0)
+        lines = out.splitlines()
+        self.assertRegex(lines[0], r"^\d+ topics? followed$")
+        self.assertEqual(lines[1].split(), ["TOPIC", "CONNECTIONS", "USERS"])
+        self.assertIn([doc, "3", "2"], [line.split() for line in lines[2:]])
+        everything = json.loads(run("sse_topics", "--json")[0])
+        self.assertIn({"topic": doc, "connection_count": 3, "user_count": 2}, everything["topics"])
+        out, code = run("sse_topics", unique("doc:"))
+        self.assertRegex(out, r"^\S+: 0 connections of 0 users\n$")
+        out, code = run("sse_topics", "doc 42")
+        self.assertEqual(code, 2, out)
+        self.assertIn("topic", out)
+
     def test_commands_exit_1_when_no_node_answers_and_send_the_token(self):
         with override_settings(SSE_NOTIFY_URL="http://127.0.0.1:%d" % free_port()):
-            for argv in (["cleanup_sse_connections"], ["clear_all_sse_connections", "--force"], ["sse_connections"]):
+            for argv in (["cleanup_sse_connections"], ["clear_all_sse_connections", "--force"], ["sse_connections"],
+                         ["sse_topics"], ["sse_topics", "doc:42"]):
                 with self.subTest(argv=argv):
                     out, code = run(*argv)
                     self.assertEqual(code, 1)

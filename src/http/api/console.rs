@@ -1,9 +1,10 @@
 //! The admin console (README "Admin console") below `{base}/admin`: its
 //! page and assets, served from the binary (open: they hold no data), its
 //! live stream of what the node's reporter ([`crate::node::report`])
-//! samples, and the two reads the API has no shape for (a page of users by
-//! name prefix; a user's connections with their nodes). The page's actions
-//! (send, disconnect, cleanup, clear) use the ordinary routes.
+//! samples, and the reads the API has no shape for (a page of users or of
+//! followed topics by name prefix; a user's connections, or a topic's
+//! followers, with their nodes). The page's actions (send, disconnect,
+//! cleanup, clear) use the ordinary routes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +18,15 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::extract::{
-    base, end, only, query, query_pairs, reject, with_front, FromQuery, UserName,
+    base, end, only, query, query_pairs, reject, with_front, FromQuery, TopicName, UserName,
 };
-use super::model::{ConsoleUser, UserCount, UsersPage};
+use super::model::{ConsoleTopic, ConsoleTopics, ConsoleUser, Topic, UserCount, UsersPage};
 use crate::http::envelope::{self, ApiError};
 use crate::http::Front;
 use crate::node::frame;
 use crate::node::report::{RING, SAMPLE_EVERY};
 use crate::store::Cursor;
+use crate::topic;
 
 pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Response,)> {
     let admin = base(base_path).and(warp::path("admin"));
@@ -43,6 +45,12 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
         .clone()
         .and(warp::path("connections"))
         .and(warp::path::param::<UserName>())
+        .and(end());
+    let topics = admin.clone().and(warp::path("topics")).and(end());
+    let topic = admin
+        .clone()
+        .and(warp::path("topics"))
+        .and(warp::path::param::<TopicName>())
         .and(end());
     asset_route(admin.clone().and(end()).boxed(), Asset::Page)
         .or(asset_route(
@@ -75,7 +83,7 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
             .clone()
             .and(warp::get())
             .and(with_front(front))
-            .and(query::<UsersQuery>())
+            .and(query::<PrefixQuery>())
             .and_then(list_users))
         .unify()
         .or(users.and(only("GET")))
@@ -87,6 +95,23 @@ pub(super) fn routes(front: &Arc<Front>, base_path: &str) -> BoxedFilter<(Respon
             .and_then(user_connections))
         .unify()
         .or(user.map(|_: UserName| ()).untuple_one().and(only("GET")))
+        .unify()
+        .or(topics
+            .clone()
+            .and(warp::get())
+            .and(with_front(front))
+            .and(query::<PrefixQuery>())
+            .and_then(list_topics))
+        .unify()
+        .or(topics.and(only("GET")))
+        .unify()
+        .or(topic
+            .clone()
+            .and(warp::get())
+            .and(with_front(front))
+            .and_then(topic_followers))
+        .unify()
+        .or(topic.map(|_: TopicName| ()).untuple_one().and(only("GET")))
         .unify()
         .boxed()
 }
@@ -208,22 +233,22 @@ async fn user_connections(user: UserName, front: Arc<Front>) -> Result<Response,
     Ok(envelope::ok(&ConsoleUser::new(&user, &list)))
 }
 
-/// Users per page when the page does not say.
+/// Users (or topics) per page when the page does not say.
 const USERS_PAGE: usize = 50;
 const USERS_PAGE_MAX: usize = 500;
 
-/// `?prefix=P&cursor=C&limit=N` of the console's user list.
+/// `?prefix=P&cursor=C&limit=N` of the console's user and topic lists.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct UsersQuery {
+struct PrefixQuery {
     prefix: String,
-    /// The page starts after this username.
+    /// The page starts after this name.
     after: Option<Cursor>,
     limit: usize,
 }
 
-impl FromQuery for UsersQuery {
+impl FromQuery for PrefixQuery {
     fn from_query(query: &str) -> Result<Self, ApiError> {
-        let mut q = UsersQuery {
+        let mut q = PrefixQuery {
             limit: USERS_PAGE,
             ..Default::default()
         };
@@ -256,7 +281,7 @@ impl FromQuery for UsersQuery {
     }
 }
 
-async fn list_users(front: Arc<Front>, q: UsersQuery) -> Result<Response, Rejection> {
+async fn list_users(front: Arc<Front>, q: PrefixQuery) -> Result<Response, Rejection> {
     let page = users(&front, &q).await.map_err(reject)?;
     Ok(envelope::ok(&page))
 }
@@ -266,7 +291,7 @@ async fn list_users(front: Arc<Front>, q: UsersQuery) -> Result<Response, Reject
 /// next page's cursor. Names are in order, so the ones with a prefix are
 /// one run: the exact name first, then the names after it, until one does
 /// not start with it.
-async fn users(front: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
+async fn users(front: &Front, q: &PrefixQuery) -> Result<UsersPage, ApiError> {
     let mut users: Vec<UserCount> = Vec::new();
     let mut after = q.after.clone();
     if after.is_none() && !q.prefix.is_empty() {
@@ -314,23 +339,97 @@ async fn users(front: &Front, q: &UsersQuery) -> Result<UsersPage, ApiError> {
     })
 }
 
+/// A topic's followers with the node holding each stream.
+async fn topic_followers(topic: TopicName, front: Arc<Front>) -> Result<Response, Rejection> {
+    let topic = topic.validated().map_err(reject)?;
+    let presence = front
+        .node()
+        .topic(&topic)
+        .await
+        .map_err(|e| reject(e.into()))?;
+    Ok(envelope::ok(&ConsoleTopic::new(&topic, presence)))
+}
+
+async fn list_topics(front: Arc<Front>, q: PrefixQuery) -> Result<Response, Rejection> {
+    let page = topics(&front, &q).await.map_err(reject)?;
+    Ok(envelope::ok(&page))
+}
+
+/// One page of followed topics whose names start with the prefix, after
+/// the cursor, with their counts, through the registry's paged listing;
+/// and the next page's cursor. As for the users: names are in order, so
+/// the ones with a prefix are one run, the exact name first.
+async fn topics(front: &Front, q: &PrefixQuery) -> Result<ConsoleTopics, ApiError> {
+    // A prefix no topic name can start with lists nothing (and is never
+    // handed to the registry).
+    if !q.prefix.is_empty() && topic::name_error(&q.prefix).is_some() {
+        return Ok(ConsoleTopics {
+            next_cursor: None,
+            topic_count: None,
+            topics: Vec::new(),
+        });
+    }
+    let mut topics: Vec<Topic> = Vec::new();
+    let mut after = q.after.clone();
+    if after.is_none() && !q.prefix.is_empty() {
+        let exact = front.node().topic(&q.prefix).await?;
+        if !exact.connections.is_empty() {
+            topics.push(Topic {
+                topic: q.prefix.clone(),
+                connection_count: exact.connections.len(),
+                user_count: exact.users.len(),
+            });
+        }
+        after = Some(Cursor(q.prefix.clone()));
+    }
+    let want = q.limit - topics.len();
+    let mut more = want == 0;
+    let mut total = None;
+    if want > 0 {
+        // One more than shown, to know whether a next page holds any.
+        let page = front.node().topics_page(after.as_ref(), want + 1).await?;
+        total = Some(page.topic_count);
+        more = page.next.is_some();
+        for count in &page.topics {
+            if !count.topic.starts_with(&q.prefix) {
+                more = false;
+                break;
+            }
+            if topics.len() == q.limit {
+                more = true;
+                break;
+            }
+            topics.push(Topic::from(count));
+        }
+    }
+    let next_cursor = match topics.last() {
+        Some(last) if more => Some(Cursor(last.topic.clone()).to_string()),
+        _ => None,
+    };
+    Ok(ConsoleTopics {
+        next_cursor,
+        topic_count: total,
+        topics,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn users_query() {
-        let q = UsersQuery::from_query("prefix=al&cursor=616c&limit=20").unwrap();
+        let q = PrefixQuery::from_query("prefix=al&cursor=616c&limit=20").unwrap();
         assert_eq!(
             q,
-            UsersQuery {
+            PrefixQuery {
                 prefix: "al".into(),
                 after: Some(Cursor("al".into())),
                 limit: 20
             }
         );
-        assert_eq!(UsersQuery::from_query("").unwrap().limit, USERS_PAGE);
-        assert!(UsersQuery::from_query("limit=0").is_err());
-        assert!(UsersQuery::from_query("cursor=zz").is_err());
+        assert_eq!(PrefixQuery::from_query("").unwrap().limit, USERS_PAGE);
+        assert!(PrefixQuery::from_query("limit=0").is_err());
+        assert!(PrefixQuery::from_query("cursor=zz").is_err());
     }
 }

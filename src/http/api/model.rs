@@ -344,6 +344,59 @@ pub(crate) struct UsersPage {
     pub users: Vec<UserCount>,
 }
 
+/// `data` of the console's `GET {base}/admin/topics`: a page of followed
+/// topics and how many there are (absent when the page read none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ConsoleTopics {
+    pub next_cursor: Option<String>,
+    pub topic_count: Option<usize>,
+    pub topics: Vec<Topic>,
+}
+
+/// A stream following a topic, in the console: whose it is and the node
+/// that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TopicFollower {
+    pub connection_id: String,
+    pub connection_time: f64,
+    pub last_heartbeat: f64,
+    pub node_id: String,
+    pub username: String,
+}
+
+/// `data` of the console's `GET {base}/admin/topics/{topic}`: who follows
+/// it, each stream with its node, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ConsoleTopic {
+    pub connection_count: usize,
+    pub connections: Vec<TopicFollower>,
+    pub topic: String,
+    pub user_count: usize,
+    pub users: Vec<String>,
+}
+
+impl ConsoleTopic {
+    pub(crate) fn new(topic: &str, presence: TopicPresence) -> Self {
+        ConsoleTopic {
+            connection_count: presence.connections.len(),
+            connections: presence
+                .connections
+                .into_iter()
+                .map(|r| TopicFollower {
+                    connection_id: r.connection_id,
+                    connection_time: r.connection_time,
+                    last_heartbeat: r.last_heartbeat,
+                    node_id: r.node_id,
+                    username: r.username,
+                })
+                .collect(),
+            topic: topic.to_string(),
+            user_count: presence.users.len(),
+            users: presence.users,
+        }
+    }
+}
+
 /// The error envelope, as a client reads it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub(crate) struct Refusal {

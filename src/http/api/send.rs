@@ -225,10 +225,13 @@ fn parse_send(body: &[u8]) -> Result<Outgoing, ApiError> {
         Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
             .map_err(|_| ApiError::bad_request("to: must be a string or null"))?,
     };
+    // Unlike `to`, no null: a topic that an application failed to fill
+    // in must not turn its message into a broadcast to everyone.
     let topic = match fields.topic {
         None => None,
-        Some(raw) => serde_json::from_str::<Option<String>>(raw.get())
-            .map_err(|_| ApiError::bad_request("topic: must be a string or null"))?,
+        Some(raw) => Some(serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            ApiError::bad_request("topic: must be a topic name (leave it out for a broadcast)")
+        })?),
     };
     if let Some(name) = &topic {
         if to.is_some() {
@@ -482,7 +485,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"topic":7,"data":1}"#),
-            "topic: must be a string or null"
+            "topic: must be a topic name (leave it out for a broadcast)"
         );
         assert!(err(r#"{"topic":"a","topic":"b","data":1}"#).starts_with("topic: given more"));
         let ok = parse_send(br#"{"topic":"doc:42","to":null,"data":1}"#).unwrap();
@@ -490,10 +493,11 @@ mod tests {
             (ok.topic.as_deref(), ok.to, ok.first_only),
             (Some("doc:42"), None, false)
         );
-        assert!(parse_send(br#"{"topic":null,"data":1}"#)
-            .unwrap()
-            .topic
-            .is_none());
+        assert_eq!(
+            err(r#"{"topic":null,"data":1}"#),
+            "topic: must be a topic name (leave it out for a broadcast)",
+            "a null topic is no broadcast"
+        );
         let batch = parse_batch(
             br#"{"messages":[{"data":1},{"data":1},{"data":1},{"topic":"x y","data":1}]}"#,
             4,

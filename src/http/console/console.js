@@ -18,6 +18,7 @@ let samples = [];
 let windowSecs = 900;
 let lastTick = null;
 let selectedUser = null;
+let selectedTopic = null;
 
 class ApiError extends Error {
   constructor(status, message) {
@@ -81,11 +82,13 @@ function clearData() {
   samples = [];
   lastTick = null;
   selectedUser = null;
-  for (const id of ["nodes", "users", "user-connections"]) {
+  selectedTopic = null;
+  for (const id of ["nodes", "users", "user-connections", "topics", "topic-connections"]) {
     $(id).tBodies[0].replaceChildren();
   }
   for (const dd of document.querySelectorAll("#totals dd")) dd.textContent = "–";
   $("user-detail").hidden = true;
+  $("topic-detail").hidden = true;
   $("serving").textContent = "";
   drawCharts();
 }
@@ -142,6 +145,7 @@ async function connectLive() {
   $("forget-token").hidden = !token;
   setState("live", "live");
   refreshUsers();
+  refreshTopics();
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   // Ticks come every second: a silent stream is a dead one.
@@ -214,13 +218,15 @@ function onTick(t) {
   renderTotals(t);
   renderNodes(t);
   scheduleCharts();
-  // The user list follows the registry: its current page only, when the
-  // totals moved, and every 5 s anyway (a user may come as another goes).
+  // The user and topic lists follow the registry: their current pages
+  // only, when the totals moved, and every 5 s anyway (a user may come as
+  // another goes).
   const counts = t.users + "/" + t.connections;
   const now = Date.now();
   if ((counts !== lastCounts && now - lastUsersRefresh > 1000) || now - lastUsersRefresh > 5000) {
     lastCounts = counts;
     refreshUsers();
+    refreshTopics();
   }
 }
 
@@ -518,20 +524,151 @@ $("disconnect-user").addEventListener("click", async () => {
     $("detail-result").textContent = e.message;
   }
   refreshUsers();
+  refreshTopics();
 });
+
+// ---- topics ---------------------------------------------------------------
+
+// Paging as for the users.
+let topicCursors = [];
+let topicCursor = "";
+let topicNextCursor = null;
+let topicsInFlight = false;
+let topicsAgain = false;
+
+async function refreshTopics() {
+  if (topicsInFlight) {
+    topicsAgain = true;
+    return;
+  }
+  topicsInFlight = true;
+  const gen = generation;
+  try {
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    const prefix = $("topic-search").value.trim();
+    if (prefix) q.set("prefix", prefix);
+    if (topicCursor) q.set("cursor", topicCursor);
+    const data = await api("GET", "/admin/topics?" + q.toString());
+    if (gen !== generation) return;
+    $("topics-error").textContent = "";
+    renderTopics(data);
+    if (selectedTopic !== null) await showTopic(selectedTopic, true);
+  } catch (e) {
+    if (e.status !== 401 && gen === generation) $("topics-error").textContent = e.message;
+  } finally {
+    topicsInFlight = false;
+    if (topicsAgain) {
+      topicsAgain = false;
+      refreshTopics();
+    }
+  }
+}
+
+function renderTopics(data) {
+  topicNextCursor = data.next_cursor || null;
+  const rows = data.topics.map((t) => {
+    const tr = document.createElement("tr");
+    tr.dataset.topic = t.topic;
+    if (t.topic === selectedTopic) tr.classList.add("selected");
+    const name = document.createElement("td");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "link";
+    b.textContent = t.topic;
+    b.addEventListener("click", () => showTopic(t.topic, false));
+    name.append(b);
+    tr.append(name, cell(fmtInt(t.connection_count)), cell(fmtInt(t.user_count)));
+    return tr;
+  });
+  if (rows.length === 0) {
+    const tr = document.createElement("tr");
+    const td = cell($("topic-search").value.trim() ? "no followed topic with that name" : "no stream follows a topic");
+    td.colSpan = 3;
+    tr.append(td);
+    rows.push(tr);
+  }
+  $("topics").tBodies[0].replaceChildren(...rows);
+  $("topics-prev").disabled = topicCursors.length === 0;
+  $("topics-next").disabled = !topicNextCursor;
+  const total = data.topic_count;
+  const searching = $("topic-search").value.trim() !== "";
+  $("topics-page").textContent =
+    "page " + (topicCursors.length + 1) +
+    (!searching && total !== null && total !== undefined ? " of " + Math.max(1, Math.ceil(total / PAGE_SIZE)) : "");
+}
+
+$("topics-next").addEventListener("click", () => {
+  if (!topicNextCursor) return;
+  topicCursors.push(topicCursor);
+  topicCursor = topicNextCursor;
+  refreshTopics();
+});
+$("topics-prev").addEventListener("click", () => {
+  if (topicCursors.length === 0) return;
+  topicCursor = topicCursors.pop();
+  refreshTopics();
+});
+
+let topicSearchTimer = null;
+$("topic-search").addEventListener("input", () => {
+  clearTimeout(topicSearchTimer);
+  topicSearchTimer = setTimeout(() => {
+    topicCursors = [];
+    topicCursor = "";
+    refreshTopics();
+  }, 250);
+});
+
+async function showTopic(name, quiet) {
+  if (!quiet) $("topic-detail-result").textContent = "";
+  selectedTopic = name;
+  for (const tr of $("topics").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.topic === name);
+  const gen = generation;
+  let data;
+  try {
+    data = await api("GET", "/admin/topics/" + encodeURIComponent(name));
+  } catch (e) {
+    if (e.status !== 401) $("topic-detail-result").textContent = e.message;
+    return;
+  }
+  if (gen !== generation || selectedTopic !== name) return;
+  const conns = data.connection_count;
+  const users = data.user_count;
+  $("topic-detail-name").textContent =
+    `${name} (${conns} connection${conns === 1 ? "" : "s"} of ${users} user${users === 1 ? "" : "s"})`;
+  const rows = data.connections.map((c) => {
+    const tr = document.createElement("tr");
+    tr.dataset.connection = c.connection_id;
+    tr.append(cell(c.username), cell(c.connection_id), cell(c.node_id || "?"), cell(fmtTime(c.connection_time)));
+    return tr;
+  });
+  $("topic-connections").tBodies[0].replaceChildren(...rows);
+  $("topic-detail").hidden = false;
+  if (!quiet) {
+    // Ready to send to it: the topic chosen in the send form.
+    $("send-topic").value = name;
+    document.querySelector("input[name=target][value=topic]").checked = true;
+    targetChanged();
+  }
+}
 
 // ---- send -----------------------------------------------------------------
 
 const EVENT_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
+const TOPIC_NAME = /^[A-Za-z0-9_.:\/@=-]{1,128}$/;
 
 function target() {
   return document.querySelector("input[name=target]:checked").value;
 }
 
+function targetChanged() {
+  const t = target();
+  $("send-to").disabled = t === "broadcast" || t === "topic";
+  $("send-topic").disabled = t !== "topic";
+}
+
 for (const r of document.querySelectorAll("input[name=target]")) {
-  r.addEventListener("change", () => {
-    $("send-to").disabled = target() === "broadcast";
-  });
+  r.addEventListener("change", targetChanged);
 }
 
 /** The send body, or an error naming the field (as the API would). */
@@ -539,7 +676,11 @@ function sendBody() {
   const body = {};
   const to = $("send-to").value.trim();
   const t = target();
-  if (t !== "broadcast") {
+  if (t === "topic") {
+    const topic = $("send-topic").value.trim();
+    if (!TOPIC_NAME.test(topic)) return { error: "topic: 1 to 128 characters of A-Z a-z 0-9 _ . : / @ = -" };
+    body.topic = topic;
+  } else if (t !== "broadcast") {
     if (!to) return { error: "to: name the user (or choose broadcast)" };
     body.to = to;
     body.all_connections = t === "user";
@@ -567,7 +708,7 @@ $("send-form").addEventListener("submit", async (ev) => {
   }
   try {
     const d = await api("POST", "/send/", body);
-    const who = d.to === null ? "broadcast" : d.to;
+    const who = d.topic ? "topic " + d.topic : d.to === null || d.to === undefined ? "broadcast" : d.to;
     $("send-result").textContent =
       `Sent ${d.event} to ${who}: message ${d.message_id}, ${d.connections} connection(s).`;
     $("send-result").dataset.messageId = d.message_id;
@@ -603,6 +744,7 @@ $("cleanup-form").addEventListener("submit", async (ev) => {
     maintenanceResult(e.message, true);
   }
   refreshUsers();
+  refreshTopics();
 });
 
 $("full-clear").addEventListener("click", async () => {
@@ -620,6 +762,7 @@ $("full-clear").addEventListener("click", async () => {
     maintenanceResult(e.message, true);
   }
   refreshUsers();
+  refreshTopics();
 });
 
 // ---- confirmation dialog --------------------------------------------------

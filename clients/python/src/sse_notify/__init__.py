@@ -17,10 +17,14 @@ from .client import (
     abroadcast_notification,
     asend_many,
     asend_notification,
+    asend_to_topic,
+    atopic_presence,
     broadcast_notification,
     connection_manager,
     send_many,
     send_notification,
+    send_to_topic,
+    topic_presence,
 )
 
 __version__ = "0.1.0"
@@ -31,8 +35,12 @@ __all__ = [
     "abroadcast_notification",
     "asend_many",
     "asend_notification",
+    "asend_to_topic",
+    "atopic_presence",
     "broadcast_notification",
     "connection_manager",
     "send_many",
     "send_notification",
+    "send_to_topic",
+    "topic_presence",
 ]

@@ -29,10 +29,14 @@ __all__ = [
     "abroadcast_notification",
     "asend_many",
     "asend_notification",
+    "asend_to_topic",
+    "atopic_presence",
     "broadcast_notification",
     "connection_manager",
     "send_many",
     "send_notification",
+    "send_to_topic",
+    "topic_presence",
 ]
 
 DEFAULTS = {
@@ -239,6 +243,20 @@ def user_path(user):
     return "/connections/%s/" % quote(username(user), safe="")
 
 
+def _topic(topic):
+    """A topic name as given; sse-notify checks its characters. Anything
+    but a string is refused here, before any request (sse-notify refuses
+    ``{"topic": null}`` too: a missing topic is no broadcast)."""
+    if not isinstance(topic, str):
+        raise ValueError("topic must be a string such as \"doc:42\" (broadcast_notification() sends to everyone)")
+    return topic
+
+
+def topic_path(topic):
+    # Topic names may hold "/", ":", "@" and "=": one path segment, encoded.
+    return "/topics/%s/" % quote(_topic(topic), safe="")
+
+
 # Each call is its request (method, path, body), made once here and used by
 # both the blocking function and its async twin.
 
@@ -250,6 +268,10 @@ def _send(user, data, event, all_connections):
 
 def _broadcast(data, event):
     return "POST", "/send/", {"to": None, "data": data, "event": event}
+
+
+def _send_to_topic(topic, data, event):
+    return "POST", "/send/", {"topic": _topic(topic), "data": data, "event": event}
 
 
 def send_notification(user, data, event="message", all_connections=True):
@@ -279,11 +301,51 @@ async def abroadcast_notification(data, event="broadcast"):
     return await acall(*_broadcast(data, event))
 
 
+def send_to_topic(topic, data, event="message"):
+    """Sends ``data`` to every stream that follows ``topic`` (e.g.
+    ``"doc:42"``), whoever its user, on every node.
+
+    Returns sse-notify's answer, e.g. ``{"message_id": "...", "topic":
+    "doc:42", "event": "message", "connections": 3}``; ``connections`` is 0
+    when no stream follows the topic (not an error).
+    """
+    return call(*_send_to_topic(topic, data, event))
+
+
+async def asend_to_topic(topic, data, event="message"):
+    """``send_to_topic`` for async views."""
+    return await acall(*_send_to_topic(topic, data, event))
+
+
+def topic_presence(topic):
+    """Who follows ``topic`` now, across every node: ``{"topic",
+    "connection_count", "user_count", "users": [usernames, sorted],
+    "connections": [connection details]}``. A topic nobody follows gives
+    zeros and empty lists."""
+    return call("GET", topic_path(topic))
+
+
+async def atopic_presence(topic):
+    """``topic_presence`` for async views."""
+    return await acall("GET", topic_path(topic))
+
+
 def _batches(messages, batch_size):
     if not 1 <= int(batch_size) <= 10000:
         raise ValueError("batch_size must be from 1 to sse-notify's api.max_batch")
     bodies = []
     for m in messages:
+        if "topic" in m:
+            body = {"topic": _topic(m["topic"]), "data": m["data"], "event": m.get("event", "message")}
+            # Passed on as given: sse-notify refuses a topic with a user or
+            # all_connections, naming the pair, rather than this client
+            # silently dropping one.
+            if "user" in m:
+                body["to"] = None if m["user"] is None else username(m["user"])
+            if "all_connections" in m:
+                body["all_connections"] = m["all_connections"]
+            bodies.append(body)
+            continue
         user = m.get("user")
         bodies.append(
             {
@@ -301,7 +363,8 @@ def send_many(messages, batch_size=1000):
     """Sends many messages in few requests (a comment thread, a group):
     ``messages`` is an iterable of dicts with the arguments of
     ``send_notification`` (``user``, ``data``, optional ``event`` and
-    ``all_connections``); ``user`` None is a broadcast. They are posted
+    ``all_connections``) or of ``send_to_topic`` (``topic``, ``data``,
+    optional ``event``); ``user`` None is a broadcast. They are posted
     ``batch_size`` at a time (at most sse-notify's ``api.max_batch``); a bad
     message rejects its whole batch with an SSENotifyError naming
     ``messages[i]`` and the field, and nothing of that batch is sent

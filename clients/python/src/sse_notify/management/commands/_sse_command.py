@@ -1,6 +1,7 @@
 """What the management commands share: the wording and exit codes of the
 ``sse-notify`` command line (``sse-notify cleanup``, ``clear``,
-``connections``), so a sysadmin reads the same thing from either."""
+``connections``, ``topics``), so a sysadmin reads the same thing from
+either."""
 
 from django.core.management.base import BaseCommand, CommandError
 
