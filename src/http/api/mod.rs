@@ -83,6 +83,8 @@ enum PathKind {
     ConsoleEvents,
     ConsoleUsers,
     ConsoleUser,
+    ConsoleTopics,
+    ConsoleTopic,
     Unknown,
 }
 
@@ -105,8 +107,10 @@ impl PathKind {
             "/admin" | "/admin/console.js" | "/admin/console.css" => PathKind::ConsoleAsset,
             "/admin/events" => PathKind::ConsoleEvents,
             "/admin/users" => PathKind::ConsoleUsers,
+            "/admin/topics" => PathKind::ConsoleTopics,
             _ => match rest.strip_prefix("/admin") {
                 Some(user) if user_path(user) => PathKind::ConsoleUser,
+                Some(topic) if segment_after(topic, "/topics/") => PathKind::ConsoleTopic,
                 _ if user_path(rest) => PathKind::UserConnections,
                 _ if segment_after(rest, "/topics/") => PathKind::Topic,
                 _ => PathKind::Unknown,
@@ -130,6 +134,8 @@ impl PathKind {
             PathKind::ConsoleEvents => "console_events",
             PathKind::ConsoleUsers => "console_users",
             PathKind::ConsoleUser => "console_user",
+            PathKind::ConsoleTopics => "console_topics",
+            PathKind::ConsoleTopic => "console_topic",
             PathKind::Unknown => "unknown",
         }
     }
@@ -189,5 +195,10 @@ mod tests {
         assert_eq!(kind("/notifications/topics/"), PathKind::Topics);
         assert_eq!(kind("/notifications/topics/doc%2F42/"), PathKind::Topic);
         assert_eq!(kind("/notifications/topics/doc/42/"), PathKind::Unknown);
+        assert_eq!(kind("/notifications/admin/topics"), PathKind::ConsoleTopics);
+        assert_eq!(
+            kind("/notifications/admin/topics/doc%3A42"),
+            PathKind::ConsoleTopic
+        );
     }
 }
