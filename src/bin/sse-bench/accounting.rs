@@ -143,6 +143,10 @@ fn tally(instances: &[Instance], all_msgs: &[Msg], last_recv_ns: u64, grace_ns: 
         "delivered": delivered,
         "delivered_per_sec": if span > 0 { r3(delivered as f64 / secs(span)) } else { 0.0 },
         "e2e": lat_json(&mut lat),
+        // in send order: the first after the streams opened may pay for
+        // their first writes
+        "broadcast_completions_ms": completion[0].iter().map(|&us| r3(us as f64 / 1000.0)).collect::<Vec<_>>(),
+        "topic_completions_ms": completion[1].iter().map(|&us| r3(us as f64 / 1000.0)).collect::<Vec<_>>(),
         "broadcast_completion": lat_json(&mut completion[0]),
         "broadcast_incomplete": incomplete[0],
         "topic_completion": lat_json(&mut completion[1]),
@@ -314,6 +318,11 @@ mod tests {
         assert_eq!(v["topic_completion"]["count"], 2, "{v}");
         assert_eq!(v["topic_completion"]["max_ms"].as_f64(), Some(3.5));
         assert_eq!(v["topic_completion"]["p50_ms"].as_f64(), Some(0.7));
+        assert_eq!(
+            v["topic_completions_ms"],
+            serde_json::json!([3.5, 0.7]),
+            "send order"
+        );
     }
 
     #[test]
