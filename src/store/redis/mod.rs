@@ -30,6 +30,7 @@ mod nodes;
 mod presence;
 mod registry;
 mod route;
+mod shared;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Keys;

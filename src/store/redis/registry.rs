@@ -73,7 +73,7 @@ impl Redis {
         let with_records = |body: &str| {
             Script::new(&format!(
                 "{}\n{LUA_RECORDS}\n{body}",
-                super::route::LUA_ROUTE
+                super::shared::LUA_ROUTE
             ))
         };
         Self {
@@ -128,7 +128,7 @@ impl Redis {
             } else {
                 String::new()
             })
-            .arg(super::route::resync_window_ms());
+            .arg(super::shared::resync_window_ms());
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {

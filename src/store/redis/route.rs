@@ -12,14 +12,7 @@ use std::time::Duration;
 use super::registry::Redis;
 use crate::store::Result;
 
-/// Prepended to the scripts that publish messages: picks their channels.
-pub(crate) const LUA_ROUTE: &str = include_str!("lua/route.lua");
-
-/// The longest messages go to every node after a clear: the nodes write
-/// their live connections back within it, and say so, which closes it
-/// earlier (each node that hears the clear makes sure it is open, so a
-/// slow listener is covered from when it heard).
-const RESYNC_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) use super::shared::{resync_window_ms, LUA_ROUTE, RESYNC_WINDOW};
 
 static WINDOW: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/window.lua")));
@@ -61,12 +54,6 @@ pub(crate) async fn untargeted_for(
         inv.invoke_async::<()>(&mut conn).await
     })
     .await
-}
-
-/// [`RESYNC_WINDOW`] for the sending scripts, which open the window
-/// themselves when they find that Redis lost the registry.
-pub(crate) fn resync_window_ms() -> u64 {
-    RESYNC_WINDOW.as_millis() as u64
 }
 
 /// [`untargeted_for`] the time nodes take to re-register after a clear.
