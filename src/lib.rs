@@ -11,6 +11,7 @@
 //!   (router), frames;
 //! - `store`: the seam the router talks to, with its two engines (embedded,
 //!   and Redis with its keys, scripts, bus and Sentinel);
+//! - `topic`: topic names and who may follow which;
 //! - [`config`], [`cli`], [`lifecycle`] (start order, signals, tickers,
 //!   shutdown), [`logging`], and the counters of `metrics`.
 
