@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::listing::{self, Listed};
-use super::redis::{self, Keys, Redis, SharedConn};
+use super::redis::{self, Redis, SharedConn};
 use super::{Cleared, ConnectionRecord, Cursor, Page, Removed, Result, StoreError, TopicCount};
 use crate::config::{mask_url_password, Config};
 
@@ -33,11 +33,7 @@ impl Direct {
             .await
             .map_err(|_| StoreError::Unavailable(format!("redis at {url} did not answer")))?
             .map_err(|e| StoreError::Unavailable(format!("redis at {url}: {e}")))?;
-        let registry = Redis::new(
-            conn,
-            Keys::new(&config.redis.key_prefix),
-            config.topics.join_leave,
-        );
+        let registry = Redis::new(conn, redis::layout(config), config.topics.join_leave);
         registry.ping().await?;
         Ok(Direct {
             registry,

@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::history::{bus_event_head, History, KeptIn, Recent};
+use super::keys::Keys;
 use super::presence::Presence;
 use super::registry::Redis;
-use super::route::{self, resync_window_ms, untargeted_for_resync, LUA_ROUTE};
+use super::route::{self, resync_window_ms, route_lua, untargeted_for_resync};
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 use crate::store::target::Route;
@@ -31,13 +32,24 @@ use crate::store::{
 };
 
 /// The script of [`publish_unkept`].
-pub(crate) fn unkept_script() -> redis::Script {
-    redis::Script::new(&format!("{LUA_ROUTE}\n{}", include_str!("lua/send.lua")))
+pub(crate) fn unkept_script(sharded: bool) -> redis::Script {
+    redis::Script::new(&format!(
+        "{}\n{}",
+        route_lua(sharded),
+        include_str!("lua/send.lua")
+    ))
 }
 
 /// With history off: reads the targets of each message and publishes it
-/// to the nodes that hold them, in one round trip; returns, per message,
-/// its target ids (none for a broadcast) and how many there are.
+/// to the nodes that hold them, in one round trip per partition; returns,
+/// per message, its target ids (none for a broadcast) and how many there
+/// are.
+///
+/// On a cluster a user's messages go through its partition's script as on
+/// one Redis; a broadcast or a topic's message, whose connections are in
+/// every partition, is counted there and published once on the home
+/// channel every node hears (each node gives a topic's message to the
+/// followers it holds).
 pub(crate) async fn publish_unkept(
     registry: &Redis,
     script: &redis::Script,
@@ -45,7 +57,72 @@ pub(crate) async fn publish_unkept(
     msgs: &[Message],
     ids: &[String],
 ) -> Result<Vec<(Vec<String>, usize)>> {
-    let keys = registry.keys();
+    let layout = registry.layout();
+    if let [keys] = layout.parts() {
+        return publish_unkept_in(registry, keys, script, origin, msgs, ids).await;
+    }
+    let mut out: Vec<(Vec<String>, usize)> = vec![(Vec::new(), 0); msgs.len()];
+    let mut by_part: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    let mut everyone = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match m.route() {
+            Route::FirstOnly(user) | Route::User(user) => {
+                by_part.entry(layout.index_of(user)).or_default().push(i)
+            }
+            Route::Broadcast | Route::Topic(_) => everyone.push(i),
+        }
+    }
+    let sent =
+        futures_util::future::try_join_all(by_part.into_iter().map(|(part, at)| async move {
+            let picked: Vec<Message> = at.iter().map(|&i| msgs[i].clone()).collect();
+            let picked_ids: Vec<String> = at.iter().map(|&i| ids[i].clone()).collect();
+            let keys = &layout.parts()[part];
+            let rows =
+                publish_unkept_in(registry, keys, script, origin, &picked, &picked_ids).await?;
+            Ok::<_, StoreError>(at.into_iter().zip(rows).collect::<Vec<_>>())
+        }))
+        .await?;
+    for (i, row) in sent.into_iter().flatten() {
+        out[i] = row;
+    }
+    for i in everyone {
+        let m = &msgs[i];
+        let count = count_everywhere(registry, m).await?;
+        if count > 0 {
+            let event = format!("[{},\"id\":\"{}\"}}]", bus_event_head(origin, m), ids[i]);
+            publish_on(registry, registry.keys().bus(), event).await?;
+        }
+        out[i] = (Vec::new(), count);
+    }
+    Ok(out)
+}
+
+/// How many connections a broadcast (every one) or a topic's message
+/// (its followers) reaches, summed over the partitions.
+async fn count_everywhere(registry: &Redis, m: &Message) -> Result<usize> {
+    let counts = futures_util::future::try_join_all(registry.layout().parts().iter().map(|k| {
+        let key = match &m.topic {
+            Some(topic) => k.topic(topic),
+            None => k.heartbeats(),
+        };
+        let mut conn = registry.connection();
+        super::conn::bounded(Duration::from_secs(5), async move {
+            conn.zcard::<_, usize>(key).await
+        })
+    }))
+    .await?;
+    Ok(counts.into_iter().sum())
+}
+
+/// [`publish_unkept`] in one partition: one script call.
+async fn publish_unkept_in(
+    registry: &Redis,
+    keys: &Keys,
+    script: &redis::Script,
+    origin: &str,
+    msgs: &[Message],
+    ids: &[String],
+) -> Result<Vec<(Vec<String>, usize)>> {
     let mut inv = script.prepare_invoke();
     inv.key(keys.resyncing())
         .key(keys.registry_since())
@@ -259,8 +336,13 @@ pub(crate) async fn publish(registry: &Redis, event: &BusEvent) -> Result<()> {
 
 async fn publish_on(registry: &Redis, channel: String, payload: String) -> Result<()> {
     let mut conn = registry.connection();
+    let sharded = registry.layout().sharded();
     tokio::time::timeout(Duration::from_secs(5), async move {
-        conn.publish::<_, _, ()>(channel, payload).await
+        if sharded {
+            conn.spublish::<_, _, ()>(channel, payload).await
+        } else {
+            conn.publish::<_, _, ()>(channel, payload).await
+        }
     })
     .await
     .map_err(|_| StoreError::Timeout(Duration::from_secs(5)))?

@@ -132,7 +132,7 @@ async fn every_registry_path_keeps_the_topic_keys_exact_and_routes_by_node() {
         .await
         .expect("redis");
     let keys = Keys::new("sse");
-    let registry = Redis::new(conn.clone(), keys.clone(), true);
+    let registry = Redis::new(conn.clone(), super::Layout::single("sse"), true);
     // A registry Redis did not lose: no write-back window, so events go
     // to the nodes' own channels.
     server
@@ -260,7 +260,7 @@ async fn every_registry_path_keeps_the_topic_keys_exact_and_routes_by_node() {
     assert_eq!(kept[1].1, Targets::Count(0));
     let unkept = bus::publish_unkept(
         &registry,
-        &bus::unkept_script(),
+        &bus::unkept_script(false),
         "test",
         &[topic_message("doc:1"), topic_message("nobody")],
         &["u1".into(), "u2".into()],

@@ -131,9 +131,11 @@ impl History {
             conn,
             keys,
             origin,
+            // History runs on one Redis only: the engine refuses history
+            // on a cluster until the ids span partitions.
             append: Script::new(&format!(
                 "{}\n{}",
-                super::route::LUA_ROUTE,
+                super::route::route_lua(false),
                 include_str!("lua/append.lua")
             )),
             replay: Script::new(include_str!("lua/replay.lua")),

@@ -1,5 +1,135 @@
 //! Every Redis key and channel name (README "Redis layout"), spelled in one
-//! place.
+//! place, and how they are spread over a Redis Cluster ([`Layout`]).
+
+/// How many partitions a Redis Cluster's users are spread over: enough
+/// that three primaries get 21, 22 and 21 of them (each within 4 % of a
+/// third), few enough that a sweep or a listing, which runs once per
+/// partition, stays cheap. Fixed: changing it moves every user.
+pub(crate) const CLUSTER_PARTITIONS: usize = 64;
+
+/// Slots in a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// Where every key lives. On one Redis (or Sentinel) there is one
+/// partition and it is the home too, with the key names of the README's
+/// Redis layout. On a Redis Cluster every script must touch one slot, so
+/// users are spread over [`CLUSTER_PARTITIONS`] partitions, each a whole
+/// copy of the layout under its own hash tag (`sse:{p7}:user:bob`): a
+/// user's records, its connection ids and the partition's routing state
+/// share a slot, and the tags are chosen so that the partitions' slots are
+/// evenly spaced (any even split of the slots among primaries gets an even
+/// share of partitions). The home (`sse:{b}:...`) holds what belongs to no
+/// user: the node reports and the channel control events travel on.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    home: Keys,
+    parts: Vec<Keys>,
+    sharded: bool,
+}
+
+impl Layout {
+    /// One Redis: one partition, the home.
+    pub(crate) fn single(prefix: &str) -> Self {
+        let keys = Keys::new(prefix);
+        Self {
+            home: keys.clone(),
+            parts: vec![keys],
+            sharded: false,
+        }
+    }
+
+    /// A Redis Cluster: [`CLUSTER_PARTITIONS`] tagged partitions and a
+    /// tagged home.
+    pub(crate) fn cluster(prefix: &str) -> Self {
+        Self {
+            home: Keys::new(&format!("{prefix}:{{b}}")),
+            parts: partition_tags(CLUSTER_PARTITIONS)
+                .into_iter()
+                .map(|tag| Keys::new(&format!("{prefix}:{{{tag}}}")))
+                .collect(),
+            sharded: true,
+        }
+    }
+
+    /// Whether the channels are sharded (`SPUBLISH`, `SSUBSCRIBE`).
+    pub(crate) fn sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The keys of no user: node reports, the channel of control events.
+    pub(crate) fn home(&self) -> &Keys {
+        &self.home
+    }
+
+    /// Every partition, in partition order.
+    pub(crate) fn parts(&self) -> &[Keys] {
+        &self.parts
+    }
+
+    /// The partition holding `username`'s records.
+    pub(crate) fn of_user(&self, username: &str) -> &Keys {
+        &self.parts[self.index_of(username)]
+    }
+
+    /// The index of `username`'s partition in [`Layout::parts`].
+    pub(crate) fn index_of(&self, username: &str) -> usize {
+        if self.parts.len() == 1 {
+            return 0;
+        }
+        // FNV-1a: stable across versions and platforms, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in username.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % self.parts.len() as u64) as usize
+    }
+}
+
+/// For each of `n` partitions, the first tag `p{k}` (k = 0, 1, ...) whose
+/// slot is within a few slots of the middle of the partition's share of
+/// the slots (`[i * SLOTS / n, (i + 1) * SLOTS / n)`): the partitions are
+/// evenly spaced, and a split of the slots into equal ranges (as
+/// `redis-cli --cluster create` makes) cuts between two partitions'
+/// slots, not next to one. Found in a few thousand tries each.
+fn partition_tags(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let middle = (2 * i + 1) * SLOTS / (2 * n);
+            (0u64..)
+                .map(|k| format!("p{k}"))
+                .find(|tag| slot_of(&format!("{{{tag}}}")).abs_diff(middle) <= 8)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The cluster slot of a key (Redis's `CLUSTER KEYSLOT`): CRC16/XMODEM of
+/// its hash tag (the first non-empty `{...}`), else of the whole key.
+pub(crate) fn slot_of(key: &str) -> usize {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for b in hashed {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    usize::from(crc) % SLOTS
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
@@ -160,6 +290,60 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_partitions_spread_evenly_over_the_slots() {
+        let layout = Layout::cluster("sse");
+        let slots: Vec<usize> = layout
+            .parts()
+            .iter()
+            .map(|k| slot_of(&k.user("bob")))
+            .collect();
+        // Partition i's slot is in its share: three equal ranges of slots
+        // (`redis-cli --cluster create` on three primaries) get 21/22/21.
+        for (i, slot) in slots.iter().enumerate() {
+            assert_eq!(slot * CLUSTER_PARTITIONS / SLOTS, i, "partition {i}");
+        }
+        let thirds = [0, 1, 2].map(|t| slots.iter().filter(|s| **s * 3 / SLOTS == t).count());
+        assert_eq!(thirds, [21, 22, 21]);
+        // Every key of a partition is in the partition's slot.
+        let p = &layout.parts()[7];
+        let slot = |k: String| slot_of(&k);
+        assert_eq!(slot(p.conn("x")), slot(p.users()));
+        assert_eq!(slot(p.node_bus("web1")), slot(p.topic_nodes("doc:1")));
+        assert_eq!(layout.home().bus(), "sse:{b}:bus");
+        assert!(p.user("bob").starts_with("sse:{p"));
+    }
+
+    #[test]
+    fn slots_are_redis_keyslots() {
+        // Values of `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("bar"), 5061);
+        assert_eq!(slot_of("123456789"), 0x31C3 % SLOTS);
+        assert_eq!(slot_of("{user1000}.following"), slot_of("user1000"));
+        assert_eq!(slot_of("foo{}{bar}"), slot_of("foo{}{bar}"));
+        assert_ne!(slot_of("foo{}{bar}"), slot_of("bar"));
+        assert_eq!(slot_of("foo{{bar}}zap"), slot_of("{bar"));
+    }
+
+    #[test]
+    fn users_spread_evenly_over_the_partitions() {
+        let layout = Layout::cluster("sse");
+        let mut counts = vec![0usize; CLUSTER_PARTITIONS];
+        for i in 0..64_000 {
+            counts[layout.index_of(&format!("user{i}"))] += 1;
+        }
+        let (min, max) = (counts.iter().min(), counts.iter().max());
+        assert!(
+            min >= Some(&800) && max <= Some(&1200),
+            "users per partition: {counts:?}"
+        );
+        assert_eq!(layout.index_of("bob"), layout.index_of("bob"));
+        let single = Layout::single("sse");
+        assert_eq!(single.of_user("bob").user("bob"), "sse:user:bob");
+        assert_eq!(single.home().bus(), "sse:bus");
+    }
 
     #[test]
     fn layout_matches_spec() {

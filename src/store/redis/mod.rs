@@ -33,7 +33,7 @@ mod route;
 mod shared;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
-pub(crate) use keys::Keys;
+pub(crate) use keys::Layout;
 pub(crate) use registry::Redis;
 
 use bus::BusEvent;
@@ -58,6 +58,16 @@ pub(crate) struct RedisStore {
     /// `stream.heartbeat_secs` at start: how soon this node writes back
     /// its live records after a short cleanup removed them.
     heartbeat: Duration,
+}
+
+/// Where the keys live for the configured Redis: one partition on one
+/// Redis or Sentinel, the cluster's partitions on a Redis Cluster.
+pub(crate) fn layout(config: &crate::config::Config) -> Layout {
+    if config.redis.url.expose().starts_with("redis+cluster://") {
+        Layout::cluster(&config.redis.key_prefix)
+    } else {
+        Layout::single(&config.redis.key_prefix)
+    }
 }
 
 /// [`RedisStore::sweep`], for the CLI too (`heartbeat`: the nodes'
@@ -125,8 +135,10 @@ impl RedisStore {
     /// listening), or fails after `redis.connect_timeout_secs`.
     pub(crate) async fn open(redis: SharedConn, o: Open<'_>) -> Result<Arc<RedisStore>> {
         let config = o.config;
-        let keys = Keys::new(&config.redis.key_prefix);
-        let registry = Redis::new(redis.clone(), keys.clone(), config.topics.join_leave);
+        let layout = layout(config);
+        let sharded = layout.sharded();
+        let keys = layout.home().clone();
+        let registry = Redis::new(redis.clone(), layout, config.topics.join_leave);
         let node_keys = keys.clone();
         let target = config
             .redis_target()
@@ -191,7 +203,7 @@ impl RedisStore {
             origin,
             bus_up,
             metrics: o.metrics,
-            unkept: bus::unkept_script(),
+            unkept: bus::unkept_script(sharded),
             heartbeat: config.heartbeat_interval(),
         }))
     }

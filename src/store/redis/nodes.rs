@@ -19,7 +19,7 @@ pub(crate) const NODE_TTL: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Writes this node's report, then reads every live node's and the
-/// registry totals: two round trips.
+/// registry totals: three round trips (one per partition for the totals).
 pub(crate) async fn report(registry: &Redis, me: &NodeStatus) -> Result<Deployment> {
     let keys = registry.keys();
     let mut c = registry.connection();
@@ -34,11 +34,9 @@ pub(crate) async fn report(registry: &Redis, me: &NodeStatus) -> Result<Deployme
         .ignore()
         .zrembyscore(keys.nodes(), "-inf", format!("({oldest}"))
         .ignore()
-        .zrange(keys.nodes(), 0, -1)
-        .scard(keys.users())
-        .zcard(keys.heartbeats());
-    let (ids, users, connections): (Vec<String>, usize, usize) =
-        bounded(TIMEOUT, pipe.query_async(&mut c)).await?;
+        .zrange(keys.nodes(), 0, -1);
+    let (ids,): (Vec<String>,) = bounded(TIMEOUT, pipe.query_async(&mut c)).await?;
+    let (users, connections) = registry.totals().await?;
     let mut pipe = redis::pipe();
     for id in &ids {
         pipe.hgetall(keys.node(id));

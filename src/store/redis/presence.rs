@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::registry::Redis;
+use super::registry::{Gone, Redis};
 use crate::metrics::Metrics;
 use crate::store::{unix_now, ConnectionRecord, LiveConn, NodeLink, StoreError, Wrote};
 use crate::throttle::LogThrottle;
@@ -99,6 +99,10 @@ pub(crate) struct PresenceTask {
     wrote_ttl_secs: u64,
     /// Removals Redis has not taken yet (outage); retried.
     pending_removals: HashMap<String, Option<Wrote>>,
+    /// On a cluster, the user of each stream registered here: an ended
+    /// stream is no longer among the live ones, and its user names the
+    /// partition its record is in. Empty on one Redis (one partition).
+    users: HashMap<String, String>,
     /// Set after a failed write: Redis may have lost our records (restart
     /// without persistence), so the next success re-registers everything.
     dirty: bool,
@@ -126,6 +130,7 @@ pub(crate) fn spawn_parts(
             node_id,
             wrote_ttl_secs,
             pending_removals: HashMap::new(),
+            users: HashMap::new(),
             dirty: false,
             log: LogThrottle::new(Duration::from_secs(10)),
         },
@@ -188,6 +193,10 @@ impl PresenceTask {
         for cmd in cmds {
             match cmd {
                 Cmd::Register(r, ack) => {
+                    if self.registry.layout().parts().len() > 1 {
+                        self.users
+                            .insert(r.connection_id.clone(), r.username.clone());
+                    }
                     records.push(r);
                     acks.push(ack);
                 }
@@ -208,13 +217,12 @@ impl PresenceTask {
             for acked in acks {
                 let _ = acked.send(Err("node is shutting down".into()));
             }
-            self.pending_removals.extend(
-                self.link
-                    .live()
-                    .into_iter()
-                    .map(|c| (c.connection_id, None)),
-            );
-            let ids: Vec<(String, Option<Wrote>)> = self.pending_removals.drain().collect();
+            for c in self.link.live() {
+                self.users.insert(c.connection_id.clone(), c.username);
+                self.pending_removals.insert(c.connection_id, None);
+            }
+            let ids = self.gone();
+            self.pending_removals.clear();
             if let Err(e) = self.registry.remove_ended(&ids, self.wrote_ttl_secs).await {
                 self.failed("shutdown_remove", &e);
             }
@@ -270,8 +278,7 @@ impl PresenceTask {
         // Registered streams only: one whose registration is still on its
         // way writes its own record.
         let live = self.link.live();
-        let ids: Vec<String> = live.iter().map(|c| c.connection_id.clone()).collect();
-        let missing = match self.registry.heartbeat(&ids, now).await {
+        let missing = match self.registry.heartbeat(&live, now).await {
             Ok(missing) => missing,
             Err(e) => return self.failed("heartbeat", &e),
         };
@@ -314,15 +321,28 @@ impl PresenceTask {
         if self.pending_removals.is_empty() {
             return;
         }
-        let ids: Vec<(String, Option<Wrote>)> = self
-            .pending_removals
-            .iter()
-            .map(|(id, w)| (id.clone(), w.clone()))
-            .collect();
+        let ids = self.gone();
         match self.registry.remove_ended(&ids, self.wrote_ttl_secs).await {
-            Ok(_) => self.pending_removals.clear(),
+            Ok(_) => {
+                for g in ids {
+                    self.users.remove(&g.id);
+                }
+                self.pending_removals.clear();
+            }
             Err(e) => self.failed("remove", &e),
         }
+    }
+
+    /// The pending removals, each with its user when known.
+    fn gone(&self) -> Vec<Gone> {
+        self.pending_removals
+            .iter()
+            .map(|(id, w)| Gone {
+                id: id.clone(),
+                user: self.users.get(id).cloned(),
+                wrote: w.clone(),
+            })
+            .collect()
     }
 
     /// After an outage: re-register every live connection, then retry the

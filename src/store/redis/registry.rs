@@ -8,16 +8,18 @@
 //! set; a topic's keys go with its last follower and it leaves the topics
 //! set). Key names come from [`super::keys`].
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
+use futures_util::future::try_join_all;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::conn::SharedConn;
-use super::keys::Keys;
+use super::keys::{Keys, Layout};
 use crate::store::{
-    sort_records, Cleared, ConnectionRecord, Removed, Result, TopicCount, TopicPresence, Wrote,
+    sort_records, Cleared, ConnectionRecord, LiveConn, Removed, Result, StoreError, TopicCount,
+    TopicPresence, Wrote,
 };
 
 /// Shared by the registry scripts: writing and removing one connection
@@ -48,14 +50,26 @@ const SCAN_COUNT: usize = 1000;
 /// Users whose connection ids one listing round trip reads.
 const USERS_PER_CALL: usize = 500;
 
-/// A handle on the deployment's Redis: the shared connection, the key
-/// names, and the registry's scripts as methods. The bus, the write-back
-/// window and the node reports publish and run their scripts through it
-/// too, so it is named for what it reaches, not for the registry alone.
+/// A connection that ended, for [`Redis::remove_ended`]: its id, its
+/// user when known (which partition holds it: unknown, every partition is
+/// asked), and what its stream wrote.
+#[derive(Debug, Clone)]
+pub(crate) struct Gone {
+    pub id: String,
+    pub user: Option<String>,
+    pub wrote: Option<Wrote>,
+}
+
+/// A handle on the deployment's Redis: the shared connection, where the
+/// keys live ([`Layout`]: one partition on one Redis, many on a cluster),
+/// and the registry's scripts as methods, each run once per partition it
+/// concerns. The bus, the write-back window and the node reports publish
+/// and run their scripts through it too, so it is named for what it
+/// reaches, not for the registry alone.
 #[derive(Clone)]
 pub(crate) struct Redis {
     conn: SharedConn,
-    keys: Keys,
+    layout: Layout,
     /// `[topics] join_leave`: the registry scripts tell a topic's
     /// followers when one of its streams opens or closes.
     join_leave: bool,
@@ -69,16 +83,12 @@ pub(crate) struct Redis {
 }
 
 impl Redis {
-    pub(crate) fn new(conn: SharedConn, keys: Keys, join_leave: bool) -> Self {
-        let with_records = |body: &str| {
-            Script::new(&format!(
-                "{}\n{LUA_RECORDS}\n{body}",
-                super::shared::LUA_ROUTE
-            ))
-        };
+    pub(crate) fn new(conn: SharedConn, layout: Layout, join_leave: bool) -> Self {
+        let route = super::shared::route_lua(layout.sharded());
+        let with_records = |body: &str| Script::new(&format!("{route}\n{LUA_RECORDS}\n{body}"));
         Self {
             conn,
-            keys,
+            layout,
             join_leave,
             register: with_records(include_str!("lua/register.lua")),
             remove_ids: with_records(include_str!("lua/remove_ids.lua")),
@@ -90,8 +100,14 @@ impl Redis {
         }
     }
 
+    /// The keys of no user (node reports, the control events' channel);
+    /// on one Redis, the only partition.
     pub(crate) fn keys(&self) -> &Keys {
-        &self.keys
+        self.layout.home()
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// A clone of the multiplexed connection, for modules that own other
@@ -110,8 +126,7 @@ impl Redis {
     /// What every registry script takes first (`lua/records.lua`): the
     /// registry-wide keys, and the prefixes of the keys it derives from
     /// what it reads.
-    fn common_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
-        let k = &self.keys;
+    fn common_args(&self, k: &Keys, inv: &mut redis::ScriptInvocation<'_>) {
         inv.key(k.users())
             .key(k.heartbeats())
             .key(k.topics())
@@ -151,23 +166,44 @@ impl Redis {
         new: &[ConnectionRecord],
         back: &[ConnectionRecord],
     ) -> Result<Vec<usize>> {
-        let all: Vec<(&ConnectionRecord, bool)> = new
+        let mut by_part: BTreeMap<usize, Vec<(usize, &ConnectionRecord, bool)>> = BTreeMap::new();
+        let all = new
             .iter()
             .map(|r| (r, true))
-            .chain(back.iter().map(|r| (r, false)))
-            .collect();
-        let mut counts = Vec::with_capacity(all.len());
-        for chunk in all.chunks(REGISTER_PER_CALL) {
-            counts.extend(self.register_chunk(chunk).await?);
+            .chain(back.iter().map(|r| (r, false)));
+        for (pos, (r, new)) in all.enumerate() {
+            by_part
+                .entry(self.layout.index_of(&r.username))
+                .or_default()
+                .push((pos, r, new));
         }
-        counts.truncate(new.len());
+        let written = try_join_all(by_part.into_iter().map(|(part, records)| async move {
+            let k = &self.layout.parts()[part];
+            let mut out = Vec::with_capacity(records.len());
+            for chunk in records.chunks(REGISTER_PER_CALL) {
+                let counts = self.register_chunk(k, chunk).await?;
+                out.extend(chunk.iter().map(|(pos, _, _)| *pos).zip(counts));
+            }
+            Ok::<_, StoreError>(out)
+        }))
+        .await?;
+        let mut counts = vec![0; new.len()];
+        for (pos, count) in written.into_iter().flatten() {
+            if let Some(c) = counts.get_mut(pos) {
+                *c = count;
+            }
+        }
         Ok(counts)
     }
 
-    async fn register_chunk(&self, records: &[(&ConnectionRecord, bool)]) -> Result<Vec<usize>> {
+    async fn register_chunk(
+        &self,
+        k: &Keys,
+        records: &[(usize, &ConnectionRecord, bool)],
+    ) -> Result<Vec<usize>> {
         let mut inv = self.register.prepare_invoke();
-        self.common_args(&mut inv);
-        for (r, new) in records {
+        self.common_args(k, &mut inv);
+        for (_, r, new) in records {
             inv.arg(&r.connection_id)
                 .arg(&r.username)
                 .arg(fmt_time(r.connection_time))
@@ -183,7 +219,14 @@ impl Redis {
 
     /// Removes the given connections (and only them); returns what existed.
     pub(crate) async fn remove(&self, ids: &[String]) -> Result<Removed> {
-        let ended: Vec<(String, Option<Wrote>)> = ids.iter().map(|id| (id.clone(), None)).collect();
+        let ended: Vec<Gone> = ids
+            .iter()
+            .map(|id| Gone {
+                id: id.clone(),
+                user: None,
+                wrote: None,
+            })
+            .collect();
         self.remove_ended(&ended, 0).await
     }
 
@@ -192,51 +235,93 @@ impl Redis {
     /// that a replay does not give it to another tab (`lua/remove_ids.lua`).
     pub(crate) async fn remove_ended(
         &self,
-        ended: &[(String, Option<Wrote>)],
+        ended: &[Gone],
         wrote_ttl_secs: u64,
     ) -> Result<Removed> {
-        let mut removed = Removed::default();
-        for chunk in ended.chunks(IDS_PER_CALL) {
-            let mut inv = self.remove_ids.prepare_invoke();
-            self.common_args(&mut inv);
-            inv.arg(self.keys.history_claims_prefix())
-                .arg(wrote_ttl_secs.saturating_mul(1000).max(1));
-            for (id, wrote) in chunk {
-                match wrote {
-                    // Ids and message ids hold no `=`; the name may.
-                    Some(w) => inv.arg(format!("{id}={}={}", w.upto, w.username)),
-                    None => inv.arg(id),
-                };
+        // A connection of an unknown user may be in any partition: each is
+        // asked, and only the one holding it finds it.
+        let mut by_part: BTreeMap<usize, Vec<&Gone>> = BTreeMap::new();
+        for g in ended {
+            match g
+                .user
+                .as_deref()
+                .or(g.wrote.as_ref().map(|w| w.username.as_str()))
+            {
+                Some(user) => by_part
+                    .entry(self.layout.index_of(user))
+                    .or_default()
+                    .push(g),
+                None => {
+                    for part in 0..self.layout.parts().len() {
+                        by_part.entry(part).or_default().push(g);
+                    }
+                }
             }
-            let mut c = self.conn.get();
-            let flat: Vec<String> = self
-                .bounded(async move { inv.invoke_async(&mut c).await })
-                .await?;
-            absorb(&mut removed, flat);
+        }
+        let found = try_join_all(by_part.into_iter().map(|(part, gone)| async move {
+            let k = &self.layout.parts()[part];
+            let mut removed = Removed::default();
+            for chunk in gone.chunks(IDS_PER_CALL) {
+                let mut inv = self.remove_ids.prepare_invoke();
+                self.common_args(k, &mut inv);
+                inv.arg(k.history_claims_prefix())
+                    .arg(wrote_ttl_secs.saturating_mul(1000).max(1));
+                for g in chunk {
+                    match &g.wrote {
+                        // Ids and message ids hold no `=`; the name may.
+                        Some(w) => inv.arg(format!("{}={}={}", g.id, w.upto, w.username)),
+                        None => inv.arg(&g.id),
+                    };
+                }
+                let mut c = self.conn.get();
+                let flat: Vec<String> = self
+                    .bounded(async move { inv.invoke_async(&mut c).await })
+                    .await?;
+                absorb(&mut removed, flat);
+            }
+            Ok::<_, StoreError>(removed)
+        }))
+        .await?;
+        let mut removed = Removed::default();
+        for r in found {
+            removed.connection_ids.extend(r.connection_ids);
+            removed.usernames.extend(r.usernames);
         }
         Ok(removed)
     }
 
-    /// Updates `last_heartbeat` of the ids that still have a record, in one
-    /// round trip per [`IDS_PER_CALL`] ids; returns the ids without one.
-    pub(crate) async fn heartbeat(&self, ids: &[String], now: f64) -> Result<Vec<String>> {
-        let mut missing = Vec::new();
+    /// Updates `last_heartbeat` of the live connections that still have a
+    /// record, in one round trip per [`IDS_PER_CALL`] of a partition;
+    /// returns the ids without one.
+    pub(crate) async fn heartbeat(&self, live: &[LiveConn], now: f64) -> Result<Vec<String>> {
         let now = fmt_time(now);
-        for chunk in ids.chunks(IDS_PER_CALL) {
-            let mut inv = self.heartbeat.prepare_invoke();
-            inv.key(self.keys.heartbeats())
-                .arg(self.keys.conn_prefix())
-                .arg(&now);
-            for id in chunk {
-                inv.arg(id);
-            }
-            let mut c = self.conn.get();
-            let absent: Vec<String> = self
-                .bounded(async move { inv.invoke_async(&mut c).await })
-                .await?;
-            missing.extend(absent);
+        let mut by_part: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for c in live {
+            by_part
+                .entry(self.layout.index_of(&c.username))
+                .or_default()
+                .push(&c.connection_id);
         }
-        Ok(missing)
+        let now = &now;
+        let missing = try_join_all(by_part.into_iter().map(|(part, ids)| async move {
+            let k = &self.layout.parts()[part];
+            let mut missing = Vec::new();
+            for chunk in ids.chunks(IDS_PER_CALL) {
+                let mut inv = self.heartbeat.prepare_invoke();
+                inv.key(k.heartbeats()).arg(k.conn_prefix()).arg(now);
+                for id in chunk {
+                    inv.arg(*id);
+                }
+                let mut c = self.conn.get();
+                let absent: Vec<String> = self
+                    .bounded(async move { inv.invoke_async(&mut c).await })
+                    .await?;
+                missing.extend(absent);
+            }
+            Ok::<_, StoreError>(missing)
+        }))
+        .await?;
+        Ok(missing.into_iter().flatten().collect())
     }
 
     /// Removes records whose heartbeat is at or before `stale_before`;
@@ -244,9 +329,19 @@ impl Redis {
     /// may remove live streams' records, which are written back at once).
     pub(crate) async fn sweep(&self, stale_before: f64, leave: bool) -> Result<Removed> {
         let mut removed = Removed::default();
+        for k in self.layout.parts() {
+            let part = self.sweep_part(k, stale_before, leave).await?;
+            removed.connection_ids.extend(part.connection_ids);
+            removed.usernames.extend(part.usernames);
+        }
+        Ok(removed)
+    }
+
+    async fn sweep_part(&self, k: &Keys, stale_before: f64, leave: bool) -> Result<Removed> {
+        let mut removed = Removed::default();
         loop {
             let mut inv = self.sweep.prepare_invoke();
-            self.common_args(&mut inv);
+            self.common_args(k, &mut inv);
             inv.arg(fmt_time(stale_before))
                 .arg(SWEEP_BATCH)
                 .arg(if leave { "1" } else { "0" });
@@ -263,9 +358,10 @@ impl Redis {
 
     /// Removes every record of one user.
     pub(crate) async fn delete_user(&self, username: &str) -> Result<Removed> {
+        let k = self.layout.of_user(username);
         let mut inv = self.delete_user.prepare_invoke();
-        self.common_args(&mut inv);
-        inv.key(self.keys.user(username)).arg(username);
+        self.common_args(k, &mut inv);
+        inv.key(k.user(username)).arg(username);
         let mut c = self.conn.get();
         let flat: Vec<String> = self
             .bounded(async move { inv.invoke_async(&mut c).await })
@@ -292,26 +388,29 @@ impl Redis {
             std::hash::Hash::hash(user, &mut h);
             std::hash::Hasher::finish(&h)
         };
-        loop {
-            let mut inv = self.clear.prepare_invoke();
-            self.common_args(&mut inv);
-            inv.arg(fmt_time(began)).arg(CLEAR_BATCH);
-            let mut c = self.conn.get();
-            let (seen, flat): (usize, Vec<String>) = self
-                .bounded(async move { inv.invoke_async(&mut c).await })
-                .await?;
-            let mut it = flat.into_iter();
-            while let (Some(user), Some(emptied)) = (it.next(), it.next()) {
-                cleared.connection_count += 1;
-                if emptied == "1" {
-                    partly.remove(&key(&user));
-                    cleared.user_count += 1;
-                } else {
-                    partly.insert(key(&user));
+        // Partitions hold disjoint users: their counts add up.
+        for k in self.layout.parts() {
+            loop {
+                let mut inv = self.clear.prepare_invoke();
+                self.common_args(k, &mut inv);
+                inv.arg(fmt_time(began)).arg(CLEAR_BATCH);
+                let mut c = self.conn.get();
+                let (seen, flat): (usize, Vec<String>) = self
+                    .bounded(async move { inv.invoke_async(&mut c).await })
+                    .await?;
+                let mut it = flat.into_iter();
+                while let (Some(user), Some(emptied)) = (it.next(), it.next()) {
+                    cleared.connection_count += 1;
+                    if emptied == "1" {
+                        partly.remove(&key(&user));
+                        cleared.user_count += 1;
+                    } else {
+                        partly.insert(key(&user));
+                    }
                 }
-            }
-            if seen < CLEAR_BATCH {
-                break;
+                if seen < CLEAR_BATCH {
+                    break;
+                }
             }
         }
         cleared.user_count += partly.len();
@@ -326,7 +425,7 @@ impl Redis {
         limit: Option<usize>,
     ) -> Result<Vec<String>> {
         let stop = limit.map(|n| n as isize - 1).unwrap_or(-1);
-        let key = self.keys.user(username);
+        let key = self.layout.of_user(username).user(username);
         let mut c = self.conn.get();
         self.bounded(async move { c.zrange(key, 0, stop).await })
             .await
@@ -338,7 +437,7 @@ impl Redis {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        self.names_after(self.keys.users(), after, limit).await
+        self.names_after(|k| k.users(), after, limit).await
     }
 
     /// Up to `limit` followed topics after `after`, in name order.
@@ -347,20 +446,34 @@ impl Redis {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        self.names_after(self.keys.topics(), after, limit).await
+        self.names_after(|k| k.topics(), after, limit).await
     }
 
-    /// Up to `limit` members of the set `key` after `after`, in name
-    /// order: the set is scanned in calls of [`SCAN_COUNT`], keeping only
-    /// the `limit` smallest names, so neither Redis nor this process holds
-    /// the whole set at once.
+    /// Up to `limit` members of the sets `key` names in every partition,
+    /// after `after`, in name order (a name in several partitions, as a
+    /// topic followed from several, once): each set is scanned in calls of
+    /// [`SCAN_COUNT`], keeping only the `limit` smallest names, so neither
+    /// Redis nor this process holds a whole set at once.
     async fn names_after(
         &self,
-        key: String,
+        key: impl Fn(&Keys) -> String,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
         let mut best: BTreeSet<String> = BTreeSet::new();
+        for k in self.layout.parts() {
+            self.scan_names(key(k), after, limit, &mut best).await?;
+        }
+        Ok(best.into_iter().collect())
+    }
+
+    async fn scan_names(
+        &self,
+        key: String,
+        after: Option<&str>,
+        limit: usize,
+        best: &mut BTreeSet<String>,
+    ) -> Result<()> {
         let mut cursor: u64 = 0;
         loop {
             let mut cmd = redis::cmd("SSCAN");
@@ -382,7 +495,7 @@ impl Redis {
                 }
             }
             if next == 0 {
-                return Ok(best.into_iter().collect());
+                return Ok(());
             }
             cursor = next;
         }
@@ -395,10 +508,36 @@ impl Redis {
         users: &[String],
     ) -> Result<Vec<(String, Vec<ConnectionRecord>)>> {
         let mut out = Vec::with_capacity(users.len());
+        // One round trip reads one partition's users: they share a slot.
+        let mut by_part: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
+        for u in users {
+            by_part.entry(self.layout.index_of(u)).or_default().push(u);
+        }
+        let mut found: HashMap<&str, Vec<ConnectionRecord>> = HashMap::new();
+        for (part, users) in by_part {
+            let k = &self.layout.parts()[part];
+            for (u, list) in self.part_users_connections(k, &users).await? {
+                found.insert(u, list);
+            }
+        }
+        for u in users {
+            if let Some(list) = found.remove(u.as_str()) {
+                out.push((u.clone(), list));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn part_users_connections<'u>(
+        &self,
+        k: &Keys,
+        users: &[&'u String],
+    ) -> Result<Vec<(&'u str, Vec<ConnectionRecord>)>> {
+        let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(USERS_PER_CALL) {
             let mut pipe = redis::pipe();
             for u in chunk {
-                pipe.zrange(self.keys.user(u), 0, -1);
+                pipe.zrange(k.user(u), 0, -1);
             }
             let mut c = self.conn.get();
             let ids_per_user: Vec<Vec<String>> = self
@@ -406,78 +545,119 @@ impl Redis {
                 .await?;
             let all_ids: Vec<String> = ids_per_user.iter().flatten().cloned().collect();
             let mut by_user: HashMap<String, Vec<ConnectionRecord>> = HashMap::new();
-            for r in self.records(&all_ids).await? {
+            for r in self.records(k, &all_ids).await? {
                 by_user.entry(r.username.clone()).or_default().push(r);
             }
             for u in chunk {
-                if let Some(mut list) = by_user.remove(u) {
+                if let Some(mut list) = by_user.remove(u.as_str()) {
                     sort_records(&mut list);
-                    out.push((u.clone(), list));
+                    out.push((u.as_str(), list));
                 }
             }
         }
         Ok(out)
     }
 
-    /// Registry-wide (users, connections), in one round trip.
+    /// Registry-wide (users, connections), in one round trip per
+    /// partition (partitions hold disjoint users).
     pub(crate) async fn totals(&self) -> Result<(usize, usize)> {
-        let mut pipe = redis::pipe();
-        pipe.scard(self.keys.users()).zcard(self.keys.heartbeats());
-        let mut c = self.conn.get();
-        self.bounded(async move { pipe.query_async(&mut c).await })
-            .await
+        let each = try_join_all(self.layout.parts().iter().map(|k| async move {
+            let mut pipe = redis::pipe();
+            pipe.scard(k.users()).zcard(k.heartbeats());
+            let mut c = self.conn.get();
+            self.bounded(async move { pipe.query_async::<(usize, usize)>(&mut c).await })
+                .await
+        }))
+        .await?;
+        Ok(each
+            .into_iter()
+            .fold((0, 0), |(u, c), (pu, pc)| (u + pu, c + pc)))
     }
 
     /// How many streams and users follow each of `topics` that anyone
     /// follows, in the order given, in one round trip per
     /// [`USERS_PER_CALL`] topics.
     pub(crate) async fn topic_counts(&self, topics: &[String]) -> Result<Vec<TopicCount>> {
-        let mut out = Vec::with_capacity(topics.len());
-        for chunk in topics.chunks(USERS_PER_CALL) {
-            let mut pipe = redis::pipe();
-            // Atomic: the two counts of a topic agree.
-            pipe.atomic();
-            for t in chunk {
-                pipe.zcard(self.keys.topic(t))
-                    .hlen(self.keys.topic_users(t));
-            }
-            let mut c = self.conn.get();
-            let counts: Vec<usize> = self
-                .bounded(async move { pipe.query_async(&mut c).await })
-                .await?;
-            for (t, pair) in chunk.iter().zip(counts.chunks(2)) {
-                if let [connection_count, user_count] = *pair {
-                    if connection_count == 0 {
-                        continue;
+        // A topic's followers are kept with their users: each partition
+        // counts its own (disjoint users), and the counts add up.
+        let mut sums = vec![(0usize, 0usize); topics.len()];
+        for k in self.layout.parts() {
+            for (n, chunk) in topics.chunks(USERS_PER_CALL).enumerate() {
+                let mut pipe = redis::pipe();
+                // Atomic: the two counts of a topic agree.
+                pipe.atomic();
+                for t in chunk {
+                    pipe.zcard(k.topic(t)).hlen(k.topic_users(t));
+                }
+                let mut c = self.conn.get();
+                let counts: Vec<usize> = self
+                    .bounded(async move { pipe.query_async(&mut c).await })
+                    .await?;
+                for (i, pair) in counts.chunks(2).enumerate() {
+                    if let ([conns, users], Some(sum)) =
+                        (pair, sums.get_mut(n * USERS_PER_CALL + i))
+                    {
+                        sum.0 += conns;
+                        sum.1 += users;
                     }
-                    out.push(TopicCount {
-                        topic: t.clone(),
-                        connection_count,
-                        user_count,
-                    });
                 }
             }
         }
-        Ok(out)
+        Ok(topics
+            .iter()
+            .zip(sums)
+            .filter(|(_, (connection_count, _))| *connection_count > 0)
+            .map(|(t, (connection_count, user_count))| TopicCount {
+                topic: t.clone(),
+                connection_count,
+                user_count,
+            })
+            .collect())
     }
 
     /// How many topics have a follower.
     pub(crate) async fn topic_total(&self) -> Result<usize> {
-        let key = self.keys.topics();
-        let mut c = self.conn.get();
-        self.bounded(async move { c.scard(key).await }).await
+        if let [k] = self.layout.parts() {
+            let key = k.topics();
+            let mut c = self.conn.get();
+            return self.bounded(async move { c.scard(key).await }).await;
+        }
+        // A topic followed from several partitions is in each one's set:
+        // counted once, by its name's hash (a whole name list of a large
+        // site is not kept).
+        let mut seen: HashSet<u64> = HashSet::new();
+        for k in self.layout.parts() {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SSCAN");
+                cmd.arg(k.topics()).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+                let mut c = self.conn.get();
+                let (next, names): (u64, Vec<String>) = self
+                    .bounded(async move { cmd.query_async(&mut c).await })
+                    .await?;
+                seen.extend(names.iter().map(|n| name_hash(n)));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(seen.len())
     }
 
     /// Who follows `topic`: the records of its followers (by connection
     /// time) and their users (sorted), as read from the records, so the
     /// two agree even while followers come and go.
     pub(crate) async fn topic(&self, topic: &str) -> Result<TopicPresence> {
-        let key = self.keys.topic(topic);
-        let mut c = self.conn.get();
-        let ids: Vec<String> = self
-            .bounded(async move { c.zrange(key, 0, -1).await })
-            .await?;
-        let mut connections = self.records(&ids).await?;
+        let mut connections = Vec::new();
+        for k in self.layout.parts() {
+            let key = k.topic(topic);
+            let mut c = self.conn.get();
+            let ids: Vec<String> = self
+                .bounded(async move { c.zrange(key, 0, -1).await })
+                .await?;
+            connections.extend(self.records(k, &ids).await?);
+        }
         connections.retain(|r| r.topics.iter().any(|t| t == topic));
         sort_records(&mut connections);
         let users: BTreeSet<String> = connections.iter().map(|r| r.username.clone()).collect();
@@ -490,19 +670,20 @@ impl Redis {
     /// One user's connections, by connection time.
     pub(crate) async fn list_user(&self, username: &str) -> Result<Vec<ConnectionRecord>> {
         let ids = self.user_connection_ids(username, None).await?;
-        let mut records = self.records(&ids).await?;
+        let mut records = self.records(self.layout.of_user(username), &ids).await?;
         records.retain(|r| r.username == username);
         sort_records(&mut records);
         Ok(records)
     }
 
-    /// Reads the hashes of `ids` in one pipeline; missing ones are skipped.
-    async fn records(&self, ids: &[String]) -> Result<Vec<ConnectionRecord>> {
+    /// Reads the hashes of `ids` in partition `k` in one pipeline; missing
+    /// ones are skipped.
+    async fn records(&self, k: &Keys, ids: &[String]) -> Result<Vec<ConnectionRecord>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_PER_CALL) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                pipe.hgetall(self.keys.conn(id));
+                pipe.hgetall(k.conn(id));
             }
             let mut c = self.conn.get();
             let hashes: Vec<HashMap<String, String>> = self
@@ -512,6 +693,12 @@ impl Redis {
         }
         Ok(out)
     }
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(name, &mut h);
+    std::hash::Hasher::finish(&h)
 }
 
 fn parse_record(mut h: HashMap<String, String>) -> Option<ConnectionRecord> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::registry::Redis;
 use crate::store::Result;
 
-pub(crate) use super::shared::{resync_window_ms, LUA_ROUTE, RESYNC_WINDOW};
+pub(crate) use super::shared::{resync_window_ms, route_lua, RESYNC_WINDOW};
 
 static WINDOW: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/window.lua")));
@@ -22,17 +22,25 @@ static LOST: LazyLock<redis::Script> =
 /// The marker of the registry's life in Redis (`registry_since`): a value
 /// that differs from the one a node saw before means Redis lost its data
 /// in between. Missing, it is set and the write-back window opened, as a
-/// sending script does (`lua/lost.lua`).
+/// sending script does (`lua/lost.lua`). On a cluster each partition has
+/// its own, joined here: one partition's primary losing its data changes
+/// the whole.
 pub(crate) async fn registry_marker(registry: &Redis) -> Result<String> {
-    let mut inv = LOST.prepare_invoke();
-    inv.key(registry.keys().registry_since())
-        .key(registry.keys().resyncing())
-        .arg(resync_window_ms());
-    let mut conn = registry.connection();
-    super::conn::bounded(Duration::from_secs(5), async move {
-        inv.invoke_async::<String>(&mut conn).await
-    })
-    .await
+    let mut markers = Vec::with_capacity(registry.layout().parts().len());
+    for k in registry.layout().parts() {
+        let mut inv = LOST.prepare_invoke();
+        inv.key(k.registry_since())
+            .key(k.resyncing())
+            .arg(resync_window_ms());
+        let mut conn = registry.connection();
+        markers.push(
+            super::conn::bounded(Duration::from_secs(5), async move {
+                inv.invoke_async::<String>(&mut conn).await
+            })
+            .await?,
+        );
+    }
+    Ok(markers.join(","))
 }
 
 /// Sends users' messages to every node until every node wrote its live
@@ -45,15 +53,18 @@ pub(crate) async fn untargeted_for(
     threshold_ms: u64,
     within: Duration,
 ) -> Result<()> {
-    let mut inv = WINDOW.prepare_invoke();
-    inv.key(registry.keys().resyncing())
-        .arg(threshold_ms)
-        .arg(within.as_millis().max(1) as u64);
-    let mut conn = registry.connection();
-    super::conn::bounded(Duration::from_secs(5), async move {
-        inv.invoke_async::<()>(&mut conn).await
-    })
-    .await
+    for k in registry.layout().parts() {
+        let mut inv = WINDOW.prepare_invoke();
+        inv.key(k.resyncing())
+            .arg(threshold_ms)
+            .arg(within.as_millis().max(1) as u64);
+        let mut conn = registry.connection();
+        super::conn::bounded(Duration::from_secs(5), async move {
+            inv.invoke_async::<()>(&mut conn).await
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// [`untargeted_for`] the time nodes take to re-register after a clear.
@@ -65,21 +76,26 @@ pub(crate) async fn untargeted_for_resync(registry: &Redis, threshold_ms: u64) -
 /// `at_ms` (unix ms) or later: a window whose threshold is older needs
 /// nothing more of it.
 pub(crate) async fn report_synced(registry: &Redis, node_id: &str, at_ms: u64) -> Result<()> {
-    let key = registry.keys().synced();
-    let node = node_id.to_string();
-    let mut conn = registry.connection();
-    super::conn::bounded(Duration::from_secs(5), async move {
-        // Reports of nodes that are gone are ignored (route.lua asks
-        // whether the node hears its channel); they go with the key.
-        redis::pipe()
-            .hset(&key, node, at_ms)
-            .ignore()
-            .pexpire(&key, 86_400_000)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-    })
-    .await
+    // Every partition's window counts this node's write-back: the node
+    // wrote all its streams, whichever partition holds them.
+    futures_util::future::try_join_all(registry.layout().parts().iter().map(|k| {
+        let key = k.synced();
+        let node = node_id.to_string();
+        let mut conn = registry.connection();
+        super::conn::bounded(Duration::from_secs(5), async move {
+            // Reports of nodes that are gone are ignored (route.lua asks
+            // whether the node hears its channel); they go with the key.
+            redis::pipe()
+                .hset(&key, node, at_ms)
+                .ignore()
+                .pexpire(&key, 86_400_000)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+    }))
+    .await?;
+    Ok(())
 }
 
 /// Unix ms of a registry time (seconds, as f64), rounded down: a node's

@@ -6,7 +6,14 @@
 use std::time::Duration;
 
 /// Prepended to the scripts that publish: picks their channels.
-pub(crate) const LUA_ROUTE: &str = include_str!("lua/route.lua");
+const LUA_ROUTE: &str = include_str!("lua/route.lua");
+
+/// [`LUA_ROUTE`] for one Redis (`PUBLISH`, `PUBSUB NUMSUB`) or a cluster
+/// (`sharded`: `SPUBLISH`, `PUBSUB SHARDNUMSUB`, the channels living in the
+/// partition's slot like its keys).
+pub(crate) fn route_lua(sharded: bool) -> String {
+    format!("local SHARDED = {sharded}\n{LUA_ROUTE}")
+}
 
 /// The longest messages go to every node after a clear: the nodes write
 /// their live connections back within it, and say so, which closes it

@@ -16,10 +16,17 @@
 -- hold unpublished events, so each node receives them in the order they
 -- were added (id order).
 
+-- SHARDED (set by the caller's first line): on a Redis Cluster the
+-- channels are sharded ones, in the partition's slot.
+local function listeners(channel)
+  if SHARDED then return redis.call('PUBSUB', 'SHARDNUMSUB', channel)[2] end
+  return redis.call('PUBSUB', 'NUMSUB', channel)[2]
+end
+
 -- Whether a node listens on its own channel: alive and subscribed.
 local function heard(bus, node)
   return node ~= nil and node ~= false and node ~= ''
-    and redis.call('PUBSUB', 'NUMSUB', bus .. ':' .. node)[2] > 0
+    and listeners(bus .. ':' .. node) > 0
 end
 
 -- Whether a user's message must go to every node. On a registry that
@@ -41,7 +48,7 @@ local function untargeted(resyncing, since, synced, bus, window_ms)
   local threshold = redis.call('GET', resyncing)
   if not threshold then return false end
   threshold = tonumber(threshold) or 0
-  local listening = redis.call('PUBSUB', 'NUMSUB', bus)[2]
+  local listening = listeners(bus)
   local done = 0
   local reports = redis.call('HGETALL', synced)
   for i = 1, #reports, 2 do
@@ -62,7 +69,8 @@ local function router(bus, conn_prefix, everyone)
   local pending, order = {}, {}
   local listening = {}
   local function publish(channel, list)
-    redis.call('PUBLISH', channel, '[' .. table.concat(list, ',') .. ']')
+    redis.call(SHARDED and 'SPUBLISH' or 'PUBLISH', channel,
+      '[' .. table.concat(list, ',') .. ']')
   end
   local function flush_nodes()
     for _, node in ipairs(order) do
