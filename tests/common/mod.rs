@@ -50,41 +50,67 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// The engine a contract test runs on: the embedded one, or Redis on a
-/// `redis-server` of the test's own.
+/// The engine a contract test runs on: the embedded one, Redis on a
+/// `redis-server` of the test's own, or Redis Cluster (the test binary's
+/// shared cluster, under a key prefix of the scenario's own).
 pub struct Env {
     redis: Option<RedisServer>,
+    /// On the shared cluster: the scenario's `redis.key_prefix`.
+    cluster_prefix: Option<String>,
 }
 
 impl Env {
     pub fn memory() -> Env {
-        Env { redis: None }
+        Env {
+            redis: None,
+            cluster_prefix: None,
+        }
     }
 
     pub fn redis() -> Env {
         Env {
             redis: Some(RedisServer::start()),
+            cluster_prefix: None,
+        }
+    }
+
+    /// On the shared cluster, started now if it is not yet (blocking).
+    pub fn cluster() -> Env {
+        shared_cluster();
+        Env {
+            redis: None,
+            cluster_prefix: Some(format!("t{}", uuid::Uuid::new_v4().simple())),
         }
     }
 
     /// `redis.url` for this engine ("" selects the embedded one).
     pub fn url(&self) -> String {
+        if self.cluster_prefix.is_some() {
+            return shared_cluster().cluster_url();
+        }
         self.redis
             .as_ref()
             .map(RedisServer::url)
             .unwrap_or_default()
     }
 
-    /// [`test_config`] on this engine.
+    /// [`test_config`] on this engine (on the cluster: under the
+    /// scenario's own key prefix, without history, which the cluster
+    /// engine does not keep yet).
     pub fn config(&self) -> Config {
-        test_config(&self.url())
+        let mut c = test_config(&self.url());
+        if let Some(prefix) = &self.cluster_prefix {
+            c.redis.key_prefix = prefix.clone();
+            c.history.enabled = false;
+        }
+        c
     }
 
     pub fn engine(&self) -> &'static str {
-        if self.redis.is_some() {
-            "redis"
-        } else {
-            "memory"
+        match (&self.redis, &self.cluster_prefix) {
+            (Some(_), _) => "redis",
+            (None, Some(_)) => "redis-cluster",
+            (None, None) => "memory",
         }
     }
 
@@ -118,6 +144,41 @@ macro_rules! on_both_engines {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 scenario($crate::common::Env::redis()).await
+            }
+        }
+    )*};
+}
+
+/// Runs each scenario `async fn name(env: Env) { ... }` as three tests,
+/// `name::memory`, `name::redis` and `name::redis_cluster`: the contract is
+/// the same on every engine. Scenarios that need history stay on
+/// [`on_both_engines!`] until the cluster engine keeps history.
+#[macro_export]
+macro_rules! on_every_engine {
+    ($($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn scenario($env: $crate::common::Env) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                scenario($crate::common::Env::memory()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                scenario($crate::common::Env::redis()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                let env = tokio::task::spawn_blocking($crate::common::Env::cluster)
+                    .await
+                    .expect("the shared cluster");
+                scenario(env).await
             }
         }
     )*};

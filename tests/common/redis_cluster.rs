@@ -29,14 +29,19 @@ pub struct ClusterNode {
     child: Option<Child>,
     /// Holds `nodes.conf`, so a node started again rejoins as itself.
     dir: tempfile::TempDir,
+    /// Killed by the kernel when the thread that started it ends (for
+    /// [`shared_cluster`], a thread that lives as long as the process):
+    /// a static is never dropped.
+    dies_with_thread: bool,
 }
 
 impl ClusterNode {
-    fn launch(password: Option<String>) -> ClusterNode {
+    fn launch(password: Option<String>, dies_with_thread: bool) -> ClusterNode {
         let mut node = ClusterNode {
             port: 0,
             bus_port: 0,
             password,
+            dies_with_thread,
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
         };
@@ -80,6 +85,17 @@ impl ClusterNode {
             .arg(self.dir.path());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p, "--masterauth", p]);
+        }
+        if self.dies_with_thread {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe, and only that runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -200,6 +216,28 @@ impl Drop for ClusterNode {
     }
 }
 
+/// One cluster for a whole test binary, for scenarios that only need one
+/// to run on and never fault it (each scenario keeps to its own
+/// `redis.key_prefix`): six processes instead of six per scenario. Started
+/// on first use by a thread that lives as long as the process, so that its
+/// processes die with the process ([`ClusterNode::dies_with_thread`]).
+pub fn shared_cluster() -> &'static RedisCluster {
+    static SHARED: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cluster = RedisCluster::launch(None, true);
+            // The nodes are the thread's children only while it lives:
+            // hand over the handles, then park until the process exits.
+            let _ = tx.send(cluster);
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the shared cluster's thread ended before starting it")
+    })
+}
+
 /// A six-node Redis Cluster (three primaries, three replicas) of the
 /// test's own.
 pub struct RedisCluster {
@@ -209,17 +247,17 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        Self::launch(None)
+        Self::launch(None, false)
     }
 
     /// One whose nodes require `password` (`requirepass`, `masterauth`).
     pub fn start_with_password(password: &str) -> RedisCluster {
-        Self::launch(Some(password.to_string()))
+        Self::launch(Some(password.to_string()), false)
     }
 
-    fn launch(password: Option<String>) -> RedisCluster {
+    fn launch(password: Option<String>, dies_with_thread: bool) -> RedisCluster {
         let nodes: Vec<ClusterNode> = (0..6)
-            .map(|_| ClusterNode::launch(password.clone()))
+            .map(|_| ClusterNode::launch(password.clone(), dies_with_thread))
             .collect();
         let cluster = RedisCluster { nodes, password };
         let mut create = cluster.redis_cli();

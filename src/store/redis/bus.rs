@@ -663,44 +663,52 @@ impl Subscriber {
                     continue;
                 }
             };
-            for event in events {
-                let message = matches!(event, BusEvent::Deliver { .. });
-                if message {
-                    self.metrics.bus_messages_received.inc();
-                }
-                if let BusEvent::Resync { threshold, .. } = event {
-                    // Also when the clear came from a node or CLI that did
-                    // not start the window itself, and from when we heard.
-                    if let Err(e) = untargeted_for_resync(&self.registry, threshold).await {
-                        self.metrics.store_errors.inc();
-                        tracing::warn!(error = %e, "could not mark the re-registration after a clear");
-                    }
-                }
-                let took = match event {
-                    BusEvent::Probe { origin } => {
-                        if origin == self.origin {
-                            last_seen = tokio::time::Instant::now();
-                            *last_heard_ms = unix_ms();
-                        }
-                        0
-                    }
-                    // Our own messages come back to us only with history on:
-                    // then the history script publishes every message and
-                    // each node (this one too) delivers from the bus, in id
-                    // order.
-                    event @ BusEvent::Deliver { .. } if self.history.is_some() => {
-                        apply(event, &*self.link, &self.presence, &self.recent)
-                    }
-                    // Delivered here directly when it was sent (history
-                    // off): not a message that found no stream.
-                    event if event.origin() == self.origin => usize::from(message),
-                    event => apply(event, &*self.link, &self.presence, &self.recent),
-                };
-                if message && took == 0 {
-                    self.metrics.bus_messages_unmatched.inc();
-                }
+            if self.on_events(events).await {
+                last_seen = tokio::time::Instant::now();
+                *last_heard_ms = unix_ms();
             }
         }
+    }
+
+    /// Applies what one bus payload carried; true when it held this
+    /// node's own probe.
+    pub(super) async fn on_events(&self, events: Vec<BusEvent>) -> bool {
+        let mut probed = false;
+        for event in events {
+            let message = matches!(event, BusEvent::Deliver { .. });
+            if message {
+                self.metrics.bus_messages_received.inc();
+            }
+            if let BusEvent::Resync { threshold, .. } = event {
+                // Also when the clear came from a node or CLI that did
+                // not start the window itself, and from when we heard.
+                if let Err(e) = untargeted_for_resync(&self.registry, threshold).await {
+                    self.metrics.store_errors.inc();
+                    tracing::warn!(error = %e, "could not mark the re-registration after a clear");
+                }
+            }
+            let took = match event {
+                BusEvent::Probe { origin } => {
+                    probed |= origin == self.origin;
+                    0
+                }
+                // Our own messages come back to us only with history on:
+                // then the history script publishes every message and
+                // each node (this one too) delivers from the bus, in id
+                // order.
+                event @ BusEvent::Deliver { .. } if self.history.is_some() => {
+                    apply(event, &*self.link, &self.presence, &self.recent)
+                }
+                // Delivered here directly when it was sent (history
+                // off): not a message that found no stream.
+                event if event.origin() == self.origin => usize::from(message),
+                event => apply(event, &*self.link, &self.presence, &self.recent),
+            };
+            if message && took == 0 {
+                self.metrics.bus_messages_unmatched.inc();
+            }
+        }
+        probed
     }
 }
 

@@ -1,0 +1,287 @@
+//! The Redis engine on a Redis Cluster of the test's own (three primaries,
+//! three replicas; README "Past one Redis primary"): what only a cluster
+//! can show. Each node receives only its users' messages and the
+//! broadcasts, whichever primary holds the users; the registry spreads
+//! over every primary; the command line works on it; moving slots
+//! (`redis-cli --cluster reshard`) and killing a primary while messages
+//! are sent lose no live stream and no message answered 200. The rest of
+//! the contract runs on the cluster through `on_every_engine!` in the
+//! other test files.
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+const RECEIVED: &str = "sse_notify_bus_messages_received_total";
+const UNMATCHED: &str = "sse_notify_bus_messages_unmatched_total";
+
+fn config(cluster: &RedisCluster) -> sse_notify::config::Config {
+    let mut c = test_config(&cluster.cluster_url());
+    c.history.enabled = false;
+    c.startup.clear = false;
+    c.auth.public_topics = vec!["*".into()];
+    c
+}
+
+async fn metrics_of(node: &TestNode) -> (f64, f64) {
+    let text = metrics_text(&node.admin_base()).await;
+    let get = |name| metric_value(&text, name).unwrap_or_else(|| panic!("no {name}"));
+    (get(RECEIVED), get(UNMATCHED))
+}
+
+/// Users whose records land on each primary (`count` per primary): the
+/// engine keeps a user's keys in one partition, whose hash tag is in
+/// the keys it writes; read back from the cluster itself.
+async fn users_per_primary(
+    cluster: &RedisCluster,
+    node: &TestNode,
+    count: usize,
+) -> BTreeMap<u16, Vec<String>> {
+    let mut out: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    let mut streams = Vec::new();
+    for i in 0.. {
+        if out.len() == 3 && out.values().all(|v| v.len() >= count) {
+            break;
+        }
+        assert!(i < 2000, "users never spread over the three primaries: {out:?}");
+        let user = format!("u{i}");
+        let (tab, _) = SseClient::connect(node, &user).await;
+        let primary = primary_of_user(cluster, &user);
+        let list = out.entry(primary).or_default();
+        if list.len() < count {
+            list.push(user);
+        }
+        streams.push(tab);
+    }
+    out
+}
+
+/// The primary holding `user`'s connection zset: the node whose `SCAN`
+/// finds `*:user:{user}` (each primary holds only its own slots' keys).
+fn primary_of_user(cluster: &RedisCluster, user: &str) -> u16 {
+    let pattern = format!("*:user:{user}");
+    let found: Vec<u16> = cluster
+        .primaries()
+        .into_iter()
+        .filter(|p| {
+            let keys: Vec<String> = cluster
+                .node(*p)
+                .query(redis::cmd("KEYS").arg(&pattern))
+                .expect("KEYS");
+            !keys.is_empty()
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{user}'s zset on one primary: {found:?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let a = TestNode::start(config(&cluster)).await;
+    let b = TestNode::start(config(&cluster)).await;
+    let c = TestNode::start(config(&cluster)).await;
+    let (status, health) = admin(reqwest::Method::GET, &a.admin_url("/healthz"), None).await;
+    assert_eq!((status, &health["engine"]), (200, &json!("redis-cluster")), "{health}");
+
+    // Users on every primary: ann's on a, bob's on b.
+    let (mut ann, _) = SseClient::connect(&a, "ann").await;
+    let (mut bob, _) = SseClient::connect(&b, "bob").await;
+    wait_for_heartbeat_rounds(&a.admin_base(), "ann", 1).await;
+    let before = [metrics_of(&a).await, metrics_of(&b).await, metrics_of(&c).await];
+    for i in 0..10 {
+        send_ok(&c.admin_base(), json!({"to": "ann", "data": i})).await;
+    }
+    for i in 0..5 {
+        send_ok(&a.admin_base(), json!({"to": "bob", "data": i})).await;
+    }
+    let (status, resp) = send(&a.admin_base(), json!({"data": "end"})).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["data"]["connections"], 2, "a broadcast counts every partition: {resp}");
+    for (tab, n, who) in [(&mut ann, 11, "ann"), (&mut bob, 6, "bob")] {
+        for i in 0..n {
+            let ev = tab
+                .next_named("message", WAIT)
+                .await
+                .unwrap_or_else(|| panic!("{who}: message {i} of {n} never came"));
+            if i == n - 1 {
+                assert_eq!(ev.data, "\"end\"", "{who}: the broadcast last");
+            }
+        }
+    }
+    wait_until(WAIT, "c heard the broadcast", || async {
+        metrics_of(&c).await.0 > before[2].0
+    })
+    .await;
+    let delta = |i: usize, now: (f64, f64)| (now.0 - before[i].0, now.1 - before[i].1);
+    assert_eq!(
+        delta(0, metrics_of(&a).await),
+        (11.0, 0.0),
+        "a: ann's 10 and the broadcast, each taken by ann's tab"
+    );
+    assert_eq!(delta(1, metrics_of(&b).await), (6.0, 0.0), "b: bob's 5 and the broadcast");
+    assert_eq!(delta(2, metrics_of(&c).await), (0.0, 0.0), "c: nothing on its channels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_spreads_over_every_primary() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let node = TestNode::start(config(&cluster)).await;
+    let users = users_per_primary(&cluster, &node, 2).await;
+    assert_eq!(users.len(), 3, "users on all three primaries: {users:?}");
+    let listed = listing(&node.admin_base()).await;
+    for list in users.values() {
+        for user in list {
+            assert!(
+                listed["connection_details"][user].is_array(),
+                "{user} listed: {listed}"
+            );
+        }
+    }
+}
+
+/// Sends one message to each of `users` in turn until `stop`, retrying
+/// a 503 (what the web app does); returns every message answered 200, per
+/// user, by its data.
+async fn send_until(
+    admin: String,
+    users: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> HashMap<String, Vec<u64>> {
+    let mut sent: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for user in &users {
+            n += 1;
+            let (status, _) = send(&admin, json!({"to": user, "data": n})).await;
+            match status {
+                200 => sent.entry(user.clone()).or_default().push(n),
+                503 => {}
+                other => panic!("a send answered {other}"),
+            }
+        }
+    }
+    sent
+}
+
+/// Reads `tab` until every one of `want` arrived; each once.
+async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
+    let want: HashSet<u64> = want.iter().copied().collect();
+    let mut got: HashSet<u64> = HashSet::new();
+    while !want.is_subset(&got) {
+        let ev = tab.next_named("message", WAIT).await.unwrap_or_else(|| {
+            let missing: Vec<&u64> = want.difference(&got).collect();
+            panic!("{user}: {} answered 200 never arrived: {missing:?}", missing.len())
+        });
+        let n: u64 = ev.data.parse().expect("a number");
+        assert!(got.insert(n), "{user}: message {n} arrived twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_slots_while_sending_loses_nothing() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let cluster = Arc::new(cluster);
+    let a = TestNode::start(config(&cluster)).await;
+    let b = TestNode::start(config(&cluster)).await;
+    let users = users_per_primary(&cluster, &a, 1).await;
+    let primaries: Vec<u16> = users.keys().copied().collect();
+    // Streams on b: its subscriptions must follow the slots.
+    let mut tabs = Vec::new();
+    let mut all = Vec::new();
+    for list in users.values() {
+        for user in list {
+            tabs.push((user.clone(), SseClient::connect(&b, user).await.0));
+            all.push(user.clone());
+        }
+    }
+    let resubscribed = metric(&b.admin_base(), "sse_notify_bus_resubscribes_total").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_until(a.admin_base(), all.clone(), stop.clone()));
+    // Half of the first primary's slots to the second, while sending.
+    let moved = {
+        let cluster = cluster.clone();
+        let (from, to) = (primaries[0], primaries[1]);
+        tokio::task::spawn_blocking(move || cluster.reshard(from, to, 2730))
+    };
+    moved.await.expect("reshard");
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.await.expect("sender");
+    // And after the move: every user still reachable, on b too.
+    for user in &all {
+        send_ok(&a.admin_base(), json!({"to": user, "data": 0})).await;
+    }
+    for (user, tab) in &mut tabs {
+        let mut want = sent.get(user.as_str()).cloned().unwrap_or_default();
+        want.push(0);
+        receive_all(tab, user, &want).await;
+    }
+    assert!(
+        metric(&b.admin_base(), "sse_notify_bus_resubscribes_total").await > resubscribed,
+        "b never resubscribed a moved slot's channels"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_primary_while_sending_loses_no_stream() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let cluster = Arc::new(std::sync::Mutex::new(cluster));
+    let url_cluster = cluster.lock().unwrap();
+    let a = TestNode::start(config(&url_cluster)).await;
+    let b = TestNode::start(config(&url_cluster)).await;
+    let users = users_per_primary(&url_cluster, &a, 1).await;
+    drop(url_cluster);
+    let victim = *users.keys().next().unwrap();
+    let mut tabs = Vec::new();
+    let mut all = Vec::new();
+    for list in users.values() {
+        for user in list {
+            tabs.push((user.clone(), SseClient::connect(&b, user).await.0));
+            all.push(user.clone());
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = tokio::spawn(send_until(a.admin_base(), all.clone(), stop.clone()));
+    let killer = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.lock().unwrap().kill_primary(victim))
+    };
+    let promoted = killer.await.expect("failover");
+    // The other primaries' users kept getting messages during the
+    // failover; the victim's come back once its replica took over.
+    wait_until(Duration::from_secs(30), "a send to the victim's user succeeds", || {
+        let admin = a.admin_base();
+        let user = users[&victim][0].clone();
+        async move {
+            send(&admin, json!({"to": user, "data": 0})).await.0 == 200
+        }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.await.expect("sender");
+    for (user, tab) in &mut tabs {
+        let want = sent.get(user.as_str()).cloned().unwrap_or_default();
+        receive_all(tab, user, &want).await;
+    }
+    let listed = listing(&a.admin_base()).await;
+    for user in &all {
+        assert!(
+            listed["connection_details"][user].is_array(),
+            "{user}'s stream still listed after {victim} failed over to {promoted}: {listed}"
+        );
+    }
+}
