@@ -49,7 +49,10 @@ async fn users_per_primary(
         if out.len() == 3 && out.values().all(|v| v.len() >= count) {
             break;
         }
-        assert!(i < 2000, "users never spread over the three primaries: {out:?}");
+        assert!(
+            i < 2000,
+            "users never spread over the three primaries: {out:?}"
+        );
         let user = format!("u{i}");
         let (tab, _) = SseClient::connect(node, &user).await;
         let primary = primary_of_user(cluster, &user);
@@ -90,13 +93,21 @@ async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
     let b = TestNode::start(config(&cluster)).await;
     let c = TestNode::start(config(&cluster)).await;
     let (status, health) = admin(reqwest::Method::GET, &a.admin_url("/healthz"), None).await;
-    assert_eq!((status, &health["engine"]), (200, &json!("redis-cluster")), "{health}");
+    assert_eq!(
+        (status, &health["engine"]),
+        (200, &json!("redis-cluster")),
+        "{health}"
+    );
 
     // Users on every primary: ann's on a, bob's on b.
     let (mut ann, _) = SseClient::connect(&a, "ann").await;
     let (mut bob, _) = SseClient::connect(&b, "bob").await;
     wait_for_heartbeat_rounds(&a.admin_base(), "ann", 1).await;
-    let before = [metrics_of(&a).await, metrics_of(&b).await, metrics_of(&c).await];
+    let before = [
+        metrics_of(&a).await,
+        metrics_of(&b).await,
+        metrics_of(&c).await,
+    ];
     for i in 0..10 {
         send_ok(&c.admin_base(), json!({"to": "ann", "data": i})).await;
     }
@@ -105,7 +116,10 @@ async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
     }
     let (status, resp) = send(&a.admin_base(), json!({"data": "end"})).await;
     assert_eq!(status, 200, "{resp}");
-    assert_eq!(resp["data"]["connections"], 2, "a broadcast counts every partition: {resp}");
+    assert_eq!(
+        resp["data"]["connections"], 2,
+        "a broadcast counts every partition: {resp}"
+    );
     for (tab, n, who) in [(&mut ann, 11, "ann"), (&mut bob, 6, "bob")] {
         for i in 0..n {
             let ev = tab
@@ -127,8 +141,16 @@ async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
         (11.0, 0.0),
         "a: ann's 10 and the broadcast, each taken by ann's tab"
     );
-    assert_eq!(delta(1, metrics_of(&b).await), (6.0, 0.0), "b: bob's 5 and the broadcast");
-    assert_eq!(delta(2, metrics_of(&c).await), (0.0, 0.0), "c: nothing on its channels");
+    assert_eq!(
+        delta(1, metrics_of(&b).await),
+        (6.0, 0.0),
+        "b: bob's 5 and the broadcast"
+    );
+    assert_eq!(
+        delta(2, metrics_of(&c).await),
+        (0.0, 0.0),
+        "c: nothing on its channels"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +203,10 @@ async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
     while !want.is_subset(&got) {
         let ev = tab.next_named("message", WAIT).await.unwrap_or_else(|| {
             let missing: Vec<&u64> = want.difference(&got).collect();
-            panic!("{user}: {} answered 200 never arrived: {missing:?}", missing.len())
+            panic!(
+                "{user}: {} answered 200 never arrived: {missing:?}",
+                missing.len()
+            )
         });
         let n: u64 = ev.data.parse().expect("a number");
         assert!(got.insert(n), "{user}: message {n} arrived twice");
@@ -263,13 +288,15 @@ async fn killing_a_primary_while_sending_loses_no_stream() {
     let promoted = killer.await.expect("failover");
     // The other primaries' users kept getting messages during the
     // failover; the victim's come back once its replica took over.
-    wait_until(Duration::from_secs(30), "a send to the victim's user succeeds", || {
-        let admin = a.admin_base();
-        let user = users[&victim][0].clone();
-        async move {
-            send(&admin, json!({"to": user, "data": 0})).await.0 == 200
-        }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "a send to the victim's user succeeds",
+        || {
+            let admin = a.admin_base();
+            let user = users[&victim][0].clone();
+            async move { send(&admin, json!({"to": user, "data": 0})).await.0 == 200 }
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     let sent = sender.await.expect("sender");

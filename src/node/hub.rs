@@ -302,6 +302,26 @@ impl Hub {
         self.finish(push)
     }
 
+    /// Queues `frame` to every stream here that follows `topic` and whose
+    /// user `keep` says; returns how many took it.
+    pub(crate) fn deliver_topic_where(
+        &self,
+        topic: &str,
+        keep: impl Fn(&str) -> bool,
+        frame: &Bytes,
+    ) -> usize {
+        let mut push = Push::new(frame);
+        {
+            let inner = self.read();
+            for id in inner.topics.get(topic).into_iter().flat_map(Members::iter) {
+                if inner.conns.get(&**id).is_some_and(|e| keep(&e.username)) {
+                    push.to(&inner, id);
+                }
+            }
+        }
+        self.finish(push)
+    }
+
     fn finish(&self, push: Push<'_>) -> usize {
         self.drop_slow(push.failed);
         self.metrics

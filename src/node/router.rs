@@ -74,6 +74,10 @@ impl NodeLink for Delivery {
                     Target::Ids(ids) => self.hub.deliver(&ids, &frame),
                     Target::Tab(id) => self.hub.deliver_one_tab(&id, &frame),
                     Target::Topic(topic) => self.hub.deliver_topic(&topic, None, &frame),
+                    Target::TopicIn(topic, part) => {
+                        self.hub
+                            .deliver_topic_where(&topic, |user| part.holds(user), &frame)
+                    }
                 }
             }
             Inbound::Presence {

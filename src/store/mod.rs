@@ -258,8 +258,41 @@ pub(crate) enum Target {
     Tab(String),
     /// Every stream held here that follows this topic.
     Topic(String),
+    /// Every stream held here that follows this topic and whose user is
+    /// in this partition (a cluster publishes a topic's message from each
+    /// partition holding followers, to their nodes).
+    TopicIn(String, UserPart),
     /// Every stream held here.
     All,
+}
+
+/// One of the partitions users are spread over on a Redis Cluster
+/// (`index` of `count`), as a node's hub needs to tell its users apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct UserPart {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl UserPart {
+    /// Whether `username` is in this partition.
+    pub(crate) fn holds(&self, username: &str) -> bool {
+        partition_of(username, self.count) == self.index
+    }
+}
+
+/// The partition of `username` among `count` (FNV-1a of the name: stable
+/// across versions and platforms, unlike std's hasher).
+pub(crate) fn partition_of(username: &str, count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in username.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % count as u64) as usize
 }
 
 /// What the store hands a node: messages in id order, and closes.

@@ -234,7 +234,8 @@ pub fn shared_cluster() -> &'static RedisCluster {
                 std::thread::park();
             }
         });
-        rx.recv().expect("the shared cluster's thread ended before starting it")
+        rx.recv()
+            .expect("the shared cluster's thread ended before starting it")
     })
 }
 

@@ -28,7 +28,8 @@ use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 use crate::store::target::Route;
 use crate::store::{
-    unix_ms, Inbound, Kept, KeptFor, LiveConn, Message, MsgId, NodeLink, Result, StoreError, Target,
+    unix_ms, Inbound, Kept, KeptFor, LiveConn, Message, MsgId, NodeLink, Result, StoreError,
+    Target, UserPart,
 };
 
 /// The script of [`publish_unkept`].
@@ -46,10 +47,11 @@ pub(crate) fn unkept_script(sharded: bool) -> redis::Script {
 /// are.
 ///
 /// On a cluster a user's messages go through its partition's script as on
-/// one Redis; a broadcast or a topic's message, whose connections are in
-/// every partition, is counted there and published once on the home
-/// channel every node hears (each node gives a topic's message to the
-/// followers it holds).
+/// one Redis. A topic's message goes through every partition's (each
+/// holds the followers among its users, and publishes it to their nodes
+/// marked with the partition, so that a node holding followers of several
+/// partitions gives it to each stream once), and a broadcast is counted on
+/// every partition and published once on the channel every node hears.
 pub(crate) async fn publish_unkept(
     registry: &Redis,
     script: &redis::Script,
@@ -59,52 +61,63 @@ pub(crate) async fn publish_unkept(
 ) -> Result<Vec<(Vec<String>, usize)>> {
     let layout = registry.layout();
     if let [keys] = layout.parts() {
-        return publish_unkept_in(registry, keys, script, origin, msgs, ids).await;
+        let all: Vec<(usize, Option<usize>)> = (0..msgs.len()).map(|i| (i, None)).collect();
+        return publish_unkept_in(registry, keys, script, origin, msgs, ids, &all).await;
     }
-    let mut out: Vec<(Vec<String>, usize)> = vec![(Vec::new(), 0); msgs.len()];
-    let mut by_part: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    let mut everyone = Vec::new();
+    let mut by_part: std::collections::BTreeMap<usize, Vec<(usize, Option<usize>)>> =
+        Default::default();
+    let mut broadcasts = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         match m.route() {
-            Route::FirstOnly(user) | Route::User(user) => {
-                by_part.entry(layout.index_of(user)).or_default().push(i)
+            Route::FirstOnly(user) | Route::User(user) => by_part
+                .entry(layout.index_of(user))
+                .or_default()
+                .push((i, None)),
+            Route::Topic(_) => {
+                for part in 0..layout.parts().len() {
+                    by_part.entry(part).or_default().push((i, Some(part)));
+                }
             }
-            Route::Broadcast | Route::Topic(_) => everyone.push(i),
+            Route::Broadcast => broadcasts.push(i),
         }
     }
     let sent =
-        futures_util::future::try_join_all(by_part.into_iter().map(|(part, at)| async move {
-            let picked: Vec<Message> = at.iter().map(|&i| msgs[i].clone()).collect();
-            let picked_ids: Vec<String> = at.iter().map(|&i| ids[i].clone()).collect();
+        futures_util::future::try_join_all(by_part.into_iter().map(|(part, items)| async move {
             let keys = &layout.parts()[part];
-            let rows =
-                publish_unkept_in(registry, keys, script, origin, &picked, &picked_ids).await?;
-            Ok::<_, StoreError>(at.into_iter().zip(rows).collect::<Vec<_>>())
+            let rows = publish_unkept_in(registry, keys, script, origin, msgs, ids, &items).await?;
+            Ok::<_, StoreError>(
+                items
+                    .into_iter()
+                    .map(|(i, _)| i)
+                    .zip(rows)
+                    .collect::<Vec<_>>(),
+            )
         }))
         .await?;
-    for (i, row) in sent.into_iter().flatten() {
-        out[i] = row;
+    let mut out: Vec<(Vec<String>, usize)> = vec![(Vec::new(), 0); msgs.len()];
+    for (i, (targets, count)) in sent.into_iter().flatten() {
+        out[i].0.extend(targets);
+        out[i].1 += count;
     }
-    for i in everyone {
-        let m = &msgs[i];
-        let count = count_everywhere(registry, m).await?;
+    for i in broadcasts {
+        let count = count_everywhere(registry).await?;
         if count > 0 {
-            let event = format!("[{},\"id\":\"{}\"}}]", bus_event_head(origin, m), ids[i]);
+            let event = format!(
+                "[{},\"id\":\"{}\"}}]",
+                bus_event_head(origin, &msgs[i]),
+                ids[i]
+            );
             publish_on(registry, registry.keys().bus(), event).await?;
         }
-        out[i] = (Vec::new(), count);
+        out[i].1 = count;
     }
     Ok(out)
 }
 
-/// How many connections a broadcast (every one) or a topic's message
-/// (its followers) reaches, summed over the partitions.
-async fn count_everywhere(registry: &Redis, m: &Message) -> Result<usize> {
+/// How many connections a broadcast reaches, summed over the partitions.
+async fn count_everywhere(registry: &Redis) -> Result<usize> {
     let counts = futures_util::future::try_join_all(registry.layout().parts().iter().map(|k| {
-        let key = match &m.topic {
-            Some(topic) => k.topic(topic),
-            None => k.heartbeats(),
-        };
+        let key = k.heartbeats();
         let mut conn = registry.connection();
         super::conn::bounded(Duration::from_secs(5), async move {
             conn.zcard::<_, usize>(key).await
@@ -114,7 +127,9 @@ async fn count_everywhere(registry: &Redis, m: &Message) -> Result<usize> {
     Ok(counts.into_iter().sum())
 }
 
-/// [`publish_unkept`] in one partition: one script call.
+/// [`publish_unkept`] in one partition, one script call: the messages
+/// `items` names (by index), each with the partition to mark its bus
+/// event with (a topic's, on a cluster).
 async fn publish_unkept_in(
     registry: &Redis,
     keys: &Keys,
@@ -122,6 +137,7 @@ async fn publish_unkept_in(
     origin: &str,
     msgs: &[Message],
     ids: &[String],
+    items: &[(usize, Option<usize>)],
 ) -> Result<Vec<(Vec<String>, usize)>> {
     let mut inv = script.prepare_invoke();
     inv.key(keys.resyncing())
@@ -130,16 +146,19 @@ async fn publish_unkept_in(
         .arg(keys.bus())
         .arg(keys.conn_prefix())
         .arg(resync_window_ms());
-    for (m, id) in msgs.iter().zip(ids) {
+    for &(i, part) in items {
+        let m = &msgs[i];
         let route = m.route();
         match route {
             Route::FirstOnly(user) | Route::User(user) => inv.key(keys.user(user)),
             Route::Broadcast => inv.key(keys.heartbeats()),
             Route::Topic(topic) => inv.key(keys.topic(topic)).key(keys.topic_nodes(topic)),
         };
-        inv.arg(route.script_name())
-            .arg(id)
-            .arg(bus_event_head(origin, m));
+        let mut head = bus_event_head(origin, m);
+        if let Some(part) = part {
+            head.push_str(&format!(",\"part\":{part}"));
+        }
+        inv.arg(route.script_name()).arg(&ids[i]).arg(head);
     }
     let mut conn = registry.connection();
     let rows: Vec<Vec<redis::Value>> = super::conn::bounded(Duration::from_secs(5), async move {
@@ -148,8 +167,9 @@ async fn publish_unkept_in(
     .await?;
     let bad = |e: redis::ParsingError| StoreError::Unavailable(format!("redis answer: {e}"));
     rows.into_iter()
-        .zip(msgs)
-        .map(|(row, m)| {
+        .zip(items)
+        .map(|(row, &(i, _))| {
+            let m = &msgs[i];
             let mut it = row.into_iter();
             let count: usize = match it.next() {
                 Some(v) => redis::from_redis_value(v).map_err(bad)?,
@@ -191,6 +211,10 @@ pub(crate) enum BusEvent {
         first_only: bool,
         #[serde(default)]
         ids: Vec<String>,
+        /// On a cluster, a topic's message from one partition: for the
+        /// followers among that partition's users.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<usize>,
         broadcast: bool,
         id: String,
         event: String,
@@ -234,7 +258,15 @@ impl BusEvent {
 
 /// Applies an event from the bus to this node; returns how many local
 /// streams took a message (0 for the other events).
-fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Recent) -> usize {
+/// `parts`: how many partitions users are spread over (1 but on a
+/// cluster).
+fn apply(
+    event: BusEvent,
+    link: &dyn NodeLink,
+    presence: &Presence,
+    recent: &Recent,
+    parts: usize,
+) -> usize {
     match event {
         BusEvent::Resync { .. } => {
             presence.resync();
@@ -245,6 +277,7 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
             topic,
             first_only,
             ids,
+            part,
             broadcast,
             id,
             event,
@@ -261,7 +294,16 @@ fn apply(event: BusEvent, link: &dyn NodeLink, presence: &Presence, recent: &Rec
             }
             let target = match Route::on_bus(broadcast, to.as_deref(), first_only, topic.as_deref())
             {
-                Some(route) => route.target(ids),
+                Some(route) => match (route.target(ids), part) {
+                    (Target::Topic(topic), Some(index)) => Target::TopicIn(
+                        topic,
+                        UserPart {
+                            index,
+                            count: parts,
+                        },
+                    ),
+                    (target, _) => target,
+                },
                 None => Target::Ids(ids),
             };
             link.receive(Inbound::Deliver {
@@ -696,13 +738,23 @@ impl Subscriber {
                 // then the history script publishes every message and
                 // each node (this one too) delivers from the bus, in id
                 // order.
-                event @ BusEvent::Deliver { .. } if self.history.is_some() => {
-                    apply(event, &*self.link, &self.presence, &self.recent)
-                }
+                event @ BusEvent::Deliver { .. } if self.history.is_some() => apply(
+                    event,
+                    &*self.link,
+                    &self.presence,
+                    &self.recent,
+                    self.registry.layout().parts().len(),
+                ),
                 // Delivered here directly when it was sent (history
                 // off): not a message that found no stream.
                 event if event.origin() == self.origin => usize::from(message),
-                event => apply(event, &*self.link, &self.presence, &self.recent),
+                event => apply(
+                    event,
+                    &*self.link,
+                    &self.presence,
+                    &self.recent,
+                    self.registry.layout().parts().len(),
+                ),
             };
             if message && took == 0 {
                 self.metrics.bus_messages_unmatched.inc();

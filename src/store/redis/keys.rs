@@ -73,16 +73,7 @@ impl Layout {
 
     /// The index of `username`'s partition in [`Layout::parts`].
     pub(crate) fn index_of(&self, username: &str) -> usize {
-        if self.parts.len() == 1 {
-            return 0;
-        }
-        // FNV-1a: stable across versions and platforms, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in username.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % self.parts.len() as u64) as usize
+        crate::store::partition_of(username, self.parts.len())
     }
 }
 

@@ -37,7 +37,10 @@ local function flush_announced()
   local everyone = untargeted(KEYS[4], KEYS[5], KEYS[6], PRESENCE_BUS, ARGV[7])
   local route = router(PRESENCE_BUS, CONN, everyone)
   for _, a in ipairs(announced) do
-    local nodes = route.topic(TOPIC_NODES .. a[1])
+    -- On a cluster this partition knows only the followers among its own
+    -- users: every node hears it.
+    local nodes = nil
+    if not SHARDED then nodes = route.topic(TOPIC_NODES .. a[1]) end
     -- A topic nobody follows any more has nobody to tell.
     if nodes == nil or #nodes > 0 then route.add(a[2], nodes) end
   end

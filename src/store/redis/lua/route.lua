@@ -121,9 +121,7 @@ local function router(bus, conn_prefix, everyone)
   -- id -> followers), or nil: every node. Read from the hash, never from
   -- the followers' records, so a send costs the nodes it reaches.
   function r.topic(key)
-    -- On a cluster a partition knows only its own followers of a topic
-    -- (they are kept with their users): every node hears it.
-    if everyone or SHARDED then return nil end
+    if everyone then return nil end
     local nodes = redis.call('HKEYS', key)
     for _, node in ipairs(nodes) do
       if not node_heard(node) then return nil end
