@@ -792,6 +792,7 @@ mod tests {
                 topic: None,
                 first_only: true,
                 ids: vec!["a-1".into(), "b-2".into()],
+                part: None,
                 broadcast: false,
                 id: "5-1".into(),
                 event: m.event.clone(),
