@@ -299,7 +299,9 @@ fn check_config(config: &Config, path: Option<&Path>) -> Result<(), CliError> {
         Some(p) => println!("# {}: valid", p.display()),
         None => println!("# no config file: built-in defaults"),
     }
-    if config.uses_redis() {
+    if config.engine() == "redis-cluster" {
+        println!("# engine: redis-cluster (several nodes may share it, spread over its primaries)");
+    } else if config.uses_redis() {
         println!("# engine: redis (several nodes may share it)");
     } else {
         println!("# engine: memory (embedded, one node; set redis.url for Redis)");

@@ -181,6 +181,12 @@ impl Config {
         self.stream.validate()?;
         self.sweep.validate(&self.stream)?;
         self.history.validate()?;
+        if self.history.enabled && self.is_cluster() {
+            return Err(invalid(
+                "history.enabled",
+                "history is not kept on a Redis Cluster yet (redis.url is redis+cluster://): set it to false",
+            ));
+        }
         self.auth.validate()?;
         self.api.validate()?;
         self.limits.validate()?;
@@ -216,9 +222,16 @@ impl Config {
         self.redis.target()
     }
 
+    /// Whether `redis.url` names a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        self.uses_redis() && matches!(self.redis.target(), Ok(RedisTarget::Cluster { .. }))
+    }
+
     /// The engine `redis.url` selects, as logs and `/healthz` name it.
     pub fn engine(&self) -> &'static str {
-        if self.uses_redis() {
+        if self.is_cluster() {
+            "redis-cluster"
+        } else if self.uses_redis() {
             "redis"
         } else {
             "memory"

@@ -91,13 +91,21 @@ pub enum RedisTarget {
         userinfo: Option<String>,
         db: i64,
     },
-    // Redis Cluster, when the engine supports it: a
-    // `redis+cluster://[user:password@]host:port[,host:port...]` seed list
-    // gets its variant here and its scheme in `parse`, its hosts read by
-    // `host_list` as the sentinels' are.
+    /// `redis+cluster://[user:password@]host:port[,host:port...][/]`: a
+    /// Redis Cluster, reached through any of these nodes (the rest is read
+    /// from them), with one password for every node.
+    Cluster {
+        /// `host:port` of each seed node.
+        seeds: Vec<String>,
+        /// `user:password` for every node, if any (as written in the URL).
+        userinfo: Option<String>,
+    },
 }
 
 const SENTINEL_SCHEME: &str = "redis+sentinel://";
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+/// Redis's own port, for a cluster node named without one.
+const REDIS_PORT: u16 = 6379;
 /// Sentinel's own port, for a sentinel named without one.
 const SENTINEL_PORT: u16 = 26379;
 
@@ -108,11 +116,41 @@ impl RedisTarget {
         if let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) {
             return parse_sentinel(rest);
         }
-        // A `redis+cluster://` seed list is recognized here, before redis-rs
-        // would take it for one server.
+        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+            return parse_cluster(rest);
+        }
+        if url.starts_with("rediss+cluster://") {
+            return Err("TLS to a Redis Cluster (rediss+cluster://) is not built in; use redis+cluster:// on a private network".into());
+        }
         redis::Client::open(url).map_err(|e| format!("not a valid Redis URL: {e}"))?;
         Ok(RedisTarget::Direct(url.to_string()))
     }
+}
+
+/// What follows `redis+cluster://`.
+fn parse_cluster(rest: &str) -> Result<RedisTarget, String> {
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(path, "" | "0") {
+        return Err(format!(
+            "a Redis Cluster has only database 0; remove {:?} after the hosts",
+            format!("/{path}")
+        ));
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, authority),
+    };
+    let seeds = host_list(hosts, REDIS_PORT);
+    if seeds.is_empty() {
+        return Err("a cluster URL needs at least one host:port: redis+cluster://host1:6379,host2:6379/".into());
+    }
+    // Each seed must read as a Redis URL of its own: the engine connects
+    // to every node this way.
+    for seed in &seeds {
+        redis::Client::open(format!("redis://{seed}/"))
+            .map_err(|e| format!("cluster node {seed:?} is not host:port: {e}"))?;
+    }
+    Ok(RedisTarget::Cluster { seeds, userinfo })
 }
 
 /// What follows `redis+sentinel://`.
@@ -189,5 +227,30 @@ mod tests {
         assert!(RedisTarget::parse("redis+sentinel://h:26379/").is_err());
         assert!(RedisTarget::parse("redis+sentinel://h/svc/x").is_err());
         assert!(RedisTarget::parse("nope://x").is_err());
+    }
+
+    #[test]
+    fn parses_cluster_urls() {
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2/").unwrap(),
+            RedisTarget::Cluster {
+                seeds: vec!["10.0.0.1:7000".into(), "10.0.0.2:6379".into()],
+                userinfo: Some(":pw".into()),
+            }
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://h:7000").unwrap(),
+            RedisTarget::Cluster {
+                seeds: vec!["h:7000".into()],
+                userinfo: None,
+            }
+        );
+        assert!(RedisTarget::parse("redis+cluster://h:7000/0").is_ok());
+        let db = RedisTarget::parse("redis+cluster://h:7000/2").unwrap_err();
+        assert!(db.contains("only database 0"), "{db}");
+        assert!(RedisTarget::parse("redis+cluster:///").is_err());
+        assert!(RedisTarget::parse("redis+cluster://h:7000,h:x:y/").is_err());
+        let tls = RedisTarget::parse("rediss+cluster://h:7000/").unwrap_err();
+        assert!(tls.contains("TLS"), "{tls}");
     }
 }

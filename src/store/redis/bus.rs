@@ -500,6 +500,65 @@ impl Subscriber {
         }
     }
 
+    /// On a Redis Cluster: keeps `channels` (the node's own and the shared
+    /// one of every partition, and the home's shared one) subscribed
+    /// through [`super::sharded`], which subscribes one slot per command
+    /// on a connection of its own per primary and follows slot moves and
+    /// failovers, and applies what arrives. Each time channels were
+    /// subscribed again, this node writes its streams back: a clear may
+    /// have been announced while one was down. No probes: the subscriber
+    /// watches its connections and the topology itself. (History is not
+    /// kept on a cluster, so there is nothing to catch up on.)
+    pub(crate) async fn run_sharded(
+        self,
+        seeds: Vec<String>,
+        userinfo: Option<String>,
+        channels: Vec<String>,
+        tasks: tokio_util::task::TaskTracker,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        let sharded =
+            super::sharded::spawn(seeds, userinfo, channels, tx, self.shutdown.clone(), &tasks);
+        let mut up = sharded.up();
+        let mut redone = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                changed = up.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = *up.borrow_and_update();
+                    self.count_redone(&sharded, &mut redone);
+                    self.set_up(now);
+                }
+                _ = tick.tick() => self.count_redone(&sharded, &mut redone),
+                msg = rx.recv() => {
+                    let Some((_, payload)) = msg else { return };
+                    match decode(&payload) {
+                        Ok(events) => {
+                            self.on_events(events).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts the subscriptions the sharded subscriber redid since last
+    /// seen (`redone`) and, when there are new ones, writes this node's
+    /// streams back.
+    fn count_redone(&self, sharded: &super::sharded::Sharded, redone: &mut u64) {
+        let now = sharded.resubscriptions();
+        if now > *redone {
+            self.metrics.bus_resubscribes.inc_by(now - *redone);
+            *redone = now;
+            self.presence.resync();
+        }
+    }
+
     /// Delivers what the history kept since `since_ms` and this node did not
     /// deliver, to the local connections that were open when it was sent:
     /// messages published while the subscription was down would otherwise

@@ -1,12 +1,16 @@
 //! How this node reaches Redis ([`RedisTarget`]: a URL or Sentinel, asked
-//! for the current primary on every (re)connect). With Sentinel a follower
-//! task keeps the shared connection on the primary across failovers; every
-//! user of Redis takes its connection from [`SharedConn`].
+//! for the current primary on every (re)connect, or a Redis Cluster). With
+//! Sentinel a follower task keeps the shared connection on the primary
+//! across failovers; on a cluster the crate's cluster connection routes
+//! each command by its key's slot. Every user of Redis takes its connection
+//! from [`SharedConn`].
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{mask_url_password, Config, RedisTarget};
@@ -16,6 +20,12 @@ use crate::store::StoreError;
 pub(crate) async fn primary_url(target: &RedisTarget) -> redis::RedisResult<String> {
     let (sentinels, service, userinfo, db) = match target {
         RedisTarget::Direct(url) => return Ok(url.clone()),
+        RedisTarget::Cluster { .. } => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has no one primary",
+            )))
+        }
         RedisTarget::Sentinel {
             sentinels,
             service,
@@ -74,24 +84,70 @@ pub(crate) async fn client(target: &RedisTarget) -> redis::RedisResult<redis::Cl
     redis::Client::open(primary_url(target).await?)
 }
 
+/// A connection to one Redis (self-reconnecting) or to a Redis Cluster
+/// (each command routed to the primary of its key's slot, following
+/// `MOVED`): the same commands and scripts run on either.
+#[derive(Clone)]
+pub(crate) enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The multiplexed connection every part of the node shares; swapped whole
 /// when Sentinel names a new primary.
 #[derive(Clone)]
 pub(crate) struct SharedConn {
-    inner: Arc<RwLock<(String, ConnectionManager)>>,
+    inner: Arc<RwLock<(String, RedisConn)>>,
 }
 
 impl SharedConn {
-    /// Connects to the target's primary now.
+    /// Connects to the target's primary (or cluster) now.
     pub(crate) async fn connect(target: &RedisTarget) -> redis::RedisResult<Self> {
-        let url = primary_url(target).await?;
-        let conn = connect(&url).await?;
+        let (url, conn) = match target {
+            RedisTarget::Cluster { seeds, userinfo } => (
+                format!("cluster {}", seeds.join(",")),
+                RedisConn::Cluster(connect_cluster(seeds, userinfo.as_deref()).await?),
+            ),
+            _ => {
+                let url = primary_url(target).await?;
+                let conn = RedisConn::Single(connect(&url).await?);
+                (url, conn)
+            }
+        };
         Ok(Self {
             inner: Arc::new(RwLock::new((url, conn))),
         })
     }
 
-    pub(crate) fn get(&self) -> ConnectionManager {
+    pub(crate) fn get(&self) -> RedisConn {
         self.inner
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -142,7 +198,8 @@ impl SharedConn {
                         primary = %mask_url_password(&url),
                         "redis primary changed (sentinel failover); connection moved"
                     );
-                    *self.inner.write().unwrap_or_else(|e| e.into_inner()) = (url, conn);
+                    *self.inner.write().unwrap_or_else(|e| e.into_inner()) =
+                        (url, RedisConn::Single(conn));
                 }
                 Err(e) => {
                     if let Some(suppressed) = log.allow() {
@@ -164,6 +221,27 @@ pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, redis::Redis
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     client.get_connection_manager_with_config(config).await
+}
+
+/// Connects to a Redis Cluster through `seeds` (`host:port`), with the
+/// same credentials on every node and the same timeouts as one Redis: a
+/// command for a slot whose primary is down fails within seconds (the
+/// caller answers 503) instead of hanging.
+async fn connect_cluster(
+    seeds: &[String],
+    userinfo: Option<&str>,
+) -> redis::RedisResult<ClusterConnection> {
+    let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    let nodes: Vec<String> = seeds.iter().map(|s| format!("redis://{auth}{s}/")).collect();
+    redis::cluster::ClusterClientBuilder::new(nodes)
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(3))
+        .retries(2)
+        .min_retry_wait(50)
+        .max_retry_wait(500)
+        .build()?
+        .get_async_connection()
+        .await
 }
 
 /// Connects to Redis (its primary, with Sentinel), retrying with backoff

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::HistoryConfig;
+use crate::config::{HistoryConfig, RedisTarget};
 use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::seam;
@@ -31,6 +31,7 @@ mod presence;
 mod registry;
 mod route;
 mod shared;
+mod sharded;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Layout;
@@ -63,10 +64,9 @@ pub(crate) struct RedisStore {
 /// Where the keys live for the configured Redis: one partition on one
 /// Redis or Sentinel, the cluster's partitions on a Redis Cluster.
 pub(crate) fn layout(config: &crate::config::Config) -> Layout {
-    if config.redis.url.expose().starts_with("redis+cluster://") {
-        Layout::cluster(&config.redis.key_prefix)
-    } else {
-        Layout::single(&config.redis.key_prefix)
+    match config.redis_target() {
+        Ok(RedisTarget::Cluster { .. }) => Layout::cluster(&config.redis.key_prefix),
+        _ => Layout::single(&config.redis.key_prefix),
     }
 }
 
@@ -167,6 +167,10 @@ impl RedisStore {
         o.tasks
             .spawn(redis.follow(target.clone(), Duration::from_secs(1), o.shutdown.clone()));
         o.tasks.spawn(presence_task.run());
+        let cluster = match &target {
+            RedisTarget::Cluster { seeds, userinfo } => Some((seeds.clone(), userinfo.clone())),
+            _ => None,
+        };
         let subscriber = bus::Subscriber {
             target,
             registry: registry.clone(),
@@ -183,7 +187,31 @@ impl RedisStore {
                 .map(|h| (h, config.history.size, config.history.ttl_secs)),
             recent,
         };
-        o.tasks.spawn(subscriber.run());
+        match &cluster {
+            Some((seeds, userinfo)) => {
+                // The node's own and the shared channel of every
+                // partition, and the home's shared one.
+                let node_id = config.node_id();
+                let channels: Vec<String> = std::iter::once(node_keys.bus())
+                    .chain(
+                        registry
+                            .layout()
+                            .parts()
+                            .iter()
+                            .flat_map(|k| [k.bus(), k.node_bus(&node_id)]),
+                    )
+                    .collect();
+                o.tasks.spawn(subscriber.run_sharded(
+                    seeds.clone(),
+                    userinfo.clone(),
+                    channels,
+                    o.tasks.clone(),
+                ));
+            }
+            None => {
+                o.tasks.spawn(subscriber.run());
+            }
+        }
         let mut waiting = bus_up.clone();
         let within = Duration::from_secs(config.redis.connect_timeout_secs);
         if tokio::time::timeout(within, waiting.wait_for(|up| *up))
@@ -404,7 +432,11 @@ impl RedisStore {
     /// hear it silently misses other nodes' messages.
     pub(crate) async fn health(&self) -> Health {
         Health {
-            engine: "redis",
+            engine: if self.registry.layout().sharded() {
+                "redis-cluster"
+            } else {
+                "redis"
+            },
             redis: Some(self.registry.ping().await.map_err(|e| e.to_string())),
             bus: Some(*self.bus_up.borrow()),
         }

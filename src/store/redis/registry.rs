@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::aio::ConnectionManager;
+
 use redis::{AsyncCommands, Script};
 
-use super::conn::SharedConn;
+use super::conn::{RedisConn, SharedConn};
 use super::keys::{Keys, Layout};
 use crate::store::{
     sort_records, Cleared, ConnectionRecord, LiveConn, Removed, Result, StoreError, TopicCount,
@@ -112,7 +112,7 @@ impl Redis {
 
     /// A clone of the multiplexed connection, for modules that own other
     /// Redis keys (history, bus).
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> RedisConn {
         self.conn.get()
     }
 
