@@ -42,20 +42,27 @@ async fn metrics_of(node: &TestNode) -> (f64, f64) {
 /// which the single-Redis tests cover); exact counts of who received what
 /// are for a registry known whole.
 async fn whole_registry(cluster: &RedisCluster, nodes: usize) {
-    wait_until(WAIT, format!("{nodes} nodes reported their write-back in every partition"), || async {
-        let mut full = 0;
-        for p in cluster.primaries() {
-            let keys: Vec<String> = cluster
-                .node(p)
-                .query(redis::cmd("KEYS").arg("*:synced"))
-                .unwrap_or_default();
-            for k in keys {
-                let n: usize = cluster.node(p).query(redis::cmd("HLEN").arg(&k)).unwrap_or(0);
-                full += usize::from(n >= nodes);
+    wait_until(
+        WAIT,
+        format!("{nodes} nodes reported their write-back in every partition"),
+        || async {
+            let mut full = 0;
+            for p in cluster.primaries() {
+                let keys: Vec<String> = cluster
+                    .node(p)
+                    .query(redis::cmd("KEYS").arg("*:synced"))
+                    .unwrap_or_default();
+                for k in keys {
+                    let n: usize = cluster
+                        .node(p)
+                        .query(redis::cmd("HLEN").arg(&k))
+                        .unwrap_or(0);
+                    full += usize::from(n >= nodes);
+                }
             }
-        }
-        full == 64
-    })
+            full == 64
+        },
+    )
     .await;
     for p in cluster.primaries() {
         let keys: Vec<String> = cluster
@@ -72,14 +79,15 @@ async fn whole_registry(cluster: &RedisCluster, nodes: usize) {
     }
 }
 
-/// Users whose records land on each primary (`count` per primary): the
-/// engine keeps a user's keys in one partition, whose hash tag is in
-/// the keys it writes; read back from the cluster itself.
+/// Users whose records land on each primary (`count` per primary), with
+/// a stream each on `node` (kept open with the returned clients): the
+/// engine keeps a user's keys in one partition, whose hash tag is in the
+/// keys it writes; read back from the cluster itself.
 async fn users_per_primary(
     cluster: &RedisCluster,
     node: &TestNode,
     count: usize,
-) -> BTreeMap<u16, Vec<String>> {
+) -> (BTreeMap<u16, Vec<String>>, Vec<SseClient>) {
     let mut out: BTreeMap<u16, Vec<String>> = BTreeMap::new();
     let mut streams = Vec::new();
     for i in 0.. {
@@ -99,7 +107,7 @@ async fn users_per_primary(
         }
         streams.push(tab);
     }
-    out
+    (out, streams)
 }
 
 /// The primary holding `user`'s connection zset: the node whose `SCAN`
@@ -195,7 +203,7 @@ async fn the_registry_spreads_over_every_primary() {
         .await
         .unwrap();
     let node = TestNode::start(config(&cluster)).await;
-    let users = users_per_primary(&cluster, &node, 2).await;
+    let (users, _streams) = users_per_primary(&cluster, &node, 2).await;
     assert_eq!(users.len(), 3, "users on all three primaries: {users:?}");
     let listed = listing(&node.admin_base()).await;
     for list in users.values() {
@@ -257,7 +265,7 @@ async fn moving_slots_while_sending_loses_nothing() {
     let cluster = Arc::new(cluster);
     let a = TestNode::start(config(&cluster)).await;
     let b = TestNode::start(config(&cluster)).await;
-    let users = users_per_primary(&cluster, &a, 1).await;
+    let (users, _streams) = users_per_primary(&cluster, &a, 1).await;
     let primaries: Vec<u16> = users.keys().copied().collect();
     // Streams on b: its subscriptions must follow the slots.
     let mut tabs = Vec::new();
@@ -304,7 +312,7 @@ async fn killing_a_primary_while_sending_loses_no_stream() {
     let url_cluster = cluster.lock().unwrap();
     let a = TestNode::start(config(&url_cluster)).await;
     let b = TestNode::start(config(&url_cluster)).await;
-    let users = users_per_primary(&url_cluster, &a, 1).await;
+    let (users, _streams) = users_per_primary(&url_cluster, &a, 1).await;
     drop(url_cluster);
     let victim = *users.keys().next().unwrap();
     let mut tabs = Vec::new();

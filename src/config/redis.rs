@@ -142,7 +142,10 @@ fn parse_cluster(rest: &str) -> Result<RedisTarget, String> {
     };
     let seeds = host_list(hosts, REDIS_PORT);
     if seeds.is_empty() {
-        return Err("a cluster URL needs at least one host:port: redis+cluster://host1:6379,host2:6379/".into());
+        return Err(
+            "a cluster URL needs at least one host:port: redis+cluster://host1:6379,host2:6379/"
+                .into(),
+        );
     }
     // Each seed must read as a Redis URL of its own: the engine connects
     // to every node this way.

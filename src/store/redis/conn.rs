@@ -164,13 +164,20 @@ impl SharedConn {
     }
 
     /// With Sentinel, checks every `every` which node is the primary and
-    /// moves the connection there after a failover. Returns at shutdown.
+    /// moves the connection there after a failover; on a cluster, re-reads
+    /// which primary serves which slots and builds the connection anew
+    /// when that changed. Returns at shutdown.
     pub(crate) async fn follow(
         self,
         target: RedisTarget,
         every: Duration,
         shutdown: CancellationToken,
     ) {
+        if let RedisTarget::Cluster { seeds, userinfo } = &target {
+            return self
+                .follow_cluster(seeds, userinfo.as_deref(), every, shutdown)
+                .await;
+        }
         if !matches!(target, RedisTarget::Sentinel { .. }) {
             return;
         }
@@ -223,6 +230,115 @@ pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, redis::Redis
     client.get_connection_manager_with_config(config).await
 }
 
+impl SharedConn {
+    /// The crate's cluster connection re-reads the slot map only when a
+    /// command meets `MOVED` or finds no connection for its slot: after a
+    /// failover, commands for the dead primary's slots time out until then
+    /// (README "Past one Redis primary"). So the map is read here every
+    /// `every` from any node that answers, and when the primaries changed
+    /// the connection is built anew from the nodes now known.
+    async fn follow_cluster(
+        self,
+        seeds: &[String],
+        userinfo: Option<&str>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut log = crate::throttle::LogThrottle::new(Duration::from_secs(10));
+        let mut known: Vec<String> = seeds.to_vec();
+        let mut seen: Option<Vec<(u16, u16, String)>> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let Some(map) = slot_map(&known, userinfo).await else {
+                if let Some(suppressed) = log.allow() {
+                    tracing::error!(
+                        suppressed,
+                        nodes = known.len(),
+                        "no cluster node answered CLUSTER SLOTS"
+                    );
+                }
+                continue;
+            };
+            // Nodes learnt from the map stay known: the seeds may all go.
+            for (_, _, node) in &map {
+                if !known.contains(node) {
+                    known.push(node.clone());
+                }
+            }
+            if seen.as_ref() == Some(&map) {
+                continue;
+            }
+            let first = seen.is_none();
+            seen = Some(map);
+            if first {
+                continue;
+            }
+            match connect_cluster(&known, userinfo).await {
+                Ok(conn) => {
+                    tracing::warn!(
+                        nodes = known.len(),
+                        "redis cluster slot map changed; connection rebuilt on it"
+                    );
+                    let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+                    inner.1 = RedisConn::Cluster(conn);
+                }
+                Err(e) => {
+                    // Read again next time: a change not yet taken.
+                    seen = None;
+                    if let Some(suppressed) = log.allow() {
+                        tracing::error!(error = %e, suppressed, "cannot connect to the cluster's new layout yet");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which primary (`host:port`) serves each slot range, as the first node
+/// of `nodes` that answers says (`CLUSTER SLOTS`), sorted.
+async fn slot_map(nodes: &[String], userinfo: Option<&str>) -> Option<Vec<(u16, u16, String)>> {
+    let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    for node in nodes {
+        let ask = async {
+            let client = redis::Client::open(format!("redis://{auth}{node}/"))?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Vec<Vec<Value>>>(&mut conn)
+                .await
+        };
+        let Ok(Ok(ranges)) = tokio::time::timeout(Duration::from_secs(1), ask).await else {
+            continue;
+        };
+        // Each range: start, end, then its nodes, the primary first, each
+        // `[host, port, id, ...]`.
+        let mut map: Vec<(u16, u16, String)> = ranges
+            .into_iter()
+            .filter_map(|range| {
+                let mut it = range.into_iter();
+                let start: u16 = redis::from_redis_value(it.next()?).ok()?;
+                let end: u16 = redis::from_redis_value(it.next()?).ok()?;
+                let Value::Array(mut primary) = it.next()? else {
+                    return None;
+                };
+                primary.truncate(2);
+                let (host, port): (String, u16) =
+                    redis::from_redis_value(Value::Array(primary)).ok()?;
+                Some((start, end, format!("{host}:{port}")))
+            })
+            .collect();
+        if map.is_empty() {
+            continue;
+        }
+        map.sort();
+        return Some(map);
+    }
+    None
+}
+
 /// Connects to a Redis Cluster through `seeds` (`host:port`), with the
 /// same credentials on every node and the same timeouts as one Redis: a
 /// command for a slot whose primary is down fails within seconds (the
@@ -232,7 +348,10 @@ async fn connect_cluster(
     userinfo: Option<&str>,
 ) -> redis::RedisResult<ClusterConnection> {
     let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-    let nodes: Vec<String> = seeds.iter().map(|s| format!("redis://{auth}{s}/")).collect();
+    let nodes: Vec<String> = seeds
+        .iter()
+        .map(|s| format!("redis://{auth}{s}/"))
+        .collect();
     redis::cluster::ClusterClientBuilder::new(nodes)
         .connection_timeout(Duration::from_secs(2))
         .response_timeout(Duration::from_secs(3))

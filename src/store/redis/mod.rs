@@ -30,8 +30,8 @@ mod nodes;
 mod presence;
 mod registry;
 mod route;
-mod shared;
 mod sharded;
+mod shared;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
 pub(crate) use keys::Layout;

@@ -687,10 +687,7 @@ async fn read_slots(
     conn: &mut MultiplexedConnection,
     addr: &str,
 ) -> redis::RedisResult<(Table, Vec<String>)> {
-    let value: Value = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(conn)
-        .await?;
+    let value: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     parse_slots(&value, host).ok_or_else(|| {
         redis::RedisError::from((
@@ -839,7 +836,12 @@ mod tests {
 
         /// Publishes probes on `channel` (on the primary serving it now)
         /// until one arrives, for up to `within`.
-        async fn wait_delivered(&mut self, cluster: &RedisCluster, channel: &str, within: Duration) {
+        async fn wait_delivered(
+            &mut self,
+            cluster: &RedisCluster,
+            channel: &str,
+            within: Duration,
+        ) {
             let deadline = Instant::now() + within;
             loop {
                 self.probes += 1;
@@ -863,7 +865,9 @@ mod tests {
             self.tasks.close();
             let within = Duration::from_secs(5);
             assert!(
-                tokio::time::timeout(within, self.tasks.wait()).await.is_ok(),
+                tokio::time::timeout(within, self.tasks.wait())
+                    .await
+                    .is_ok(),
                 "the subscriber did not end within {within:?} of shutdown"
             );
             assert!(!*self.handle.up().borrow(), "up after shutdown");
@@ -907,7 +911,11 @@ mod tests {
         s.wait_up("at start").await;
 
         for (i, ch) in channels.iter().enumerate() {
-            assert_eq!(spublish(&cluster, ch, &format!("m{i}")), 1, "subscribers of {ch}");
+            assert_eq!(
+                spublish(&cluster, ch, &format!("m{i}")),
+                1,
+                "subscribers of {ch}"
+            );
         }
         for (i, ch) in channels.iter().enumerate() {
             let payload = format!("m{i}");
@@ -916,7 +924,12 @@ mod tests {
                 "{payload} on {ch} never arrived"
             );
         }
-        assert_eq!(s.got.len(), channels.len(), "each message once: {:?}", s.got);
+        assert_eq!(
+            s.got.len(),
+            channels.len(),
+            "each message once: {:?}",
+            s.got
+        );
         assert_eq!(s.handle.resubscriptions(), 0);
         for p in cluster.primaries() {
             assert_eq!(crossslot_errors(&cluster, p), 0, "CROSSSLOT on {p}");
@@ -936,7 +949,8 @@ mod tests {
         channels.push(moving.clone());
         let mut s = start(&cluster, &channels, Some(Duration::from_secs(3600)));
         s.wait_up("at start").await;
-        s.wait_delivered(&cluster, &moving, Duration::from_secs(5)).await;
+        s.wait_delivered(&cluster, &moving, Duration::from_secs(5))
+            .await;
 
         tokio::task::block_in_place(|| cluster.move_slot(RedisCluster::slot_of(&moving), q));
 
@@ -973,7 +987,8 @@ mod tests {
         let promoted = tokio::task::block_in_place(|| cluster.kill_primary(p));
 
         for ch in &on_p {
-            s.wait_delivered(&cluster, ch, Duration::from_secs(15)).await;
+            s.wait_delivered(&cluster, ch, Duration::from_secs(15))
+                .await;
             assert_eq!(cluster.owner(RedisCluster::slot_of(ch)), promoted);
         }
         for ch in &others {
@@ -1012,7 +1027,8 @@ mod tests {
         }
 
         for ch in &channels {
-            s.wait_delivered(&cluster, ch, Duration::from_secs(10)).await;
+            s.wait_delivered(&cluster, ch, Duration::from_secs(10))
+                .await;
         }
         assert_eq!(s.handle.resubscriptions(), channels.len() as u64);
         assert_eq!(s.handle.unsubscribed_by_redis(), 0);
