@@ -1,5 +1,5 @@
-//! The integration tests' harness (a `redis-server` of the test's own,
-//! waiting with deadlines), compiled into the unit tests too so that the
+//! The integration tests' harness (a `redis-server` or Redis Cluster of the
+//! test's own, waiting with deadlines), compiled into the unit tests too so that the
 //! store stays `pub(crate)`.
 
 #[allow(
@@ -9,6 +9,13 @@
 )]
 #[path = "../../tests/common/poll.rs"]
 pub(crate) mod poll;
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "the harness serves the integration tests too"
+)]
+#[path = "../../tests/common/redis_cluster.rs"]
+pub(crate) mod redis_cluster;
 #[allow(
     dead_code,
     unreachable_pub,

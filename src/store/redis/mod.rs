@@ -4,7 +4,9 @@
 //! between nodes on pub/sub channels, each message only to the nodes that
 //! hold its streams ([`bus`], channels chosen as [`route`] says); this
 //! node's streams are
-//! mirrored into the registry by one task ([`presence`]).
+//! mirrored into the registry by one task ([`presence`]). On a Redis
+//! Cluster the node's shard channels are kept subscribed on the primaries
+//! serving their slots by [`sharded`].
 
 use std::sync::Arc;
 use std::time::Duration;
