@@ -843,11 +843,25 @@ mod tests {
             channel: &str,
             within: Duration,
         ) {
+            self.wait_published(channel, within, |payload| {
+                spublish(cluster, channel, payload)
+            })
+            .await;
+        }
+
+        /// Publishes probes on `channel` with `publish` until one arrives,
+        /// for up to `within`.
+        async fn wait_published(
+            &mut self,
+            channel: &str,
+            within: Duration,
+            publish: impl Fn(&str) -> u64,
+        ) {
             let deadline = Instant::now() + within;
             loop {
                 self.probes += 1;
                 let payload = format!("probe-{}", self.probes);
-                spublish(cluster, channel, &payload);
+                publish(&payload);
                 if self
                     .received(channel, &payload, Duration::from_millis(300))
                     .await
@@ -1033,6 +1047,46 @@ mod tests {
         assert!(s.handle.resubscriptions() >= on_p.len() as u64);
         assert!(s.handle.topology_changes() >= 1);
         s.wait_up("after the failover").await;
+        s.stop().await;
+    }
+
+    /// A primary that stops answering without closing its sockets (frozen,
+    /// SIGSTOP) is failed over by its replica: no connection of ours
+    /// breaks and Redis sends no push, so only the timer's re-read of the
+    /// slot map can move the subscriptions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_primary_is_followed_by_the_timer() {
+        let cluster = RedisCluster::start();
+        let p = cluster.primaries()[0];
+        let replica = cluster.replicas_of(p)[0];
+        let on_p = cluster.names_on(p, "sse:frozen:", 2);
+        let mut s = start(&cluster, &on_p, None);
+        s.wait_up("at start").await;
+        let pid = cluster.node(p).info("server").remove("process_id");
+        let pid = pid.expect("INFO server has process_id");
+
+        // kill(2) through the command line tool: no unsafe. The harness
+        // SIGKILLs it at the end, stopped or not.
+        let frozen = std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill");
+        assert!(frozen.success());
+
+        // The harness's own look-ups would wait on the frozen node: publish
+        // on the replica, which refuses (MOVED) until it is the primary.
+        let promoted = cluster.node(replica);
+        for ch in &on_p {
+            s.wait_published(ch, Duration::from_secs(20), |payload| {
+                promoted
+                    .query(redis::cmd("SPUBLISH").arg(ch).arg(payload))
+                    .unwrap_or(0)
+            })
+            .await;
+        }
+        assert_eq!(s.handle.unsubscribed_by_redis(), 0, "Redis told us");
+        assert_eq!(s.handle.resubscriptions(), on_p.len() as u64);
+        assert!(s.handle.topology_changes() >= 1);
         s.stop().await;
     }
 
