@@ -554,6 +554,12 @@ impl Subscriber {
         let now = sharded.resubscriptions();
         if now > *redone {
             self.metrics.bus_resubscribes.inc_by(now - *redone);
+            tracing::info!(
+                channels = now - *redone,
+                slot_moves = sharded.unsubscribed_by_redis(),
+                slot_map_changes = sharded.topology_changes(),
+                "bus channels subscribed again; re-registering live connections"
+            );
             *redone = now;
             self.presence.resync();
         }
