@@ -118,7 +118,10 @@ fn partition_of(cluster: &RedisCluster, user: &str) -> String {
         .query(redis::cmd("KEYS").arg(format!("*:user:{user}")))
         .expect("KEYS");
     let key = keys.first().unwrap_or_else(|| panic!("no key of {user}"));
-    key.split(['{', '}']).nth(1).expect("a hash tag").to_string()
+    key.split(['{', '}'])
+        .nth(1)
+        .expect("a hash tag")
+        .to_string()
 }
 
 /// The primary holding `user`'s connection zset: the node whose `SCAN`
@@ -228,16 +231,32 @@ async fn a_topics_messages_reach_only_the_nodes_of_its_followers() {
     let mut bob = follow(&b, "bob", "doc:1,team:7").await;
     let mut cid = follow(&b, "cid", "team:7").await;
     whole_registry(&cluster, 3).await;
-    let before = [metrics_of(&a).await, metrics_of(&b).await, metrics_of(&c).await];
+    let before = [
+        metrics_of(&a).await,
+        metrics_of(&b).await,
+        metrics_of(&c).await,
+    ];
     for i in 0..5 {
         let (status, resp) = send(&c.admin_base(), json!({"topic": "doc:1", "data": i})).await;
-        assert_eq!((status, &resp["data"]["connections"]), (200, &json!(2)), "{resp}");
+        assert_eq!(
+            (status, &resp["data"]["connections"]),
+            (200, &json!(2)),
+            "{resp}"
+        );
     }
     for i in 0..3 {
         let (status, resp) = send(&c.admin_base(), json!({"topic": "team:7", "data": i})).await;
-        assert_eq!((status, &resp["data"]["connections"]), (200, &json!(2)), "{resp}");
+        assert_eq!(
+            (status, &resp["data"]["connections"]),
+            (200, &json!(2)),
+            "{resp}"
+        );
     }
-    for (tab, n, who) in [(&mut ann, 5, "ann"), (&mut bob, 8, "bob"), (&mut cid, 3, "cid")] {
+    for (tab, n, who) in [
+        (&mut ann, 5, "ann"),
+        (&mut bob, 8, "bob"),
+        (&mut cid, 3, "cid"),
+    ] {
         for i in 0..n {
             tab.next_named("message", WAIT)
                 .await
@@ -265,7 +284,11 @@ async fn a_topics_messages_reach_only_the_nodes_of_its_followers() {
     send_ok(&c.admin_base(), json!({"data": "end"})).await;
     for (tab, who) in [(&mut ann, "ann"), (&mut bob, "bob"), (&mut cid, "cid")] {
         let ev = tab.next_named("message", WAIT).await;
-        assert_eq!(ev.map(|e| e.data), Some("\"end\"".to_string()), "{who}: nothing more before the end");
+        assert_eq!(
+            ev.map(|e| e.data),
+            Some("\"end\"".to_string()),
+            "{who}: nothing more before the end"
+        );
     }
 }
 

@@ -53,7 +53,11 @@ async fn all_pages(node: &TestNode, limit: usize) -> Vec<Value> {
 
 /// Listing details without the `last_heartbeat` of each record.
 fn without_heartbeats(mut details: Value) -> Value {
-    for list in details.as_object_mut().into_iter().flat_map(|d| d.values_mut()) {
+    for list in details
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|d| d.values_mut())
+    {
         for record in list.as_array_mut().into_iter().flatten() {
             if let Some(r) = record.as_object_mut() {
                 r.remove("last_heartbeat");

@@ -25,7 +25,15 @@ pub fn write_config_at(
     connect_timeout_secs: u64,
     extra: &str,
 ) -> PathBuf {
-    write_config_with(dir, public, admin, redis_url, connect_timeout_secs, "", extra)
+    write_config_with(
+        dir,
+        public,
+        admin,
+        redis_url,
+        connect_timeout_secs,
+        "",
+        extra,
+    )
 }
 
 /// [`write_config_at`] with more keys of `[redis]` (`redis_keys`).
@@ -57,7 +65,15 @@ pub fn write_config(dir: &Path, redis_url: &str, extra: &str) -> PathBuf {
 /// scenario's key prefix, and history off unless `extra` sets it).
 pub fn write_env_config(dir: &Path, env: &Env, extra: &str) -> PathBuf {
     let (redis_keys, extra) = env.binary_keys(extra);
-    write_config_with(dir, "127.0.0.1:0", "127.0.0.1:0", &env.url(), 3, &redis_keys, &extra)
+    write_config_with(
+        dir,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &env.url(),
+        3,
+        &redis_keys,
+        &extra,
+    )
 }
 
 /// `sse-notify serve -c FILE` without waiting for it; stdout and stderr go
