@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use common::*;
 use serde_json::json;
 
@@ -311,25 +313,58 @@ async fn the_registry_spreads_over_every_primary() {
     }
 }
 
-/// Sends one message to each of `users` in turn until `stop`, retrying
-/// a 503 (what the web app does); returns every message answered 200, per
-/// user, by its data.
-async fn send_until(
-    admin: String,
-    users: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> HashMap<String, Vec<u64>> {
-    let mut sent: HashMap<String, Vec<u64>> = HashMap::new();
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        for user in &users {
-            n += 1;
-            let (status, _) = send(&admin, json!({"to": user, "data": n})).await;
-            match status {
-                200 => sent.entry(user.clone()).or_default().push(n),
-                503 => {}
-                other => panic!("a send answered {other}"),
+/// What the send loops got: per user, every message answered 200 (its
+/// data, and when the answer came), and the messages of the sends
+/// answered 503.
+#[derive(Default)]
+struct Sent {
+    ok: HashMap<String, Vec<(u64, Instant)>>,
+    refused: HashMap<String, Vec<String>>,
+}
+
+impl Sent {
+    /// The data of `user`'s messages answered 200 (within `during`, if
+    /// given).
+    fn ok_of(&self, user: &str, during: Option<(Instant, Instant)>) -> Vec<u64> {
+        self.ok
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|(_, at)| during.is_none_or(|(from, to)| *at >= from && *at <= to))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// Sends messages to each of `users` until `stop`, one loop per user (a
+/// user whose partition stalls does not hold up the others), retrying
+/// nothing: a 503 is what the web app would retry.
+async fn send_until(admin: String, users: Vec<String>, stop: Arc<AtomicBool>) -> Sent {
+    let mut loops = tokio::task::JoinSet::new();
+    for (k, user) in users.into_iter().enumerate() {
+        let (admin, stop) = (admin.clone(), stop.clone());
+        loops.spawn(async move {
+            let (mut ok, mut refused) = (Vec::new(), Vec::new());
+            // Data unique across users: 1_000_000 per user.
+            let mut n = (k as u64 + 1) * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (status, body) = send(&admin, json!({"to": user, "data": n})).await;
+                match status {
+                    200 => ok.push((n, Instant::now())),
+                    503 => refused.push(body["message"].as_str().unwrap_or_default().to_string()),
+                    other => panic!("a send answered {other}: {body}"),
+                }
             }
+            (user, ok, refused)
+        });
+    }
+    let mut sent = Sent::default();
+    while let Some(done) = loops.join_next().await {
+        let (user, ok, refused) = done.expect("a send loop");
+        sent.ok.insert(user.clone(), ok);
+        if !refused.is_empty() {
+            sent.refused.insert(user, refused);
         }
     }
     sent
@@ -352,28 +387,85 @@ async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
     }
 }
 
+/// Two nodes on `cluster`, a user on each primary with a stream on b (whose
+/// subscriptions must follow the slots), and messages sent to them through
+/// a until [`Sending::finish`].
+struct Sending {
+    a: TestNode,
+    b: TestNode,
+    /// Per primary, its user.
+    users: BTreeMap<u16, String>,
+    tabs: Vec<(String, SseClient)>,
+    _streams: Vec<SseClient>,
+    stop: Arc<AtomicBool>,
+    sender: tokio::task::JoinHandle<Sent>,
+}
+
+impl Sending {
+    async fn start(cluster: &RedisCluster) -> Sending {
+        let a = TestNode::start(config(cluster)).await;
+        let b = TestNode::start(config(cluster)).await;
+        let (per_primary, streams) = users_per_primary(cluster, &a, 1).await;
+        let users: BTreeMap<u16, String> = per_primary
+            .into_iter()
+            .map(|(p, list)| (p, list[0].clone()))
+            .collect();
+        let mut tabs = Vec::new();
+        for user in users.values() {
+            tabs.push((user.clone(), SseClient::connect(&b, user).await.0));
+        }
+        let all: Vec<String> = users.values().cloned().collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = tokio::spawn(send_until(a.admin_base(), all, stop.clone()));
+        Sending {
+            a,
+            b,
+            users,
+            tabs,
+            _streams: streams,
+            stop,
+            sender,
+        }
+    }
+
+    /// Stops sending, then sends each user one more message (data 0);
+    /// every stream on b gets that one and every message answered 200 but
+    /// those `lost` allows (a user's, answered within a time window), once
+    /// each.
+    async fn finish(mut self, lost: Option<(&str, Instant, Instant)>) -> (Sending, Sent) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = (&mut self.sender).await.expect("sender");
+        for user in self.users.values() {
+            send_ok(&self.a.admin_base(), json!({"to": user, "data": 0})).await;
+        }
+        for (user, tab) in &mut self.tabs {
+            let may_lose: HashSet<u64> = match lost {
+                Some((who, from, to)) if who == user.as_str() => {
+                    sent.ok_of(user, Some((from, to))).into_iter().collect()
+                }
+                _ => HashSet::new(),
+            };
+            let mut want: Vec<u64> = sent
+                .ok_of(user, None)
+                .into_iter()
+                .filter(|n| !may_lose.contains(n))
+                .collect();
+            want.push(0);
+            receive_all(tab, user, &want).await;
+        }
+        (self, sent)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_slots_while_sending_loses_nothing() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .unwrap();
     let cluster = Arc::new(cluster);
-    let a = TestNode::start(config(&cluster)).await;
-    let b = TestNode::start(config(&cluster)).await;
-    let (users, _streams) = users_per_primary(&cluster, &a, 1).await;
-    let primaries: Vec<u16> = users.keys().copied().collect();
-    // Streams on b: its subscriptions must follow the slots.
-    let mut tabs = Vec::new();
-    let mut all = Vec::new();
-    for list in users.values() {
-        for user in list {
-            tabs.push((user.clone(), SseClient::connect(&b, user).await.0));
-            all.push(user.clone());
-        }
-    }
-    let resubscribed = metric(&b.admin_base(), "sse_notify_bus_resubscribes_total").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = tokio::spawn(send_until(a.admin_base(), all.clone(), stop.clone()));
+    let sending = Sending::start(&cluster).await;
+    let primaries: Vec<u16> = sending.users.keys().copied().collect();
+    let resubscribed = metric(&sending.b.admin_base(), "sse_notify_bus_resubscribes_total").await;
     // Half of the first primary's slots to the second, while sending.
     let moved = {
         let cluster = cluster.clone();
@@ -381,65 +473,58 @@ async fn moving_slots_while_sending_loses_nothing() {
         tokio::task::spawn_blocking(move || cluster.reshard(from, to, 2730))
     };
     moved.await.expect("reshard");
-    stop.store(true, Ordering::Relaxed);
-    let sent = sender.await.expect("sender");
     // And after the move: every user still reachable, on b too.
-    for user in &all {
-        send_ok(&a.admin_base(), json!({"to": user, "data": 0})).await;
-    }
-    for (user, tab) in &mut tabs {
-        let mut want = sent.get(user.as_str()).cloned().unwrap_or_default();
-        want.push(0);
-        receive_all(tab, user, &want).await;
-    }
+    let (sending, _) = sending.finish(None).await;
     assert!(
-        metric(&b.admin_base(), "sse_notify_bus_resubscribes_total").await > resubscribed,
+        metric(&sending.b.admin_base(), "sse_notify_bus_resubscribes_total").await > resubscribed,
         "b never resubscribed a moved slot's channels"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_primary_while_sending_loses_no_stream() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+async fn killing_a_primary_while_sending_loses_no_stream_and_delays_only_its_users() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .unwrap();
-    let mut cluster = cluster;
-    let a = TestNode::start(config(&cluster)).await;
-    let b = TestNode::start(config(&cluster)).await;
-    let (users, _streams) = users_per_primary(&cluster, &a, 1).await;
-    let victim = *users.keys().next().unwrap();
-    let mut tabs = Vec::new();
-    let mut all = Vec::new();
-    for list in users.values() {
-        for user in list {
-            tabs.push((user.clone(), SseClient::connect(&b, user).await.0));
-            all.push(user.clone());
-        }
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = tokio::spawn(send_until(a.admin_base(), all.clone(), stop.clone()));
+    let sending = Sending::start(&cluster).await;
+    let (victim, victims_user) = sending
+        .users
+        .iter()
+        .next()
+        .map(|(p, u)| (*p, u.clone()))
+        .expect("a user");
     // This worker blocks until the replica took over; the sender runs on.
+    let killed = Instant::now();
     let promoted = tokio::task::block_in_place(|| cluster.kill_primary(victim));
-    // The other primaries' users kept getting messages during the
-    // failover; the victim's come back once its replica took over.
+    let took_over = Instant::now();
     wait_until(
         Duration::from_secs(30),
         "a send to the victim's user succeeds",
         || {
-            let admin = a.admin_base();
-            let user = users[&victim][0].clone();
-            async move { send(&admin, json!({"to": user, "data": 0})).await.0 == 200 }
+            let admin = sending.a.admin_base();
+            let user = victims_user.clone();
+            async move { send(&admin, json!({"to": user, "data": 1})).await.0 == 200 }
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = sender.await.expect("sender");
-    for (user, tab) in &mut tabs {
-        let want = sent.get(user.as_str()).cloned().unwrap_or_default();
-        receive_all(tab, user, &want).await;
+    // With history off nothing is kept to catch up from: what the killed
+    // primary published just before it died may not have reached b. Any
+    // other message answered 200 arrives, once.
+    let window = (killed - Duration::from_secs(1), took_over);
+    let (sending, sent) = sending
+        .finish(Some((&victims_user, window.0, window.1)))
+        .await;
+    // The other primaries' users kept getting messages while the victim's
+    // partitions failed over.
+    for user in sending.users.values().filter(|u| **u != victims_user) {
+        assert!(
+            !sent.ok_of(user, Some((killed, took_over))).is_empty(),
+            "{user} (not on the failed primary) got nothing sent during the failover: refused {:?}",
+            sent.refused.get(user.as_str())
+        );
     }
-    let listed = listing(&a.admin_base()).await;
-    for user in &all {
+    let listed = listing(&sending.a.admin_base()).await;
+    for user in sending.users.values() {
         assert!(
             listed["connection_details"][user].is_array(),
             "{user}'s stream still listed after {victim} failed over to {promoted}: {listed}"

@@ -169,9 +169,7 @@ async fn this_node(node: &Node) -> NodeStatus {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("unreachable: {e}"),
         }),
-        bus: health
-            .bus
-            .map(|up| if up { "ok" } else { "down" }.to_string()),
+        bus: health.bus.map(|b| b.as_str().to_string()),
         connects: m.connects.get(),
         disconnects: m.disconnects.get(),
         messages_sent: m.messages_sent.get(),

@@ -408,8 +408,29 @@ pub(crate) struct Health {
     pub engine: &'static str,
     /// Redis engine: `Err` with why Redis does not answer.
     pub redis: Option<std::result::Result<(), String>>,
-    /// Redis engine: whether this node's bus subscription is up.
-    pub bus: Option<bool>,
+    /// Redis engine: whether this node hears the bus.
+    pub bus: Option<BusHealth>,
+}
+
+/// Whether a node hears the bus.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum BusHealth {
+    Up,
+    /// On a Redis Cluster: some channels are not subscribed (a primary
+    /// failing over): sends for the users of its partitions are refused
+    /// until they are back, the others go on.
+    Partial,
+    Down,
+}
+
+impl BusHealth {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BusHealth::Up => "ok",
+            BusHealth::Partial => "partial",
+            BusHealth::Down => "down",
+        }
+    }
 }
 
 /// A connection to the engine the config names, made before the node

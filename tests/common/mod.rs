@@ -75,7 +75,7 @@ impl Env {
     }
 
     /// On the shared cluster, started now if it is not yet (blocking).
-    pub fn cluster() -> Env {
+    pub fn redis_cluster() -> Env {
         shared_cluster();
         Env {
             redis: None,
@@ -148,27 +148,9 @@ impl Env {
 /// engine, [`on_every_engine!`]).
 #[macro_export]
 macro_rules! on_both_engines {
-    ($($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block)*) => {$(
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            async fn scenario($env: $crate::common::Env) $body
-
-            // Two workers: scenarios may block a thread (the CLI, a child's
-            // exit) while streams must stay polled.
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                scenario($crate::common::Env::memory()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                scenario($crate::common::Env::redis()).await
-            }
-        }
-    )*};
+    ($($scenarios:tt)*) => {
+        $crate::on_engines!([memory, redis] $($scenarios)*);
+    };
 }
 
 /// Runs each scenario `async fn name(env: Env) { ... }` as three tests,
@@ -177,7 +159,16 @@ macro_rules! on_both_engines {
 /// [`on_both_engines!`] until the cluster engine keeps history.
 #[macro_export]
 macro_rules! on_every_engine {
-    ($($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block)*) => {$(
+    ($($scenarios:tt)*) => {
+        $crate::on_engines!([memory, redis, redis_cluster] $($scenarios)*);
+    };
+}
+
+/// Each scenario as a module with one test per engine of the list (each
+/// the name of an [`Env`] constructor).
+#[macro_export]
+macro_rules! on_engines {
+    ($engines:tt $($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block)*) => {$(
         $(#[$meta])*
         mod $name {
             #[allow(unused_imports)]
@@ -185,23 +176,24 @@ macro_rules! on_every_engine {
 
             async fn scenario($env: $crate::common::Env) $body
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                scenario($crate::common::Env::memory()).await
-            }
+            $crate::engine_tests!($engines);
+        }
+    )*};
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                scenario($crate::common::Env::redis()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis_cluster() {
-                let env = tokio::task::spawn_blocking($crate::common::Env::cluster)
-                    .await
-                    .expect("the shared cluster");
-                scenario(env).await
-            }
+/// The tests of one scenario module, one per engine.
+#[macro_export]
+macro_rules! engine_tests {
+    ([$($engine:ident),*]) => {$(
+        // Two workers: scenarios may block a thread (the CLI, a child's
+        // exit) while streams must stay polled. The engine starts on a
+        // blocking thread (a Redis server or the shared cluster).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $engine() {
+            let env = tokio::task::spawn_blocking($crate::common::Env::$engine)
+                .await
+                .expect("the engine");
+            scenario(env).await
         }
     )*};
 }

@@ -73,6 +73,10 @@ impl ClusterNode {
             // The three-by-three layout stays as built: a primary left
             // without replica does not take one from another.
             .args(["--cluster-allow-replica-migration", "no"])
+            // While a primary fails over, the others' slots keep serving
+            // (Redis's default stops the whole cluster), as the README
+            // says to configure a cluster for sse-notify.
+            .args(["--cluster-require-full-coverage", "no"])
             // A replica's first sync starts at once, not after the
             // default 5 s wait for more replicas.
             .args(["--repl-diskless-sync-delay", "0"])

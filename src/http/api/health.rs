@@ -13,6 +13,7 @@ use super::model::Health;
 use crate::http::envelope;
 use crate::http::listener::Via;
 use crate::http::Front;
+use crate::store::BusHealth;
 
 pub(super) fn routes(front: &Arc<Front>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path("healthz").and(end());
@@ -37,14 +38,15 @@ pub(super) fn routes(front: &Arc<Front>) -> BoxedFilter<(Response,)> {
 
 /// 200 only when the store answers (Redis engine: Redis answers and the
 /// bus subscription is up: a node that cannot hear the bus silently misses
-/// other nodes' messages).
+/// other nodes' messages). On a Redis Cluster a node deaf to some
+/// partitions only (a primary failing over) stays 200 with `"bus":
+/// "partial"`: every node is so at once, and it refuses only the sends
+/// those partitions carry.
 async fn health(front: Arc<Front>, via: Option<Via>) -> Response {
     let state = front.node().health().await;
     let mut health = Health {
         admin_listen: via.map(|v| v.listener.to_string()),
-        bus: state
-            .bus
-            .map(|up| if up { "ok" } else { "down" }.to_string()),
+        bus: state.bus.map(|b| b.as_str().to_string()),
         code: None,
         connections: front.node().live_streams(),
         engine: state.engine.to_string(),
@@ -58,7 +60,7 @@ async fn health(front: Arc<Front>, via: Option<Via>) -> Response {
     };
     let problem = match (&state.redis, state.bus) {
         (Some(Err(e)), _) => Some(format!("redis unreachable: {e}")),
-        (_, Some(false)) => Some("bus subscription down".to_string()),
+        (_, Some(BusHealth::Down)) => Some("bus subscription down".to_string()),
         _ => None,
     };
     match problem {

@@ -511,14 +511,9 @@ impl Subscriber {
     /// kept on a cluster, so there is nothing to catch up on.)
     pub(crate) async fn run_sharded(
         self,
-        seeds: Vec<String>,
-        userinfo: Option<String>,
-        channels: Vec<String>,
-        tasks: tokio_util::task::TaskTracker,
+        sharded: super::sharded::Sharded,
+        mut rx: tokio::sync::mpsc::Receiver<super::sharded::ShardMessage>,
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-        let sharded =
-            super::sharded::spawn(seeds, userinfo, channels, tx, self.shutdown.clone(), &tasks);
         let mut up = sharded.up();
         let mut redone = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -408,6 +408,11 @@ pub(crate) async fn bounded<T>(
     match tokio::time::timeout(timeout, fut).await {
         // A sending script's own refusal (route.lua): nothing was kept.
         Ok(Err(e)) if e.code() == Some("RESYNCING") => Err(StoreError::Resyncing),
+        // A target's node is subscribing again on a cluster (route.lua):
+        // nothing was published.
+        Ok(Err(e)) if e.code() == Some("DEAF") => Err(StoreError::Unavailable(
+            "a node holding the targets is subscribing again (a slot moved); retry".into(),
+        )),
         Ok(r) => r.map_err(StoreError::from),
         Err(_) => Err(StoreError::Timeout(timeout)),
     }

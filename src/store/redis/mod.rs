@@ -17,9 +17,10 @@ use crate::config::{HistoryConfig, RedisTarget};
 use crate::metrics::Metrics;
 use crate::store::nodes::{Deployment, NodeStatus};
 use crate::store::seam;
+use crate::store::target::Route;
 use crate::store::{
-    Accepted, Cleared, ConnectionRecord, Health, Inbound, LiveConn, Message, MsgId, NodeLink, Open,
-    Removed, Replay, Result, StoreError, TopicCount, TopicPresence, Wrote,
+    Accepted, BusHealth, Cleared, ConnectionRecord, Health, Inbound, LiveConn, Message, MsgId,
+    NodeLink, Open, Removed, Replay, Result, StoreError, TopicCount, TopicPresence, Wrote,
 };
 
 mod bus;
@@ -36,12 +37,21 @@ mod sharded;
 mod shared;
 
 pub(crate) use conn::{connect_with_retry, SharedConn};
+use keys::Keys;
 pub(crate) use keys::Layout;
 pub(crate) use registry::Redis;
 
 use bus::BusEvent;
 use history::{Appender, History, Recent, RecentIds, Targets};
 use presence::Presence;
+
+/// On a cluster, what this node hears ([`RedisStore::ready`]).
+struct Hearing {
+    sharded: sharded::Sharded,
+    node_id: String,
+    /// How many channels it subscribes.
+    channels: usize,
+}
 
 pub(crate) struct RedisStore {
     registry: Redis,
@@ -53,8 +63,13 @@ pub(crate) struct RedisStore {
     /// This process on the bus: the node id plus a random part, so that
     /// two nodes configured with the same node_id still hear each other.
     origin: String,
-    /// True while this node is subscribed to the bus.
+    /// True while this node is subscribed to the bus (on a cluster: to
+    /// every channel of it).
     bus_up: watch::Receiver<bool>,
+    /// On a cluster: which channels this node hears now, for a send to
+    /// need only its own partitions' (a primary failing over makes the
+    /// node deaf to its partitions' channels only).
+    hearing: Option<Hearing>,
     metrics: Arc<Metrics>,
     /// With history off: reads targets and publishes (`lua/send.lua`).
     unkept: redis::Script,
@@ -189,7 +204,7 @@ impl RedisStore {
                 .map(|h| (h, config.history.size, config.history.ttl_secs)),
             recent,
         };
-        match &cluster {
+        let hearing = match &cluster {
             Some((seeds, userinfo)) => {
                 // The node's own and the shared channel of every
                 // partition, and the home's shared one.
@@ -203,17 +218,28 @@ impl RedisStore {
                             .flat_map(|k| [k.bus(), k.node_bus(&node_id)]),
                     )
                     .collect();
-                o.tasks.spawn(subscriber.run_sharded(
+                let channels_count = channels.len();
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                let sharded = sharded::spawn(
                     seeds.clone(),
                     userinfo.clone(),
                     channels,
-                    o.tasks.clone(),
-                ));
+                    tx,
+                    o.shutdown.clone(),
+                    o.tasks,
+                );
+                o.tasks.spawn(subscriber.run_sharded(sharded.clone(), rx));
+                Some(Hearing {
+                    sharded,
+                    node_id,
+                    channels: channels_count,
+                })
             }
             None => {
                 o.tasks.spawn(subscriber.run());
+                None
             }
-        }
+        };
         let mut waiting = bus_up.clone();
         let within = Duration::from_secs(config.redis.connect_timeout_secs);
         if tokio::time::timeout(within, waiting.wait_for(|up| *up))
@@ -232,6 +258,7 @@ impl RedisStore {
             link: o.link,
             origin,
             bus_up,
+            hearing,
             metrics: o.metrics,
             unkept: bus::unkept_script(sharded),
             heartbeat: config.heartbeat_interval(),
@@ -251,9 +278,28 @@ impl RedisStore {
     }
 
     /// Deaf to the bus, this node could give its streams a message before
-    /// older ones it has not heard yet: refuse until it caught up.
-    fn ready(&self) -> Result<()> {
-        if *self.bus_up.borrow() {
+    /// older ones it has not heard yet: refuse until it caught up. On a
+    /// cluster, only the channels the messages travel on count: a user's
+    /// message needs its partition's, a broadcast the home's, a topic's
+    /// every partition's.
+    fn ready(&self, msgs: &[Message]) -> Result<()> {
+        let Some(hearing) = &self.hearing else {
+            return if *self.bus_up.borrow() {
+                Ok(())
+            } else {
+                Err(StoreError::BusDown)
+            };
+        };
+        let layout = self.registry.layout();
+        let hears = |k: &Keys| {
+            hearing.sharded.hears(&k.bus()) && hearing.sharded.hears(&k.node_bus(&hearing.node_id))
+        };
+        let ready = msgs.iter().all(|m| match m.route() {
+            Route::User(user) | Route::FirstOnly(user) => hears(layout.of_user(user)),
+            Route::Broadcast => hearing.sharded.hears(&layout.home().bus()),
+            Route::Topic(_) => hearing.sharded.deaf_to() == 0,
+        });
+        if ready {
             Ok(())
         } else {
             Err(StoreError::BusDown)
@@ -301,7 +347,7 @@ impl RedisStore {
         msgs: Vec<Message>,
         history: &HistoryConfig,
     ) -> Result<Vec<Accepted>> {
-        self.ready()?;
+        self.ready(&msgs)?;
         let (Some(appender), Some(keeper)) = (&self.appender, &self.history) else {
             return self.send_unkept(msgs).await;
         };
@@ -445,7 +491,16 @@ impl RedisStore {
         Health {
             engine: self.engine(),
             redis: Some(self.registry.ping().await.map_err(|e| e.to_string())),
-            bus: Some(*self.bus_up.borrow()),
+            bus: Some(match &self.hearing {
+                None if *self.bus_up.borrow() => BusHealth::Up,
+                None => BusHealth::Down,
+                Some(h) => match h.sharded.deaf_to() {
+                    0 => BusHealth::Up,
+                    // Its own partitions' channels: every one of them.
+                    n if n >= h.channels => BusHealth::Down,
+                    _ => BusHealth::Partial,
+                },
+            }),
         }
     }
 

@@ -78,6 +78,9 @@ struct Counters {
     resubscriptions: AtomicU64,
     topology_changes: AtomicU64,
     unsubscribed_by_redis: AtomicU64,
+    /// The channels not subscribed now (all of them until the first
+    /// confirmations).
+    down: std::sync::RwLock<HashSet<String>>,
 }
 
 impl Sharded {
@@ -87,6 +90,26 @@ impl Sharded {
     /// channel meanwhile are not received.
     pub(crate) fn up(&self) -> watch::Receiver<bool> {
         self.up.clone()
+    }
+
+    /// Whether `channel` is subscribed now: a message published on it is
+    /// received.
+    pub(crate) fn hears(&self, channel: &str) -> bool {
+        !self
+            .counters
+            .down
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(channel)
+    }
+
+    /// How many channels are not subscribed now.
+    pub(crate) fn deaf_to(&self) -> usize {
+        self.counters
+            .down
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Subscriptions redone: channels confirmed again after they were lost
@@ -152,6 +175,7 @@ fn spawn_refreshing(
     channels.dedup();
     let (up_tx, up) = watch::channel(false);
     let counters = Arc::new(Counters::default());
+    *counters.down.write().unwrap_or_else(|e| e.into_inner()) = channels.iter().cloned().collect();
     let (pushes_tx, pushes) = mpsc::unbounded_channel();
     let worker = Worker {
         seeds,
@@ -600,11 +624,18 @@ impl Worker {
 
     /// Publishes whether every channel is up, logging the changes.
     fn report_up(&mut self) {
-        let down = self
+        let deaf: HashSet<String> = self
             .channels
             .iter()
             .filter(|c| !matches!(c.state, State::Up { .. }))
-            .count();
+            .map(|c| c.name.clone())
+            .collect();
+        let down = deaf.len();
+        *self
+            .counters
+            .down
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = deaf;
         let all = down == 0;
         let was = *self.up.borrow();
         if all == was {

@@ -63,7 +63,27 @@ local function untargeted(resyncing, since, synced, bus, window_ms)
   return true
 end
 
-local function router(bus, conn_prefix, everyone)
+-- On a cluster a node that does not listen on its channel of this
+-- partition may be subscribing it again (the slot just moved here): a
+-- message sent to every node then would miss it too, and nothing is kept
+-- to catch up from. When the node listens on another partition's channel
+-- on this primary, it is alive and connected here: the send is refused
+-- (error DEAF), and the sender retries once it listens. Otherwise the node
+-- is gone (its stale records are swept later) or not connected here yet
+-- (a failover), and the message goes to every node.
+local function glob_escape(s)
+  return (string.gsub(s, '([%*%?%[%]\\])', '\\%1'))
+end
+
+local function refuse_if_listening_here(bus, node)
+  if not SHARDED then return end
+  local pattern = string.gsub(glob_escape(bus), '{[^}]*}', '*') .. ':' .. glob_escape(node)
+  if #redis.call('PUBSUB', 'SHARDCHANNELS', pattern) > 0 then
+    error({err = 'DEAF a node holding the targets is subscribing again (a slot moved); retry'})
+  end
+end
+
+local function router(bus, conn_prefix, everyone, refuse_deaf)
   local r = {}
   local shared = {}
   local pending, order = {}, {}
@@ -92,6 +112,14 @@ local function router(bus, conn_prefix, everyone)
     end
     return h
   end
+  -- A target's node that does not listen: refused if it listens here
+  -- on other channels (on a cluster, for a send), else the message goes
+  -- to every node.
+  local function deaf(node)
+    if node_heard(node) then return false end
+    if refuse_deaf and node and node ~= '' then refuse_if_listening_here(bus, node) end
+    return true
+  end
   -- The connection a one-tab message goes to, among `ids` (the user's,
   -- oldest first): the oldest whose node is alive, else the oldest (its
   -- node may be deaf for a moment and catch up, or dead, and then the
@@ -109,7 +137,7 @@ local function router(bus, conn_prefix, everyone)
     local out, seen = {}, {}
     for _, id in ipairs(ids) do
       local node = redis.call('HGET', conn_prefix .. id, 'node_id')
-      if not node_heard(node) then return nil end
+      if deaf(node) then return nil end
       if not seen[node] then
         seen[node] = true
         table.insert(out, node)
@@ -124,7 +152,7 @@ local function router(bus, conn_prefix, everyone)
     if everyone then return nil end
     local nodes = redis.call('HKEYS', key)
     for _, node in ipairs(nodes) do
-      if not node_heard(node) then return nil end
+      if deaf(node) then return nil end
     end
     return nodes
   end

@@ -10,7 +10,8 @@
 -- `broadcast`, `topic`), its id, and its bus event as JSON without `id`,
 -- `ids` and the closing brace. Returns one {count, ids...} per
 -- message, or the error RESYNCING (nothing published) while a one-tab
--- message has no record to go to.
+-- message has no record to go to, or DEAF (nothing published) while on a
+-- cluster a target's node is subscribing again (route.lua).
 local n = (#ARGV - 3) / 3
 local everyone = untargeted(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3])
 local modes, tkeys, nkeys = {}, {}, {}
@@ -26,7 +27,10 @@ for m = 1, n do
 end
 refuse_unrouted(everyone, modes, tkeys)
 local results = {}
-local route = router(ARGV[1], ARGV[2], everyone)
+local route = router(ARGV[1], ARGV[2], everyone, true)
+-- Every message's nodes first, publishing nothing: a refusal (DEAF) must
+-- leave the whole batch unsent, as its 503 says.
+local planned = {}
 for m = 1, n do
   local tkey = tkeys[m]
   local a = 3 * m + 1
@@ -34,17 +38,17 @@ for m = 1, n do
   local event = head .. ',"id":"' .. id .. '"'
   if mode == 'broadcast' then
     local count = redis.call('ZCARD', tkey)
-    if count > 0 then route.add(event .. '}', nil) end
+    if count > 0 then table.insert(planned, {event .. '}', nil}) end
     table.insert(results, {count})
   elseif mode == 'topic' then
     -- With no record, a follower whose record is missing (re-registration
     -- running) may still be live: route.topic sends it to every node then.
-    route.add(event .. '}', route.topic(nkeys[m]))
+    table.insert(planned, {event .. '}', route.topic(nkeys[m])})
     table.insert(results, {redis.call('ZCARD', tkey)})
   elseif mode == 'first' then
     local first = route.first(redis.call('ZRANGE', tkey, 0, -1))
     if first then
-      route.add(event .. ',"ids":["' .. first .. '"]}', route.nodes({first}))
+      table.insert(planned, {event .. ',"ids":["' .. first .. '"]}', route.nodes({first})})
       table.insert(results, {1, first})
     else
       table.insert(results, {0})
@@ -53,11 +57,12 @@ for m = 1, n do
     local ids = redis.call('ZRANGE', tkey, 0, -1)
     -- With no record, a tab whose record is missing (re-registration
     -- running) may still be live: route.nodes sends it to every node then.
-    route.add(event .. '}', route.nodes(ids))
+    table.insert(planned, {event .. '}', route.nodes(ids)})
     local out = {#ids}
     for _, x in ipairs(ids) do table.insert(out, x) end
     table.insert(results, out)
   end
 end
+for _, p in ipairs(planned) do route.add(p[1], p[2]) end
 route.flush()
 return results
