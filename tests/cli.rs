@@ -322,6 +322,45 @@ fn check_config_masks_the_api_token_and_the_redis_password() {
     assert!(url.contains("127.0.0.1:6379"), "{url}");
 }
 
+#[test]
+fn check_config_refuses_a_bad_cluster_url_saying_why_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("redis+cluster://:s3cr3t-pw@10.0.0.1:7000/2", "database 0"),
+        ("redis+cluster://:s3cr3t-pw@/", "host:port"),
+        ("rediss+cluster://:s3cr3t-pw@10.0.0.1:7000", "TLS"),
+    ];
+    for (i, (url, why)) in cases.iter().enumerate() {
+        let f = config_file(
+            dir.path(),
+            &format!("c{i}.toml"),
+            &format!("[redis]\nurl = \"{url}\"\n"),
+        );
+        let out = cli(&["check-config", "-c", f.to_str().unwrap()]);
+        assert_one_line_error(&out, 2, &["redis.url", why], url);
+        assert!(!out.2.contains("s3cr3t"), "password shown: {}", out.2);
+    }
+}
+
+#[test]
+fn check_config_accepts_a_cluster_url_naming_the_engine_and_masking_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = config_file(
+        dir.path(),
+        "c.toml",
+        // History is not kept on a cluster yet: check-config requires it off.
+        "[redis]\nurl = \"redis+cluster://app:s3cr3t-pw@10.0.0.1:7000,10.0.0.2:7001/\"\n\
+         [history]\nenabled = false\n",
+    );
+    let (rc, stdout, stderr) = cli(&["check-config", "-c", f.to_str().unwrap()]);
+    assert_eq!(rc, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("# engine: redis-cluster"), "{stdout}");
+    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
+    let t = parse_toml(&stdout, "cluster");
+    let url = toml_get(&t, "redis", "url").as_str().unwrap();
+    assert_eq!(url, "redis+cluster://app:****@10.0.0.1:7000,10.0.0.2:7001/");
+}
+
 // ------------------------------------------------------------ connections
 
 #[test]

@@ -129,7 +129,13 @@ impl RedisTarget {
 
 /// What follows `redis+cluster://`.
 fn parse_cluster(rest: &str) -> Result<RedisTarget, String> {
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    // The path starts after the userinfo: a `/` in a password must not make
+    // the rest of it the "path" that the error below quotes.
+    let hosts_from = rest.rfind('@').map_or(0, |at| at + 1);
+    let (authority, path) = match rest[hosts_from..].find('/') {
+        Some(slash) => (&rest[..hosts_from + slash], &rest[hosts_from + slash + 1..]),
+        None => (rest, ""),
+    };
     if !matches!(path, "" | "0") {
         return Err(format!(
             "a Redis Cluster has only database 0; remove {:?} after the hosts",
@@ -255,5 +261,26 @@ mod tests {
         assert!(RedisTarget::parse("redis+cluster://h:7000,h:x:y/").is_err());
         let tls = RedisTarget::parse("rediss+cluster://h:7000/").unwrap_err();
         assert!(tls.contains("TLS"), "{tls}");
+    }
+
+    #[test]
+    fn a_refused_cluster_url_never_quotes_its_password() {
+        for url in [
+            "redis+cluster://:s3cret@h1:7000/x",
+            "redis+cluster://:s3/cret@h1:7000/x",
+            "redis+cluster://app:s3/cret@h1:7000/1",
+            "redis+cluster://:s3cret@/",
+            "rediss+cluster://:s3cret@h1:7000",
+        ] {
+            let e = RedisTarget::parse(url).expect_err(url);
+            assert!(!e.contains("cret"), "{url}: password in {e:?}");
+        }
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://app:s3/cret@h1:7000/").unwrap(),
+            RedisTarget::Cluster {
+                seeds: vec!["h1:7000".into()],
+                userinfo: Some("app:s3/cret".into()),
+            }
+        );
     }
 }

@@ -69,6 +69,14 @@ mod tests {
             mask_url_password("redis+sentinel://:pw@h1,h2/mymaster"),
             "redis+sentinel://:****@h1,h2/mymaster"
         );
+        assert_eq!(
+            mask_url_password("redis+cluster://app:pw@h1:7000,h2:7001/"),
+            "redis+cluster://app:****@h1:7000,h2:7001/"
+        );
+        assert_eq!(
+            mask_url_password("redis+cluster://:pw@h1:7000"),
+            "redis+cluster://:****@h1:7000"
+        );
         assert_eq!(mask_url_password("redis://db:6379/0"), "redis://db:6379/0");
         assert_eq!(format!("{:?}", Secret("hunter2".into())), "\"********\"");
         assert_eq!(format!("{:?}", Secret::default()), "\"\"");

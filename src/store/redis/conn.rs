@@ -412,3 +412,84 @@ pub(crate) async fn bounded<T>(
         Err(_) => Err(StoreError::Timeout(timeout)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::aio::ConnectionLike;
+
+    use super::*;
+    use crate::config::Secret;
+    use crate::store::harness::redis_cluster::RedisCluster;
+
+    fn config(url: &str, connect_timeout_secs: u64) -> Config {
+        let mut config = Config::default();
+        config.redis.url = Secret(url.into());
+        config.redis.connect_timeout_secs = connect_timeout_secs;
+        config
+    }
+
+    /// A command, a script and a pipeline on a key in each primary's
+    /// slots, through the one shared connection; each primary itself
+    /// holds what was written to its key (the credentials reached every
+    /// node, and each command went to its slot's primary).
+    async fn reaches_every_primary(cluster: &RedisCluster) {
+        let shared = connect_with_retry(&config(&cluster.cluster_url(), 10))
+            .await
+            .expect("cluster");
+        assert!(matches!(shared.get(), RedisConn::Cluster(_)));
+        let primaries = cluster.primaries();
+        assert_eq!(primaries.len(), 3, "{primaries:?}");
+        let read = redis::Script::new("return redis.call('GET', KEYS[1])");
+        for primary in primaries {
+            let key = cluster.names_on(primary, "conn-test-", 1).remove(0);
+            let mut conn = shared.get();
+            let value = format!("on {primary}");
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("SET");
+            let got: String = read
+                .key(&key)
+                .invoke_async(&mut conn)
+                .await
+                .expect("script");
+            assert_eq!(got, value);
+            let (len,): (usize,) = redis::pipe()
+                .cmd("STRLEN")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("pipeline");
+            assert_eq!(len, value.len());
+            let on_primary: Option<String> = cluster
+                .node(primary)
+                .query(redis::cmd("GET").arg(&key))
+                .expect("GET on the primary");
+            assert_eq!(on_primary.as_deref(), Some(value.as_str()), "{key}");
+            assert_eq!(conn.get_db(), 0);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_url_reaches_every_primary() {
+        reaches_every_primary(&RedisCluster::start()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_url_with_a_password_reaches_every_primary_and_never_shows_it() {
+        let cluster = RedisCluster::start_with_password("s3cret-cluster-pw");
+        reaches_every_primary(&cluster).await;
+
+        let wrong = cluster
+            .cluster_url()
+            .replace("s3cret-cluster-pw", "wr0ng-cluster-pw");
+        let err = match connect_with_retry(&config(&wrong, 1)).await {
+            Ok(_) => panic!("a wrong password connected"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("unreachable"), "{err}");
+        assert!(!err.contains("wr0ng-cluster-pw"), "password shown: {err}");
+    }
+}
