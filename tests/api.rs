@@ -279,7 +279,7 @@ fn enc(user: &str) -> String {
 
 // ---------------------------------------------------------------- send
 
-on_both_engines! {
+on_every_engine! {
     async fn send_to_user_reaches_every_tab(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut a1, _) = SseClient::connect(&node, "alice").await;
@@ -315,7 +315,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn send_first_connection_only_reaches_the_oldest_tab(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut oldest, oldest_id) = SseClient::connect(&node, "alice").await;
@@ -347,7 +347,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn broadcast_reaches_every_users_tabs_with_to_null(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut a1, _) = SseClient::connect(&node, "alice").await;
@@ -374,7 +374,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn send_to_user_without_connection_is_200_with_zero(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut other, _) = SseClient::connect(&node, "alice").await;
@@ -395,7 +395,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn custom_event_names_and_any_json_data_arrive(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -418,7 +418,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn data_with_unicode_and_newlines_arrives_as_compact_one_line_json(env: Env) {
     let node = TestNode::start(env.config()).await;
     let user = "zoé 李";
@@ -452,7 +452,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn data_numbers_arrive_unchanged(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -477,7 +477,7 @@ on_both_engines! {
 
 // ---------------------------------------------------------------- bad input
 
-on_both_engines! {
+on_every_engine! {
     async fn bad_send_bodies_are_400_naming_the_field_and_deliver_nothing(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -621,7 +621,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn duplicate_keys_are_400_naming_the_key_and_data_passes_through(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -674,7 +674,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn invisible_usernames_are_400_in_the_admin_api(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -693,7 +693,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn body_over_max_body_bytes_is_413_with_content_length(env: Env) {
     let node = TestNode::start(env.config()).await;
     let (mut tab, _) = SseClient::connect(&node, "alice").await;
@@ -725,7 +725,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn chunked_body_over_max_body_bytes_is_413(env: Env) {
     let mut config = env.config();
     config.api.max_body_bytes = 1000;
@@ -984,7 +984,7 @@ async fn user_connections_shape_unknown_user_and_trailing_slash() {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn usernames_with_unicode_and_reserved_chars_in_the_path(env: Env) {
     let node = TestNode::start(env.config()).await;
     let users = ["émile 李", "a/b", "a+b", "100%", "ü?x=1#y"];
@@ -1312,7 +1312,7 @@ async fn cleanup_with_bad_timeout_is_400_and_removes_nothing() {
 
 // ---------------------------------------------------------------- routes
 
-on_both_engines! {
+on_every_engine! {
     async fn healthz_shape(env: Env) {
     let node = TestNode::start(env.config()).await;
     for path in ["/healthz", "/healthz/"] {
@@ -1321,7 +1321,7 @@ on_both_engines! {
         assert!(r.content_type.starts_with("application/json"), "{r:?}");
         assert_eq!(r.json["status"], json!("ok"), "{r:?}");
         assert_eq!(r.json["engine"], json!(env.engine()), "{r:?}");
-        if env.redis_server().is_some() {
+        if env.uses_redis() {
             assert_eq!(r.json["redis"], json!("ok"), "{r:?}");
             assert_eq!(r.json["bus"], json!("ok"), "{r:?}");
         } else {
@@ -1335,7 +1335,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn unknown_route_is_404_and_wrong_method_405_envelopes(env: Env) {
     let node = TestNode::start(env.config()).await;
     for (method, path) in [
@@ -1375,7 +1375,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn routes_follow_server_base_path(env: Env) {
     let mut config = env.config();
     config.server.base_path = "/api/notify".into();
@@ -1413,7 +1413,7 @@ on_both_engines! {
 }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn api_token_is_required_except_for_healthz(env: Env) {
     let mut config = env.config();
     config.api.token = Secret("s3cret-Token".into());

@@ -17,7 +17,7 @@ async fn post_batch(node: &TestNode, body: &str) -> (u16, Value) {
     .await
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn a_batch_reaches_each_target_in_order_with_one_result_per_message(env: Env) {
         let node = TestNode::start(env.config()).await;
         let (mut a1, _) = SseClient::connect(&node, "alice").await;

@@ -446,7 +446,7 @@ fn node_id_of(node: &BinaryNode) -> String {
         .to_string()
 }
 
-on_both_engines! {
+on_every_engine! {
     /// `--json` prints exactly the `data` of the API answer, read while a
     /// node serves live streams; the words and the table are the same in
     /// both engines (the NODE column names the node that holds the stream).
@@ -713,7 +713,7 @@ fn cleanup_timeout_defaults_to_the_configured_stale_timeout() {
     );
 }
 
-on_both_engines! {
+on_every_engine! {
     /// `cleanup` against the records of a running node: a timeout longer
     /// than their age removes nothing, a timeout of 0 removes them all and
     /// `--json` names them (the live ones are written back).
@@ -828,7 +828,7 @@ fn clear_force_removes_every_record() {
     assert!(registry_ids(&mut conn, "sse").is_empty());
 }
 
-on_both_engines! {
+on_every_engine! {
     /// `clear --force` while a node serves: every record goes (with Redis,
     /// a dead node's zombie too), the node lists its live streams again,
     /// and they still receive.
@@ -1034,7 +1034,7 @@ async fn listed_ids_become_with_token(node: &BinaryNode, token: &str, want: &[&s
 
 // ------------------------------------------------------------------- send
 
-on_both_engines! {
+on_every_engine! {
     async fn send_reaches_the_users_tabs_through_the_admin_api(env: Env) {
         let node = BinaryNode::on(&env, "").await;
         let (mut tab1, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
@@ -1118,7 +1118,7 @@ on_both_engines! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn send_first_reaches_only_the_oldest_tab(env: Env) {
         let node = BinaryNode::on(&env, "").await;
         let (mut oldest, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
@@ -1153,7 +1153,7 @@ on_both_engines! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn send_with_invalid_json_is_a_usage_error_and_sends_nothing(env: Env) {
         let node = BinaryNode::on(&env, "").await;
         let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;
@@ -1196,7 +1196,7 @@ async fn follow(node: &BinaryNode, user: &str, topics: &str) -> (SseClient, Stri
     SseClient::connect_url(&format!("{}?topics={topics}", node.stream_url()), user).await
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn send_topic_reaches_the_topics_followers_only(env: Env) {
         let node = BinaryNode::on(&env, TOPICS_NODE).await;
         let (mut alice, _) = follow(&node, "alice", "doc:42").await;
@@ -1252,7 +1252,7 @@ on_both_engines! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     /// `topics` in words and as the API's data, the whole list and one
     /// topic, through the node's admin API.
     async fn topics_lists_the_followed_topics_and_who_follows_one(env: Env) {
@@ -1352,7 +1352,7 @@ fn send_without_a_running_node_is_exit_1() {
     assert!(started.elapsed() < Duration::from_secs(12));
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn send_authenticates_with_the_configured_api_token(env: Env) {
         let node = BinaryNode::on(&env, "[api]\ntoken = \"t0ken-for-admin\"\n").await;
         let (mut tab, _) = SseClient::connect_url(&node.stream_url(), "alice").await;

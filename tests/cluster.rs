@@ -110,6 +110,20 @@ async fn users_per_primary(
     (out, streams)
 }
 
+/// The hash tag of `user`'s partition, as its keys in the cluster show.
+fn partition_of(cluster: &RedisCluster, user: &str) -> String {
+    let primary = primary_of_user(cluster, user);
+    let keys: Vec<String> = cluster
+        .node(primary)
+        .query(redis::cmd("KEYS").arg(format!("*:user:{user}")))
+        .expect("KEYS");
+    let key = keys.first().unwrap_or_else(|| panic!("no key of {user}"));
+    key.split(['{', '}'])
+        .nth(1)
+        .expect("a hash tag")
+        .to_string()
+}
+
 /// The primary holding `user`'s connection zset: the node whose `SCAN`
 /// finds `*:user:{user}` (each primary holds only its own slots' keys).
 fn primary_of_user(cluster: &RedisCluster, user: &str) -> u16 {
@@ -195,6 +209,87 @@ async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
         (1.0, 1.0),
         "c: only the broadcast, which no stream of c took"
     );
+}
+
+/// A stream of `user` on `node` following `topics` (comma-separated).
+async fn follow(node: &TestNode, user: &str, topics: &str) -> SseClient {
+    let url = format!("{}?topics={topics}", node.stream_url());
+    SseClient::connect_url(&url, user).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topics_messages_reach_only_the_nodes_of_its_followers() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let a = TestNode::start(config(&cluster)).await;
+    let b = TestNode::start(config(&cluster)).await;
+    let c = TestNode::start(config(&cluster)).await;
+    // Followers of doc:1 on a and b, of team:7 on b only; their users are
+    // in whichever partitions their names hash to.
+    let mut ann = follow(&a, "ann", "doc:1").await;
+    let mut bob = follow(&b, "bob", "doc:1,team:7").await;
+    let mut cid = follow(&b, "cid", "team:7").await;
+    whole_registry(&cluster, 3).await;
+    let before = [
+        metrics_of(&a).await,
+        metrics_of(&b).await,
+        metrics_of(&c).await,
+    ];
+    for i in 0..5 {
+        let (status, resp) = send(&c.admin_base(), json!({"topic": "doc:1", "data": i})).await;
+        assert_eq!(
+            (status, &resp["data"]["connections"]),
+            (200, &json!(2)),
+            "{resp}"
+        );
+    }
+    for i in 0..3 {
+        let (status, resp) = send(&c.admin_base(), json!({"topic": "team:7", "data": i})).await;
+        assert_eq!(
+            (status, &resp["data"]["connections"]),
+            (200, &json!(2)),
+            "{resp}"
+        );
+    }
+    for (tab, n, who) in [
+        (&mut ann, 5, "ann"),
+        (&mut bob, 8, "bob"),
+        (&mut cid, 3, "cid"),
+    ] {
+        for i in 0..n {
+            tab.next_named("message", WAIT)
+                .await
+                .unwrap_or_else(|| panic!("{who}: message {i} of {n} never came"));
+        }
+    }
+    let delta = |i: usize, now: (f64, f64)| (now.0 - before[i].0, now.1 - before[i].1);
+    // A node hears a topic's message once per partition whose users'
+    // streams it holds among the followers: b holds bob's and cid's,
+    // twice for team:7 when their partitions differ. c holds no follower
+    // and hears none.
+    let team_parts = if partition_of(&cluster, "bob") == partition_of(&cluster, "cid") {
+        1.0
+    } else {
+        2.0
+    };
+    assert_eq!(delta(0, metrics_of(&a).await), (5.0, 0.0), "a: doc:1's 5");
+    assert_eq!(
+        delta(1, metrics_of(&b).await),
+        (5.0 + 3.0 * team_parts, 0.0),
+        "b: doc:1's 5, team:7's 3 from each partition of its followers"
+    );
+    assert_eq!(delta(2, metrics_of(&c).await), (0.0, 0.0), "c: none");
+    // Nor did a stream get one twice.
+    send_ok(&c.admin_base(), json!({"data": "end"})).await;
+    for (tab, who) in [(&mut ann, "ann"), (&mut bob, "bob"), (&mut cid, "cid")] {
+        let ev = tab.next_named("message", WAIT).await;
+        assert_eq!(
+            ev.map(|e| e.data),
+            Some("\"end\"".to_string()),
+            "{who}: nothing more before the end"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

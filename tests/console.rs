@@ -605,7 +605,7 @@ async fn follow(node: &impl Node, user: &str, topics: &str) -> (SseClient, Strin
     )
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn console_routes_need_the_token_but_the_page(env: Env) {
         let mut config = env.config();
         config.api.token = sse_notify::config::Secret(TOKEN.to_string());

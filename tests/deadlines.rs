@@ -51,7 +51,7 @@ async fn server_closes(public: SocketAddr, client: SocketAddr, within: Duration,
     );
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn a_logout_ends_a_tab_that_does_not_read_within_the_write_timeout(env: Env) {
         // Longer than the stalled test's: the DELETE must reach the stream
         // before its stalled write runs out on its own.

@@ -270,7 +270,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn disabled_history_writes_nothing_and_ignores_last_event_id(env: Env) {
         let mut config = beating(&env);
         config.history.enabled = false;

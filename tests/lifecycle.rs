@@ -123,7 +123,7 @@ async fn start_with_startup_clear_false_keeps_records() {
     assert_eq!(redis.users(), sorted(&["alice", "bob", "carol"]));
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn serve_with_an_invalid_config_exits_2_naming_the_key(env: Env) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
@@ -213,7 +213,7 @@ async fn redis_coming_up_within_connect_timeout_lets_serve_start() {
     );
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn listen_address_in_use_exits_1_with_a_message(env: Env) {
         for which in ["public", "admin"] {
             let dir = tempfile::tempdir().unwrap();
@@ -224,7 +224,8 @@ on_both_engines! {
             } else {
                 (free_addr(), taken_addr.to_string())
             };
-            let cfg = write_config_at(dir.path(), &public, &admin, &env.url(), 3, "");
+            let (redis_keys, extra) = env.binary_keys("");
+            let cfg = write_config_with(dir.path(), &public, &admin, &env.url(), 3, &redis_keys, &extra);
             let log = dir.path().join("log.txt");
             let mut child = spawn_serve(&cfg, &log);
             let code = wait_exit(&mut child, Duration::from_secs(8));
@@ -414,12 +415,13 @@ async fn engine_is_named(env: &Env, node: &BinaryNode) {
     let (status, body) = admin(reqwest::Method::GET, &node.admin_url("/healthz"), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["engine"], engine, "/healthz: {body}");
-    match env.redis_server() {
-        Some(_) => assert_eq!(body["redis"], "ok", "/healthz: {body}"),
-        None => assert!(
+    if env.uses_redis() {
+        assert_eq!(body["redis"], "ok", "/healthz: {body}");
+    } else {
+        assert!(
             body.get("redis").is_none(),
             "no redis field without Redis: {body}"
-        ),
+        );
     }
 }
 
@@ -496,7 +498,7 @@ async fn graceful_stop(env: Env, sig: i32) {
     assert!(!node.log().contains("panicked"), "log:\n{}", node.log());
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn sigterm_closes_streams_removes_records_and_exits_0(env: Env) {
         graceful_stop(env, 15).await;
     }
@@ -544,7 +546,7 @@ async fn sigterm_during_a_redis_outage_still_exits_0_in_time() {
 
 // ----------------------------------------------------------------- SIGHUP
 
-on_both_engines! {
+on_every_engine! {
     /// SIGHUP clears the registry and the node writes back its live
     /// streams: with Redis a zombie of a dead node goes; in both engines
     /// the clear is counted in the log and the live streams are listed

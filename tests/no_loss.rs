@@ -447,7 +447,7 @@ async fn one_tab_messages_survive_redis_restarts_under_load() {
     );
 }
 
-on_both_engines! {
+on_every_engine! {
     /// `cleanup --timeout 0` (from the CLI or the API) removes every
     /// record, live streams' too: they are all back at once, the youngest
     /// as well, and a one-tab send right after it reaches a tab and says so
@@ -495,7 +495,7 @@ on_both_engines! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     /// The same through the API of the node that holds the streams, with
     /// heartbeats a minute apart: the node writes its own streams back at
     /// once, not at its next heartbeat.

@@ -51,7 +51,23 @@ async fn all_pages(node: &TestNode, limit: usize) -> Vec<Value> {
     }
 }
 
-on_both_engines! {
+/// Listing details without the `last_heartbeat` of each record.
+fn without_heartbeats(mut details: Value) -> Value {
+    for list in details
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|d| d.values_mut())
+    {
+        for record in list.as_array_mut().into_iter().flatten() {
+            if let Some(r) = record.as_object_mut() {
+                r.remove("last_heartbeat");
+            }
+        }
+    }
+    details
+}
+
+on_every_engine! {
     async fn pages_list_every_user_once_in_name_order_with_registry_totals(env: Env) {
         let node = TestNode::start(env.config()).await;
         // Names whose byte order differs from their insertion order, a
@@ -101,9 +117,12 @@ on_both_engines! {
                 listed.extend(page_users);
             }
             assert_eq!(listed, names, "pages at limit {limit}, in order, each user once");
+            // Heartbeats go on between the reads (and take longer to read
+            // on a cluster, a round trip per partition): the records compare
+            // without them.
             assert_eq!(
-                json!(details),
-                whole["connection_details"],
+                without_heartbeats(json!(details)),
+                without_heartbeats(whole["connection_details"].clone()),
                 "pages at limit {limit} hold every user with all their connections"
             );
         }

@@ -211,7 +211,7 @@ async fn listed_users(node: &TestNode) -> Vec<String> {
 
 // =============================================================== tests ===
 
-on_both_engines! {
+on_every_engine! {
     async fn stream_headers_first_frames_and_registration(env: Env) {
         let mut c = env.config();
         c.stream.retry_ms = 2500;
@@ -769,6 +769,7 @@ fn b64url_matches_rfc4648_vectors() {
 /// The leeway sse-notify allows on `exp` and `nbf` (README "Auth").
 const LEEWAY: u64 = 5;
 
+// The stream that comes back replays what was sent meanwhile: history.
 on_both_engines! {
     async fn token_stream_ends_when_its_token_does(env: Env) {
         let (node, _dir) = token_node(&env).await;
@@ -816,7 +817,9 @@ on_both_engines! {
         let ev = back.next_event(SECS * 5).await.expect("the message sent meanwhile is replayed");
         assert_eq!((ev.event.as_str(), ev.data.as_str()), ("message", "\"after\""));
     }
+}
 
+on_every_engine! {
     async fn token_not_valid_yet_is_401(env: Env) {
         let (node, _dir) = token_node(&env).await;
         let url = node.stream_url();
@@ -976,7 +979,7 @@ on_both_engines! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn cors_for_listed_origins_only(env: Env) {
         let mut c = env.config();
         c.stream.cors_origins = vec!["http://app.example".into()];
@@ -1284,7 +1287,7 @@ async fn slow_consumer_is_dropped_while_others_get_everything(env: Env) {
     );
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn shutdown_ends_streams_and_removes_their_records(env: Env) {
         let c = env.config();
         let grace = Duration::from_secs(c.server.shutdown_grace_secs);

@@ -39,7 +39,7 @@ fn serve_expecting_exit(config: &Path, log: &Path) -> (Option<i32>, String) {
     (code, std::fs::read_to_string(log).unwrap_or_default())
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn the_api_console_and_cli_work_over_the_socket(env: Env) {
         let node = UnixNode::start(&env, "").await;
         let shown = format!("unix:{}", node.sock.display());

@@ -19,6 +19,7 @@ use super::{
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+use super::harness::redis_cluster::RedisCluster;
 use super::harness::redis_server::RedisServer;
 
 /// A node that holds the streams registered through it and keeps what
@@ -410,6 +411,22 @@ async fn the_embedded_engine_keeps_the_contract() {
 async fn the_redis_engine_keeps_the_contract() {
     let server = RedisServer::start();
     let config = config(&server.url());
+    on_redis(config).await;
+}
+
+/// On a Redis Cluster (three primaries, three replicas), without history,
+/// which the cluster engine does not keep yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_cluster_engine_keeps_the_contract() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("cluster");
+    let mut config = config(&cluster.cluster_url());
+    config.history.enabled = false;
+    on_redis(config).await;
+}
+
+async fn on_redis(config: Config) {
     let node = Arc::new(Node::default());
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -482,7 +482,7 @@ impl Store {
     pub(crate) fn engine(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
-            Store::Redis(_) => "redis",
+            Store::Redis(r) => r.engine(),
         }
     }
 

@@ -25,9 +25,30 @@ pub fn write_config_at(
     connect_timeout_secs: u64,
     extra: &str,
 ) -> PathBuf {
+    write_config_with(
+        dir,
+        public,
+        admin,
+        redis_url,
+        connect_timeout_secs,
+        "",
+        extra,
+    )
+}
+
+/// [`write_config_at`] with more keys of `[redis]` (`redis_keys`).
+pub fn write_config_with(
+    dir: &Path,
+    public: &str,
+    admin: &str,
+    redis_url: &str,
+    connect_timeout_secs: u64,
+    redis_keys: &str,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join("sse-notify.toml");
     let text = format!(
-        "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\nnode_id = \"bin-{}\"\nshutdown_grace_secs = 3\n\n[redis]\nurl = \"{redis_url}\"\nconnect_timeout_secs = {connect_timeout_secs}\n\n{extra}\n",
+        "[server]\nlisten = \"{public}\"\nadmin_listen = \"{admin}\"\nnode_id = \"bin-{}\"\nshutdown_grace_secs = 3\n\n[redis]\nurl = \"{redis_url}\"\nconnect_timeout_secs = {connect_timeout_secs}\n{redis_keys}\n{extra}\n",
         uuid::Uuid::new_v4().simple()
     );
     std::fs::write(&path, text).expect("write config");
@@ -38,6 +59,21 @@ pub fn write_config_at(
 /// the node logs what it got).
 pub fn write_config(dir: &Path, redis_url: &str, extra: &str) -> PathBuf {
     write_config_at(dir, "127.0.0.1:0", "127.0.0.1:0", redis_url, 3, extra)
+}
+
+/// [`write_config`] on the engine of `env` (on the cluster: the
+/// scenario's key prefix, and history off unless `extra` sets it).
+pub fn write_env_config(dir: &Path, env: &Env, extra: &str) -> PathBuf {
+    let (redis_keys, extra) = env.binary_keys(extra);
+    write_config_with(
+        dir,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &env.url(),
+        3,
+        &redis_keys,
+        &extra,
+    )
 }
 
 /// `sse-notify serve -c FILE` without waiting for it; stdout and stderr go
@@ -123,7 +159,9 @@ impl BinaryNode {
 
     /// [`BinaryNode::spawn`] on the engine of `env`.
     pub async fn on(env: &Env, extra: &str) -> BinaryNode {
-        Self::spawn(&env.url(), extra).await
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = write_env_config(dir.path(), env, extra);
+        Self::spawn_config(Command::new(bin()), dir, config_path).await
     }
 
     /// The same, with an open-file limit (soft and hard) of `nofile`
@@ -139,6 +177,14 @@ impl BinaryNode {
     async fn spawn_in(cmd: Command, redis_url: &str, extra: &str) -> BinaryNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = write_config(dir.path(), redis_url, extra);
+        Self::spawn_config(cmd, dir, config_path).await
+    }
+
+    async fn spawn_config(
+        cmd: Command,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+    ) -> BinaryNode {
         let log_path = dir.path().join("log.txt");
         let mut child = serve_command(cmd, &config_path, &log_path)
             .spawn()

@@ -114,6 +114,27 @@ impl Env {
         }
     }
 
+    /// For a config file of the real binary on this engine: the keys to
+    /// add to `[redis]`, and `extra` (on the cluster: the scenario's key
+    /// prefix, and history off unless `extra` says otherwise).
+    pub fn binary_keys(&self, extra: &str) -> (String, String) {
+        match &self.cluster_prefix {
+            Some(prefix) if extra.contains("[history]") => {
+                (format!("key_prefix = \"{prefix}\"\n"), extra.to_string())
+            }
+            Some(prefix) => (
+                format!("key_prefix = \"{prefix}\"\n"),
+                format!("{extra}\n[history]\nenabled = false\n"),
+            ),
+            None => (String::new(), extra.to_string()),
+        }
+    }
+
+    /// Whether the scenario runs on Redis (one server or the cluster).
+    pub fn uses_redis(&self) -> bool {
+        self.redis.is_some() || self.cluster_prefix.is_some()
+    }
+
     /// The Redis server, for the checks of the Redis layout that only the
     /// Redis engine has.
     pub fn redis_server(&self) -> Option<&RedisServer> {
@@ -122,8 +143,9 @@ impl Env {
 }
 
 /// Runs each scenario `async fn name(env: Env) { ... }` as two tests,
-/// `name::memory` and `name::redis`: the contract is the same in both
-/// engines.
+/// `name::memory` and `name::redis`: for the scenarios that need history,
+/// which the cluster engine does not keep yet (the others run on every
+/// engine, [`on_every_engine!`]).
 #[macro_export]
 macro_rules! on_both_engines {
     ($($(#[$meta:meta])* async fn $name:ident($env:ident: Env) $body:block)*) => {$(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::poll::eventually;
-use super::{spawn_serve, write_config_at, Env};
+use super::{spawn_serve, write_config_with, Env};
 
 /// A daemon whose admin listener is the socket `dir/admin.sock`.
 pub struct UnixNode {
@@ -34,13 +34,15 @@ fn serving_public(log: &str) -> Option<SocketAddr> {
 
 /// Writes the config of a daemon with its admin listener on `sock`.
 pub fn unix_config(dir: &Path, sock: &Path, env: &Env, extra: &str) -> PathBuf {
-    write_config_at(
+    let (redis_keys, extra) = env.binary_keys(extra);
+    write_config_with(
         dir,
         "127.0.0.1:0",
         &format!("unix:{}", sock.display()),
         &env.url(),
         3,
-        extra,
+        &redis_keys,
+        &extra,
     )
 }
 

@@ -430,15 +430,20 @@ impl RedisStore {
         Ok(removed)
     }
 
+    /// `redis`, or `redis-cluster` on a Redis Cluster.
+    pub(crate) fn engine(&self) -> &'static str {
+        if self.registry.layout().sharded() {
+            "redis-cluster"
+        } else {
+            "redis"
+        }
+    }
+
     /// Redis answers a PING, and this node hears the bus: a node that cannot
     /// hear it silently misses other nodes' messages.
     pub(crate) async fn health(&self) -> Health {
         Health {
-            engine: if self.registry.layout().sharded() {
-                "redis-cluster"
-            } else {
-                "redis"
-            },
+            engine: self.engine(),
             redis: Some(self.registry.ping().await.map_err(|e| e.to_string())),
             bus: Some(*self.bus_up.borrow()),
         }

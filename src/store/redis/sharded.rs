@@ -5,8 +5,9 @@
 //! primary that carries subscriptions and nothing else, and the counters of
 //! what it redid.
 //!
-//! The crate's cluster connection does not do this for us (README "Past one
-//! Redis primary", pinned by `tests/cluster_harness.rs`): it resubscribes a
+//! The crate's cluster connection does not do this for us
+//! (README "Past one Redis primary", pinned by `tests/cluster_harness.rs`):
+//! it resubscribes a
 //! node's channels in one `SSUBSCRIBE`, which Redis refuses once they span
 //! two slots, and tells nobody; it forgets a channel whose slot moved; it
 //! hands the unrequested `sunsubscribe` of a slot move to the command in

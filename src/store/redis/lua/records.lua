@@ -73,10 +73,13 @@ local function unfollow(id, user, node, topics, leave)
     if redis.call('HINCRBY', TOPIC_NODES .. t, node, -1) <= 0 then
       redis.call('HDEL', TOPIC_NODES .. t, node)
     end
-    if redis.call('ZCARD', members) == 0 then
+    local left = redis.call('ZCARD', members)
+    if left == 0 then
       redis.call('DEL', members, TOPIC_USERS .. t, TOPIC_NODES .. t)
       redis.call('SREM', KEYS[3], t)
-    elseif leave then
+    end
+    -- On a cluster the topic's other followers may be other partitions'.
+    if leave and (left > 0 or SHARDED) then
       announce(t, 'leave', id, user)
     end
   end
