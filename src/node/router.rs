@@ -266,7 +266,7 @@ impl Router {
             .take(excess)
             .collect();
         let n = victims.len();
-        self.store.evict(victims, EVICTED_REASON).await?;
+        self.store.evict(username, victims, EVICTED_REASON).await?;
         tracing::info!(
             username,
             evicted = n,

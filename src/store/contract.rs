@@ -260,7 +260,7 @@ async fn contract<S: Registry + History + Delivery>(store: &S, node: &Node, conf
     // removes every record of the user and closes the user's streams.
 
     store
-        .evict(vec!["a2".into()], "max_connections_per_user")
+        .evict("alice", vec!["a2".into()], "max_connections_per_user")
         .await
         .unwrap();
     node.received(|i| {

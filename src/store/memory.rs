@@ -814,7 +814,7 @@ impl seam::Delivery for MemoryStore {
     async fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Result<Vec<Accepted>> {
         Ok(MemoryStore::send(self, msgs, history))
     }
-    async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
+    async fn evict(&self, _user: &str, ids: Vec<String>, reason: &str) -> Result<()> {
         MemoryStore::evict(self, ids, reason);
         Ok(())
     }

@@ -571,10 +571,11 @@ impl Store {
         each!(self, e => Registry::user_connection_ids(&**e, user, limit).await)
     }
 
-    /// Removes these connections' records and closes their streams on
-    /// whichever node holds them, each with an `evicted` notice.
-    pub(crate) async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
-        each!(self, e => Delivery::evict(&**e, ids, reason).await)
+    /// Removes these connections of `user` (their records) and closes
+    /// their streams on whichever node holds them, each with an `evicted`
+    /// notice.
+    pub(crate) async fn evict(&self, user: &str, ids: Vec<String>, reason: &str) -> Result<()> {
+        each!(self, e => Delivery::evict(&**e, user, ids, reason).await)
     }
 
     /// Closes every stream of `user` on every node and removes their

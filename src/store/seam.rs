@@ -108,9 +108,15 @@ pub(crate) trait Delivery: Send + Sync {
         msgs: Vec<Message>,
         history: &HistoryConfig,
     ) -> impl Future<Output = Result<Vec<Accepted>>> + Send;
-    /// Removes these connections' records and closes their streams on
-    /// whichever node holds them, each with an `evicted` notice.
-    fn evict(&self, ids: Vec<String>, reason: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes these connections of `user` (their records) and closes
+    /// their streams on whichever node holds them, each with an `evicted`
+    /// notice.
+    fn evict(
+        &self,
+        user: &str,
+        ids: Vec<String>,
+        reason: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Closes every stream of `user` on every node and removes their
     /// records.
     fn disconnect_user(&self, user: &str) -> impl Future<Output = Result<Removed>> + Send;

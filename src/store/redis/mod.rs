@@ -407,10 +407,10 @@ impl RedisStore {
         }
     }
 
-    /// Removes the records first, then closes the streams: the ones held
-    /// here directly, the others through the bus.
-    pub(crate) async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
-        self.registry.remove(&ids).await?;
+    /// Removes the records first (in `user`'s partition), then closes the
+    /// streams: the ones held here directly, the others through the bus.
+    pub(crate) async fn evict(&self, user: &str, ids: Vec<String>, reason: &str) -> Result<()> {
+        self.registry.remove_of(user, &ids).await?;
         let (local, remote): (Vec<String>, Vec<String>) =
             ids.into_iter().partition(|id| self.link.holds(id));
         if !remote.is_empty() {
@@ -584,8 +584,8 @@ impl seam::Delivery for RedisStore {
     async fn send(&self, msgs: Vec<Message>, history: &HistoryConfig) -> Result<Vec<Accepted>> {
         RedisStore::send(self, msgs, history).await
     }
-    async fn evict(&self, ids: Vec<String>, reason: &str) -> Result<()> {
-        RedisStore::evict(self, ids, reason).await
+    async fn evict(&self, user: &str, ids: Vec<String>, reason: &str) -> Result<()> {
+        RedisStore::evict(self, user, ids, reason).await
     }
     async fn disconnect_user(&self, user: &str) -> Result<Removed> {
         RedisStore::disconnect_user(self, user).await

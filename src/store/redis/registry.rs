@@ -217,7 +217,23 @@ impl Redis {
             .await
     }
 
-    /// Removes the given connections (and only them); returns what existed.
+    /// Removes the given connections of `user` (and only them); returns
+    /// what existed.
+    pub(crate) async fn remove_of(&self, user: &str, ids: &[String]) -> Result<Removed> {
+        let ended: Vec<Gone> = ids
+            .iter()
+            .map(|id| Gone {
+                id: id.clone(),
+                user: Some(user.to_string()),
+                wrote: None,
+            })
+            .collect();
+        self.remove_ended(&ended, 0).await
+    }
+
+    /// Removes the given connections (and only them), looked for in every
+    /// partition; returns what existed.
+    #[cfg(test)]
     pub(crate) async fn remove(&self, ids: &[String]) -> Result<Removed> {
         let ended: Vec<Gone> = ids
             .iter()
