@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use super::sharded::Table;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{mask_url_password, Config, RedisTarget};
@@ -246,13 +248,13 @@ impl SharedConn {
     ) {
         let mut log = crate::throttle::LogThrottle::new(Duration::from_secs(10));
         let mut known: Vec<String> = seeds.to_vec();
-        let mut seen: Option<Vec<(u16, u16, String)>> = None;
+        let mut seen: Option<Table> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let Some(map) = slot_map(&known, userinfo).await else {
+            let Some((map, nodes)) = slot_map(&known, userinfo).await else {
                 if let Some(suppressed) = log.allow() {
                     tracing::error!(
                         suppressed,
@@ -263,9 +265,9 @@ impl SharedConn {
                 continue;
             };
             // Nodes learnt from the map stay known: the seeds may all go.
-            for (_, _, node) in &map {
-                if !known.contains(node) {
-                    known.push(node.clone());
+            for node in nodes {
+                if !known.contains(&node) {
+                    known.push(node);
                 }
             }
             if seen.as_ref() == Some(&map) {
@@ -298,43 +300,17 @@ impl SharedConn {
 }
 
 /// Which primary (`host:port`) serves each slot range, as the first node
-/// of `nodes` that answers says (`CLUSTER SLOTS`), sorted.
-async fn slot_map(nodes: &[String], userinfo: Option<&str>) -> Option<Vec<(u16, u16, String)>> {
-    let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+/// of `nodes` that answers says (`CLUSTER SLOTS`, read as the sharded
+/// subscriber reads it), and every node it names.
+async fn slot_map(nodes: &[String], userinfo: Option<&str>) -> Option<(Table, Vec<String>)> {
     for node in nodes {
         let ask = async {
-            let client = redis::Client::open(format!("redis://{auth}{node}/"))?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<Vec<Vec<Value>>>(&mut conn)
-                .await
+            let mut conn = super::sharded::connect(node, userinfo, None).await?;
+            super::sharded::read_slots(&mut conn, node).await
         };
-        let Ok(Ok(ranges)) = tokio::time::timeout(Duration::from_secs(1), ask).await else {
-            continue;
-        };
-        // Each range: start, end, then its nodes, the primary first, each
-        // `[host, port, id, ...]`.
-        let mut map: Vec<(u16, u16, String)> = ranges
-            .into_iter()
-            .filter_map(|range| {
-                let mut it = range.into_iter();
-                let start: u16 = redis::from_redis_value(it.next()?).ok()?;
-                let end: u16 = redis::from_redis_value(it.next()?).ok()?;
-                let Value::Array(mut primary) = it.next()? else {
-                    return None;
-                };
-                primary.truncate(2);
-                let (host, port): (String, u16) =
-                    redis::from_redis_value(Value::Array(primary)).ok()?;
-                Some((start, end, format!("{host}:{port}")))
-            })
-            .collect();
-        if map.is_empty() {
-            continue;
+        if let Ok(Ok(read)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+            return Some(read);
         }
-        map.sort();
-        return Some(map);
     }
     None
 }

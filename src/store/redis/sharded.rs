@@ -245,7 +245,7 @@ struct NodeConn {
 }
 
 /// The slot map: (first slot, last slot, primary's `host:port`), sorted.
-type Table = Vec<(u16, u16, String)>;
+pub(super) type Table = Vec<(u16, u16, String)>;
 
 struct Worker {
     seeds: Vec<String>,
@@ -691,7 +691,7 @@ fn owner(table: &Table, slot: u16) -> Option<&str> {
 /// A connection to the node at `addr` (`host:port`); with `pushes`, RESP3
 /// with its pushes going there tagged with the id given (a subscription
 /// connection).
-async fn connect(
+pub(super) async fn connect(
     addr: &str,
     userinfo: Option<&str>,
     pushes: Option<(u64, mpsc::UnboundedSender<(u64, PushInfo)>)>,
@@ -716,7 +716,7 @@ async fn connect(
 
 /// `CLUSTER SLOTS` on `conn` (to the node at `addr`), as a slot map and the
 /// nodes it names.
-async fn read_slots(
+pub(super) async fn read_slots(
     conn: &mut MultiplexedConnection,
     addr: &str,
 ) -> redis::RedisResult<(Table, Vec<String>)> {
