@@ -181,15 +181,12 @@ async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
         "a broadcast counts every partition: {resp}"
     );
     for (tab, n, who) in [(&mut ann, 11, "ann"), (&mut bob, 6, "bob")] {
-        for i in 0..n {
-            let ev = tab
-                .next_named("message", WAIT)
-                .await
-                .unwrap_or_else(|| panic!("{who}: message {i} of {n} never came"));
-            if i == n - 1 {
-                assert_eq!(ev.data, "\"end\"", "{who}: the broadcast last");
-            }
-        }
+        let got = messages(tab, n, who).await;
+        assert_eq!(
+            got.last().map(String::as_str),
+            Some("\"end\""),
+            "{who}: the broadcast last"
+        );
     }
     wait_until(WAIT, "c heard the broadcast", || async {
         metrics_of(&c).await.0 > before[2].0
@@ -211,6 +208,19 @@ async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
         (1.0, 1.0),
         "c: only the broadcast, which no stream of c took"
     );
+}
+
+/// The data of the next `n` messages on `tab` (`who`'s), each waited for.
+async fn messages(tab: &mut SseClient, n: usize, who: &str) -> Vec<String> {
+    let mut got = Vec::with_capacity(n);
+    for i in 0..n {
+        let ev = tab
+            .next_named("message", WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{who}: message {i} of {n} never came"));
+        got.push(ev.data);
+    }
+    got
 }
 
 /// A stream of `user` on `node` following `topics` (comma-separated).
@@ -259,11 +269,7 @@ async fn a_topics_messages_reach_only_the_nodes_of_its_followers() {
         (&mut bob, 8, "bob"),
         (&mut cid, 3, "cid"),
     ] {
-        for i in 0..n {
-            tab.next_named("message", WAIT)
-                .await
-                .unwrap_or_else(|| panic!("{who}: message {i} of {n} never came"));
-        }
+        messages(tab, n, who).await;
     }
     let delta = |i: usize, now: (f64, f64)| (now.0 - before[i].0, now.1 - before[i].1);
     // A node hears a topic's message once per partition whose users'
