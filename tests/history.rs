@@ -83,12 +83,14 @@ fn beating(env: &Env) -> sse_notify::config::Config {
     config
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn missed_messages_and_broadcasts_come_back_in_order_exactly_once(env: Env) {
         let node = TestNode::start(beating(&env)).await;
         let (mut tab, _) = SseClient::connect(&node, "alice").await;
-        let first = send_to(&node, json!({"to": "alice", "data": 1})).await;
-        assert_eq!(tab.next_named("message", WAIT).await.unwrap().id, first);
+        let sent = send_to(&node, json!({"to": "alice", "data": 1})).await;
+        // Where the tab stood after it: what a browser sends back.
+        let first = tab.next_named("message", WAIT).await.unwrap().id;
+        assert_eq!(api_id(&first, &[sent.clone()]), sent);
         drop(tab);
         assert!(
             eventually(WAIT, || {
@@ -104,11 +106,14 @@ on_both_engines! {
         let m3 = send_to(&node, json!({"to": "alice", "data": 3, "event": "ping"})).await;
         let _other = send_to(&node, json!({"to": "bob", "data": "not for alice"})).await;
 
+        let all = [m2.clone(), b1.clone(), m3.clone(), _other.clone()];
         let mut tab = reconnect(&node, "alice", &[("Last-Event-ID", &first)], "").await;
         let got = until_heartbeat(&mut tab).await;
+        let ids = api_ids(&ids_of(&got), &all);
         let seen: Vec<(&str, &str, &str)> = got
             .iter()
-            .map(|e| (e.id.as_str(), e.event.as_str(), e.data.as_str()))
+            .zip(&ids)
+            .map(|(e, id)| (id.as_str(), e.event.as_str(), e.data.as_str()))
             .collect();
         assert_eq!(
             seen,
@@ -118,38 +123,46 @@ on_both_engines! {
                 (m3.as_str(), "ping", "3"),
             ]
         );
+        let at_m3 = got[2].id.clone();
         // Then live ones, once.
         let m4 = send_to(&node, json!({"to": "alice", "data": 4})).await;
         let got = until_heartbeat(&mut tab).await;
         assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!(got[0].id, m4);
+        assert_eq!(api_id(&got[0].id, &[m4.clone()]), m4);
+        let at_m4 = got[0].id.clone();
 
         // The query parameter works like the header.
-        let mut tab2 = reconnect(&node, "alice", &[], &format!("?last_event_id={m3}")).await;
+        let mut tab2 =
+            reconnect(&node, "alice", &[], &format!("?last_event_id={}", urlencode(&at_m3))).await;
         let got = until_heartbeat(&mut tab2).await;
-        assert_eq!(
-            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-            vec![m4]
-        );
+        // The same message, with the same id, wherever it is read.
+        assert_eq!(ids_of(&got), vec![at_m4]);
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn old_unknown_or_malformed_ids_get_history_gap_then_what_is_kept(env: Env) {
         let mut config = beating(&env);
         config.history.size = 3;
         let node = TestNode::start(config).await;
+        // Open while they are sent: where it stood after each.
+        let (mut watcher, _) = SseClient::connect(&node, "carol").await;
         let mut ids = Vec::new();
+        let mut at = Vec::new();
         for i in 0..6 {
             ids.push(send_to(&node, json!({"to": "carol", "data": i})).await);
+            at.push(watcher.next_named("message", WAIT).await.unwrap().id);
         }
+        drop(watcher);
         let kept: Vec<String> = ids[3..].to_vec();
 
         for last in [
-            ids[0].as_str(),
+            at[0].as_str(),
             "1-0",
+            "1-0.1-0",
             "not-an-id",
             "99999999999999-0",
+            "99999999999999-0.99999999999999-0",
             "x\u{1}y",
         ] {
             let mut tab = reconnect(
@@ -163,16 +176,12 @@ on_both_engines! {
             assert_eq!(got[0].event, "history_gap", "{last}: {got:?}");
             let data: Value = serde_json::from_str(&got[0].data).unwrap();
             assert_eq!(data["last_event_id"], last);
-            let rest: Vec<String> = got[1..].iter().map(|e| e.id.clone()).collect();
-            assert_eq!(rest, kept, "{last}");
+            assert_eq!(api_ids(&ids_of(&got[1..]), &ids), kept, "{last}");
         }
         // A kept id: no gap, only what follows.
-        let mut tab = reconnect(&node, "carol", &[("Last-Event-ID", &kept[0])], "").await;
+        let mut tab = reconnect(&node, "carol", &[("Last-Event-ID", &at[3])], "").await;
         let got = until_heartbeat(&mut tab).await;
-        assert_eq!(
-            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-            kept[1..].to_vec()
-        );
+        assert_eq!(api_ids(&ids_of(&got), &ids), kept[1..].to_vec());
     }
 }
 
@@ -180,22 +189,30 @@ fn ids_of(events: &[Frame]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
-on_both_engines! {
+on_every_engine! {
     /// Redis trims a stream only by whole nodes (the cheap kind), so it may
     /// hold more than `history.size`; what a replay serves is still exactly the
     /// newest `size`, and a gap is told when something after the client's id is
     /// no longer served, by count or by age, in the user's stream or in the
-    /// broadcasts.
+    /// broadcasts. On a cluster each part of a position has its own gap: the
+    /// user's messages after its part are given exactly when only the
+    /// broadcasts fell out.
     async fn what_is_served_is_exactly_the_newest_size_and_age(env: Env) {
         let mut config = beating(&env);
         config.history.size = 3;
         config.history.ttl_secs = 1;
         let node = TestNode::start(config).await;
+        let per_part = env.engine() == "redis-cluster";
 
+        // Open while they are sent: where it stood after each.
+        let (mut watcher, _) = SseClient::connect(&node, "dave").await;
         let mut ids = Vec::new();
+        let mut at = Vec::new();
         for i in 0..250 {
             ids.push(send_to(&node, json!({"to": "dave", "data": i})).await);
+            at.push(watcher.next_named("message", WAIT).await.unwrap().id);
         }
+        drop(watcher);
         if let Some(redis) = env.redis_server() {
             let len: usize = redis::cmd("XLEN")
                 .arg("sse:history:user:dave")
@@ -206,30 +223,35 @@ on_both_engines! {
             assert!((4..=104).contains(&len), "stream length {len}");
         }
         // The id just before the served window: nothing after it is lost.
-        let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[246])], "").await;
+        let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &at[246])], "").await;
         assert_eq!(
-            ids_of(&until_heartbeat(&mut tab).await),
+            api_ids(&ids_of(&until_heartbeat(&mut tab).await), &ids),
             ids[247..]
         );
         // One further back: ids[246] is no longer served, a gap.
-        let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &ids[245])], "").await;
+        let mut tab = reconnect(&node, "dave", &[("Last-Event-ID", &at[245])], "").await;
         let got = until_heartbeat(&mut tab).await;
         assert_eq!(got[0].event, "history_gap", "{got:?}");
-        assert_eq!(ids_of(&got[1..]), ids[247..]);
+        assert_eq!(api_ids(&ids_of(&got[1..]), &ids), ids[247..]);
 
         // The user's own message is kept, but broadcasts after it fell out of
         // the broadcast window: a gap, then everything served, in id order.
+        let (mut watcher, _) = SseClient::connect(&node, "erin").await;
         let mine = send_to(&node, json!({"to": "erin", "data": "m"})).await;
+        let at_mine = watcher.next_named("message", WAIT).await.unwrap().id;
+        drop(watcher);
         let mut bcast = Vec::new();
         for i in 0..5 {
             bcast.push(send_to(&node, json!({"data": i})).await);
         }
-        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
+        let mut sent = bcast.clone();
+        sent.push(mine.clone());
+        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &at_mine)], "").await;
         let got = until_heartbeat(&mut tab).await;
         assert_eq!(got[0].event, "history_gap", "{got:?}");
-        let mut want = vec![mine.clone()];
+        let mut want = if per_part { vec![] } else { vec![mine.clone()] };
         want.extend_from_slice(&bcast[2..]);
-        assert_eq!(ids_of(&got[1..]), want);
+        assert_eq!(api_ids_after(&at_mine, &ids_of(&got[1..]), &sent), want);
 
         // By age: what is older than ttl_secs is not served. Ids are
         // `{unix ms}-{seq}`: wait until the clock is past the age limit of
@@ -237,6 +259,7 @@ on_both_engines! {
         // machine it can be much younger than `mine`).
         let newest = bcast.last().expect("broadcasts were sent").clone();
         let newest_ms: f64 = newest
+            .trim_matches('.')
             .split('-')
             .next()
             .and_then(|ms| ms.parse().ok())
@@ -248,12 +271,14 @@ on_both_engines! {
         )
         .await;
         let fresh = send_to(&node, json!({"to": "erin", "data": "fresh"})).await;
-        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &mine)], "").await;
+        sent.push(fresh.clone());
+        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &at_mine)], "").await;
         let got = until_heartbeat(&mut tab).await;
         assert_eq!(got[0].event, "history_gap", "{got:?}");
-        assert_eq!(ids_of(&got[1..]), vec![fresh.clone()]);
+        assert_eq!(api_ids(&ids_of(&got[1..]), &sent), vec![fresh.clone()]);
         // Nothing missed after the newest id, however old the rest is.
-        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &fresh)], "").await;
+        let at_fresh = got[1].id.clone();
+        let mut tab = reconnect(&node, "erin", &[("Last-Event-ID", &at_fresh)], "").await;
         assert!(until_heartbeat(&mut tab).await.is_empty());
     }
 }
@@ -293,22 +318,23 @@ on_every_engine! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn one_tab_messages_are_replayed_once_at_most(env: Env) {
         let node = TestNode::start(beating(&env)).await;
         let (mut keeper, _) = SseClient::connect(&node, "eve").await;
         let (mut other, _) = SseClient::connect(&node, "eve").await;
-        let base = send_to(&node, json!({"to": "eve", "data": 0})).await;
-        assert!(keeper.next_named("message", WAIT).await.is_some());
+        send_to(&node, json!({"to": "eve", "data": 0})).await;
+        let base = keeper.next_named("message", WAIT).await.unwrap().id;
         assert!(other.next_named("message", WAIT).await.is_some());
         drop(other);
         // Delivered live to the first tab: no returning tab gets it again.
-        let live = send_to(
+        let sent = send_to(
             &node,
             json!({"to": "eve", "data": "one tab", "all_connections": false}),
         )
         .await;
-        assert_eq!(keeper.next_named("message", WAIT).await.unwrap().id, live);
+        let live = keeper.next_named("message", WAIT).await.unwrap().id;
+        assert_eq!(api_id(&live, &[sent.clone()]), sent);
         let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
         assert!(until_heartbeat(&mut back).await.is_empty());
         drop(back);
@@ -342,10 +368,7 @@ on_both_engines! {
         .await;
         let mut first = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
         let got = until_heartbeat(&mut first).await;
-        assert_eq!(
-            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
-            vec![kept]
-        );
+        assert_eq!(api_ids(&ids_of(&got), &[kept.clone()]), vec![kept]);
         let mut second = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
         assert!(
             until_heartbeat(&mut second).await.is_empty(),
@@ -368,7 +391,7 @@ async fn reopen(node: &TestNode, user: &str, topics: &str, last: &str) -> SseCli
     tab
 }
 
-on_both_engines! {
+on_every_engine! {
     /// A tab that follows a topic drops its stream again and again while
     /// its user's messages, its topic's, another topic's and broadcasts
     /// are sent; each time it comes back with the last id it saw: it gets
@@ -381,7 +404,7 @@ on_both_engines! {
     config.history.size = 1000;
     config.auth.public_topics = vec!["*".into()];
     let mut nodes = vec![TestNode::start(config.clone()).await];
-    if env.redis_server().is_some() {
+    if env.uses_redis() {
         for name in ["history-b", "history-c"] {
             let mut more = config.clone();
             more.server.node_id = name.into();
@@ -446,6 +469,9 @@ on_both_engines! {
         assert_eq!(ev.event, "message", "{ev:?}");
         received.push(ev.id);
     }
+    let frames = received;
+    let sent_ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    let received = api_ids(&frames, &sent_ids);
     let dups = received.len()
         - received
             .iter()
@@ -467,13 +493,22 @@ on_both_engines! {
     );
     assert_eq!(dups, 0, "duplicates");
     assert!(strangers.is_empty(), "another topic's messages: {strangers:?}");
-    // In order across the reconnects: each replay starts after the last id.
-    let key = |id: &String| -> (u64, u64) {
+    // In order across the reconnects: each replay starts after the last
+    // id (a position `{user}.{home}` moves one part forward at a time).
+    let key = |id: &str| -> (u64, u64) {
         let (ms, seq) = id.split_once('-').expect("a history id");
         (ms.parse().unwrap(), seq.parse().unwrap())
     };
-    for w in received.windows(2) {
-        assert!(key(&w[0]) < key(&w[1]), "{} then {}", w[0], w[1]);
+    for w in frames.windows(2) {
+        match (w[0].split_once('.'), w[1].split_once('.')) {
+            (Some((u0, h0)), Some((u1, h1))) => assert!(
+                (key(u0) < key(u1) && h0 == h1) || (u0 == u1 && key(h0) < key(h1)),
+                "{} then {}",
+                w[0],
+                w[1]
+            ),
+            _ => assert!(key(&w[0]) < key(&w[1]), "{} then {}", w[0], w[1]),
+        }
     }
     assert!(missing.is_empty(), "missing {missing:?}");
     assert_eq!(received.len(), want.len());

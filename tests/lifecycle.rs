@@ -224,8 +224,8 @@ on_every_engine! {
             } else {
                 (free_addr(), taken_addr.to_string())
             };
-            let (redis_keys, extra) = env.binary_keys("");
-            let cfg = write_config_with(dir.path(), &public, &admin, &env.url(), 3, &redis_keys, &extra);
+            let redis_keys = env.binary_keys();
+            let cfg = write_config_with(dir.path(), &public, &admin, &env.url(), 3, &redis_keys, "");
             let log = dir.path().join("log.txt");
             let mut child = spawn_serve(&cfg, &log);
             let code = wait_exit(&mut child, Duration::from_secs(8));

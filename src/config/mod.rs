@@ -181,12 +181,6 @@ impl Config {
         self.stream.validate()?;
         self.sweep.validate(&self.stream)?;
         self.history.validate()?;
-        if self.history.enabled && self.is_cluster() {
-            return Err(invalid(
-                "history.enabled",
-                "history is not kept on a Redis Cluster yet (redis.url is redis+cluster://): set it to false",
-            ));
-        }
         self.auth.validate()?;
         self.api.validate()?;
         self.limits.validate()?;

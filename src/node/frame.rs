@@ -7,7 +7,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::store::MsgId;
+use crate::store::{MsgId, PartId, Pos};
 
 /// `id:`/`event:`/`data:` frame of one message.
 pub(crate) fn message(id: &str, event: &str, data_json: &str) -> Bytes {
@@ -76,11 +76,46 @@ pub(crate) fn history_gap(last_event_id: &str) -> Bytes {
     event("history_gap", &data.to_string())
 }
 
-/// The id of an encoded message frame (its `id: ...` first line), if any.
-pub(crate) fn message_id(frame: &[u8]) -> Option<MsgId> {
+/// The text of an encoded message frame's `id: ...` first line, if any.
+fn id_text(frame: &[u8]) -> Option<&str> {
     let rest = frame.strip_prefix(b"id: ")?;
     let end = rest.iter().position(|&b| b == b'\n')?;
-    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+/// The id of an encoded message frame of one sequence, if any.
+pub(crate) fn message_id(frame: &[u8]) -> Option<MsgId> {
+    id_text(frame)?.parse().ok()
+}
+
+/// The id of a message frame as a node's queue holds it: of one sequence,
+/// or of one part ([`PartId`], a cluster with history on).
+pub(crate) fn part_id(frame: &[u8]) -> Option<PartId> {
+    id_text(frame)?.parse().ok()
+}
+
+/// The id a written frame moved its stream to in the sequence one-tab
+/// messages come from: its id, or its position's user part.
+pub(crate) fn written_id(frame: &[u8]) -> Option<MsgId> {
+    let text = id_text(frame)?;
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<Pos>().ok().map(|p| p.user))
+}
+
+/// A message frame with its id line replaced: the one stream's position
+/// written over the part id the frame was shared with.
+pub(crate) fn with_id(frame: &[u8], id: &str) -> Bytes {
+    let rest = frame
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(&frame[..0], |end| &frame[end + 1..]);
+    let mut b = BytesMut::with_capacity(id.len() + rest.len() + 5);
+    b.put_slice(b"id: ");
+    b.put_slice(id.as_bytes());
+    b.put_slice(b"\n");
+    b.put_slice(rest);
+    b.freeze()
 }
 
 #[cfg(test)]
@@ -95,6 +130,31 @@ mod tests {
         );
         assert_eq!(message_id(&heartbeat(5)), None);
         assert_eq!(message_id(&event("connection_established", "{}")), None);
+    }
+
+    #[test]
+    fn part_ids_are_read_and_rewritten_per_stream() {
+        let shared = message("5-1.", "m", "1");
+        assert_eq!(
+            part_id(&shared),
+            Some(PartId::User(MsgId { ms: 5, seq: 1 }))
+        );
+        assert_eq!(
+            part_id(&message(".7-0", "m", "1")),
+            Some(PartId::Home(MsgId { ms: 7, seq: 0 }))
+        );
+        assert_eq!(
+            part_id(&message("5-1", "m", "1")),
+            Some(PartId::One(MsgId { ms: 5, seq: 1 }))
+        );
+        assert_eq!(part_id(&message("5-1.7-0", "m", "1")), None);
+        let mine = with_id(&shared, "5-1.7-0");
+        assert_eq!(&mine[..], b"id: 5-1.7-0\nevent: m\ndata: 1\n\n");
+        assert_eq!(written_id(&mine), Some(MsgId { ms: 5, seq: 1 }));
+        assert_eq!(
+            written_id(&message("9-2", "m", "1")),
+            Some(MsgId { ms: 9, seq: 2 })
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub(crate) enum Refused {
 pub(crate) struct Registered {
     pub(crate) rx: Receiver,
     pub(crate) user_count: usize,
+    /// Where ids are pairs and it was asked for: where the stream starts.
+    pub(crate) tops: Option<store::Pos>,
 }
 
 /// The state of one running node, shared by its listeners and background
@@ -206,11 +208,16 @@ impl Node {
     /// connections its user has on every node. Refused or abandoned midway
     /// (the caller dropped the future), it is taken out of both again; once
     /// admitted, [`Node::unregister`] takes it out.
+    ///
+    /// `tops`: read where the stream starts first (a stream without
+    /// `Last-Event-ID` where ids are pairs): before its queue can take any
+    /// message, so that every message it gets is after it.
     pub(crate) async fn register(
         &self,
         config: &Config,
         conn: &LiveConn,
         kill: CancellationToken,
+        tops: bool,
     ) -> Result<Registered, Refused> {
         let refused = |e: Refused| {
             self.metrics.rejected_connections.inc();
@@ -220,6 +227,14 @@ impl Node {
         if let Err(wait) = self.connect_limiter.try_acquire(rate) {
             return Err(refused(Refused::Rate { rate, wait }));
         }
+        let tops = match tops {
+            true => self
+                .router
+                .tops(conn)
+                .await
+                .map_err(|e| refused(Refused::Store(e)))?,
+            false => None,
+        };
         let rx = match self
             .hub
             .register(conn, config.stream.queue_size, self.max_streams(), kill)
@@ -247,7 +262,11 @@ impl Node {
         undo.armed = false;
         self.router.registered(&conn.connection_id);
         self.metrics.connects.inc();
-        Ok(Registered { rx, user_count })
+        Ok(Registered {
+            rx,
+            user_count,
+            tops,
+        })
     }
 
     fn log_refusal(&self, limit: usize) {

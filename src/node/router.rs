@@ -14,7 +14,7 @@ use super::hub::Hub;
 use crate::config::HistoryConfig;
 use crate::metrics::Metrics;
 use crate::store::{
-    unix_now, Cleared, ConnectionRecord, Cursor, Inbound, LiveConn, Message, MsgId, NodeLink, Page,
+    unix_now, Cleared, ConnectionRecord, Cursor, Inbound, LiveConn, Message, NodeLink, Page, Pos,
     Removed, Replay, Result, Store, Target, TopicPresence, TopicsPage, Wrote,
 };
 
@@ -217,14 +217,19 @@ impl Router {
         self.store.remove(connection_id.to_string(), wrote);
     }
 
-    /// What the stream `conn` missed after `last`.
+    /// What the stream `conn` missed after `raw` (its `Last-Event-ID`).
     pub(crate) async fn replay(
         &self,
         conn: &LiveConn,
-        last: Option<MsgId>,
+        raw: &str,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        self.store.replay(conn, last, history).await
+        self.store.replay(conn, raw, history).await
+    }
+
+    /// Where a stream without `Last-Event-ID` starts, where ids are pairs.
+    pub(crate) async fn tops(&self, conn: &LiveConn) -> Result<Option<Pos>> {
+        self.store.tops(conn).await
     }
 
     /// Closes every stream of `username` on every node and removes their

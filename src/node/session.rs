@@ -19,7 +19,7 @@ use super::frame;
 use super::queue::Receiver;
 use super::{Node, Refused, Registered};
 use crate::config::Config;
-use crate::store::{unix_now, LiveConn, MsgId, Wrote};
+use crate::store::{unix_now, LiveConn, MsgId, PartId, Pos, Wrote};
 
 /// What a client asks for when it opens a stream, as its listener read it.
 pub(crate) struct Admission {
@@ -55,7 +55,19 @@ pub(crate) async fn open(
         connection_time: unix_now(),
         topics: ask.topics,
     };
-    let Registered { rx, user_count } = node.register(config, &conn, ask.kill).await?;
+    let replaying = config.history.enabled && ask.last_event_id.is_some();
+    let Registered {
+        rx,
+        user_count,
+        tops,
+    } = node
+        .register(
+            config,
+            &conn,
+            ask.kill,
+            config.history.enabled && !replaying,
+        )
+        .await?;
     // Admitted: from here on, any exit (client gone) takes it out again.
     let expires = ask.expires.map_or(0, Expiries::clamp);
     if expires != 0 {
@@ -106,13 +118,14 @@ pub(crate) async fn open(
         &established.to_string(),
     ));
     let mut prefix = VecDeque::from([opening.freeze()]);
-    let skip_until = match ask.last_event_id {
+    let (skip_until, pair) = match ask.last_event_id {
         Some(raw) if config.history.enabled => replay(node, config, &conn, &raw, &mut prefix).await,
-        _ => None,
+        _ => (None, tops.map(|at| Box::new(Pair { at, skip: None }))),
     };
     Ok(Session {
         prefix,
         skip_until,
+        pair,
         wrote: None,
         rx,
         guard,
@@ -122,23 +135,23 @@ pub(crate) async fn open(
 /// Appends to `prefix` what the user missed after `raw` (a
 /// `Last-Event-ID`); returns the id up to which the client now has
 /// everything, so that the same messages are not written again when they
-/// also reach the queue (the replay/live seam).
+/// also reach the queue (the replay/live seam), or where ids are pairs,
+/// the same per part and where the stream stands.
 async fn replay(
     node: &Node,
     config: &Config,
     conn: &LiveConn,
     raw: &str,
     prefix: &mut VecDeque<Bytes>,
-) -> Option<MsgId> {
-    let last: Option<MsgId> = raw.trim().parse().ok();
+) -> (Option<MsgId>, Option<Box<Pair>>) {
     let gap = |prefix: &mut VecDeque<Bytes>| prefix.push_back(frame::history_gap(raw));
-    let replay = match node.router.replay(conn, last, &config.history).await {
+    let replay = match node.router.replay(conn, raw, &config.history).await {
         Ok(r) => r,
         Err(e) => {
             node.metrics().store_errors.inc();
             tracing::warn!(error = %e, connection_id = %conn.connection_id, "history unreadable; replay skipped");
             gap(prefix);
-            return None;
+            return (None, None);
         }
     };
     if replay.gap {
@@ -146,15 +159,32 @@ async fn replay(
     }
     // One-tab messages are in it only where this stream is to get them
     // (the store claimed them for it).
+    if let Some(mut at) = replay.start {
+        // Each frame says where the stream is once it has that message.
+        for k in &replay.entries {
+            match k.home {
+                true => at.home = k.id,
+                false => at.user = k.id,
+            }
+            prefix.push_back(frame::message(&at.to_string(), &k.event, &k.data));
+        }
+        return (None, Some(Box::new(Pair { at, skip: Some(at) })));
+    }
     for k in &replay.entries {
         prefix.push_back(frame::message(&k.id.to_string(), &k.event, &k.data));
     }
     let upto = replay.entries.last().map(|k| k.id);
-    if replay.gap {
-        upto
-    } else {
-        upto.max(last)
-    }
+    let last: Option<MsgId> = raw.trim().parse().ok();
+    let upto = if replay.gap { upto } else { upto.max(last) };
+    (upto, None)
+}
+
+/// Where ids are pairs (a cluster with history on): where the stream
+/// stands in each part, written as its messages' ids, and up to where its
+/// replay gave each part (those in the queue too are skipped).
+struct Pair {
+    at: Pos,
+    skip: Option<Pos>,
 }
 
 /// Removes the connection from the hub and the registry when dropped.
@@ -205,6 +235,8 @@ pub(crate) struct Session {
     prefix: VecDeque<Bytes>,
     /// Messages up to this id were replayed: skip them in the queue.
     skip_until: Option<MsgId>,
+    /// Where ids are pairs (boxed: most deployments have none).
+    pair: Option<Box<Pair>>,
     /// The newest message id written to the socket.
     wrote: Option<MsgId>,
     rx: Receiver,
@@ -229,24 +261,49 @@ impl Drop for Session {
 impl Session {
     /// `frames` reached the socket (the kernel took them).
     pub(crate) fn written(&mut self, frames: &[Bytes]) {
-        if let Some(id) = frames.iter().rev().find_map(|f| frame::message_id(f)) {
+        if let Some(id) = frames.iter().rev().find_map(|f| frame::written_id(f)) {
             self.wrote = self.wrote.max(Some(id));
         }
     }
 
     /// A frame from the queue as this stream writes it: the notice that
     /// Redis lost its data becomes a `history_gap` after the last id this
-    /// stream wrote.
-    fn render(&self, frame: Bytes) -> Bytes {
+    /// stream wrote; where ids are pairs, a message's id becomes the
+    /// stream's position with it.
+    fn render(&mut self, frame: Bytes) -> Bytes {
         if frame::is_history_lost(&frame) {
-            let last = self.wrote.max(self.skip_until);
-            frame::history_gap(&last.map(|id| id.to_string()).unwrap_or_default())
-        } else {
-            frame
+            let last = match &self.pair {
+                Some(pair) => pair.at.to_string(),
+                None => self
+                    .wrote
+                    .max(self.skip_until)
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            };
+            return frame::history_gap(&last);
         }
+        let Some(pair) = &mut self.pair else {
+            return frame;
+        };
+        // Set, not raised: were a part's messages ever out of order (a
+        // catch-up), a reconnect would get some again rather than lose
+        // one.
+        match frame::part_id(&frame) {
+            Some(PartId::User(id)) => pair.at.user = id,
+            Some(PartId::Home(id)) => pair.at.home = id,
+            _ => return frame,
+        }
+        frame::with_id(&frame, &pair.at.to_string())
     }
 
     fn keep(&self, frame: &[u8]) -> bool {
+        if let Some(pair) = &self.pair {
+            return match (pair.skip, frame::part_id(frame)) {
+                (Some(upto), Some(PartId::User(id))) => id > upto.user,
+                (Some(upto), Some(PartId::Home(id))) => id > upto.home,
+                _ => true,
+            };
+        }
         match self.skip_until {
             Some(upto) => frame::message_id(frame).is_none_or(|id| id > upto),
             None => true,

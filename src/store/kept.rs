@@ -45,8 +45,8 @@ pub(crate) fn finish(
     gap: bool,
     parts: impl IntoIterator<Item = Vec<Kept>>,
 ) -> Replay {
+    let gap = gap || last.is_none();
     let last = last.unwrap_or(NONE);
-    let gap = gap || last == NONE;
     let mut entries: Vec<Kept> = parts
         .into_iter()
         .flatten()
@@ -54,5 +54,9 @@ pub(crate) fn finish(
         .collect();
     entries.sort_by_key(|k| k.id);
     entries.dedup_by_key(|k| k.id);
-    Replay { gap, entries }
+    Replay {
+        gap,
+        entries,
+        start: None,
+    }
 }

@@ -274,6 +274,7 @@ impl MemoryStore {
                     event: m.event.clone(),
                     data: m.data.clone(),
                     to,
+                    home: false,
                 };
                 let stream = match (&m.topic, &m.to) {
                     (Some(topic), _) => st.kept_topics.entry(topic.clone()).or_default(),
@@ -943,6 +944,7 @@ mod tests {
             event: "m".into(),
             data: "1".into(),
             to: KeptFor::All,
+            home: false,
         }
     }
 

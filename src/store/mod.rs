@@ -224,6 +224,73 @@ impl fmt::Display for MsgId {
     }
 }
 
+impl MsgId {
+    /// Before every message: a stream's position in a part where nothing
+    /// was kept when it opened.
+    pub(crate) const START: MsgId = MsgId { ms: 0, seq: 0 };
+}
+
+/// Where a stream stands on a Redis Cluster with history on, where ids
+/// come from two sequences (README "Past one Redis primary"): its user's
+/// partition's and the home's (broadcasts and topics). Written as the
+/// stream's message id, `{user}.{home}`: a `Last-Event-ID` names an exact
+/// position in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub user: MsgId,
+    pub home: MsgId,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.user, self.home)
+    }
+}
+
+impl FromStr for Pos {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        let (user, home) = s.split_once('.').ok_or(())?;
+        Ok(Pos {
+            user: user.parse()?,
+            home: home.parse()?,
+        })
+    }
+}
+
+/// A message's id as a node's streams get it: one id of the one sequence,
+/// or on a cluster with history on, an id in one part (written `{id}.`
+/// for the user's partition, `.{id}` for the home), which each stream
+/// writes with its position in the other part ([`Pos`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartId {
+    One(MsgId),
+    User(MsgId),
+    Home(MsgId),
+}
+
+impl FromStr for PartId {
+    type Err = ();
+    fn from_str(s: &str) -> std::result::Result<Self, ()> {
+        match s.split_once('.') {
+            None => s.parse().map(PartId::One),
+            Some((user, "")) => user.parse().map(PartId::User),
+            Some(("", home)) => home.parse().map(PartId::Home),
+            Some(_) => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for PartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PartId::One(id) => write!(f, "{id}"),
+            PartId::User(id) => write!(f, "{id}."),
+            PartId::Home(id) => write!(f, ".{id}"),
+        }
+    }
+}
+
 /// A validated message for the store to keep (history on), route and fan
 /// out. `data` is its compact JSON text.
 #[derive(Debug, Clone)]
@@ -372,6 +439,22 @@ pub(crate) struct Kept {
     pub event: String,
     pub data: String,
     pub to: KeptFor,
+    /// On a cluster with history on: kept in the home (a broadcast or a
+    /// topic's), its id in the home's sequence; else in the one sequence
+    /// or the user's partition's.
+    pub home: bool,
+}
+
+impl Kept {
+    /// Its id as the node's streams get it ([`PartId`]); `pairs`: ids
+    /// come from two sequences (a cluster with history on).
+    pub(crate) fn part_id(&self, pairs: bool) -> PartId {
+        match (pairs, self.home) {
+            (false, _) => PartId::One(self.id),
+            (true, false) => PartId::User(self.id),
+            (true, true) => PartId::Home(self.id),
+        }
+    }
 }
 
 /// What a reconnecting client gets.
@@ -384,6 +467,10 @@ pub(crate) struct Replay {
     /// one-tab messages only where the rules of [`KeptFor`] give them to
     /// this stream (claimed for it).
     pub entries: Vec<Kept>,
+    /// On a cluster with history on: where the stream stood before them
+    /// (per part: the part of the id it came with, or [`MsgId::START`] on
+    /// a gap); each entry moves its part ([`Kept::home`]) to its id.
+    pub start: Option<Pos>,
 }
 
 /// How many streams and users follow one topic.
@@ -548,17 +635,36 @@ impl Store {
         each!(self, e => Delivery::send(&**e, msgs, history).await)
     }
 
-    /// What the stream `conn` missed after `last` (`None`: malformed, a
-    /// gap): its user's messages, the broadcasts and its topics' messages.
-    /// One-tab messages it is given are claimed for it: no other stream
-    /// gets them again.
+    /// What the stream `conn` missed after `raw` (its `Last-Event-ID`;
+    /// malformed: a gap): its user's messages, the broadcasts and its
+    /// topics' messages. One-tab messages it is given are claimed for it:
+    /// no other stream gets them again.
     pub(crate) async fn replay(
         &self,
         conn: &LiveConn,
-        last: Option<MsgId>,
+        raw: &str,
         history: &HistoryConfig,
     ) -> Result<Replay> {
-        each!(self, e => History::replay(&**e, conn, last, history).await)
+        match self {
+            Store::Redis(r) if r.pairs() => {
+                r.replay_pair(conn, raw.trim().parse().ok(), history).await
+            }
+            _ => {
+                each!(self, e => History::replay(&**e, conn, raw.trim().parse().ok(), history).await)
+            }
+        }
+    }
+
+    /// On a cluster with history on, where a stream opening without
+    /// `Last-Event-ID` starts (read before it registers, so that every
+    /// message its queue gets is after it): the newest id kept for its
+    /// user, and the newest of the broadcasts' and its topics'. `None`
+    /// elsewhere: ids come from one sequence.
+    pub(crate) async fn tops(&self, conn: &LiveConn) -> Result<Option<Pos>> {
+        match self {
+            Store::Redis(r) if r.pairs() => r.tops(conn).await.map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The user's connection ids, oldest first (ties by id); `limit` 1

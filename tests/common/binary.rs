@@ -62,9 +62,9 @@ pub fn write_config(dir: &Path, redis_url: &str, extra: &str) -> PathBuf {
 }
 
 /// [`write_config`] on the engine of `env` (on the cluster: the
-/// scenario's key prefix, and history off unless `extra` sets it).
+/// scenario's key prefix).
 pub fn write_env_config(dir: &Path, env: &Env, extra: &str) -> PathBuf {
-    let (redis_keys, extra) = env.binary_keys(extra);
+    let redis_keys = env.binary_keys();
     write_config_with(
         dir,
         "127.0.0.1:0",
@@ -72,7 +72,7 @@ pub fn write_env_config(dir: &Path, env: &Env, extra: &str) -> PathBuf {
         &env.url(),
         3,
         &redis_keys,
-        &extra,
+        extra,
     )
 }
 

@@ -95,13 +95,11 @@ impl Env {
     }
 
     /// [`test_config`] on this engine (on the cluster: under the
-    /// scenario's own key prefix, without history, which the cluster
-    /// engine does not keep yet).
+    /// scenario's own key prefix).
     pub fn config(&self) -> Config {
         let mut c = test_config(&self.url());
         if let Some(prefix) = &self.cluster_prefix {
             c.redis.key_prefix = prefix.clone();
-            c.history.enabled = false;
         }
         c
     }
@@ -115,18 +113,11 @@ impl Env {
     }
 
     /// For a config file of the real binary on this engine: the keys to
-    /// add to `[redis]`, and `extra` (on the cluster: the scenario's key
-    /// prefix, and history off unless `extra` says otherwise).
-    pub fn binary_keys(&self, extra: &str) -> (String, String) {
+    /// add to `[redis]` (on the cluster: the scenario's key prefix).
+    pub fn binary_keys(&self) -> String {
         match &self.cluster_prefix {
-            Some(prefix) if extra.contains("[history]") => {
-                (format!("key_prefix = \"{prefix}\"\n"), extra.to_string())
-            }
-            Some(prefix) => (
-                format!("key_prefix = \"{prefix}\"\n"),
-                format!("{extra}\n[history]\nenabled = false\n"),
-            ),
-            None => (String::new(), extra.to_string()),
+            Some(prefix) => format!("key_prefix = \"{prefix}\"\n"),
+            None => String::new(),
         }
     }
 
@@ -447,4 +438,45 @@ pub async fn listed_ids_become(admin_base: &str, want: &[&str]) {
         "the registry never listed exactly {want:?}; it lists {:?}",
         listed_ids(admin_base).await
     );
+}
+
+/// The messages a stream's frames carried, by the ids the API answered
+/// their sends with. On one sequence a frame's id is its message's. On a
+/// Redis Cluster with history on, a frame's id is the stream's position
+/// `{user}.{home}` and the API answers `{id}.` (a user's message) or
+/// `.{id}` (a broadcast's or a topic's): each frame carries the one of its
+/// two parts that is a sent message (`sent`), the part that moved since
+/// the frame before when both could be.
+pub fn api_ids(frame_ids: &[String], sent: &[String]) -> Vec<String> {
+    api_ids_after("", frame_ids, sent)
+}
+
+/// [`api_ids`] of the frames a stream sent after `last` (the
+/// `Last-Event-ID` it came back with: the position before the first).
+pub fn api_ids_after(last: &str, frame_ids: &[String], sent: &[String]) -> Vec<String> {
+    let mut before: Option<(&str, &str)> = last.split_once('.');
+    frame_ids
+        .iter()
+        .map(|id| {
+            let Some((user, home)) = id.split_once('.') else {
+                return id.clone();
+            };
+            let (as_user, as_home) = (format!("{user}."), format!(".{home}"));
+            let moved_user = before.is_none_or(|(u, _)| u != user);
+            let moved_home = before.is_none_or(|(_, h)| h != home);
+            before = Some((user, home));
+            match (sent.contains(&as_user), sent.contains(&as_home)) {
+                (true, false) => as_user,
+                (false, true) => as_home,
+                _ if moved_user && !moved_home => as_user,
+                _ if moved_home && !moved_user => as_home,
+                _ => id.clone(),
+            }
+        })
+        .collect()
+}
+
+/// [`api_ids`] of one frame.
+pub fn api_id(frame_id: &str, sent: &[String]) -> String {
+    api_ids(&[frame_id.to_string()], sent).remove(0)
 }

@@ -34,7 +34,7 @@ fn serving_public(log: &str) -> Option<SocketAddr> {
 
 /// Writes the config of a daemon with its admin listener on `sock`.
 pub fn unix_config(dir: &Path, sock: &Path, env: &Env, extra: &str) -> PathBuf {
-    let (redis_keys, extra) = env.binary_keys(extra);
+    let redis_keys = env.binary_keys();
     write_config_with(
         dir,
         "127.0.0.1:0",
@@ -42,7 +42,7 @@ pub fn unix_config(dir: &Path, sock: &Path, env: &Env, extra: &str) -> PathBuf {
         &env.url(),
         3,
         &redis_keys,
-        &extra,
+        extra,
     )
 }
 

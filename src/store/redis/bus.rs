@@ -259,13 +259,15 @@ impl BusEvent {
 /// Applies an event from the bus to this node; returns how many local
 /// streams took a message (0 for the other events).
 /// `parts`: how many partitions users are spread over (1 but on a
-/// cluster).
+/// cluster); `pairs`: ids come from a sequence per partition and the
+/// home's (a cluster with history on).
 fn apply(
     event: BusEvent,
     link: &dyn NodeLink,
     presence: &Presence,
     recent: &Recent,
     parts: usize,
+    pairs: bool,
 ) -> usize {
     match event {
         BusEvent::Resync { .. } => {
@@ -285,13 +287,19 @@ fn apply(
             ..
         } => {
             // A catch-up may have delivered it already.
+            let seq = sequence_of(to.as_deref(), parts, pairs);
             if let Ok(parsed) = id.parse() {
                 let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
-                if recent.contains(&parsed) {
+                if recent.contains(&(seq, parsed)) {
                     return 0;
                 }
-                recent.insert(parsed);
+                recent.insert((seq, parsed));
             }
+            let id = match (pairs, seq) {
+                (false, _) => id,
+                (true, HOME) => format!(".{id}"),
+                (true, _) => format!("{id}."),
+            };
             let target = match Route::on_bus(broadcast, to.as_deref(), first_only, topic.as_deref())
             {
                 Some(route) => match (route.target(ids), part) {
@@ -341,6 +349,32 @@ fn apply(
             })
         }
     }
+}
+
+/// The sequence a message's id comes from, as [`Recent`] tells ids apart:
+/// with `pairs` its user's partition's, or the home's ([`HOME`]) for a
+/// broadcast's or a topic's; else the one sequence (0).
+fn sequence_of(to: Option<&str>, parts: usize, pairs: bool) -> usize {
+    match (pairs, to) {
+        (false, _) => 0,
+        (true, Some(user)) => crate::store::partition_of(user, parts),
+        (true, None) => HOME,
+    }
+}
+
+/// [`sequence_of`] the home.
+const HOME: usize = usize::MAX;
+
+/// Which kept messages a catch-up reads: what travels on the channels
+/// that were lost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scope {
+    /// Everything (one Redis: one subscription carries it all).
+    All,
+    /// One partition's users' messages (a cluster).
+    Part(usize),
+    /// The broadcasts and the topics' messages (a cluster).
+    Home,
 }
 
 /// One bus payload: an event, or a JSON array of them (a batch of kept
@@ -394,6 +428,16 @@ async fn publish_on(registry: &Redis, channel: String, payload: String) -> Resul
 /// How far before the last sign of life of a lost subscription a catch-up
 /// starts reading the history (clock skew between nodes and Redis).
 const CATCH_UP_MARGIN_MS: u64 = 2000;
+
+/// The same on a cluster, counted back from when a channel was noticed
+/// lost: a primary that died is noticed once its replica took over
+/// (`cluster-node-timeout` and the election later), and what it published
+/// just before may be kept on the replica. Within [`RECENT_KEEP`], so what
+/// was delivered is still known.
+const CLUSTER_CATCH_UP_MARGIN_MS: u64 = 60_000;
+
+/// How long a node remembers the ids it delivered ([`Recent`]).
+pub(super) const RECENT_KEEP: Duration = Duration::from_secs(120);
 
 /// How often a node sends itself a probe through the bus, and how many
 /// probes may go missing before the subscription is declared dead.
@@ -467,7 +511,7 @@ impl Subscriber {
                         tracing::info!("bus resubscribed; re-registering live connections");
                         self.metrics.bus_resubscribes.inc();
                         self.presence.resync_and_wait().await;
-                        self.catch_up(last_heard_ms.saturating_sub(CATCH_UP_MARGIN_MS))
+                        self.catch_up(last_heard_ms.saturating_sub(CATCH_UP_MARGIN_MS), Scope::All)
                             .await;
                     }
                     self.set_up(true);
@@ -507,8 +551,10 @@ impl Subscriber {
     /// failovers, and applies what arrives. Each time channels were
     /// subscribed again, this node writes its streams back: a clear may
     /// have been announced while one was down. No probes: the subscriber
-    /// watches its connections and the topology itself. (History is not
-    /// kept on a cluster, so there is nothing to catch up on.)
+    /// watches its connections and the topology itself. With history on,
+    /// a channel subscribed again is caught up on (what was kept of its
+    /// partition's users' messages, or the broadcasts and topics') before
+    /// anything the new subscription brings.
     pub(crate) async fn run_sharded(
         self,
         sharded: super::sharded::Sharded,
@@ -529,17 +575,40 @@ impl Subscriber {
                     self.set_up(now);
                 }
                 _ = tick.tick() => self.count_redone(&sharded, &mut redone),
-                msg = rx.recv() => {
-                    let Some((_, payload)) = msg else { return };
-                    match decode(&payload) {
-                        Ok(events) => {
-                            self.on_events(events).await;
+                msg = rx.recv() => match msg {
+                    None => return,
+                    Some(super::sharded::ShardMessage::Message { payload, .. }) => {
+                        match decode(&payload) {
+                            Ok(events) => {
+                                self.on_events(events).await;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "unknown bus event ignored"),
                     }
-                }
+                    Some(super::sharded::ShardMessage::Resubscribed { channel, lost_at_ms }) => {
+                        let scope = self.scope_of(&channel);
+                        self.catch_up(lost_at_ms.saturating_sub(CLUSTER_CATCH_UP_MARGIN_MS), scope)
+                            .await;
+                    }
+                },
             }
         }
+    }
+
+    /// What a cluster's channel carries: a partition's users' messages, or
+    /// the home's broadcasts and topics.
+    fn scope_of(&self, channel: &str) -> Scope {
+        let layout = self.registry.layout();
+        layout
+            .parts()
+            .iter()
+            .position(|k| {
+                let bus = k.bus();
+                channel
+                    .strip_prefix(&bus)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+            })
+            .map_or(Scope::Home, Scope::Part)
     }
 
     /// Counts the subscriptions the sharded subscriber redid since last
@@ -567,18 +636,35 @@ impl Subscriber {
     /// its target if held here (or, kept for the first tab back, to the
     /// user's oldest stream here), once claimed: a tab's replay on another
     /// node may have given it already. A topic's goes to its followers.
-    async fn catch_up(&self, since_ms: u64) {
+    /// `scope`: on a cluster, what the lost channels carried.
+    async fn catch_up(&self, since_ms: u64, scope: Scope) {
         let Some((history, size, ttl_secs)) = &self.history else {
             return;
         };
+        let layout = self.registry.layout();
+        let parts = layout.parts().len();
+        let pairs = parts > 1;
         let conns = self.link.live();
-        let mut users: Vec<String> = conns.iter().map(|c| c.username.clone()).collect();
+        let mut users: Vec<String> = conns
+            .iter()
+            .map(|c| c.username.clone())
+            .filter(|u| match scope {
+                Scope::All => true,
+                Scope::Part(p) => layout.index_of(u) == p,
+                Scope::Home => false,
+            })
+            .collect();
         users.sort();
         users.dedup();
-        let mut topics: Vec<String> = conns.iter().flat_map(|c| c.topics.clone()).collect();
+        let home = matches!(scope, Scope::All | Scope::Home);
+        let mut topics: Vec<String> = if home {
+            conns.iter().flat_map(|c| c.topics.clone()).collect()
+        } else {
+            Vec::new()
+        };
         topics.sort();
         topics.dedup();
-        let kept = match history.since(&users, &topics, since_ms, *size).await {
+        let kept = match history.since(&users, &topics, home, since_ms, *size).await {
             Ok(kept) => kept,
             Err(e) => {
                 self.metrics.store_errors.inc();
@@ -587,13 +673,17 @@ impl Subscriber {
             }
         };
         let open_then = |c: &LiveConn, k: &Kept| (c.connection_time * 1000.0) as u64 <= k.id.ms;
+        let sequence = |from: &KeptIn| match from {
+            KeptIn::User(u) => sequence_of(Some(u), parts, pairs),
+            _ => sequence_of(None, parts, pairs),
+        };
         // One list in id order: a stream gets its missed messages, its
         // topics' and the broadcasts interleaved as they were sent.
         let mut all: Vec<(KeptIn, Kept, Option<String>)> = {
             let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             kept.into_iter()
                 .flat_map(|(from, entries)| entries.into_iter().map(move |k| (from.clone(), k)))
-                .filter(|(_, k)| !recent.contains(&k.id))
+                .filter(|(from, k)| !recent.contains(&(sequence(from), k.id)))
                 .map(|(from, k)| {
                     let tab = match (&k.to, &from) {
                         (KeptFor::Tab(c), _) => conns
@@ -617,7 +707,9 @@ impl Subscriber {
                 .filter(|(_, k, tab)| k.to == KeptFor::All || tab.is_some())
                 .collect()
         };
-        all.sort_by_key(|(_, k, _)| k.id);
+        // With two sequences ids of different ones are not comparable:
+        // each is in order, interleaved by time.
+        all.sort_by_key(|(_, k, _)| (k.id.ms, k.home, k.id.seq));
         let wanted: Vec<(String, MsgId)> = all
             .iter()
             .filter(|(_, _, tab)| tab.is_some())
@@ -661,9 +753,9 @@ impl Subscriber {
             self.recent
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(k.id);
+                .insert((sequence(&from), k.id));
             delivered += self.link.receive(Inbound::Deliver {
-                id: k.id.to_string(),
+                id: k.part_id(pairs).to_string(),
                 event: k.event,
                 data: k.data,
                 target,
@@ -672,6 +764,7 @@ impl Subscriber {
         if delivered > 0 {
             tracing::warn!(
                 delivered,
+                ?scope,
                 "bus catch-up: delivered messages published while the subscription was down"
             );
         }
@@ -804,6 +897,7 @@ impl Subscriber {
                     &self.presence,
                     &self.recent,
                     self.registry.layout().parts().len(),
+                    self.history.is_some() && self.registry.layout().sharded(),
                 ),
                 // Delivered here directly when it was sent (history
                 // off): not a message that found no stream.
@@ -814,6 +908,7 @@ impl Subscriber {
                     &self.presence,
                     &self.recent,
                     self.registry.layout().parts().len(),
+                    self.history.is_some() && self.registry.layout().sharded(),
                 ),
             };
             if message && took == 0 {

@@ -155,7 +155,7 @@ impl RedisStore {
         let layout = layout(config);
         let sharded = layout.sharded();
         let keys = layout.home().clone();
-        let registry = Redis::new(redis.clone(), layout, config.topics.join_leave);
+        let registry = Redis::new(redis.clone(), layout.clone(), config.topics.join_leave);
         let node_keys = keys.clone();
         let target = config
             .redis_target()
@@ -171,15 +171,13 @@ impl RedisStore {
         let history = config
             .history
             .enabled
-            .then(|| History::new(redis.clone(), keys, origin.clone()));
+            .then(|| History::new(redis.clone(), layout, origin.clone()));
         let appender = history.as_ref().map(|h| {
             let (appender, task) = Appender::new(h.clone(), o.shutdown.clone());
             o.tasks.spawn(task);
             appender
         });
-        let recent: Recent = Arc::new(std::sync::Mutex::new(RecentIds::new(Duration::from_secs(
-            120,
-        ))));
+        let recent: Recent = Arc::new(std::sync::Mutex::new(RecentIds::new(bus::RECENT_KEEP)));
         let (up, bus_up) = watch::channel(false);
         o.tasks
             .spawn(redis.follow(target.clone(), Duration::from_secs(1), o.shutdown.clone()));
@@ -404,6 +402,36 @@ impl RedisStore {
         match &self.history {
             Some(h) => h.replay(conn, last, history.size, history.ttl_secs).await,
             None => Ok(Replay::default()),
+        }
+    }
+
+    /// Ids are pairs ([`crate::store::Pos`]): a cluster with history on.
+    pub(crate) fn pairs(&self) -> bool {
+        self.history.as_ref().is_some_and(History::pairs)
+    }
+
+    /// [`RedisStore::replay`] where ids are pairs (`last`: `None` for an
+    /// id that is none).
+    pub(crate) async fn replay_pair(
+        &self,
+        conn: &LiveConn,
+        last: Option<crate::store::Pos>,
+        history: &HistoryConfig,
+    ) -> Result<Replay> {
+        match &self.history {
+            Some(h) => {
+                h.replay_pair(conn, last, history.size, history.ttl_secs)
+                    .await
+            }
+            None => Ok(Replay::default()),
+        }
+    }
+
+    /// Where ids are pairs: where a stream without `Last-Event-ID` starts.
+    pub(crate) async fn tops(&self, conn: &LiveConn) -> Result<crate::store::Pos> {
+        match &self.history {
+            Some(h) => h.tops(conn).await,
+            None => Err(StoreError::Unavailable("no history is kept".into())),
         }
     }
 

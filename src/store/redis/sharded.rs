@@ -61,8 +61,17 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// A message on one of the channels: the channel and the payload.
-pub(crate) type ShardMessage = (String, Vec<u8>);
+/// What the subscriber hands the engine, in the order it came.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ShardMessage {
+    /// A message on one of the channels.
+    Message { channel: String, payload: Vec<u8> },
+    /// `channel` is subscribed again after it was lost at `lost_at_ms`
+    /// (unix ms, when the subscriber noticed): what was published on it
+    /// in between did not arrive. Every message after this one on the
+    /// channel was published after it was subscribed again.
+    Resubscribed { channel: String, lost_at_ms: u64 },
+}
 
 /// The engine's view of the subscriber: whether every channel is
 /// subscribed, and counters for its metrics. The task itself runs on the
@@ -188,6 +197,7 @@ fn spawn_refreshing(
                 name,
                 state: State::Down,
                 confirmed_before: false,
+                lost_at_ms: 0,
             })
             .collect(),
         table: Vec::new(),
@@ -236,6 +246,18 @@ struct Channel {
     state: State,
     /// Confirmed once already: a later confirmation is a resubscription.
     confirmed_before: bool,
+    /// When it was last noticed lost (unix ms; 0: never).
+    lost_at_ms: u64,
+}
+
+impl Channel {
+    /// Subscribed nowhere now; when it was up, since now.
+    fn lose(&mut self) {
+        if matches!(self.state, State::Up { .. }) {
+            self.lost_at_ms = crate::store::unix_ms();
+        }
+        self.state = State::Down;
+    }
 }
 
 /// A subscription connection to one primary; `id` tags its pushes.
@@ -424,7 +446,7 @@ impl Worker {
                     to = owner.unwrap_or("-"),
                     "shard channel's slot is served elsewhere now; subscribing there"
                 );
-                ch.state = State::Down;
+                ch.lose();
             } else if let State::Pending { since, .. } = ch.state {
                 if now.duration_since(since) > CONFIRM_WITHIN {
                     tracing::warn!(channel = %ch.name, node = on.unwrap_or("-"), "SSUBSCRIBE never confirmed; sending it again");
@@ -533,7 +555,7 @@ impl Worker {
         let mut lost = 0;
         for ch in &mut self.channels {
             if ch.state.conn() == Some(gone.id) {
-                ch.state = State::Down;
+                ch.lose();
                 lost += 1;
             }
         }
@@ -559,7 +581,7 @@ impl Worker {
                 let channel = String::from_utf8_lossy(&channel).into_owned();
                 tokio::select! {
                     _ = self.shutdown.cancelled() => ControlFlow::Break(()),
-                    sent = self.out.send((channel, payload)) => match sent {
+                    sent = self.out.send(ShardMessage::Message { channel, payload }) => match sent {
                         Ok(()) => ControlFlow::Continue(()),
                         // The engine is gone: nobody to hand messages to.
                         Err(_) => ControlFlow::Break(()),
@@ -573,13 +595,24 @@ impl Worker {
                 };
                 if matches!(ch.state, State::Pending { conn: c, .. } if c == conn) {
                     ch.state = State::Up { conn };
-                    if ch.confirmed_before {
+                    let again = std::mem::replace(&mut ch.confirmed_before, true);
+                    let lost = ShardMessage::Resubscribed {
+                        channel: ch.name.clone(),
+                        lost_at_ms: ch.lost_at_ms,
+                    };
+                    if again {
                         self.counters
                             .resubscriptions
                             .fetch_add(1, Ordering::Relaxed);
                         self.redone += 1;
+                        // Before any message the new subscription brings.
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => return ControlFlow::Break(()),
+                            sent = self.out.send(lost) => if sent.is_err() {
+                                return ControlFlow::Break(());
+                            },
+                        }
                     }
-                    ch.confirmed_before = true;
                 }
                 ControlFlow::Continue(())
             }
@@ -593,7 +626,7 @@ impl Worker {
                 // that node. A push from a connection the channel already
                 // left (it followed a newer slot map) changes nothing.
                 if ch.state.conn() == Some(conn) {
-                    ch.state = State::Down;
+                    ch.lose();
                     self.stale = true;
                     self.counters
                         .unsubscribed_by_redis
@@ -852,7 +885,10 @@ mod tests {
         /// Whether `payload` arrives on `channel` within `within` (or came
         /// already); whatever else arrives is kept.
         async fn received(&mut self, channel: &str, payload: &str, within: Duration) -> bool {
-            let hit = |m: &ShardMessage| m.0 == channel && m.1 == payload.as_bytes();
+            let hit = |m: &ShardMessage| {
+                matches!(m, ShardMessage::Message { channel: c, payload: p }
+                    if c == channel && p == payload.as_bytes())
+            };
             if self.got.iter().any(hit) {
                 return true;
             }
