@@ -179,7 +179,7 @@ async fn expect_event(tab: &mut SseClient, event: &str, id: &str, what: &str) ->
         .await
         .unwrap_or_else(|| panic!("{what}: no event `{event}` within {WAIT:?}"));
     assert_eq!(ev.event, event, "{what}: got {ev:?}");
-    assert_eq!(ev.id, id, "{what}: got {ev:?}");
+    assert_eq!(api_id(&ev.id, id), id, "{what}: got {ev:?}");
     ev
 }
 

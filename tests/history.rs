@@ -90,7 +90,7 @@ on_every_engine! {
         let sent = send_to(&node, json!({"to": "alice", "data": 1})).await;
         // Where the tab stood after it: what a browser sends back.
         let first = tab.next_named("message", WAIT).await.unwrap().id;
-        assert_eq!(api_id(&first, &[sent.clone()]), sent);
+        assert_eq!(api_id(&first, &sent), sent);
         drop(tab);
         assert!(
             eventually(WAIT, || {
@@ -128,7 +128,7 @@ on_every_engine! {
         let m4 = send_to(&node, json!({"to": "alice", "data": 4})).await;
         let got = until_heartbeat(&mut tab).await;
         assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!(api_id(&got[0].id, &[m4.clone()]), m4);
+        assert_eq!(api_id(&got[0].id, &m4), m4);
         let at_m4 = got[0].id.clone();
 
         // The query parameter works like the header.
@@ -334,7 +334,7 @@ on_every_engine! {
         )
         .await;
         let live = keeper.next_named("message", WAIT).await.unwrap().id;
-        assert_eq!(api_id(&live, &[sent.clone()]), sent);
+        assert_eq!(api_id(&live, &sent), sent);
         let mut back = reconnect(&node, "eve", &[("Last-Event-ID", &base)], "").await;
         assert!(until_heartbeat(&mut back).await.is_empty());
         drop(back);
@@ -368,7 +368,7 @@ on_every_engine! {
         .await;
         let mut first = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
         let got = until_heartbeat(&mut first).await;
-        assert_eq!(api_ids(&ids_of(&got), &[kept.clone()]), vec![kept]);
+        assert_eq!(api_ids(&ids_of(&got), std::slice::from_ref(&kept)), vec![kept]);
         let mut second = reconnect(&node, "eve", &[("Last-Event-ID", &live)], "").await;
         assert!(
             until_heartbeat(&mut second).await.is_empty(),

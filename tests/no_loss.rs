@@ -522,7 +522,7 @@ on_every_engine! {
     }
 }
 
-on_both_engines! {
+on_every_engine! {
     /// A one-tab message shown live in one tab is not replayed to the
     /// user's other tab when a logout closes both and that other tab comes
     /// back first with an older `Last-Event-ID`: its target wrote it.

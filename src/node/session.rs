@@ -119,7 +119,9 @@ pub(crate) async fn open(
     ));
     let mut prefix = VecDeque::from([opening.freeze()]);
     let (skip_until, pair) = match ask.last_event_id {
-        Some(raw) if config.history.enabled => replay(node, config, &conn, &raw, &mut prefix).await,
+        Some(raw) if config.history.enabled => {
+            replay(node, config, &conn, &raw, &mut prefix).await?
+        }
         _ => (None, tops.map(|at| Box::new(Pair { at, skip: None }))),
     };
     Ok(Session {
@@ -137,21 +139,29 @@ pub(crate) async fn open(
 /// everything, so that the same messages are not written again when they
 /// also reach the queue (the replay/live seam), or where ids are pairs,
 /// the same per part and where the stream stands.
+///
+/// History unreadable: a gap, and the stream goes on from its next
+/// message; where ids are pairs it would not know where it stands in
+/// either part, so it is refused (503: the client comes back with its id).
 async fn replay(
     node: &Node,
     config: &Config,
     conn: &LiveConn,
     raw: &str,
     prefix: &mut VecDeque<Bytes>,
-) -> (Option<MsgId>, Option<Box<Pair>>) {
+) -> Result<(Option<MsgId>, Option<Box<Pair>>), Refused> {
     let gap = |prefix: &mut VecDeque<Bytes>| prefix.push_back(frame::history_gap(raw));
     let replay = match node.router.replay(conn, raw, &config.history).await {
         Ok(r) => r,
         Err(e) => {
             node.metrics().store_errors.inc();
+            if node.router.store().pairs() {
+                tracing::warn!(error = %e, connection_id = %conn.connection_id, "history unreadable; stream refused");
+                return Err(Refused::Store(e));
+            }
             tracing::warn!(error = %e, connection_id = %conn.connection_id, "history unreadable; replay skipped");
             gap(prefix);
-            return (None, None);
+            return Ok((None, None));
         }
     };
     if replay.gap {
@@ -168,7 +178,7 @@ async fn replay(
             }
             prefix.push_back(frame::message(&at.to_string(), &k.event, &k.data));
         }
-        return (None, Some(Box::new(Pair { at, skip: Some(at) })));
+        return Ok((None, Some(Box::new(Pair { at, skip: Some(at) }))));
     }
     for k in &replay.entries {
         prefix.push_back(frame::message(&k.id.to_string(), &k.event, &k.data));
@@ -176,7 +186,7 @@ async fn replay(
     let upto = replay.entries.last().map(|k| k.id);
     let last: Option<MsgId> = raw.trim().parse().ok();
     let upto = if replay.gap { upto } else { upto.max(last) };
-    (upto, None)
+    Ok((upto, None))
 }
 
 /// Where ids are pairs (a cluster with history on): where the stream

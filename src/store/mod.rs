@@ -655,6 +655,12 @@ impl Store {
         }
     }
 
+    /// Whether message ids are pairs ([`Pos`]): a Redis Cluster with
+    /// history on.
+    pub(crate) fn pairs(&self) -> bool {
+        matches!(self, Store::Redis(r) if r.pairs())
+    }
+
     /// On a cluster with history on, where a stream opening without
     /// `Last-Event-ID` starts (read before it registers, so that every
     /// message its queue gets is after it): the newest id kept for its

@@ -476,7 +476,7 @@ pub fn api_ids_after(last: &str, frame_ids: &[String], sent: &[String]) -> Vec<S
         .collect()
 }
 
-/// [`api_ids`] of one frame.
-pub fn api_id(frame_id: &str, sent: &[String]) -> String {
-    api_ids(&[frame_id.to_string()], sent).remove(0)
+/// [`api_ids`] of one frame that is to carry the message sent as `sent`.
+pub fn api_id(frame_id: &str, sent: &str) -> String {
+    api_ids(&[frame_id.to_string()], &[sent.to_string()]).remove(0)
 }

@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 use super::bus;
 use super::conn::SharedConn;
 use super::history::{History, Targets};
-use super::keys::Keys;
 use super::registry::Redis;
 use crate::config::RedisTarget;
 use crate::store::harness::redis_server::{RedisRegistry, RedisServer};
@@ -131,7 +130,6 @@ async fn every_registry_path_keeps_the_topic_keys_exact_and_routes_by_node() {
     let conn = SharedConn::connect(&RedisTarget::Direct(server.url()))
         .await
         .expect("redis");
-    let keys = Keys::new("sse");
     let registry = Redis::new(conn.clone(), super::Layout::single("sse"), true);
     // A registry Redis did not lose: no write-back window, so events go
     // to the nodes' own channels.
@@ -251,7 +249,7 @@ async fn every_registry_path_keeps_the_topic_keys_exact_and_routes_by_node() {
         .await
         .unwrap();
     ears.heard().await;
-    let history = History::new(conn.clone(), keys.clone(), "test".into());
+    let history = History::new(conn.clone(), super::Layout::single("sse"), "test".into());
     let kept = history
         .append(&[topic_message("doc:1"), topic_message("nobody")], 10, 60)
         .await

@@ -279,7 +279,7 @@ impl RedisStore {
     /// older ones it has not heard yet: refuse until it caught up. On a
     /// cluster, only the channels the messages travel on count: a user's
     /// message needs its partition's, a broadcast the home's, a topic's
-    /// every partition's.
+    /// the home's with history on, else every partition's.
     fn ready(&self, msgs: &[Message]) -> Result<()> {
         let Some(hearing) = &self.hearing else {
             return if *self.bus_up.borrow() {
@@ -295,6 +295,10 @@ impl RedisStore {
         let ready = msgs.iter().all(|m| match m.route() {
             Route::User(user) | Route::FirstOnly(user) => hears(layout.of_user(user)),
             Route::Broadcast => hearing.sharded.hears(&layout.home().bus()),
+            // Kept in the home, a topic's message travels on its channel.
+            Route::Topic(_) if self.history.is_some() => {
+                hearing.sharded.hears(&layout.home().bus())
+            }
             Route::Topic(_) => hearing.sharded.deaf_to() == 0,
         });
         if ready {
