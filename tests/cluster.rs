@@ -376,10 +376,11 @@ async fn send_until(admin: String, users: Vec<String>, stop: Arc<AtomicBool>) ->
     sent
 }
 
-/// Reads `tab` until every one of `want` arrived; each once.
+/// Reads `tab` until every one of `want` arrived; each once, in order.
 async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
     let want: HashSet<u64> = want.iter().copied().collect();
     let mut got: HashSet<u64> = HashSet::new();
+    let mut last = 0;
     while !want.is_subset(&got) {
         let ev = tab.next_named("message", WAIT).await.unwrap_or_else(|| {
             let missing: Vec<&u64> = want.difference(&got).collect();
@@ -390,6 +391,12 @@ async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
         });
         let n: u64 = ev.data.parse().expect("a number");
         assert!(got.insert(n), "{user}: message {n} arrived twice");
+        // One send loop per user: its messages arrive in the order sent
+        // (0 and 1 are the probes and the last, sent outside it).
+        if n > 1 {
+            assert!(n > last, "{user}: message {n} arrived after {last}");
+            last = n;
+        }
     }
 }
 
@@ -399,6 +406,8 @@ async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
 struct Sending {
     a: TestNode,
     b: TestNode,
+    /// b's node id.
+    b_id: String,
     /// Per primary, its user.
     users: BTreeMap<u16, String>,
     tabs: Vec<(String, SseClient)>,
@@ -414,6 +423,8 @@ impl Sending {
         config.history.enabled = history;
         config.history.size = 1_000_000;
         let a = TestNode::start(config.clone()).await;
+        config.server.node_id = format!("{}-b", config.server.node_id);
+        let b_id = config.server.node_id.clone();
         let b = TestNode::start(config).await;
         let (per_primary, streams) = users_per_primary(cluster, &a, 1).await;
         let users: BTreeMap<u16, String> = per_primary
@@ -437,6 +448,7 @@ impl Sending {
         Sending {
             a,
             b,
+            b_id,
             users,
             tabs,
             _streams: streams,
@@ -655,4 +667,68 @@ async fn killing_a_primary_with_history_loses_only_what_its_replica_never_got() 
     sending
         .receive(&sent, Some((victims_user.as_str(), &lost)))
         .await;
+}
+
+/// With history on, what is published while a node's subscription
+/// connections are cut reaches its streams from the history once the node
+/// is subscribed again, each once: the connections of b (named after it
+/// in `CLIENT LIST`) on every primary are killed again and again while
+/// a sends, and b has nothing to refuse (it sends nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_subscriptions_are_caught_up_from_the_history() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let mut sending = Sending::start(&cluster, true).await;
+    let b_name = format!("sse-notify:{}", sending.b_id);
+    let resubscribed = metric(&sending.b.admin_base(), "sse_notify_bus_resubscribes_total").await;
+    // b's subscription connection on primary p, by client id.
+    let b_conns = |p: u16| -> Vec<String> {
+        let list: String = cluster
+            .node(p)
+            .query(redis::cmd("CLIENT").arg("LIST"))
+            .expect("CLIENT LIST");
+        list.lines()
+            .filter(|l| l.contains(&format!(" name={b_name} ")))
+            .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect()
+    };
+    for round in 0..8 {
+        let mut cut = Vec::new();
+        for p in cluster.primaries() {
+            let ids = b_conns(p);
+            assert!(!ids.is_empty(), "round {round}: no connection of b on {p}");
+            for id in ids {
+                let _: redis::RedisResult<()> = cluster
+                    .node(p)
+                    .query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id));
+                cut.push((p, id));
+            }
+        }
+        // Subscribed again: a new connection on every primary, and b hears
+        // every channel.
+        wait_until(
+            WAIT,
+            format!("round {round}: b connected again everywhere and hears every channel"),
+            || {
+                let url = sending.b.admin_url("/healthz");
+                let again = cluster
+                    .primaries()
+                    .into_iter()
+                    .all(|p| b_conns(p).iter().any(|id| !cut.contains(&(p, id.clone()))));
+                async move {
+                    let (_, health) = admin(reqwest::Method::GET, &url, None).await;
+                    again && health["bus"] == "ok"
+                }
+            },
+        )
+        .await;
+    }
+    let sent = sending.stop().await;
+    sending.receive(&sent, None).await;
+    assert!(
+        metric(&sending.b.admin_base(), "sse_notify_bus_resubscribes_total").await > resubscribed,
+        "b never subscribed again"
+    );
 }

@@ -218,9 +218,15 @@ impl RedisStore {
                     .collect();
                 let channels_count = channels.len();
                 let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                // A client name holds no spaces.
+                let name: String = format!("sse-notify:{node_id}")
+                    .chars()
+                    .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+                    .collect();
                 let sharded = sharded::spawn(
                     seeds.clone(),
                     userinfo.clone(),
+                    name,
                     channels,
                     tx,
                     o.shutdown.clone(),

@@ -153,6 +153,7 @@ impl Sharded {
 pub(crate) fn spawn(
     seeds: Vec<String>,
     userinfo: Option<String>,
+    name: String,
     channels: Vec<String>,
     messages: mpsc::Sender<ShardMessage>,
     shutdown: CancellationToken,
@@ -161,6 +162,7 @@ pub(crate) fn spawn(
     spawn_refreshing(
         seeds,
         userinfo,
+        name,
         channels,
         messages,
         shutdown,
@@ -174,6 +176,7 @@ pub(crate) fn spawn(
 fn spawn_refreshing(
     seeds: Vec<String>,
     userinfo: Option<String>,
+    name: String,
     mut channels: Vec<String>,
     messages: mpsc::Sender<ShardMessage>,
     shutdown: CancellationToken,
@@ -189,6 +192,7 @@ fn spawn_refreshing(
     let worker = Worker {
         seeds,
         userinfo,
+        name,
         channels: channels
             .into_iter()
             .map(|name| Channel {
@@ -272,6 +276,8 @@ pub(super) type Table = Vec<(u16, u16, String)>;
 struct Worker {
     seeds: Vec<String>,
     userinfo: Option<String>,
+    /// The subscription connections' client name (`sse-notify:{node_id}`).
+    name: String,
     channels: Vec<Channel>,
     table: Table,
     /// Every node of the last slot map, replicas too: asked for the next
@@ -535,7 +541,16 @@ impl Worker {
         let id = self.next_id;
         self.next_id += 1;
         let pushes = (id, self.pushes_tx.clone());
-        let conn = connect(node, self.userinfo.as_deref(), Some(pushes)).await?;
+        let mut conn = connect(node, self.userinfo.as_deref(), Some(pushes)).await?;
+        // So that `CLIENT LIST` on a primary tells whose connection it is.
+        if let Err(e) = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&self.name)
+            .query_async::<()>(&mut conn)
+            .await
+        {
+            tracing::debug!(node, error = %e, "shard subscription connection left unnamed");
+        }
         tracing::debug!(node, conn = id, "shard subscription connection opened");
         self.conns.insert(
             node.to_string(),
@@ -856,10 +871,25 @@ mod tests {
         let tasks = TaskTracker::new();
         let channels = channels.to_vec();
         let handle = match refresh_every {
-            None => spawn(seeds, None, channels, tx, shutdown.clone(), &tasks),
-            Some(every) => {
-                spawn_refreshing(seeds, None, channels, tx, shutdown.clone(), &tasks, every)
-            }
+            None => spawn(
+                seeds,
+                None,
+                "test".into(),
+                channels,
+                tx,
+                shutdown.clone(),
+                &tasks,
+            ),
+            Some(every) => spawn_refreshing(
+                seeds,
+                None,
+                "test".into(),
+                channels,
+                tx,
+                shutdown.clone(),
+                &tasks,
+                every,
+            ),
         };
         Subscribed {
             handle,
