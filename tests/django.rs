@@ -85,7 +85,7 @@ async fn run_suite(env: &Env, over: &str, daemons: Daemons, daemon_log: impl Fn(
     assert!(ran >= 45, "only {ran} Python tests ran\n{report}");
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn python_package_against_the_real_daemon(env: Env) {
         let node = BinaryNode::on(&env, QUIET).await;
         // A second daemon that requires the admin token.

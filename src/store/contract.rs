@@ -414,8 +414,10 @@ async fn the_redis_engine_keeps_the_contract() {
     on_redis(config).await;
 }
 
-/// On a Redis Cluster (three primaries, three replicas), without history,
-/// which the cluster engine does not keep yet.
+/// On a Redis Cluster (three primaries, three replicas), without history:
+/// its replay checks take ids of one sequence, and a cluster's are pairs
+/// (its history is checked through whole nodes, `tests/history.rs` and
+/// `tests/cluster.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_cluster_engine_keeps_the_contract() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start)

@@ -31,6 +31,49 @@ def require(*names):
         )
 
 
+def carried(frame_id, message_id):
+    """`message_id` when the frame whose id is `frame_id` carries the message
+    the API answered with it, else `frame_id`. A frame's id is its message's,
+    or on a Redis Cluster with history on the stream's own position
+    `{user}.{home}`, of which the API answers the part the message moved:
+    `{id}.` for a user's message, `.{id}` for a broadcast or a topic's."""
+    if frame_id == message_id or "." not in frame_id:
+        return frame_id
+    user, home = frame_id.split(".", 1)
+    if message_id in (user + ".", "." + home):
+        return message_id
+    return frame_id
+
+
+def carried_all(frame_ids, message_ids):
+    """The ones of `message_ids` that a stream's frames carried, in the
+    order of the frames (see `carried`): a position's two parts can be the
+    same text, then the part that moved since the frame before tells."""
+    out, before = [], None
+    for f in frame_ids:
+        if "." not in f:
+            out.append(f)
+            continue
+        user, home = f.split(".", 1)
+        as_user, as_home = user + ".", "." + home
+        moved_user = before is None or before[0] != user
+        moved_home = before is None or before[1] != home
+        before = (user, home)
+        u, h = as_user in message_ids, as_home in message_ids
+        if u and not h or u and moved_user and not moved_home:
+            out.append(as_user)
+        elif h:
+            out.append(as_home if moved_home or not u else f)
+        else:
+            out.append(f)
+    return out
+
+
+# On a Redis Cluster with history on a user's messages and the broadcasts
+# and topics' are in two sequences: each in order, not with each other.
+TWO_SEQUENCES = os.environ.get("SSE_REDIS_URL", "").startswith("redis+cluster://")
+
+
 def unique(name):
     return "%s-%s" % (name, uuid.uuid4().hex[:8])
 
