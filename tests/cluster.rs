@@ -400,6 +400,17 @@ async fn receive_all(tab: &mut SseClient, user: &str, want: &[u64]) {
     }
 }
 
+/// What [`Sending::kill_a_primary`] did: the primary killed and the
+/// replica promoted, the user of its partition, and when the kill began
+/// and the promotion was seen.
+struct Killed {
+    victim: u16,
+    victims_user: String,
+    promoted: u16,
+    killed: Instant,
+    took_over: Instant,
+}
+
 /// Two nodes on `cluster`, a user on each primary with a stream on b (whose
 /// subscriptions must follow the slots), and messages sent to them through
 /// a until [`Sending::finish`].
@@ -455,6 +466,50 @@ impl Sending {
             stop,
             sender,
         }
+    }
+
+    /// Kills the primary of the first user's partition while the sends
+    /// run, and waits until a send to that user succeeds again.
+    async fn kill_a_primary(&self, cluster: &mut RedisCluster) -> Killed {
+        let (victim, victims_user) = self
+            .users
+            .iter()
+            .next()
+            .map(|(p, u)| (*p, u.clone()))
+            .expect("a user");
+        // This worker blocks until the replica took over; the sender runs on.
+        let killed = Instant::now();
+        let promoted = tokio::task::block_in_place(|| cluster.kill_primary(victim));
+        let took_over = Instant::now();
+        wait_until(
+            Duration::from_secs(30),
+            "a send to the victim's user succeeds",
+            || {
+                let admin = self.a.admin_base();
+                let user = victims_user.clone();
+                async move { send(&admin, json!({"to": user, "data": 1})).await.0 == 200 }
+            },
+        )
+        .await;
+        Killed {
+            victim,
+            victims_user,
+            promoted,
+            killed,
+            took_over,
+        }
+    }
+
+    /// Waits until b's `/healthz` says it hears every channel.
+    async fn b_hears_every_channel(&self, when: &str) {
+        wait_until(WAIT, format!("{when}: b hears every channel"), || {
+            let url = self.b.admin_url("/healthz");
+            async move {
+                let (_, health) = admin(reqwest::Method::GET, &url, None).await;
+                health["bus"] == "ok"
+            }
+        })
+        .await;
     }
 
     /// Stops sending, then sends each user one more message (data 0).
@@ -537,37 +592,17 @@ async fn killing_a_primary_while_sending_loses_no_stream_and_delays_only_its_use
         .await
         .unwrap();
     let sending = Sending::start(&cluster, false).await;
-    let (victim, victims_user) = sending
-        .users
-        .iter()
-        .next()
-        .map(|(p, u)| (*p, u.clone()))
-        .expect("a user");
-    // This worker blocks until the replica took over; the sender runs on.
-    let killed = Instant::now();
-    let promoted = tokio::task::block_in_place(|| cluster.kill_primary(victim));
-    let took_over = Instant::now();
-    wait_until(
-        Duration::from_secs(30),
-        "a send to the victim's user succeeds",
-        || {
-            let admin = sending.a.admin_base();
-            let user = victims_user.clone();
-            async move { send(&admin, json!({"to": user, "data": 1})).await.0 == 200 }
-        },
-    )
-    .await;
+    let Killed {
+        victim,
+        victims_user,
+        promoted,
+        killed,
+        took_over,
+    } = sending.kill_a_primary(&mut cluster).await;
     // b subscribes the promoted replica's channels on its own timer: until
     // then a sends the victim's user's messages to channels b does not
     // hear yet (b is not connected there: no refusal).
-    wait_until(WAIT, "b hears every channel again", || {
-        let url = sending.b.admin_url("/healthz");
-        async move {
-            let (_, health) = admin(reqwest::Method::GET, &url, None).await;
-            health["bus"] == "ok"
-        }
-    })
-    .await;
+    sending.b_hears_every_channel("after the failover").await;
     let heard = Instant::now();
     // With history off nothing is kept to catch up from: what the killed
     // primary published just before it died, or what was published before
@@ -606,23 +641,11 @@ async fn killing_a_primary_with_history_loses_only_what_its_replica_never_got() 
         .await
         .unwrap();
     let mut sending = Sending::start(&cluster, true).await;
-    let (victim, victims_user) = sending
-        .users
-        .iter()
-        .next()
-        .map(|(p, u)| (*p, u.clone()))
-        .expect("a user");
-    let promoted = tokio::task::block_in_place(|| cluster.kill_primary(victim));
-    wait_until(
-        Duration::from_secs(30),
-        "a send to the victim's user succeeds",
-        || {
-            let admin = sending.a.admin_base();
-            let user = victims_user.clone();
-            async move { send(&admin, json!({"to": user, "data": 1})).await.0 == 200 }
-        },
-    )
-    .await;
+    let Killed {
+        victims_user,
+        promoted,
+        ..
+    } = sending.kill_a_primary(&mut cluster).await;
     let sent = sending.stop().await;
     // What the promoted replica holds of the victim's user's messages.
     let key: Vec<String> = cluster
@@ -710,20 +733,19 @@ async fn cut_subscriptions_are_caught_up_from_the_history() {
         // every channel.
         wait_until(
             WAIT,
-            format!("round {round}: b connected again everywhere and hears every channel"),
+            format!("round {round}: b connected again to every primary"),
             || {
-                let url = sending.b.admin_url("/healthz");
                 let again = cluster
                     .primaries()
                     .into_iter()
                     .all(|p| b_conns(p).iter().any(|id| !cut.contains(&(p, id.clone()))));
-                async move {
-                    let (_, health) = admin(reqwest::Method::GET, &url, None).await;
-                    again && health["bus"] == "ok"
-                }
+                async move { again }
             },
         )
         .await;
+        sending
+            .b_hears_every_channel(&format!("round {round}"))
+            .await;
     }
     let sent = sending.stop().await;
     sending.receive(&sent, None).await;

@@ -2,7 +2,8 @@
 # How the Redis engine's work spreads over a Redis Cluster's primaries
 # (README "How far it grows"): for each primary count, a throwaway local
 # cluster of that many primaries (no replicas), one sse-notify node on it
-# (history off), one stream per user and one sse-bench sending unicast
+# (history off, or on with HISTORY=1), one stream per user and one
+# sse-bench sending unicast
 # messages to random users of them. Prints one table row per run: sends
 # per second and the delivery ratio (from sse-bench); over all primaries,
 # Redis CPU, script calls and commands (those the scripts run included)
@@ -18,7 +19,8 @@
 #
 # Environment: SSE_NOTIFY (default target/release/sse-notify), SSE_BENCH
 # (default target/release/sse-bench), REDIS_SERVER (default redis-server),
-# USERS (300, one stream each), MESSAGES (20000), PUBLISHERS (4).
+# USERS (300, one stream each), MESSAGES (20000), PUBLISHERS (4), HISTORY
+# (0; 1 keeps every message, history.size 100).
 # Needs redis-cli (Redis 7) and python3.
 # Build first: cargo build --release --bins
 set -euo pipefail
@@ -30,6 +32,8 @@ REDIS_SERVER=${REDIS_SERVER:-redis-server}
 USERS=${USERS:-300}
 MESSAGES=${MESSAGES:-20000}
 PUBLISHERS=${PUBLISHERS:-4}
+HISTORY=${HISTORY:-0}
+case "$HISTORY" in 0) HISTORY_ON=false ;; *) HISTORY_ON=true ;; esac
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1 3)
 for tool in "$SSE_NOTIFY" "$SSE_BENCH"; do
@@ -193,7 +197,8 @@ node_id = "bench"
 [redis]
 url = "redis+cluster://${seeds%,}/"
 [history]
-enabled = false
+enabled = $HISTORY_ON
+size = 100
 [limits]
 max_connections_per_user = 32
 max_connect_rate = 0

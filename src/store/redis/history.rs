@@ -121,6 +121,9 @@ pub(crate) enum Targets {
 
 type RawEntry = (String, Vec<(String, String)>);
 
+/// Prepended to the scripts that keep messages: their id sequence.
+const SEQUENCE: &str = include_str!("lua/sequence.lua");
+
 /// The slot group a key lives in: a partition's index, or [`HOME_GROUP`].
 /// Commands of one group may share a pipeline, also on a cluster.
 type Group = usize;
@@ -148,11 +151,14 @@ impl History {
             layout,
             origin,
             append: Script::new(&format!(
-                "{}\n{}",
+                "{}\n{SEQUENCE}\n{}",
                 super::route::route_lua(sharded),
                 include_str!("lua/append.lua")
             )),
-            keep_home: Script::new(include_str!("lua/keep_home.lua")),
+            keep_home: Script::new(&format!(
+                "{SEQUENCE}\n{}",
+                include_str!("lua/keep_home.lua")
+            )),
             replay: Script::new(&format!(
                 "local SHARDED = {sharded}\n{}",
                 include_str!("lua/replay.lua")

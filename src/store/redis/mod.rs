@@ -224,9 +224,11 @@ impl RedisStore {
                     .map(|c| if c.is_ascii_graphic() { c } else { '_' })
                     .collect();
                 let sharded = sharded::spawn(
-                    seeds.clone(),
-                    userinfo.clone(),
-                    name,
+                    sharded::Cluster {
+                        seeds: seeds.clone(),
+                        userinfo: userinfo.clone(),
+                        name,
+                    },
                     channels,
                     tx,
                     o.shutdown.clone(),

@@ -61,6 +61,16 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// The cluster to subscribe on, and who the subscriber is to it.
+pub(crate) struct Cluster {
+    /// A few of its nodes (`host:port`): the rest is read from them.
+    pub seeds: Vec<String>,
+    /// `user:password` for every node, when they need one.
+    pub userinfo: Option<String>,
+    /// The subscription connections' client name (`CLIENT LIST`).
+    pub name: String,
+}
+
 /// What the subscriber hands the engine, in the order it came.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ShardMessage {
@@ -151,32 +161,19 @@ impl Sharded {
 /// The task waits while `messages` is full: a slow engine delays the
 /// re-reads of the topology too, not only its messages.
 pub(crate) fn spawn(
-    seeds: Vec<String>,
-    userinfo: Option<String>,
-    name: String,
+    cluster: Cluster,
     channels: Vec<String>,
     messages: mpsc::Sender<ShardMessage>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Sharded {
-    spawn_refreshing(
-        seeds,
-        userinfo,
-        name,
-        channels,
-        messages,
-        shutdown,
-        tasks,
-        REFRESH_EVERY,
-    )
+    spawn_refreshing(cluster, channels, messages, shutdown, tasks, REFRESH_EVERY)
 }
 
 /// [`spawn`] with the timer's interval given (tests show that the other
 /// ways of noticing a change work without it).
 fn spawn_refreshing(
-    seeds: Vec<String>,
-    userinfo: Option<String>,
-    name: String,
+    cluster: Cluster,
     mut channels: Vec<String>,
     messages: mpsc::Sender<ShardMessage>,
     shutdown: CancellationToken,
@@ -189,6 +186,11 @@ fn spawn_refreshing(
     let counters = Arc::new(Counters::default());
     *counters.down.write().unwrap_or_else(|e| e.into_inner()) = channels.iter().cloned().collect();
     let (pushes_tx, pushes) = mpsc::unbounded_channel();
+    let Cluster {
+        seeds,
+        userinfo,
+        name,
+    } = cluster;
     let worker = Worker {
         seeds,
         userinfo,
@@ -865,31 +867,18 @@ mod tests {
         refresh_every: Option<Duration>,
     ) -> Subscribed {
         // One seed: the others are found from it.
-        let seeds = vec![format!("127.0.0.1:{}", cluster.primaries()[0])];
+        let target = Cluster {
+            seeds: vec![format!("127.0.0.1:{}", cluster.primaries()[0])],
+            userinfo: None,
+            name: "sse-notify:test".into(),
+        };
         let (tx, rx) = mpsc::channel(1024);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let channels = channels.to_vec();
         let handle = match refresh_every {
-            None => spawn(
-                seeds,
-                None,
-                "test".into(),
-                channels,
-                tx,
-                shutdown.clone(),
-                &tasks,
-            ),
-            Some(every) => spawn_refreshing(
-                seeds,
-                None,
-                "test".into(),
-                channels,
-                tx,
-                shutdown.clone(),
-                &tasks,
-                every,
-            ),
+            None => spawn(target, channels, tx, shutdown.clone(), &tasks),
+            Some(every) => spawn_refreshing(target, channels, tx, shutdown.clone(), &tasks, every),
         };
         Subscribed {
             handle,

@@ -3,7 +3,7 @@
 -- reading and keeping, and the bus carries messages in id order, so every
 -- node (the sender too) delivers them to each stream in that order.
 -- A user's or a topic's message goes only to the nodes that hold its
--- targets (route.lua, prepended).
+-- targets (route.lua, prepended); ids come from sequence.lua (prepended).
 --
 -- KEYS[1] the id sequence, KEYS[2] the key present while a clear's
 -- re-registration runs, KEYS[3] the key missing when Redis lost the
@@ -44,18 +44,7 @@ for m = 1, n do
   end
 end
 refuse_unrouted(everyone, modes, tkeys)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ms, seq = now, -1
-local last = redis.call('GET', KEYS[1])
-if last then
-  local lms, lseq = string.match(last, '^(%d+)%-(%d+)$')
-  lms = tonumber(lms)
-  if lms and ms <= lms then
-    ms = lms
-    seq = tonumber(lseq)
-  end
-end
+local ms, seq = sequence_after(KEYS[1])
 -- Numbers are turned into text once per batch where possible: Lua formats
 -- them with printf's floating-point path, a tenth of Redis's time here.
 local prefix = string.format('%d-', ms)

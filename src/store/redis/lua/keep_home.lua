@@ -10,19 +10,9 @@
 -- the age kept (ms), ARGV[3] the home's shared channel; then three per
 -- message: event, data, and its bus event as JSON without `id` and the
 -- closing brace. Returns the ids, in order. Trimming and expiry as
--- append.lua's.
+-- append.lua's; ids from sequence.lua (prepended).
 local n = (#ARGV - 3) / 3
-local t = redis.call('TIME')
-local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), -1
-local last = redis.call('GET', KEYS[1])
-if last then
-  local lms, lseq = string.match(last, '^(%d+)%-(%d+)$')
-  lms = tonumber(lms)
-  if lms and ms <= lms then
-    ms = lms
-    seq = tonumber(lseq)
-  end
-end
+local ms, seq = sequence_after(KEYS[1])
 local prefix = string.format('%d-', ms)
 local maxlen = string.format('%d', tonumber(ARGV[1]) + 1)
 local ids, events = {}, {}
