@@ -587,8 +587,15 @@ impl Subscriber {
                     }
                     Some(super::sharded::ShardMessage::Resubscribed { channel, lost_at_ms }) => {
                         let scope = self.scope_of(&channel);
-                        self.catch_up(lost_at_ms.saturating_sub(CLUSTER_CATCH_UP_MARGIN_MS), scope)
-                            .await;
+                        // Never further back than the delivered ids are
+                        // remembered: after a long outage, what came just
+                        // before it was delivered then, and would be again.
+                        let remembered = unix_ms()
+                            .saturating_sub((RECENT_KEEP - Duration::from_secs(10)).as_millis() as u64);
+                        let since = lost_at_ms
+                            .saturating_sub(CLUSTER_CATCH_UP_MARGIN_MS)
+                            .max(remembered);
+                        self.catch_up(since, scope).await;
                     }
                 },
             }
