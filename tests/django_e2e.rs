@@ -222,7 +222,7 @@ async fn alice_ids(node: &BinaryNode) -> Vec<String> {
         .collect()
 }
 
-on_both_engines! {
+on_every_engine! {
     async fn django_site_behind_nginx_in_chromium(env: Env) {
         let chromium = browser_tools();
         let _ = nginx_binary();
