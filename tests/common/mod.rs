@@ -133,21 +133,9 @@ impl Env {
     }
 }
 
-/// Runs each scenario `async fn name(env: Env) { ... }` as two tests,
-/// `name::memory` and `name::redis`: for the scenarios that need history,
-/// which the cluster engine does not keep yet (the others run on every
-/// engine, [`on_every_engine!`]).
-#[macro_export]
-macro_rules! on_both_engines {
-    ($($scenarios:tt)*) => {
-        $crate::on_engines!([memory, redis] $($scenarios)*);
-    };
-}
-
 /// Runs each scenario `async fn name(env: Env) { ... }` as three tests,
 /// `name::memory`, `name::redis` and `name::redis_cluster`: the contract is
-/// the same on every engine. Scenarios that need history stay on
-/// [`on_both_engines!`] until the cluster engine keeps history.
+/// the same on every engine.
 #[macro_export]
 macro_rules! on_every_engine {
     ($($scenarios:tt)*) => {
