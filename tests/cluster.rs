@@ -754,3 +754,65 @@ async fn cut_subscriptions_are_caught_up_from_the_history() {
         "b never subscribed again"
     );
 }
+
+/// With history on, a primary that restarts empty (too soon for its
+/// replica to take over) has lost what it kept: b's open streams are told
+/// `history_gap` once its subscriptions there are back, as on one Redis,
+/// and messages reach them again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_empty_tells_the_open_streams_history_gap() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let mut config = config(&cluster);
+    config.history.enabled = true;
+    // a writes a message to each primary's user first: their partitions'
+    // registries exist when b starts and reads them.
+    let a = TestNode::start(config.clone()).await;
+    let (users, _streams) = users_per_primary(&cluster, &a, 1).await;
+    for list in users.values() {
+        send_ok(&a.admin_base(), json!({"to": list[0], "data": 1})).await;
+    }
+    config.server.node_id = format!("{}-b", config.server.node_id);
+    let b = TestNode::start(config).await;
+    let (primary, user) = users
+        .iter()
+        .next()
+        .map(|(p, list)| (*p, list[0].clone()))
+        .expect("a user");
+    let (mut tab, _) = SseClient::connect(&b, &user).await;
+    send_ok(&a.admin_base(), json!({"to": user, "data": 2})).await;
+    let before = tab
+        .next_named("message", WAIT)
+        .await
+        .expect("a message before");
+    assert_eq!(before.data, "2");
+
+    tokio::task::block_in_place(|| cluster.restart(primary));
+    let gap = tab
+        .next_event(Duration::from_secs(30))
+        .await
+        .expect("an event after the restart");
+    assert_eq!(gap.event, "history_gap", "{gap:?}");
+    let data: serde_json::Value = serde_json::from_str(&gap.data).expect("JSON");
+    assert_eq!(
+        data["last_event_id"],
+        before.id.as_str(),
+        "the gap names the last id written"
+    );
+    wait_until(
+        WAIT,
+        format!("a send to {user} succeeds after the restart"),
+        || {
+            let admin = a.admin_base();
+            let user = user.clone();
+            async move { send(&admin, json!({"to": user, "data": 3})).await.0 == 200 }
+        },
+    )
+    .await;
+    let after = tab
+        .next_named("message", WAIT)
+        .await
+        .expect("a message after the gap");
+    assert_eq!(after.data, "3");
+}

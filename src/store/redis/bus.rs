@@ -365,6 +365,84 @@ fn sequence_of(to: Option<&str>, parts: usize, pairs: bool) -> usize {
 /// [`sequence_of`] the home.
 const HOME: usize = usize::MAX;
 
+/// On a cluster, the marker of each part's life in Redis as last seen:
+/// each partition's `registry_since` (set by the scripts that find it
+/// missing) and the home's (set here). A marker that was there and is
+/// gone or different when a part's channel is subscribed again means its
+/// primary lost its data (restarted empty, no replica taking over), and
+/// with it messages it took but had not yet published.
+#[derive(Default)]
+struct Markers {
+    seen: std::collections::HashMap<usize, String>,
+}
+
+impl Markers {
+    fn key(registry: &Redis, part: usize) -> String {
+        match part {
+            HOME => registry.layout().home().registry_since(),
+            p => registry.layout().parts()[p].registry_since(),
+        }
+    }
+
+    async fn get(registry: &Redis, part: usize) -> Option<String> {
+        let key = Self::key(registry, part);
+        let mut conn = registry.connection();
+        let home = part == HOME;
+        super::conn::bounded(Duration::from_secs(1), async move {
+            if home {
+                // Nothing else keeps it: its first reader does.
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(unix_ms())
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            conn.get::<_, Option<String>>(&key).await
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Reads the markers not seen yet (a partition no script wrote to
+    /// yet), all at once.
+    async fn read_unknown(&mut self, registry: &Redis) {
+        let parts = registry.layout().parts().len();
+        let unknown: Vec<usize> = (0..parts)
+            .chain([HOME])
+            .filter(|part| !self.seen.contains_key(part))
+            .collect();
+        let read = futures_util::future::join_all(
+            unknown
+                .iter()
+                .map(|&part| async move { (part, Self::get(registry, part).await) }),
+        )
+        .await;
+        for (part, now) in read {
+            if let Some(now) = now {
+                self.seen.insert(part, now);
+            }
+        }
+    }
+
+    /// Whether a marker of `scope` seen before is gone or different now
+    /// (and remembers the new one).
+    async fn changed(&mut self, registry: &Redis, scope: Scope) -> bool {
+        let part = match scope {
+            Scope::Part(p) => p,
+            Scope::Home => HOME,
+            Scope::All => return false,
+        };
+        let now = Self::get(registry, part).await;
+        let before = match &now {
+            Some(now) => self.seen.insert(part, now.clone()),
+            None => self.seen.remove(&part),
+        };
+        before.is_some_and(|before| Some(&before) != now.as_ref())
+    }
+}
+
 /// Which kept messages a catch-up reads: what travels on the channels
 /// that were lost.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -562,6 +640,11 @@ impl Subscriber {
     ) {
         let mut up = sharded.up();
         let mut redone = 0;
+        let mut markers = Markers::default();
+        let mut ticks: u64 = 0;
+        if self.history.is_some() {
+            markers.read_unknown(&self.registry).await;
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -574,7 +657,15 @@ impl Subscriber {
                     self.count_redone(&sharded, &mut redone);
                     self.set_up(now);
                 }
-                _ = tick.tick() => self.count_redone(&sharded, &mut redone),
+                _ = tick.tick() => {
+                    self.count_redone(&sharded, &mut redone);
+                    ticks += 1;
+                    // Only while every primary answers: the reads hold up
+                    // this loop, which delivers too.
+                    if self.history.is_some() && ticks.is_multiple_of(10) && sharded.deaf_to() == 0 {
+                        markers.read_unknown(&self.registry).await;
+                    }
+                }
                 msg = rx.recv() => match msg {
                     None => return,
                     Some(super::sharded::ShardMessage::Message { payload, .. }) => {
@@ -587,6 +678,15 @@ impl Subscriber {
                     }
                     Some(super::sharded::ShardMessage::Resubscribed { channel, lost_at_ms }) => {
                         let scope = self.scope_of(&channel);
+                        if self.history.is_some() && markers.changed(&self.registry, scope).await {
+                            let streams = self.link.live_count();
+                            tracing::warn!(
+                                streams,
+                                ?scope,
+                                "a primary lost its data (restarted empty): open streams told history_gap"
+                            );
+                            self.link.receive(Inbound::HistoryLost);
+                        }
                         // Never further back than the delivered ids are
                         // remembered: after a long outage, what came just
                         // before it was delivered then, and would be again.
