@@ -31,6 +31,24 @@ fn config(cluster: &RedisCluster) -> sse_notify::config::Config {
     c
 }
 
+/// A fresh local cluster (3 primaries, 3 replicas) of the test's own.
+async fn new_cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .expect("the cluster harness")
+}
+
+/// Sends `data` to `user` through `node` until it is answered 200 (a
+/// primary failing over answers 503 meanwhile).
+async fn until_sent(node: &TestNode, user: &str, data: u64, within: Duration) {
+    wait_until(within, format!("a send to {user} answered 200"), || {
+        let admin = node.admin_base();
+        let user = user.to_string();
+        async move { send(&admin, json!({"to": user, "data": data})).await.0 == 200 }
+    })
+    .await;
+}
+
 async fn metrics_of(node: &TestNode) -> (f64, f64) {
     let text = metrics_text(&node.admin_base()).await;
     let get = |name| metric_value(&text, name).unwrap_or_else(|| panic!("no {name}"));
@@ -147,9 +165,7 @@ fn primary_of_user(cluster: &RedisCluster, user: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_node_receives_only_its_users_messages_and_the_broadcasts() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = new_cluster().await;
     let a = TestNode::start(config(&cluster)).await;
     let b = TestNode::start(config(&cluster)).await;
     let c = TestNode::start(config(&cluster)).await;
@@ -231,9 +247,7 @@ async fn follow(node: &TestNode, user: &str, topics: &str) -> SseClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topics_messages_reach_only_the_nodes_of_its_followers() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = new_cluster().await;
     let a = TestNode::start(config(&cluster)).await;
     let b = TestNode::start(config(&cluster)).await;
     let c = TestNode::start(config(&cluster)).await;
@@ -302,9 +316,7 @@ async fn a_topics_messages_reach_only_the_nodes_of_its_followers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_spreads_over_every_primary() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = new_cluster().await;
     let node = TestNode::start(config(&cluster)).await;
     let (users, _streams) = users_per_primary(&cluster, &node, 2).await;
     assert_eq!(users.len(), 3, "users on all three primaries: {users:?}");
@@ -481,16 +493,7 @@ impl Sending {
         let killed = Instant::now();
         let promoted = tokio::task::block_in_place(|| cluster.kill_primary(victim));
         let took_over = Instant::now();
-        wait_until(
-            Duration::from_secs(30),
-            "a send to the victim's user succeeds",
-            || {
-                let admin = self.a.admin_base();
-                let user = victims_user.clone();
-                async move { send(&admin, json!({"to": user, "data": 1})).await.0 == 200 }
-            },
-        )
-        .await;
+        until_sent(&self.a, &victims_user, 1, Duration::from_secs(30)).await;
         Killed {
             victim,
             victims_user,
@@ -564,9 +567,7 @@ async fn moving_slots_while_sending_with_history_loses_nothing() {
 }
 
 async fn moving_slots_while_sending(history: bool) {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = new_cluster().await;
     let cluster = Arc::new(cluster);
     let sending = Sending::start(&cluster, history).await;
     let primaries: Vec<u16> = sending.users.keys().copied().collect();
@@ -588,9 +589,7 @@ async fn moving_slots_while_sending(history: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_primary_while_sending_loses_no_stream_and_delays_only_its_users() {
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let mut cluster = new_cluster().await;
     let sending = Sending::start(&cluster, false).await;
     let Killed {
         victim,
@@ -637,9 +636,7 @@ async fn killing_a_primary_while_sending_loses_no_stream_and_delays_only_its_use
 /// answering).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_primary_with_history_loses_only_what_its_replica_never_got() {
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let mut cluster = new_cluster().await;
     let mut sending = Sending::start(&cluster, true).await;
     let Killed {
         victims_user,
@@ -699,9 +696,7 @@ async fn killing_a_primary_with_history_loses_only_what_its_replica_never_got() 
 /// a sends, and b has nothing to refuse (it sends nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_subscriptions_are_caught_up_from_the_history() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = new_cluster().await;
     let mut sending = Sending::start(&cluster, true).await;
     let b_name = format!("sse-notify:{}", sending.b_id);
     let resubscribed = metric(&sending.b.admin_base(), "sse_notify_bus_resubscribes_total").await;
@@ -761,9 +756,7 @@ async fn cut_subscriptions_are_caught_up_from_the_history() {
 /// and messages reach them again after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restarted_empty_tells_the_open_streams_history_gap() {
-    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let mut cluster = new_cluster().await;
     let mut config = config(&cluster);
     config.history.enabled = true;
     // a writes a message to each primary's user first: their partitions'
@@ -800,16 +793,7 @@ async fn a_primary_restarted_empty_tells_the_open_streams_history_gap() {
         before.id.as_str(),
         "the gap names the last id written"
     );
-    wait_until(
-        WAIT,
-        format!("a send to {user} succeeds after the restart"),
-        || {
-            let admin = a.admin_base();
-            let user = user.clone();
-            async move { send(&admin, json!({"to": user, "data": 3})).await.0 == 200 }
-        },
-    )
-    .await;
+    until_sent(&a, &user, 3, WAIT).await;
     let after = tab
         .next_named("message", WAIT)
         .await

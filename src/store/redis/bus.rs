@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::history::{bus_event_head, History, KeptIn, Recent};
+use super::history::{bus_event_head, by_time, History, KeptIn, Recent};
 use super::keys::Keys;
 use super::presence::Presence;
 use super::registry::Redis;
@@ -750,7 +750,7 @@ impl Subscriber {
         };
         let layout = self.registry.layout();
         let parts = layout.parts().len();
-        let pairs = parts > 1;
+        let pairs = history.pairs();
         let conns = self.link.live();
         let mut users: Vec<String> = conns
             .iter()
@@ -814,9 +814,7 @@ impl Subscriber {
                 .filter(|(_, k, tab)| k.to == KeptFor::All || tab.is_some())
                 .collect()
         };
-        // With two sequences ids of different ones are not comparable:
-        // each is in order, interleaved by time.
-        all.sort_by_key(|(_, k, _)| (k.id.ms, k.home, k.id.seq));
+        all.sort_by_key(|(_, k, _)| by_time(k));
         let wanted: Vec<(String, MsgId)> = all
             .iter()
             .filter(|(_, _, tab)| tab.is_some())
@@ -976,6 +974,8 @@ impl Subscriber {
     /// node's own probe.
     pub(super) async fn on_events(&self, events: Vec<BusEvent>) -> bool {
         let mut probed = false;
+        let parts = self.registry.layout().parts().len();
+        let pairs = self.history.as_ref().is_some_and(|(h, ..)| h.pairs());
         for event in events {
             let message = matches!(event, BusEvent::Deliver { .. });
             if message {
@@ -1003,8 +1003,8 @@ impl Subscriber {
                     &*self.link,
                     &self.presence,
                     &self.recent,
-                    self.registry.layout().parts().len(),
-                    self.history.is_some() && self.registry.layout().sharded(),
+                    parts,
+                    pairs,
                 ),
                 // Delivered here directly when it was sent (history
                 // off): not a message that found no stream.
@@ -1014,8 +1014,8 @@ impl Subscriber {
                     &*self.link,
                     &self.presence,
                     &self.recent,
-                    self.registry.layout().parts().len(),
-                    self.history.is_some() && self.registry.layout().sharded(),
+                    parts,
+                    pairs,
                 ),
             };
             if message && took == 0 {

@@ -485,19 +485,7 @@ impl History {
         let part = self.layout.of_user(&conn.username);
         let home = self.layout.home();
         let newest = |keys: Vec<String>| async move {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("XREVRANGE")
-                    .arg(key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
-            }
-            let mut c = self.conn.get();
-            let lists: Vec<Vec<RawEntry>> = self
-                .bounded(async move { pipe.query_async(&mut c).await })
-                .await?;
+            let lists = self.newest_first(&keys, "-", 1).await?;
             Ok::<_, StoreError>(
                 lists
                     .into_iter()
@@ -558,19 +546,8 @@ impl History {
                 .values()
                 .flat_map(|streams| streams.chunks(500))
                 .map(|chunk| async move {
-                    let mut pipe = redis::pipe();
-                    for (_, key) in chunk {
-                        pipe.cmd("XREVRANGE")
-                            .arg(key)
-                            .arg("+")
-                            .arg(from)
-                            .arg("COUNT")
-                            .arg(size);
-                    }
-                    let mut c = self.conn.get();
-                    let lists: Vec<Vec<RawEntry>> = self
-                        .bounded(async move { pipe.query_async(&mut c).await })
-                        .await?;
+                    let keys: Vec<&String> = chunk.iter().map(|(_, key)| key).collect();
+                    let lists = self.newest_first(&keys, from, size).await?;
                     Ok::<_, StoreError>(
                         chunk
                             .iter()
@@ -585,6 +562,30 @@ impl History {
         )
         .await?;
         Ok(read.into_iter().flatten().collect())
+    }
+}
+
+impl History {
+    /// The newest `count` entries of each stream of `keys` (of one slot)
+    /// from `from` on, newest first, in one pipeline.
+    async fn newest_first(
+        &self,
+        keys: &[impl redis::ToRedisArgs],
+        from: &str,
+        count: u64,
+    ) -> Result<Vec<Vec<RawEntry>>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg(from)
+                .arg("COUNT")
+                .arg(count);
+        }
+        let mut c = self.conn.get();
+        self.bounded(async move { pipe.query_async(&mut c).await })
+            .await
     }
 }
 
